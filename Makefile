@@ -1,0 +1,35 @@
+# The README's two commands: `make all` (main job on the embedded default) and `make test`.
+# Both create the virtual environment first if it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: all test env figures corpus zoo correlations statistics dataframes benchmarks clean-outputs
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# The main job: corpus -> tokenizer -> zoo -> correlations -> statistics -> dataframes -> figures.
+# Every stage skips itself when its manifest says it is already done with the same configuration.
+all: env
+	$(PY) -m neuron_lib.pipeline all
+
+corpus zoo correlations statistics dataframes figures: env
+	$(PY) -m neuron_lib.pipeline $@
+
+test: env
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q tests
+
+benchmarks: env
+	$(PY) benchmarks/bench_correlations.py
+	$(PY) benchmarks/bench_summary.py
+
+clean-outputs:
+	rm -rf corpus token_datasets models correlation_results summary_data dataframes cached_activations figures

@@ -1,0 +1,227 @@
+"""Shared plumbing: output locations, atomic writes, provenance manifests, clear errors.
+
+Every artifact directory carries a ``manifest.json`` describing where it came from (model,
+dataset, token count, config, library versions). Later stages read the manifest of their
+inputs and refuse mismatches instead of silently mixing results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+MANIFEST_NAME = "manifest.json"
+
+
+class NeuronLibError(RuntimeError):
+    """An error with a message that tells the user what to do; the CLI prints it without a traceback."""
+
+
+class ManifestMismatch(NeuronLibError):
+    """An input or output folder holds results of a different configuration."""
+
+
+# ---------------------------------------------------------------- locations
+# Each root can be moved with an environment variable (the original used DATASET_DIR/RESULTS_DIR).
+_ROOT_DEFAULTS = {
+    "DATASET_DIR": "token_datasets",
+    "CORPUS_DIR": "corpus",
+    "MODELS_DIR": "models",
+    "RESULTS_DIR": "correlation_results",
+    "SUMMARY_DIR": "summary_data",
+    "DATAFRAMES_DIR": "dataframes",
+    "CACHED_ACTIVATIONS_DIR": "cached_activations",
+    "FIGURES_DIR": "figures",
+}
+
+
+def output_root(kind: str) -> Path:
+    """Folder for one kind of generated output, e.g. ``output_root("DATASET_DIR")``."""
+    if kind not in _ROOT_DEFAULTS:
+        raise KeyError(f"unknown output root {kind!r}; known: {sorted(_ROOT_DEFAULTS)}")
+    return Path(os.environ.get(kind, _ROOT_DEFAULTS[kind]))
+
+
+# ---------------------------------------------------------------- atomic writes
+def _atomic_replace(path: Path, write_fn) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write_fn(tmp_name)
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return _atomic_replace(Path(path), lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(obj: Any):
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise NeuronLibError(f"{path} is corrupt ({exc}); delete it and re-run the stage that writes it") from exc
+
+
+def save_tensors_atomic(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:
+    """safetensors file written via temp file + rename (no pickle anywhere)."""
+    from safetensors.torch import save_file
+
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return _atomic_replace(Path(path), lambda tmp: save_file(contiguous, tmp, metadata=dict(metadata or {})))
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise NeuronLibError(f"missing tensor file {path}")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises several types on truncated files
+        raise NeuronLibError(f"{path} is corrupt or truncated ({exc}); delete it and re-run its stage") from exc
+
+
+def save_dataframe_atomic(df, stem: str | Path, formats: Iterable[str] = ("csv", "parquet")) -> list[Path]:
+    """Write a pandas DataFrame as ``stem.csv`` and/or ``stem.parquet`` atomically."""
+    stem = Path(stem)
+    written = []
+    for fmt in formats:
+        target = stem.with_suffix(f".{fmt}")
+        if fmt == "csv":
+            written.append(_atomic_replace(target, lambda tmp: df.to_csv(tmp, index=False)))
+        elif fmt == "parquet":
+            written.append(_atomic_replace(target, lambda tmp: df.to_parquet(tmp, index=False)))
+        else:
+            raise ValueError(f"unknown dataframe format {fmt!r}")
+    return written
+
+
+# ---------------------------------------------------------------- provenance
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version()}
+    for dist in ("neuron-lib", "torch", "transformer-lens", "transformers", "datasets", "tokenizers", "numpy", "pandas"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return versions
+
+
+def make_manifest(stage: str, config: Any, **fields: Any) -> dict[str, Any]:
+    """A provenance record: stage name, config, free-form fields (model, dataset, n_tokens...), versions."""
+    if dataclasses.is_dataclass(config):
+        config = dataclasses.asdict(config)
+    return {
+        "stage": stage,
+        "config": json.loads(json.dumps(config, default=_json_default)),
+        "created_unix": time.time(),
+        "versions": library_versions(),
+        **json.loads(json.dumps(fields, default=_json_default)),
+    }
+
+
+def write_manifest(folder: str | Path, manifest: Mapping[str, Any]) -> Path:
+    return atomic_write_json(Path(folder) / MANIFEST_NAME, manifest)
+
+
+def read_manifest(folder: str | Path, what_makes_it: str | None = None) -> dict[str, Any]:
+    """Read ``folder/manifest.json``; a missing one names the command that produces it."""
+    path = Path(folder) / MANIFEST_NAME
+    if not path.exists():
+        hint = f" Run `{what_makes_it}` first." if what_makes_it else ""
+        raise NeuronLibError(f"{folder} has no {MANIFEST_NAME}: it is missing or unfinished.{hint}")
+    return read_json(path)
+
+
+def require_manifest_fields(manifest: Mapping[str, Any], expected: Mapping[str, Any], where: str) -> None:
+    """Refuse inputs whose manifest disagrees with what the caller expects (model, dataset, tokenizer...)."""
+    diffs = [f"{k}: found {manifest.get(k)!r}, expected {v!r}" for k, v in expected.items() if manifest.get(k) != v]
+    if diffs:
+        raise ManifestMismatch(f"{where} does not match this run: " + "; ".join(diffs))
+
+
+def config_fingerprint(config: Any) -> str:
+    """Stable short hash of a config (dataclass or dict), used to refuse reusing a folder for another config."""
+    if dataclasses.is_dataclass(config):
+        config = dataclasses.asdict(config)
+    blob = json.dumps(config, sort_keys=True, default=_json_default).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- misc
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise NeuronLibError(f"device {requested!r} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def run_cli(main_fn) -> None:
+    """Run a CLI entry point; NeuronLibError becomes a one-line message and exit code 2."""
+    import sys
+
+    try:
+        main_fn()
+    except NeuronLibError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

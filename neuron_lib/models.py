@@ -1,0 +1,182 @@
+"""Model access: resolve a model name, load it as a TransformerLens 4 ``TransformerBridge``.
+
+Names that resolve:
+- zoo models trained by ``neuron_lib.zoo`` (folders under ``$MODELS_DIR/zoo``), e.g. ``zoo-gpt2-a``;
+- the paper's aliases ``stanford-gpt2-{small,medium}-{a..e}``, ``pythia-160m[-seed1..3]`` (hub ids);
+- any local folder in the hub's format (``config.json`` + ``model.safetensors`` + tokenizer files);
+- any other hub id ``owner/name``.
+
+Every loaded model exposes ``blocks.{l}.mlp.hook_pre`` / ``hook_post`` of shape [batch, pos, d_mlp];
+``load_model`` checks that on a one-token forward pass before returning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from pathlib import Path
+
+import torch
+
+from neuron_lib.common import NeuronLibError, output_root
+
+_STANFORD_SMALL = ["alias", "battlestar", "caprica", "darkmatter", "expanse"]
+_STANFORD_MEDIUM = ["arwen", "beren", "celebrimbor", "durin", "eowyn"]
+_STANFORD_SEEDS = [21, 49, 81, 343, 777]
+
+HUB_ALIASES: dict[str, str] = {
+    **{f"stanford-gpt2-small-{l}": f"stanford-crfm/{n}-gpt2-small-x{s}" for l, n, s in zip("abcde", _STANFORD_SMALL, _STANFORD_SEEDS)},
+    **{f"stanford-gpt2-medium-{l}": f"stanford-crfm/{n}-gpt2-medium-x{s}" for l, n, s in zip("abcde", _STANFORD_MEDIUM, _STANFORD_SEEDS)},
+    "pythia-160m": "EleutherAI/pythia-160m",
+    **{f"pythia-160m-seed{i}": f"EleutherAI/pythia-160m-seed{i}" for i in (1, 2, 3)},
+    "pythia-70m": "EleutherAI/pythia-70m",
+    "gpt2": "openai-community/gpt2",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    name: str  # the name the user gave (used in output paths)
+    location: str  # local folder or hub id
+    is_local: bool
+
+
+def zoo_dir() -> Path:
+    return output_root("MODELS_DIR") / "zoo"
+
+
+def known_model_names() -> list[str]:
+    zoo = sorted(p.name for p in zoo_dir().glob("*") if (p / "config.json").exists()) if zoo_dir().exists() else []
+    return zoo + sorted(HUB_ALIASES)
+
+
+def _is_model_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").exists()
+
+
+def resolve_model(name: str) -> ModelSource:
+    """Map a user-facing name to a local folder or a hub id, with an error that lists the options."""
+    name = str(name)
+    zoo_path = zoo_dir() / name
+    if _is_model_folder(zoo_path):
+        return ModelSource(name, str(zoo_path.resolve()), True)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not _is_model_folder(path):
+            raise NeuronLibError(
+                f"{path} exists but is not a model folder in the hub's format (no config.json). "
+                "Point at a folder written by `save_pretrained` (config.json, model.safetensors, tokenizer files)."
+            )
+        return ModelSource(path.name, str(path.resolve()), True)
+    if name in HUB_ALIASES:
+        return ModelSource(name, HUB_ALIASES[name], False)
+    if "/" in name and not name.startswith((".", "/")):
+        return ModelSource(name.split("/")[-1], name, False)
+    raise NeuronLibError(
+        f"unknown model {name!r}. Known names: {', '.join(known_model_names())}; "
+        "or give a local folder in the hub's format, or a hub id owner/name."
+    )
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _ensure_hub_model_available(source: ModelSource) -> None:
+    """Fail within seconds (not after minutes of retries) when a hub model is neither cached nor reachable."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(source.location, "config.json")
+    if isinstance(cached, str):
+        return
+    if not _hub_reachable():
+        raise NeuronLibError(
+            f"model {source.name!r} ({source.location}) is not in the local Hugging Face cache and the hub "
+            "cannot be reached (offline, or HF_HUB_OFFLINE=1). Download it on a machine with network "
+            f"(`huggingface-cli download {source.location} --local-dir DIR`) and pass DIR as the model name."
+        )
+
+
+def load_tokenizer(name: str):
+    """The model's own tokenizer (HF ``PreTrainedTokenizerFast``)."""
+    from transformers import AutoTokenizer
+
+    source = resolve_model(name)
+    if not source.is_local:
+        _ensure_hub_model_available(source)
+    try:
+        return AutoTokenizer.from_pretrained(source.location)
+    except Exception as exc:
+        raise NeuronLibError(f"could not load a tokenizer for {name!r} from {source.location}: {exc}") from exc
+
+
+def load_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, process_weights: bool = False):
+    """Load ``name`` as a TransformerBridge in eval mode.
+
+    ``process_weights=True`` applies the paper's weight processing (LayerNorm folded, writing weights
+    and unembedding centred) through TransformerLens' compatibility mode; activations are unchanged
+    by it (tests/test_models.py checks this), only the weights that weight statistics read.
+    """
+    import logging
+
+    from transformer_lens.model_bridge import TransformerBridge
+
+    logging.getLogger("transformer_lens").setLevel(logging.ERROR)
+    source = resolve_model(name)
+    if not source.is_local:
+        _ensure_hub_model_available(source)
+    try:
+        bridge = TransformerBridge.boot_transformers(source.location, device=str(device), dtype=dtype)
+    except NeuronLibError:
+        raise
+    except Exception as exc:
+        raise NeuronLibError(f"could not load model {name!r} from {source.location}: {type(exc).__name__}: {exc}") from exc
+    if process_weights:
+        bridge.enable_compatibility_mode()
+    bridge.eval()
+    bridge.neuron_lib_source = source  # provenance for manifests
+    bridge.neuron_lib_processed = process_weights
+    check_mlp_hooks(bridge)
+    return bridge
+
+
+def mlp_hook_names(model, layer: int) -> tuple[str, str]:
+    return f"blocks.{layer}.mlp.hook_pre", f"blocks.{layer}.mlp.hook_post"
+
+
+def check_mlp_hooks(model) -> None:
+    """Assert the TransformerLens hook contract: hook_pre/hook_post of every layer are [batch, pos, d_mlp]."""
+    n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
+    names = [n for layer in range(n_layers) for n in mlp_hook_names(model, layer)]
+    missing = [n for n in names if n not in model.hook_dict]
+    if missing:
+        raise NeuronLibError(f"model {model.cfg.model_name} lacks MLP hooks {missing[:4]}: unsupported architecture")
+    probe = torch.zeros(1, 2, dtype=torch.long, device=model.cfg.device)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(probe, names_filter=names, stop_at_layer=n_layers)
+    for n in names:
+        if tuple(cache[n].shape) != (1, 2, d_mlp):
+            raise NeuronLibError(f"hook {n} has shape {tuple(cache[n].shape)}, expected [batch, pos, d_mlp=(1, 2, {d_mlp})]")
+
+
+def model_info(model) -> dict:
+    """What manifests record about a model."""
+    cfg = model.cfg
+    source = getattr(model, "neuron_lib_source", None)
+    return {
+        "model": source.name if source else cfg.model_name,
+        "model_location": source.location if source else None,
+        "n_layers": cfg.n_layers,
+        "d_model": cfg.d_model,
+        "d_mlp": cfg.d_mlp,
+        "d_vocab": cfg.d_vocab,
+        "act_fn": cfg.act_fn,
+        "weights_processed": bool(getattr(model, "neuron_lib_processed", False)),
+    }

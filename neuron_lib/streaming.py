@@ -1,0 +1,111 @@
+"""Stream MLP activations of a model over a token dataset, batch by batch.
+
+Yields pre/post activations of all layers as ``[layers, d_mlp, tokens]`` after the paper's token
+filter (drop BOS/pad and newline tokens; configurable). Logits are never computed: the forward
+pass stops after the last block.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import torch
+from jaxtyping import Bool, Float, Int
+
+from neuron_lib.common import NeuronLibError
+
+
+@dataclasses.dataclass
+class TokenFilter:
+    """Which token positions statistics ignore. Paper: pad/BOS (same id in GPT-2) and the newline token."""
+
+    drop_bos: bool = True
+    drop_newline: bool = True
+    extra_drop_ids: tuple[int, ...] = ()
+
+    def drop_ids(self, tokenizer) -> list[int]:
+        ids: set[int] = set(self.extra_drop_ids)
+        if self.drop_bos:
+            for tid in (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id):
+                if tid is not None:
+                    ids.add(int(tid))
+        if self.drop_newline:
+            newline = tokenizer.encode("\n", add_special_tokens=False)
+            if len(newline) == 1:
+                ids.add(int(newline[0]))
+        return sorted(ids)
+
+
+@dataclasses.dataclass
+class ActivationBatch:
+    """One batch of filtered activations. ``flat_index`` = row·ctx + pos in the dataset (paper's layout)."""
+
+    pre: Float[torch.Tensor, "layers d_mlp tokens"] | None
+    post: Float[torch.Tensor, "layers d_mlp tokens"] | None
+    token_ids: Int[torch.Tensor, "tokens"]
+    flat_index: Int[torch.Tensor, "tokens"]
+    keep: Bool[torch.Tensor, "batch pos"]
+    rows: tuple[int, int]  # [start, end) dataset rows of this batch
+
+
+def tokens_tensor(dataset, start: int, end: int) -> Int[torch.Tensor, "batch pos"]:
+    rows = dataset[start:end]["tokens"]
+    return rows if isinstance(rows, torch.Tensor) else torch.tensor(rows, dtype=torch.long)
+
+
+def n_rows_for_tokens(dataset, max_tokens: int | None) -> int:
+    """Rows needed for ``max_tokens`` tokens (all rows if None); too small a dataset is a clear error."""
+    ctx = len(dataset[0]["tokens"])
+    if max_tokens is None:
+        return len(dataset)
+    needed = -(-int(max_tokens) // ctx)
+    if needed > len(dataset):
+        raise NeuronLibError(
+            f"the token dataset has {len(dataset)} rows x {ctx} = {len(dataset) * ctx:,} tokens, fewer than the "
+            f"{max_tokens:,} requested; lower --max-tokens or build a bigger dataset (python -m neuron_lib.corpus)."
+        )
+    return needed
+
+
+@torch.no_grad()
+def mlp_activations(model, tokens: Int[torch.Tensor, "batch pos"], want_pre: bool, want_post: bool):
+    """Run ``tokens`` through all blocks (no unembedding) and return stacked [layers, batch, pos, d_mlp] tensors."""
+    n_layers = model.cfg.n_layers
+    names = []
+    if want_pre:
+        names += [f"blocks.{l}.mlp.hook_pre" for l in range(n_layers)]
+    if want_post:
+        names += [f"blocks.{l}.mlp.hook_post" for l in range(n_layers)]
+    tokens = tokens.to(model.cfg.device)
+    _, cache = model.run_with_cache(tokens, names_filter=names, stop_at_layer=n_layers)
+    pre = torch.stack([cache[f"blocks.{l}.mlp.hook_pre"] for l in range(n_layers)]) if want_pre else None
+    post = torch.stack([cache[f"blocks.{l}.mlp.hook_post"] for l in range(n_layers)]) if want_post else None
+    return pre, post
+
+
+def iter_mlp_activations(
+    model,
+    dataset,
+    batch_size: int,
+    drop_ids: list[int] | None = None,
+    want_pre: bool = False,
+    want_post: bool = True,
+    start_row: int = 0,
+    end_row: int | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Iterator[ActivationBatch]:
+    """Yield filtered activations ``[layers, d_mlp, tokens]`` for dataset rows [start_row, end_row)."""
+    end_row = len(dataset) if end_row is None else end_row
+    drop = torch.tensor(sorted(drop_ids or []), dtype=torch.long)
+    for start in range(start_row, end_row, batch_size):
+        end = min(start + batch_size, end_row)
+        tokens = tokens_tensor(dataset, start, end)
+        keep = ~torch.isin(tokens, drop) if len(drop) else torch.ones_like(tokens, dtype=torch.bool)
+        pre, post = mlp_activations(model, tokens, want_pre, want_post)
+        keep_dev = keep.to(pre.device if pre is not None else post.device)
+        # [L, B, P, N] -> [L, N, kept tokens], sequence-major token order as in the paper
+        select = lambda acts: acts[:, keep_dev].transpose(1, 2).to(dtype) if acts is not None else None  # noqa: E731
+        ctx = tokens.shape[1]
+        flat = (torch.arange(start, end)[:, None] * ctx + torch.arange(ctx)[None, :])[keep]
+        yield ActivationBatch(select(pre), select(post), tokens[keep], flat, keep, (start, end))

@@ -1,0 +1,379 @@
+"""The seed zoo: GPT-2-architecture causal LMs that differ only in their seed.
+
+Like the ``stanford-crfm`` GPT-2 seeds, every zoo model shares architecture, data and schedule;
+the seed sets both the initialisation and the data order. Models are saved in the hub's format
+(``config.json``, ``model.safetensors``, tokenizer files) so ``neuron_lib.models`` loads them
+exactly like a downloaded checkpoint, plus a provenance ``manifest.json`` and ``loss_curve.csv``.
+
+Training is resumable: every ``checkpoint_every`` steps the model, AdamW state and loss curve are
+written atomically to ``{model}/checkpoint/``; a killed run continues from there, bit-identically,
+because the data order is a pure function of (seed, step).
+
+    python -m neuron_lib.zoo train                 # the default zoo (five seeds, CPU-sized)
+    python -m neuron_lib.zoo train --preset gpu    # a bigger configuration for a GPU
+    python -m neuron_lib.zoo report                # held-out loss of each model vs unigram entropy
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from neuron_lib.common import (
+    NeuronLibError,
+    atomic_write_json,
+    atomic_write_text,
+    load_tensors,
+    make_manifest,
+    output_root,
+    read_json,
+    read_manifest,
+    run_cli,
+    save_tensors_atomic,
+    write_manifest,
+)
+
+STANFORD_SEEDS = (21, 49, 81, 343, 777)
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+@dataclasses.dataclass
+class ZooConfig:
+    """One place for the zoo's architecture and training budget (see docs/zoo.md for why these values)."""
+
+    name_prefix: str = "zoo-gpt2"
+    seeds: tuple[int, ...] = STANFORD_SEEDS
+    # architecture (HF GPT2LMHeadModel: learned positions, LayerNorm, gelu_new, tied embeddings)
+    n_layer: int = 2
+    d_model: int = 128
+    n_head: int = 4
+    d_mlp: int = 512
+    # data: token datasets from `python -m neuron_lib.corpus build`; empty = the embedded default
+    train_dataset: str = ""
+    analysis_dataset: str = ""
+    # optimisation
+    batch_size: int = 32
+    max_steps: int = 1000
+    lr: float = 2e-3
+    min_lr_frac: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    dropout: float = 0.0
+    # bookkeeping
+    eval_rows: int = 256
+    eval_every: int = 250
+    checkpoint_every: int = 100
+    device: str = "auto"
+    jobs: int = 1  # models trained concurrently (each with cores/jobs threads)
+
+    def validate(self) -> "ZooConfig":
+        if self.d_model % self.n_head:
+            raise NeuronLibError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise NeuronLibError(f"seeds must be distinct and non-empty, got {self.seeds}")
+        if len(self.seeds) > len(LETTERS):
+            raise NeuronLibError("at most 26 seeds")
+        for field in ("batch_size", "max_steps", "eval_rows", "checkpoint_every", "jobs"):
+            if getattr(self, field) <= 0:
+                raise NeuronLibError(f"{field} must be positive")
+        if not 0 < self.lr < 1:
+            raise NeuronLibError(f"lr={self.lr} is out of range")
+        return self
+
+    def model_names(self) -> list[str]:
+        return [f"{self.name_prefix}-{LETTERS[i]}" for i in range(len(self.seeds))]
+
+    def resolved_datasets(self) -> tuple[Path, Path]:
+        from neuron_lib.corpus import CorpusConfig
+
+        ctx = CorpusConfig().ctx_len
+        root = output_root("DATASET_DIR") / "zoo"
+        train = Path(self.train_dataset) if self.train_dataset else root / f"embedded.train.{ctx}"
+        analysis = Path(self.analysis_dataset) if self.analysis_dataset else root / f"embedded.analysis.{ctx}"
+        return train, analysis
+
+
+PRESETS: dict[str, dict] = {
+    "default": {},
+    # ~GPT-2-small-like width for a GPU; one flag away from the CPU default
+    "gpu": dict(n_layer=6, d_model=512, n_head=8, d_mlp=2048, batch_size=64, max_steps=20000, lr=6e-4, warmup_steps=500,
+                eval_every=1000, checkpoint_every=1000),
+    # seconds on a CPU: the micro zoo that tests train once per session
+    "micro": dict(n_layer=2, d_model=32, n_head=2, d_mlp=64, batch_size=8, max_steps=40, lr=3e-3, warmup_steps=5,
+                  eval_rows=16, eval_every=20, checkpoint_every=10),
+}
+
+
+def make_config(preset: str = "default", **overrides) -> ZooConfig:
+    if preset not in PRESETS:
+        raise NeuronLibError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    return ZooConfig(**{**PRESETS[preset], **overrides}).validate()
+
+
+# ---------------------------------------------------------------- pieces of one training run
+def build_model(cfg: ZooConfig, vocab_size: int, ctx_len: int, seed: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=vocab_size, n_positions=ctx_len, n_embd=cfg.d_model, n_layer=cfg.n_layer, n_head=cfg.n_head,
+        n_inner=cfg.d_mlp, activation_function="gelu_new", resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.dropout, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0,
+    )
+    torch.manual_seed(seed)  # the seed alone decides the initialisation
+    return GPT2LMHeadModel(config)
+
+
+def learning_rate(cfg: ZooConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to min_lr_frac·lr."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def batch_rows(seed: int, step: int, batch_size: int, n_rows: int) -> torch.Tensor:
+    """Rows of the training set used at ``step``: a seeded permutation per epoch, so data order is
+    a pure function of (seed, step) and a resumed run sees exactly the batches it would have."""
+    first = step * batch_size
+    idx = torch.arange(first, first + batch_size)
+    epochs, positions = idx // n_rows, idx % n_rows
+    rows = torch.empty(batch_size, dtype=torch.long)
+    for epoch in epochs.unique().tolist():
+        perm = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        mask = epochs == epoch
+        rows[mask] = perm[positions[mask]]
+    return rows
+
+
+@torch.no_grad()
+def held_out_loss(model, tokens: torch.Tensor, batch_size: int, device: torch.device) -> float:
+    """Mean next-token cross-entropy (nats) over all predicted positions of ``tokens``."""
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(tokens), batch_size):
+        batch = tokens[start : start + batch_size].to(device)
+        logits = model(batch).logits[:, :-1]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), reduction="sum")
+        total += loss.item()
+        count += batch[:, 1:].numel()
+    model.train()
+    return total / count
+
+
+def _optimizer(model, cfg: ZooConfig):
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, cfg.beta2), eps=1e-8,
+    )
+
+
+def _save_checkpoint(ckpt_dir: Path, model, optimizer, step: int, curve: list[dict], seconds: float) -> None:
+    names = {id(p): n for n, p in model.named_parameters()}
+    state = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p)
+            if st:
+                state[f"{names[id(p)]}::exp_avg"] = st["exp_avg"]
+                state[f"{names[id(p)]}::exp_avg_sq"] = st["exp_avg_sq"]
+                state[f"{names[id(p)]}::step"] = st["step"].reshape(1).float()
+    # tied weights: safetensors refuses shared storage, so save the state dict without the tied alias
+    model_state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_tensors_atomic(ckpt_dir / "model.safetensors", model_state)
+    save_tensors_atomic(ckpt_dir / "optimizer.safetensors", state)
+    # progress.json is written last: it is what marks the checkpoint as complete
+    atomic_write_json(ckpt_dir / "progress.json", {"step": step, "curve": curve, "train_seconds": seconds})
+
+
+def _load_checkpoint(ckpt_dir: Path, model, optimizer):
+    progress = read_json(ckpt_dir / "progress.json")
+    model.load_state_dict(load_tensors(ckpt_dir / "model.safetensors"), strict=False)
+    model.tie_weights()
+    opt_state = load_tensors(ckpt_dir / "optimizer.safetensors")
+    params = dict(model.named_parameters())
+    for name, p in params.items():
+        if f"{name}::exp_avg" in opt_state:
+            optimizer.state[p] = {
+                "exp_avg": opt_state[f"{name}::exp_avg"],
+                "exp_avg_sq": opt_state[f"{name}::exp_avg_sq"],
+                "step": opt_state[f"{name}::step"].reshape(()),
+            }
+    return progress
+
+
+def _config_record(cfg: ZooConfig, seed: int, train_manifest: dict) -> dict:
+    arch = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("seeds", "device", "jobs", "name_prefix")}
+    return {"seed": seed, "train": arch, "train_dataset_fingerprint": train_manifest.get("tokenizer_fingerprint"),
+            "train_dataset_tokens": train_manifest.get("n_tokens")}
+
+
+def model_is_finished(out_dir: Path, record: dict) -> bool:
+    manifest_path = out_dir / "manifest.json"
+    if not manifest_path.exists() or not (out_dir / "model.safetensors").exists():
+        return False
+    manifest = read_json(manifest_path)
+    return manifest.get("record") == record
+
+
+def train_one(cfg: ZooConfig, index: int, show_progress: bool = True) -> dict:
+    """Train (or resume, or skip if finished) the zoo model number ``index``; returns its manifest.
+
+    Fault injection for tests: with ``NEURON_LIB_KILL_AFTER_CHECKPOINT=N`` in the environment the
+    process SIGKILLs itself right after writing the checkpoint of step N, like a preempted job.
+    """
+    from neuron_lib.corpus import load_token_dataset
+
+    seed, name = cfg.seeds[index], cfg.model_names()[index]
+    out_dir = output_root("MODELS_DIR") / "zoo" / name
+    train_path, analysis_path = cfg.resolved_datasets()
+    train_ds, train_manifest = load_token_dataset(train_path)
+    analysis_ds, analysis_manifest = load_token_dataset(analysis_path)
+    if train_manifest.get("tokenizer_fingerprint") != analysis_manifest.get("tokenizer_fingerprint"):
+        raise NeuronLibError(f"{train_path} and {analysis_path} were tokenized with different tokenizers; rebuild the corpus")
+    record = _config_record(cfg, seed, train_manifest)
+    if model_is_finished(out_dir, record):
+        return read_json(out_dir / "manifest.json")
+
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device))
+    train_tokens: torch.Tensor = train_ds[:]["tokens"]
+    eval_tokens: torch.Tensor = analysis_ds[: min(cfg.eval_rows, len(analysis_ds))]["tokens"]
+    n_rows, ctx_len = train_tokens.shape
+    tokenizer_dir = Path(train_manifest.get("tokenizer_dir") or output_root("CORPUS_DIR") / "tokenizer")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = build_model(cfg, len(tokenizer), ctx_len, seed).to(device)
+    model.config.bos_token_id = model.config.eos_token_id = tokenizer.bos_token_id
+    optimizer = _optimizer(model, cfg)
+
+    ckpt_dir = out_dir / "checkpoint"
+    start_step, curve, seconds = 0, [], 0.0
+    if (ckpt_dir / "progress.json").exists():
+        ckpt_record = read_json(ckpt_dir / "record.json") if (ckpt_dir / "record.json").exists() else None
+        if ckpt_record == record:
+            progress = _load_checkpoint(ckpt_dir, model, optimizer)
+            start_step, curve, seconds = progress["step"], progress["curve"], progress["train_seconds"]
+        else:
+            shutil.rmtree(ckpt_dir)  # a checkpoint of another configuration cannot be resumed
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(ckpt_dir / "record.json", record)
+
+    model.train()
+    tokens_per_step = cfg.batch_size * (ctx_len - 1)
+    bar = tqdm(total=cfg.max_steps, initial=start_step, desc=name, unit="step", disable=not show_progress, position=index if cfg.jobs > 1 else None, leave=True)
+    t0 = time.time()
+    for step in range(start_step, cfg.max_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step)
+        batch = train_tokens[batch_rows(seed, step, cfg.batch_size, n_rows)].to(device)
+        logits = model(batch).logits[:, :-1]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        done = step + 1
+        point = {"step": done, "tokens": done * tokens_per_step, "train_loss": loss.item()}
+        if done % cfg.eval_every == 0 or done == cfg.max_steps:
+            point["held_out_loss"] = held_out_loss(model, eval_tokens, cfg.batch_size, device)
+        curve.append(point)
+        elapsed = seconds + time.time() - t0
+        bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{(done - start_step) * tokens_per_step / max(1e-9, time.time() - t0):,.0f}")
+        bar.update(1)
+        if done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
+            _save_checkpoint(ckpt_dir, model, optimizer, done, curve, elapsed)
+            if os.environ.get("NEURON_LIB_KILL_AFTER_CHECKPOINT") == str(done):
+                os.kill(os.getpid(), signal.SIGKILL)
+    bar.close()
+    seconds += time.time() - t0
+
+    final_loss = curve[-1]["held_out_loss"]
+    model.save_pretrained(out_dir)  # config.json + model.safetensors, the hub's format
+    tokenizer.save_pretrained(out_dir)
+    atomic_write_text(out_dir / "loss_curve.csv", "step,tokens,train_loss,held_out_loss\n" + "".join(
+        f"{p['step']},{p['tokens']},{p['train_loss']:.5f},{p.get('held_out_loss', '')}\n" for p in curve))
+    manifest = make_manifest(
+        "zoo", cfg, model=name, seed=seed, record=record, steps=cfg.max_steps, tokens_seen=cfg.max_steps * tokens_per_step,
+        n_params=sum(p.numel() for p in model.parameters()), held_out_loss=final_loss,
+        held_out_tokens=int(eval_tokens[:, 1:].numel()), train_seconds=seconds, device=str(device),
+        train_dataset=str(train_path), analysis_dataset=str(analysis_path),
+        tokenizer_fingerprint=train_manifest.get("tokenizer_fingerprint"),
+    )
+    write_manifest(out_dir, manifest)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return manifest
+
+
+def _train_worker(args):
+    cfg, index, threads = args
+    torch.set_num_threads(threads)
+    return train_one(cfg, index)
+
+
+def train_zoo(cfg: ZooConfig, only: list[str] | None = None) -> list[dict]:
+    """Train every zoo model (skipping finished ones); ``jobs`` > 1 trains several at once."""
+    cfg.validate()
+    names = cfg.model_names()
+    indices = [i for i, n in enumerate(names) if not only or n in only or n[-1] in only]
+    train_path, _ = cfg.resolved_datasets()
+    if not (Path(train_path) / "manifest.json").exists():
+        raise NeuronLibError(f"no training dataset at {train_path}. Run `python -m neuron_lib.corpus build` first.")
+    print(f"zoo plan: {len(indices)} models {[names[i] for i in indices]}, {cfg.n_layer} layers, d_model {cfg.d_model}, "
+          f"d_mlp {cfg.d_mlp}, {cfg.max_steps} steps x {cfg.batch_size} rows, jobs={cfg.jobs}")
+    if cfg.jobs == 1:
+        return [train_one(cfg, i) for i in indices]
+    import multiprocessing as mp
+
+    threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
+    with mp.get_context("spawn").Pool(cfg.jobs) as pool:
+        return pool.map(_train_worker, [(cfg, i, threads) for i in indices])
+
+
+def zoo_report(cfg: ZooConfig) -> str:
+    """Held-out loss of each model next to the unigram entropy of the corpus."""
+    train_path, analysis_path = cfg.resolved_datasets()
+    analysis_manifest = read_manifest(analysis_path, "python -m neuron_lib.corpus build")
+    unigram = analysis_manifest.get("unigram_entropy_nats")
+    lines = [f"{'model':<14} {'seed':>5} {'steps':>6} {'tokens seen':>12} {'train s':>8} {'held-out loss':>14} {'unigram entropy':>16}"]
+    for name in cfg.model_names():
+        path = output_root("MODELS_DIR") / "zoo" / name
+        m = read_manifest(path, "python -m neuron_lib.zoo train")
+        lines.append(f"{name:<14} {m['seed']:>5} {m['steps']:>6} {m['tokens_seen']:>12,} {m['train_seconds']:>8.0f} "
+                     f"{m['held_out_loss']:>14.3f} {unigram if unigram is None else f'{unigram:.3f}':>16}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m neuron_lib.zoo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["train", "report"])
+    parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    parser.add_argument("--models", default="", help="comma-separated subset of model names or letters")
+    for field in dataclasses.fields(ZooConfig):
+        if field.name == "seeds":
+            parser.add_argument("--seeds", type=lambda s: tuple(int(x) for x in s.split(",")), default=None)
+        else:
+            parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None)
+    args = parser.parse_args(argv)
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ZooConfig) if getattr(args, f.name) is not None}
+    cfg = make_config(args.preset, **overrides)
+    if args.command == "train":
+        train_zoo(cfg, [m for m in args.models.split(",") if m] or None)
+    print(zoo_report(cfg))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,94 @@
+"""Shared fixtures. The micro zoo (tiny corpus, tokenizer, two 2-layer models) is built once per session.
+
+Every output root is redirected to a session temp dir so tests never touch the user's data.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+_ROOTS = ["CORPUS_DIR", "DATASET_DIR", "MODELS_DIR", "RESULTS_DIR", "SUMMARY_DIR", "DATAFRAMES_DIR",
+          "CACHED_ACTIVATIONS_DIR", "FIGURES_DIR"]
+
+_SUBJECTS = ["the cat", "a dog", "the old king", "my friend", "the river", "a small bird", "the teacher", "our city"]
+_VERBS = ["sees", "likes", "follows", "finds", "remembers", "builds", "carries", "watches"]
+_OBJECTS = ["the house", "a red apple", "the long road", "the sea", "a quiet garden", "the night", "an old book"]
+_TAILS = ["", " in the morning", " after the rain", " with great care", " near the bridge", " again"]
+
+
+def synthetic_documents(n_docs: int, seed: int) -> list[str]:
+    """Language-like documents from a tiny grammar: deterministic, offline, with real regularities."""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n_docs):
+        sentences = []
+        for _ in range(rng.randint(3, 8)):
+            s = f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)}{rng.choice(_TAILS)}."
+            sentences.append(s[0].upper() + s[1:])
+        docs.append(" ".join(sentences) + ("\n" if rng.random() < 0.5 else ""))
+    return docs
+
+
+@dataclass
+class MicroZoo:
+    root: Path
+    model_names: list[str]  # resolvable names (zoo folders under $MODELS_DIR/zoo)
+    model_dirs: list[Path]
+    train_dataset: Path
+    analysis_dataset: Path
+    tokenizer_dir: Path
+    config: object
+
+
+@pytest.fixture(scope="session")
+def micro_zoo(tmp_path_factory) -> MicroZoo:
+    from neuron_lib import corpus, zoo
+
+    root = tmp_path_factory.mktemp("micro_zoo")
+    old = {k: os.environ.get(k) for k in _ROOTS}
+    for k in _ROOTS:
+        os.environ[k] = str(root / k.lower())
+    try:
+        docs = {"grammar": synthetic_documents(240, seed=1), "grammar2": synthetic_documents(120, seed=2)}
+        split = corpus.split_documents(docs, analysis_fraction=0.25, seed=0)
+        tok_dir = Path(os.environ["CORPUS_DIR"]) / "tokenizer"
+        tokenizer = corpus.train_tokenizer([d for ds in split["train"].values() for d in ds], vocab_size=320, out_dir=tok_dir)
+        ctx = 32
+        paths = {}
+        for part in ("train", "analysis"):
+            ds = corpus.tokenize_documents(split[part], tokenizer, ctx)
+            paths[part] = corpus.save_token_dataset(
+                ds, Path(os.environ["DATASET_DIR"]) / "zoo" / f"micro.{part}.{ctx}",
+                {"split": part, "split_seed": 0, "tokenizer_dir": str(tok_dir)},
+            )
+        cfg = zoo.make_config("micro", name_prefix="micro", seeds=(21, 49, 81), train_dataset=str(paths["train"]),
+                              analysis_dataset=str(paths["analysis"]))
+        zoo.train_zoo(cfg)
+        names = cfg.model_names()
+        yield MicroZoo(root, names, [Path(os.environ["MODELS_DIR"]) / "zoo" / n for n in names], paths["train"],
+                       paths["analysis"], tok_dir, cfg)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def micro_env(micro_zoo, monkeypatch):
+    """Point every output root at the micro zoo's folders for one test."""
+    for k in _ROOTS:
+        monkeypatch.setenv(k, str(micro_zoo.root / k.lower()))
+    return micro_zoo
