@@ -63,7 +63,7 @@ class ZooConfig:
     analysis_dataset: str = ""
     # optimisation
     batch_size: int = 32
-    max_steps: int = 1000
+    max_steps: int = 1200
     lr: float = 2e-3
     min_lr_frac: float = 0.1
     warmup_steps: int = 50
@@ -73,8 +73,9 @@ class ZooConfig:
     dropout: float = 0.0
     # bookkeeping
     eval_rows: int = 256
-    eval_every: int = 250
+    eval_every: int = 300
     checkpoint_every: int = 100
+    snapshot_steps: tuple[int, ...] = ()  # also save hub-format copies at these steps (training-length studies)
     device: str = "auto"
     jobs: int = 1  # models trained concurrently (each with cores/jobs threads)
 
@@ -215,8 +216,14 @@ def _load_checkpoint(ckpt_dir: Path, model, optimizer):
     return progress
 
 
+def _save_snapshot(path: Path, model, tokenizer, loss: float, tokens: int) -> None:
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    atomic_write_json(path / "snapshot.json", {"held_out_loss": loss, "tokens_seen": tokens})
+
+
 def _config_record(cfg: ZooConfig, seed: int, train_manifest: dict) -> dict:
-    arch = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("seeds", "device", "jobs", "name_prefix")}
+    arch = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("seeds", "device", "jobs", "name_prefix", "snapshot_steps", "eval_every", "checkpoint_every")}
     return {"seed": seed, "train": arch, "train_dataset_fingerprint": train_manifest.get("tokenizer_fingerprint"),
             "train_dataset_tokens": train_manifest.get("n_tokens")}
 
@@ -294,6 +301,8 @@ def train_one(cfg: ZooConfig, index: int, show_progress: bool = True) -> dict:
         elapsed = seconds + time.time() - t0
         bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{(done - start_step) * tokens_per_step / max(1e-9, time.time() - t0):,.0f}")
         bar.update(1)
+        if done in cfg.snapshot_steps and done < cfg.max_steps:
+            _save_snapshot(out_dir / "snapshots" / f"step{done}", model, tokenizer, held_out_loss(model, eval_tokens, cfg.batch_size, device), done * tokens_per_step)
         if done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
             _save_checkpoint(ckpt_dir, model, optimizer, done, curve, elapsed)
             if os.environ.get("NEURON_LIB_KILL_AFTER_CHECKPOINT") == str(done):
@@ -353,7 +362,7 @@ def zoo_report(cfg: ZooConfig) -> str:
         path = output_root("MODELS_DIR") / "zoo" / name
         m = read_manifest(path, "python -m neuron_lib.zoo train")
         lines.append(f"{name:<14} {m['seed']:>5} {m['steps']:>6} {m['tokens_seen']:>12,} {m['train_seconds']:>8.0f} "
-                     f"{m['held_out_loss']:>14.3f} {unigram if unigram is None else f'{unigram:.3f}':>16}")
+                     f"{m['held_out_loss']:>14.3f} {'n/a' if unigram is None else f'{unigram:.3f}':>16}")
     return "\n".join(lines)
 
 
@@ -363,8 +372,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
     parser.add_argument("--models", default="", help="comma-separated subset of model names or letters")
     for field in dataclasses.fields(ZooConfig):
-        if field.name == "seeds":
-            parser.add_argument("--seeds", type=lambda s: tuple(int(x) for x in s.split(",")), default=None)
+        if field.name in ("seeds", "snapshot_steps"):
+            parser.add_argument(f"--{field.name.replace('_', '-')}", type=lambda s: tuple(int(x) for x in s.split(",") if x), default=None)
         else:
             parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None)
     args = parser.parse_args(argv)

@@ -1,0 +1,1369 @@
+"""Cross-seed streaming neuron correlations with baselines (paper §2; rebuild of ``correlations_fast.py``).
+
+One pass over a token dataset correlates every MLP neuron (all layers, flat index ``l*d_mlp + n``) of a
+reference model with every neuron of each other model, plus the requested baselines:
+
+- ``none`` (always computed): the real correlation;
+- ``rotation``: the other model's neuron basis rotated per layer by a seeded Haar-random orthogonal
+  matrix (QR of a Gaussian with the sign fix). By default (``rotation_method="covariance"``) it costs no
+  extra per-token matmul against the reference: the co-moment with rotated neurons is ``C R^T`` and
+  their variances are ``diag(R W R^T)`` with ``W`` the other model's within-layer covariance, which the
+  pass accumulates. ``--n-rotations K`` draws K rotations, giving each reference neuron a null
+  distribution of baseline max-correlations (``rotation_z``, ``rotation_p`` in the table);
+- ``gaussian``: the other model's activations replaced by gelu(N(0,1)) noise (seeded per batch);
+- ``permutation``: the other model's tokens shuffled within each batch (seeded per batch).
+
+Numerics: per batch, activations are centred on their batch mean, the centred cross-product is one fp32
+GEMM, and the result is merged into float64 co-moments with Chan et al.'s parallel update (plus the exact
+correction for the fp32 rounding of the subtracted mean). Zero-variance neurons get correlation 0 and a
+``dead`` flag, never NaN.
+
+Layout and file formats: docs/correlations.md. CLI: ``python -m neuron_lib.correlations_fast --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import sys
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from neuron_lib.common import (
+    MANIFEST_NAME,
+    ManifestMismatch,
+    NeuronLibError,
+    atomic_write_json,
+    config_fingerprint,
+    human_bytes,
+    load_tensors,
+    make_manifest,
+    output_root,
+    pick_device,
+    read_json,
+    run_cli,
+    save_dataframe_atomic,
+    save_tensors_atomic,
+    write_manifest,
+)
+
+STAGE = "correlations"
+SIMILARITIES = ("pearson", "cosine", "jaccard")
+BASELINES = ("none", "gaussian", "permutation", "rotation")
+ROTATION_METHODS = ("auto", "covariance", "activations")
+N_TAIL = 50  # top-/bottom-k kept per row (paper: 50)
+N_EDGES = 100  # histogram edges linspace(-1, 1, 100) -> 101 bins (paper)
+REL_DEAD_TOL = 2e-7  # a neuron is dead if std <= REL_DEAD_TOL*|mean| + ABS_DEAD_TOL (fp32 resolution)
+ABS_DEAD_TOL = 1e-12
+SUMMARY_FILE = "correlation_summary.safetensors"
+SUMMARY_T_FILE = "correlation_summary_T.safetensors"
+STATS_FILE = "neuron_stats.safetensors"
+TABLE_STEM = "neuron_correlations"
+_CHUNK_ELEMS = 1 << 21  # elements per chunk in finalisation / summaries (bounds temporaries)
+_TEMP_BYTES_PER_ELEM = 48  # temporaries per chunk element (f64 copies, int64 bins...)
+_SUMMARY_ROW_BYTES = 2 * N_TAIL * (4 + 8) + (N_EDGES + 1) * 8 + 80  # one row of a SummaryAccumulator
+
+
+# =============================================================================== configuration
+def _meta(help_text: str, **kw) -> dict:
+    return {"help": help_text, **kw}
+
+
+@dataclass
+class CorrelationConfig:
+    """Everything that defines a correlation run. ``validate()`` checks it and fills derived defaults."""
+
+    reference_model: str = field(default="", metadata=_meta("reference model (name, zoo name or local folder)"))
+    other_models: list[str] = field(default_factory=list, metadata=_meta("comma-separated other models (other seeds)"))
+    token_dataset: str = field(default="", metadata=_meta("token dataset folder (neuron_lib.corpus layout)"))
+    baseline: list[str] = field(
+        default_factory=lambda: ["rotation"],
+        metadata=_meta("comma-separated baselines from none,gaussian,permutation,rotation (none is always computed)"),
+    )
+    similarity: str = field(default="pearson", metadata=_meta("pearson | cosine | jaccard"))
+    jaccard_threshold: float = field(default=0.0, metadata=_meta("jaccard: a neuron is active when activation > this"))
+    n_rotations: int = field(default=1, metadata=_meta("independent seeded rotations per other model (null distribution)"))
+    rotation_method: str = field(
+        default="auto",
+        metadata=_meta("covariance (exact, no per-token cost per rotation) | activations (rotate activations each batch) "
+                       "| auto (covariance, activations for jaccard)"),
+    )
+    batch_size: int = field(default=24, metadata=_meta("dataset rows per forward pass"))
+    max_tokens: int | None = field(default=None, metadata=_meta("use the first ceil(max_tokens/ctx) rows (default: all)"))
+    device: str = field(default="auto", metadata=_meta("auto | cpu | cuda[:i]"))
+    max_memory: str = field(default="auto", metadata=_meta("budget for accumulators, e.g. 4GB, 512MiB; auto: half the free memory"))
+    checkpoint_every: int = field(default=200, metadata=_meta("batches between checkpoints (0: never)"))
+    seed: int = field(default=0, metadata=_meta("seed of every baseline's randomness"))
+    universal_threshold: float = field(default=0.5, metadata=_meta("universal iff excess_corr > this (paper 0.5)"))
+    min_models: int | None = field(default=None, metadata=_meta("also require max_corr-baseline > threshold in this many models (default 1 = paper)"))
+    z_threshold: float = field(default=3.0, metadata=_meta("is_universal_z iff mean rotation z > this (and min_models models with z > this)"))
+    matmul_dtype: str = field(default="float32", metadata=_meta("dtype of the per-batch GEMM: float32 | float64"))
+    save_full_matrix: bool = field(default=False, metadata=_meta("also save the full correlation matrix"))
+    save_precision: int = field(default=16, metadata=_meta("full matrix precision: 32 | 16 | 8 (uint8 on [-1, 1])"))
+    block_rows: int | None = field(default=None, metadata=_meta("advanced: reference rows per pass (default: from --max-memory)"))
+    results_dir: str | None = field(default=None, metadata=_meta("default $RESULTS_DIR"))
+    dataframes_dir: str | None = field(default=None, metadata=_meta("default $DATAFRAMES_DIR"))
+    overwrite: bool = field(default=False, metadata=_meta("replace outputs of a different configuration"))
+    keep_checkpoint: bool = field(default=False, metadata=_meta("keep the checkpoint folder after success"))
+    progress: bool = field(default=True, metadata=_meta("show a progress bar (--no-progress to hide)"))
+
+    def __post_init__(self):
+        for name in ("other_models", "baseline"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, [v.strip() for v in value.split(",") if v.strip()])
+            else:
+                setattr(self, name, list(value))
+
+    def validate(self) -> "CorrelationConfig":
+        if not self.reference_model:
+            raise NeuronLibError("--reference-model is required")
+        if not self.other_models:
+            raise NeuronLibError("--other-models is required (comma-separated, e.g. b,c,d,e)")
+        if self.reference_model in self.other_models:
+            raise NeuronLibError("the reference model cannot also be one of --other-models")
+        if len(set(self.other_models)) != len(self.other_models):
+            raise NeuronLibError(f"--other-models lists a model twice: {self.other_models}")
+        if not self.token_dataset:
+            raise NeuronLibError("--token-dataset is required")
+        if self.similarity not in SIMILARITIES:
+            raise NeuronLibError(f"--similarity {self.similarity!r}: choose from {SIMILARITIES}")
+        bad = [b for b in self.baseline if b not in BASELINES]
+        if bad:
+            raise NeuronLibError(f"unknown baseline(s) {bad}: choose from {BASELINES}")
+        self.baseline = [b for b in BASELINES if b in self.baseline and b != "none"]  # canonical order
+        if self.n_rotations < 1:
+            raise NeuronLibError("--n-rotations must be >= 1")
+        if self.rotation_method not in ROTATION_METHODS:
+            raise NeuronLibError(f"--rotation-method {self.rotation_method!r}: choose from {ROTATION_METHODS}")
+        if self.similarity == "jaccard" and self.rotation_method == "covariance":
+            raise NeuronLibError("jaccard is not bilinear: the rotation baseline needs --rotation-method activations (or auto)")
+        if self.batch_size < 1:
+            raise NeuronLibError("--batch-size must be >= 1")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise NeuronLibError("--max-tokens must be >= 1")
+        if self.checkpoint_every < 0:
+            raise NeuronLibError("--checkpoint-every must be >= 0")
+        if self.save_precision not in (8, 16, 32):
+            raise NeuronLibError("--save-precision must be 8, 16 or 32")
+        if self.matmul_dtype not in ("float32", "float64"):
+            raise NeuronLibError("--matmul-dtype must be float32 or float64")
+        if self.block_rows is not None and self.block_rows < 1:
+            raise NeuronLibError("--block-rows must be >= 1")
+        if self.min_models is None:
+            self.min_models = 1  # mean excess > t implies one model with excess > t: 1 is the paper's criterion
+        if not 0 <= self.min_models <= len(self.other_models):
+            raise NeuronLibError(f"--min-models must be in [0, {len(self.other_models)}]")
+        parse_memory(self.max_memory)  # raises on a malformed budget
+        return self
+
+    @property
+    def resolved_rotation_method(self) -> str:
+        if self.rotation_method == "auto":
+            return "activations" if self.similarity == "jaccard" else "covariance"
+        return self.rotation_method
+
+    @property
+    def simtype(self) -> str:
+        """Folder prefix: ``pearson``, ``cosine`` or ``jaccard-{threshold:.2f}`` (as the original)."""
+        return f"jaccard-{self.jaccard_threshold:.2f}" if self.similarity == "jaccard" else self.similarity
+
+
+def parse_memory(text: str | int | float | None) -> int | None:
+    """``"4GB"`` -> 4e9, ``"512MiB"`` -> 2**29, ``"auto"``/None -> None."""
+    if text is None or (isinstance(text, str) and text.strip().lower() in ("", "auto")):
+        return None
+    if isinstance(text, (int, float)):
+        return int(text)
+    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "k": 10**3, "m": 10**6, "g": 10**9,
+             "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+    s = text.strip().lower().replace(" ", "")
+    num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = s[len(num):]
+    try:
+        value = float(num)
+    except ValueError:
+        value = -1
+    if unit not in units or value <= 0:
+        raise NeuronLibError(f"--max-memory {text!r}: use e.g. 4GB, 512MiB or auto")
+    return int(value * units[unit])
+
+
+# =============================================================================== numeric core
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any parts (stable across runs, processes and machines)."""
+    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def random_rotation(d: int, seed: int, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Haar-random orthogonal [d, d]: QR of a seeded Gaussian (drawn on the CPU), columns sign-fixed by diag(R)."""
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    g = torch.randn(d, d, generator=gen, dtype=torch.float64).to(device)
+    q, r = torch.linalg.qr(g)
+    sign = torch.sign(torch.diagonal(r))
+    sign[sign == 0] = 1
+    return (q * sign[None, :]).to(dtype)
+
+
+def rotation_seed(seed: int, other: str, k: int, layer: int) -> int:
+    return derive_seed(seed, "rotation", other, k, layer)
+
+
+@dataclass
+class Prepared:
+    """One batch of one model's activations, ready for the cross-moment GEMM."""
+
+    T: int
+    x: torch.Tensor  # [N, T] GEMM operand: centred (pearson), raw (cosine) or 0/1 (jaccard)
+    mean: torch.Tensor | None  # f64 [N] exact batch mean (pearson)
+    err: torch.Tensor | None  # f64 [N] batch mean of x (= exact mean - the shift subtracted; pearson)
+    stat: torch.Tensor  # f64 [N]: M2 about the batch mean (pearson), sum x^2 (cosine), active count (jaccard)
+
+    def permuted(self, perm: torch.Tensor) -> "Prepared":
+        return Prepared(self.T, self.x[:, perm], self.mean, self.err, self.stat)
+
+
+def _sum_sq_f64(x: torch.Tensor) -> torch.Tensor:
+    out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    step = max(1, _CHUNK_ELEMS // max(1, x.shape[1]))
+    for i in range(0, x.shape[0], step):
+        xi = x[i:i + step].double()
+        out[i:i + step] = (xi * xi).sum(1)
+    return out
+
+
+def prepare_activations(x: torch.Tensor, similarity: str = "pearson", jaccard_threshold: float = 0.0,
+                        matmul_dtype: torch.dtype = torch.float32) -> Prepared:
+    """Per-batch statistics of ``x`` [N, T] and the GEMM operand (see ``Prepared``)."""
+    x = x.to(matmul_dtype)
+    T = int(x.shape[1])
+    if similarity == "pearson":
+        shift = (x.sum(1, dtype=torch.float64) / max(T, 1)).to(matmul_dtype)
+        xc = x - shift[:, None]
+        s1 = xc.sum(1, dtype=torch.float64)
+        err = s1 / max(T, 1)
+        m2 = (_sum_sq_f64(xc) - s1 * err).clamp_min_(0)
+        return Prepared(T, xc, shift.double() + err, err, m2)
+    if similarity == "cosine":
+        return Prepared(T, x, None, None, _sum_sq_f64(x))
+    if similarity == "jaccard":
+        xb = (x > jaccard_threshold).to(matmul_dtype)
+        return Prepared(T, xb, None, None, xb.sum(1, dtype=torch.float64))
+    raise ValueError(f"unknown similarity {similarity!r}")
+
+
+def _dead_mask(similarity: str, n: int, mean: torch.Tensor, stat: torch.Tensor) -> torch.Tensor:
+    if n == 0:
+        return torch.ones_like(stat, dtype=torch.bool)
+    if similarity == "pearson":
+        std = (stat / n).clamp_min(0).sqrt()
+        return std <= REL_DEAD_TOL * mean.abs() + ABS_DEAD_TOL
+    if similarity == "cosine":
+        return (stat / n).clamp_min(0).sqrt() <= ABS_DEAD_TOL
+    return stat <= 0  # jaccard: never active
+
+
+class StreamingCorrelation:
+    """Streaming similarity between rows of ``a_ref`` [N1, T] and ``a_other`` [N2, T], batch after batch.
+
+    ``rows=(r0, r1)`` keeps the cross-moment only for reference rows [r0, r1) (row blocking); reference and
+    other per-neuron moments are always kept in full. ``other_layer_size=d`` also accumulates the other
+    model's within-layer covariance ``W [N2/d, d, d]`` so that ``finalize_rotated`` gives the exact
+    correlation against per-layer rotated other neurons without any per-token cost.
+
+    State is float64: ``n``, per-neuron ``mean`` and ``stat`` (Chan M2 / sum of squares / active count),
+    the cross-moment ``C`` and ``W``.
+    """
+
+    def __init__(self, n_ref: int, n_other: int, *, similarity: str = "pearson", jaccard_threshold: float = 0.0,
+                 rows: tuple[int, int] | None = None, other_layer_size: int | None = None,
+                 device: str | torch.device = "cpu", matmul_dtype: torch.dtype = torch.float32):
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"unknown similarity {similarity!r}")
+        self.similarity, self.jaccard_threshold = similarity, float(jaccard_threshold)
+        self.n_ref, self.n_other = int(n_ref), int(n_other)
+        self.rows = (0, self.n_ref) if rows is None else (int(rows[0]), int(rows[1]))
+        if not 0 <= self.rows[0] < self.rows[1] <= self.n_ref:
+            raise ValueError(f"rows {self.rows} outside [0, {self.n_ref})")
+        self.device, self.matmul_dtype = torch.device(device), matmul_dtype
+        f64 = dict(dtype=torch.float64, device=self.device)
+        self.n = 0
+        self.ref_mean, self.ref_stat = torch.zeros(self.n_ref, **f64), torch.zeros(self.n_ref, **f64)
+        self.oth_mean, self.oth_stat = torch.zeros(self.n_other, **f64), torch.zeros(self.n_other, **f64)
+        self.C = torch.zeros(self.rows[1] - self.rows[0], self.n_other, **f64)
+        self.layer_size = other_layer_size
+        self.W = None
+        if other_layer_size:
+            if self.n_other % other_layer_size:
+                raise ValueError(f"n_other={n_other} is not a multiple of other_layer_size={other_layer_size}")
+            L = self.n_other // other_layer_size
+            self.W = torch.zeros(L, other_layer_size, other_layer_size, **f64)
+        self._buf: torch.Tensor | None = None
+        self._wbuf: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ updates
+    def prepare(self, x: torch.Tensor) -> Prepared:
+        return prepare_activations(x.to(self.device), self.similarity, self.jaccard_threshold, self.matmul_dtype)
+
+    def update(self, a_ref: torch.Tensor, a_other: torch.Tensor) -> None:
+        """Add one batch: ``a_ref`` [N1, T], ``a_other`` [N2, T] (same tokens, same order)."""
+        if a_ref.shape[0] != self.n_ref or a_other.shape[0] != self.n_other or a_ref.shape[1] != a_other.shape[1]:
+            raise ValueError(f"shapes {tuple(a_ref.shape)} / {tuple(a_other.shape)} do not match "
+                             f"[{self.n_ref}, T] / [{self.n_other}, T]")
+        self.update_prepared(self.prepare(a_ref), self.prepare(a_other))
+
+    def update_prepared(self, ref: Prepared, oth: Prepared) -> None:
+        T = ref.T
+        if oth.T != T:
+            raise ValueError("reference and other batches have different token counts")
+        if T == 0:
+            return
+        r0, r1 = self.rows
+        n_old = self.n
+        n_new = n_old + T
+        coef = n_old * T / n_new
+        if self._buf is None:
+            self._buf = torch.empty(r1 - r0, self.n_other, dtype=self.matmul_dtype, device=self.device)
+        torch.mm(ref.x[r0:r1], oth.x.T, out=self._buf)
+        self.C.add_(self._buf)
+        pearson = self.similarity == "pearson"
+        if pearson:
+            # Chan merge: C += C_batch + n_old*T/n_new * da db^T; C_batch about the exact batch means
+            # = xc_a xc_b^T - T * err_a err_b^T (the shift subtracted was the fp32-rounded mean).
+            da = ref.mean[r0:r1] - self.ref_mean[r0:r1]
+            db = oth.mean - self.oth_mean
+            self.C.addmm_(torch.stack([da * coef, ref.err[r0:r1] * (-T)], 1), torch.stack([db, oth.err], 0))
+        if self.W is not None:
+            L, d = self.W.shape[0], self.W.shape[1]
+            if self._wbuf is None:
+                self._wbuf = torch.empty(L, d, d, dtype=self.matmul_dtype, device=self.device)
+            xl = oth.x.view(L, d, T)
+            torch.bmm(xl, xl.transpose(1, 2), out=self._wbuf)
+            self.W.add_(self._wbuf)
+            if pearson:
+                u = torch.stack([db * coef, oth.err * (-T)], 1).view(L, d, 2)
+                v = torch.stack([db, oth.err], 0).view(2, L, d).transpose(0, 1)
+                self.W.baddbmm_(u, v)
+        self._merge_moments(self.ref_mean, self.ref_stat, ref, n_old)
+        self._merge_moments(self.oth_mean, self.oth_stat, oth, n_old)
+        self.n = n_new
+
+    def _merge_moments(self, mean: torch.Tensor, stat: torch.Tensor, prep: Prepared, n_old: int) -> None:
+        if self.similarity == "pearson":
+            n_new = n_old + prep.T
+            delta = prep.mean - mean
+            stat.add_(prep.stat + delta * delta * (n_old * prep.T / n_new))
+            mean.add_(delta * (prep.T / n_new))
+        else:
+            stat.add_(prep.stat)
+
+    # ------------------------------------------------------------------ results
+    @property
+    def dead_ref(self) -> torch.Tensor:
+        return _dead_mask(self.similarity, self.n, self.ref_mean, self.ref_stat)
+
+    @property
+    def dead_other(self) -> torch.Tensor:
+        return _dead_mask(self.similarity, self.n, self.oth_mean, self.oth_stat)
+
+    def _inv_scale(self, stat: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+        return torch.where(dead, torch.zeros_like(stat), stat.clamp_min(1e-300).rsqrt())
+
+    def _normalise(self, c: torch.Tensor, rows: slice, cols: slice, oth_stat: torch.Tensor,
+                   oth_dead: torch.Tensor) -> torch.Tensor:
+        """f64 co-moment chunk -> similarity (f64, dead -> 0, clamped)."""
+        if self.similarity == "jaccard":
+            union = self.ref_stat[rows][:, None] + oth_stat[cols][None, :] - c
+            out = torch.where(union > 0, c / union.clamp_min(1), torch.zeros_like(c))
+        else:
+            ia = self._inv_scale(self.ref_stat[rows], self.dead_ref[rows])
+            ib = self._inv_scale(oth_stat[cols], oth_dead[cols])
+            out = c * ia[:, None] * ib[None, :]
+        return out.clamp_(-1.0, 1.0)
+
+    def finalize(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Similarity of reference rows ``rows`` vs all other neurons: float32 [r1-r0, N2]."""
+        r0, r1 = self.rows
+        out = torch.empty(r1 - r0, self.n_other, dtype=torch.float32, device=self.device) if out is None else out
+        dead_b = self.dead_other
+        step = max(1, _CHUNK_ELEMS // max(1, self.n_other))
+        for i in range(0, r1 - r0, step):
+            j = min(i + step, r1 - r0)
+            out[i:j] = self._normalise(self.C[i:j], slice(r0 + i, r0 + j), slice(None), self.oth_stat, dead_b)
+        return out
+
+    def rotated_other_stats(self, layer: int, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(stat, mean) of the rotated neurons R @ b_l of one layer (R: [d, d] float64)."""
+        if self.W is None:
+            raise RuntimeError("construct with other_layer_size to use rotations")
+        d = self.layer_size
+        sl = slice(layer * d, (layer + 1) * d)
+        stat = ((R @ self.W[layer]) * R).sum(1)
+        if self.similarity == "pearson":
+            stat = stat.clamp_min(0)
+        mean = R @ self.oth_mean[sl]
+        return stat, mean
+
+    def finalize_rotated(self, rotation: Callable[[int], torch.Tensor] | torch.Tensor,
+                         out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact similarity against the other model's neurons rotated per layer: ``b'_l = R_l b_l``.
+
+        ``rotation``: a [L, d, d] tensor or a function layer -> R_l [d, d] (float64). Returns
+        (float32 [r1-r0, N2], dead mask of the rotated other neurons [N2]). Not available for jaccard.
+        """
+        if self.similarity == "jaccard":
+            raise RuntimeError("jaccard is not bilinear: rotate the activations instead")
+        if self.W is None:
+            raise RuntimeError("construct with other_layer_size to use rotations")
+        get = (lambda l: rotation[l]) if isinstance(rotation, torch.Tensor) else rotation
+        r0, r1 = self.rows
+        L, d = self.W.shape[0], self.W.shape[1]
+        out = torch.empty(r1 - r0, self.n_other, dtype=torch.float32, device=self.device) if out is None else out
+        dead_all = torch.zeros(self.n_other, dtype=torch.bool, device=self.device)
+        step = max(1, _CHUNK_ELEMS // max(1, d))
+        for layer in range(L):
+            R = get(layer).to(device=self.device, dtype=torch.float64)
+            stat, mean = self.rotated_other_stats(layer, R)
+            dead = _dead_mask(self.similarity, self.n, mean, stat)
+            sl = slice(layer * d, (layer + 1) * d)
+            dead_all[sl] = dead
+            for i in range(0, r1 - r0, step):
+                j = min(i + step, r1 - r0)
+                c = self.C[i:j, sl] @ R.T
+                out[i:j, sl] = self._normalise(c, slice(r0 + i, r0 + j), slice(None), stat, dead)
+        return out, dead_all
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {"n": torch.tensor([self.n], dtype=torch.int64), "ref_mean": self.ref_mean, "ref_stat": self.ref_stat,
+                 "oth_mean": self.oth_mean, "oth_stat": self.oth_stat, "C": self.C}
+        if self.W is not None:
+            state["W"] = self.W
+        return state
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.n = int(state["n"][0])
+        for key in ("ref_mean", "ref_stat", "oth_mean", "oth_stat", "C") + (("W",) if self.W is not None else ()):
+            target = getattr(self, key)
+            if tuple(state[key].shape) != tuple(target.shape):
+                raise NeuronLibError(f"checkpoint tensor {key} has shape {tuple(state[key].shape)}, expected {tuple(target.shape)}")
+            target.copy_(state[key])
+
+
+# =============================================================================== summaries (spec §2.4)
+class SummaryAccumulator:
+    """Summary of a [R, K] correlation matrix fed in pieces ``add(part, row_start, col_start)``.
+
+    Per row: max/argmax, min/argmin, top-/bottom-k values and (flat column) indices, a 101-bin histogram
+    on edges linspace(-1, 1, 100) with the paper's left-searchsorted rule, population mean/var/skew and
+    (non-excess) kurtosis from shifted float64 power sums; plus C[i, i] and C[i, i+1].
+    Columns of one row may arrive in several pieces (in increasing column order).
+    """
+
+    FIELDS = ("max_val", "max_ix", "min_val", "min_ix", "top_val", "top_ix", "bot_val", "bot_ix", "bins", "shift",
+              "count", "p1", "p2", "p3", "p4", "diag", "obo")
+
+    def __init__(self, n_rows: int, n_cols: int, k: int = N_TAIL, device: str | torch.device = "cpu"):
+        self.n_rows, self.n_cols, self.k = int(n_rows), int(n_cols), int(min(k, n_cols))
+        dev = torch.device(device)
+        self.device = dev
+        f32, i64, f64 = dict(dtype=torch.float32, device=dev), dict(dtype=torch.int64, device=dev), dict(dtype=torch.float64, device=dev)
+        self.edges = torch.linspace(-1, 1, N_EDGES, **f32)
+        self.max_val = torch.full((n_rows,), -math.inf, **f32)
+        self.max_ix = torch.zeros(n_rows, **i64)
+        self.min_val = torch.full((n_rows,), math.inf, **f32)
+        self.min_ix = torch.zeros(n_rows, **i64)
+        self.top_val = torch.full((n_rows, self.k), -math.inf, **f32)
+        self.top_ix = torch.zeros(n_rows, self.k, **i64)
+        self.bot_val = torch.full((n_rows, self.k), math.inf, **f32)
+        self.bot_ix = torch.zeros(n_rows, self.k, **i64)
+        self.bins = torch.zeros(n_rows, N_EDGES + 1, **i64)
+        self.shift = torch.zeros(n_rows, **f64)
+        self.count = torch.zeros(n_rows, **i64)
+        self.p1, self.p2, self.p3, self.p4 = (torch.zeros(n_rows, **f64) for _ in range(4))
+        self.diag = torch.zeros(min(n_rows, n_cols), **f32)
+        self.obo = torch.zeros(max(0, min(n_rows, n_cols - 1)), **f32)
+
+    def add(self, part: torch.Tensor, row_start: int = 0, col_start: int = 0) -> None:
+        r, w = part.shape
+        if w == 0 or r == 0:
+            return
+        step = max(1, _CHUNK_ELEMS // w)
+        for i in range(0, r, step):
+            self._add_chunk(part[i:i + step].to(self.device, torch.float32).contiguous(), row_start + i, col_start)
+
+    def _add_chunk(self, x: torch.Tensor, g0: int, c0: int) -> None:
+        r, w = x.shape
+        rows = slice(g0, g0 + r)
+        # extremes (strict comparisons keep the earliest column on ties)
+        mv, mi = x.max(1)
+        better = mv > self.max_val[rows]
+        self.max_val[rows] = torch.where(better, mv, self.max_val[rows])
+        self.max_ix[rows] = torch.where(better, mi + c0, self.max_ix[rows])
+        nv, ni = x.min(1)
+        better = nv < self.min_val[rows]
+        self.min_val[rows] = torch.where(better, nv, self.min_val[rows])
+        self.min_ix[rows] = torch.where(better, ni + c0, self.min_ix[rows])
+        # tails
+        kk = min(self.k, w)
+        for largest, vals, ixs in ((True, self.top_val, self.top_ix), (False, self.bot_val, self.bot_ix)):
+            tv, ti = x.topk(kk, dim=1, largest=largest, sorted=True)
+            cat_v = torch.cat([vals[rows], tv], 1)
+            cat_i = torch.cat([ixs[rows], ti + c0], 1)
+            nv2, order = cat_v.topk(self.k, dim=1, largest=largest, sorted=True)
+            vals[rows] = nv2
+            ixs[rows] = cat_i.gather(1, order)
+        # histogram, left searchsorted: bin i holds edges[i-1] < v <= edges[i]
+        b = torch.searchsorted(self.edges, x, right=False)
+        b += torch.arange(r, device=self.device)[:, None] * (N_EDGES + 1)
+        self.bins[rows] += torch.bincount(b.view(-1), minlength=r * (N_EDGES + 1)).view(r, N_EDGES + 1)
+        del b
+        # shifted power sums (shift = mean of the row's first piece)
+        xd = x.double()
+        first = self.count[rows] == 0
+        self.shift[rows] = torch.where(first, xd.mean(1), self.shift[rows])
+        xd -= self.shift[rows][:, None]
+        x2 = xd * xd
+        self.p1[rows] += xd.sum(1)
+        self.p2[rows] += x2.sum(1)
+        self.p3[rows] += (x2 * xd).sum(1)
+        self.p4[rows] += (x2 * x2).sum(1)
+        del xd, x2
+        self.count[rows] += w
+        # diagonal and off-by-one
+        gi = torch.arange(g0, g0 + r, device=self.device)
+        for target, off in ((self.diag, 0), (self.obo, 1)):
+            col = gi + off
+            m = (col >= c0) & (col < c0 + w) & (gi < target.shape[0])
+            if m.any():
+                target[gi[m]] = x[(gi - g0)[m], (col - c0)[m]]
+
+    def finalize(self) -> dict[str, torch.Tensor]:
+        if not bool((self.count == self.n_cols).all()):
+            raise RuntimeError("summary finalised before every column of every row was added")
+        n = self.count.double()
+        m1 = self.p1 / n
+        e2, e3, e4 = self.p2 / n, self.p3 / n, self.p4 / n
+        var = (e2 - m1 * m1).clamp_min(0)
+        m3 = e3 - 3 * m1 * e2 + 2 * m1 ** 3
+        m4 = e4 - 4 * m1 * e3 + 6 * m1 * m1 * e2 - 3 * m1 ** 4
+        ok = var > 1e-30
+        safe = torch.where(ok, var, torch.ones_like(var))
+        skew = torch.where(ok, m3 / safe ** 1.5, torch.zeros_like(var))
+        kurt = torch.where(ok, m4 / safe ** 2, torch.zeros_like(var))
+        i32 = torch.int32
+        return {
+            "diag_corr": self.diag.clone(),
+            "obo_corr": self.obo.clone(),
+            "bin_counts": self.bins.to(i32),
+            "max_corr": self.max_val.clone(), "max_corr_ix": self.max_ix.to(i32),
+            "min_corr": self.min_val.clone(), "min_corr_ix": self.min_ix.to(i32),
+            "max_tail_corr": self.top_val.clone(), "max_tail_corr_ix": self.top_ix.to(i32),
+            "min_tail_corr": self.bot_val.clone(), "min_tail_corr_ix": self.bot_ix.to(i32),
+            "corr_mean": (self.shift + m1).float(), "corr_var": var.float(),
+            "corr_skew": skew.float(), "corr_kurt": kurt.float(),
+        }
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f: getattr(self, f) for f in self.FIELDS}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        for f in self.FIELDS:
+            getattr(self, f).copy_(state[f])
+
+
+def summarize_correlation_matrix(C: torch.Tensor, k: int = N_TAIL) -> dict[str, torch.Tensor]:
+    """The paper's summary (spec §2.4) of a [R, K] matrix, rows = neurons of the row model. Values fp32."""
+    C = torch.as_tensor(C)
+    acc = SummaryAccumulator(C.shape[0], C.shape[1], k=k, device=C.device)
+    acc.add(C.float(), 0, 0)
+    return acc.finalize()
+
+
+# =============================================================================== full-matrix I/O
+def _quantise(block: torch.Tensor, bits: int) -> tuple[torch.Tensor, dict[str, str]]:
+    if bits == 32:
+        return block.float(), {"precision": "32"}
+    if bits == 16:
+        return block.half(), {"precision": "16"}
+    q = torch.round((block.float().clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
+    return q, {"precision": "8", "dequantise": "x = q / 127.5 - 1"}
+
+
+def load_full_correlation(folder: str | Path) -> torch.Tensor:
+    """Reassemble a saved full matrix (``--save-full-matrix``) as float32 [N_ref, N_other]."""
+    from safetensors import safe_open
+
+    files = sorted(Path(folder).glob("correlation.rows*.safetensors"))
+    if not files:
+        raise NeuronLibError(f"{folder} holds no full correlation matrix; re-run with --save-full-matrix")
+    parts = []
+    for f in files:
+        with safe_open(str(f), "pt") as handle:
+            meta = handle.metadata() or {}
+            t = handle.get_tensor("correlation")
+        parts.append(t.float() / 127.5 - 1 if meta.get("precision") == "8" else t.float())
+    return torch.cat(parts, 0)
+
+
+# =============================================================================== universal-neuron table
+def build_universal_table(per_model: Mapping[str, Mapping[str, Any]], n_layers: int, d_mlp: int, *,
+                          dead: Any = None, universal_threshold: float = 0.5, min_models: int = 1,
+                          z_threshold: float = 3.0):
+    """Per-reference-neuron table across other models (paper §2.5, plus rotation z-scores).
+
+    ``per_model[m]``: ``max_corr`` [N], ``max_corr_ix`` [N] (flat index into model m), ``baseline`` [N]
+    (baseline max-corr), optional ``null_max`` [N, K] (max-corr against K independent rotations) and
+    ``d_mlp`` (model m's width, default ``d_mlp``). Returns a pandas DataFrame (columns: docs/correlations.md).
+    """
+    import pandas as pd
+
+    N = n_layers * d_mlp
+    arr = lambda v: np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v)  # noqa: E731
+    names = list(per_model)
+    if not names:
+        raise NeuronLibError("build_universal_table needs at least one other model")
+    cols: dict[str, np.ndarray] = {"layer": np.repeat(np.arange(n_layers), d_mlp), "neuron": np.tile(np.arange(d_mlp), n_layers)}
+    maxc, base, zs, nulls = [], [], [], []
+    for m in names:
+        rec = per_model[m]
+        mc = arr(rec["max_corr"]).astype(np.float64).reshape(N)
+        ix = arr(rec["max_corr_ix"]).astype(np.int64).reshape(N)
+        bl = arr(rec["baseline"]).astype(np.float64).reshape(N)
+        dm = int(rec.get("d_mlp", d_mlp))
+        cols[f"max_corr_{m}"] = mc
+        cols[f"max_corr_layer_{m}"] = ix // dm
+        cols[f"max_corr_neuron_{m}"] = ix % dm
+        cols[f"baseline_{m}"] = bl
+        null = rec.get("null_max")
+        if null is not None:
+            null = arr(null).astype(np.float64).reshape(N, -1)
+            if null.shape[1] >= 2:
+                mu, sd = null.mean(1), null.std(1, ddof=1)
+                diff = mc - mu
+                z = np.where(sd > 0, diff / np.where(sd > 0, sd, 1.0), np.where(diff == 0, 0.0, np.sign(diff) * 1e12))
+            else:
+                z = np.full(N, np.nan)
+            cols[f"rotation_z_{m}"] = z
+            zs.append(z)
+            nulls.append(null)
+        maxc.append(mc)
+        base.append(bl)
+    maxc_a, base_a = np.stack(maxc, 1), np.stack(base, 1)
+    cols["max_corr"], cols["mean_corr"], cols["min_corr"] = maxc_a.max(1), maxc_a.mean(1), maxc_a.min(1)
+    cols["max_baseline"], cols["min_baseline"], cols["mean_baseline"] = base_a.max(1), base_a.min(1), base_a.mean(1)
+    cols["excess_corr"] = cols["mean_corr"] - cols["mean_baseline"]
+    have_null = len(nulls) == len(names)
+    if have_null:
+        z_a = np.stack(zs, 1)
+        cols["rotation_z"] = z_a.mean(1)
+        ks = {n.shape[1] for n in nulls}
+        if len(ks) == 1:
+            null_stat = np.stack(nulls, 0).mean(0)  # [N, K]: mean over models of each rotation's max-corr
+            cols["rotation_p"] = (1 + (null_stat >= cols["mean_corr"][:, None]).sum(1)) / (null_stat.shape[1] + 1)
+        else:
+            cols["rotation_p"] = np.full(N, np.nan)
+        n_agree_z = np.where(np.isnan(z_a), False, z_a > z_threshold).sum(1)
+    else:
+        cols["rotation_z"] = np.full(N, np.nan)
+        cols["rotation_p"] = np.full(N, np.nan)
+        n_agree_z = np.zeros(N, dtype=np.int64)
+    dead_a = np.zeros(N, dtype=bool) if dead is None else arr(dead).astype(bool).reshape(N)
+    cols["n_models_agree"] = ((maxc_a - base_a) > universal_threshold).sum(1)
+    cols["n_models_agree_z"] = n_agree_z
+    cols["is_universal"] = (cols["excess_corr"] > universal_threshold) & (cols["n_models_agree"] >= min_models) & ~dead_a
+    with np.errstate(invalid="ignore"):
+        z_ok = np.nan_to_num(cols["rotation_z"], nan=-np.inf) > z_threshold
+    cols["is_universal_z"] = z_ok & (n_agree_z >= min_models) & ~dead_a
+    cols["dead"] = dead_a
+    return pd.DataFrame(cols)
+
+
+def universal_share_by_layer(df) -> "Any":
+    """Share of universal neurons per layer, both criteria (a pandas DataFrame)."""
+    return df.groupby("layer")[["is_universal", "is_universal_z"]].mean()
+
+
+# =============================================================================== planning
+@dataclass
+class Plan:
+    n_ref: int
+    others: list[tuple[str, int, int]]  # (name, n_layers, d_mlp)
+    streams_per_pair: int
+    folders_per_pair: int
+    n_rotations: int
+    rotation_method: str | None
+    batch_tokens: int
+    n_tokens_max: int
+    budget_bytes: int
+    block_rows: int
+    fixed_bytes: int
+    per_row_bytes: int
+    probe_gflops: float = 0.0
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.n_ref // self.block_rows)
+
+    def bytes_for_rows(self, r: int) -> int:
+        return _bytes_for_rows(r, self.fixed_bytes, self.per_row_bytes, max(n * d for _, n, d in self.others))
+
+    def flops(self) -> dict[str, float]:
+        T, B = self.n_tokens_max, self.n_blocks
+        cross = sum(2.0 * self.n_ref * L * d * T * self.streams_per_pair for _, L, d in self.others)
+        cov = sum(2.0 * L * d * d * T * B for _, L, d in self.others) if self.rotation_method == "covariance" else 0.0
+        rot_act = (sum(2.0 * L * d * d * T * B * self.n_rotations for _, L, d in self.others)
+                   if self.rotation_method == "activations" else 0.0)
+        rot_fin = (sum(self.n_rotations * (2.0 * self.n_ref * L * d * d + B * 6.0 * L * d ** 3) for _, L, d in self.others)
+                   if self.rotation_method == "covariance" else 0.0)
+        return {"cross_moment": cross, "within_layer_cov": cov, "rotate_activations": rot_act,
+                "rotation_finalize": rot_fin, "total": cross + cov + rot_act + rot_fin}
+
+    def describe(self, model_shapes: Mapping[str, tuple[int, int]]) -> str:
+        fl = self.flops()
+        est = fl["total"] / max(self.probe_gflops, 1e-9) / 1e9 if self.probe_gflops else float("nan")
+        lines = ["correlation plan:"]
+        for name, (L, d) in model_shapes.items():
+            lines.append(f"  {name}: {L} layers x {d} = {L * d:,} neurons")
+        lines += [
+            f"  tokens: up to {self.n_tokens_max:,} (before the token filter), {self.batch_tokens:,} per batch",
+            f"  pairs: {len(self.others)} x {self.streams_per_pair} cross-moment stream(s) per pair, "
+            f"{self.folders_per_pair} output folder(s) per pair, rotations: {self.n_rotations} ({self.rotation_method})",
+            f"  memory: budget {human_bytes(self.budget_bytes)}, accumulators {human_bytes(self.bytes_for_rows(self.block_rows))} "
+            f"-> {self.n_blocks} block(s) of {self.block_rows:,} reference rows (one data pass per block)",
+            f"  FLOPs: cross-moment {fl['cross_moment']:.3g}, within-layer cov {fl['within_layer_cov']:.3g}, "
+            f"rotations {fl['rotate_activations'] + fl['rotation_finalize']:.3g} (+ forward passes)",
+            f"  matmul probe {self.probe_gflops:.1f} GFLOP/s -> estimated {est:.1f} s of matmul time",
+        ]
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.update(n_blocks=self.n_blocks, flops=self.flops(), accumulator_bytes=self.bytes_for_rows(self.block_rows))
+        fl = d["flops"]["total"]
+        d["estimated_seconds"] = fl / self.probe_gflops / 1e9 if self.probe_gflops else None
+        return d
+
+
+def _bytes_for_rows(r: int, fixed: int, per_row: int, n_other_max: int) -> int:
+    return fixed + r * per_row + _TEMP_BYTES_PER_ELEM * min(_CHUNK_ELEMS, r * n_other_max)
+
+
+def memory_model(n_ref: int, others: Sequence[tuple[int, int]], *, streams_per_pair: int, folders_per_pair: int,
+                 cov_rotation: bool, literal_rotations: int, n_rotations: int, batch_tokens: int,
+                 matmul_bytes: int = 4) -> tuple[int, int]:
+    """(fixed bytes, bytes per reference row) of one pass: accumulators, buffers, summaries, activations."""
+    n_other = [L * d for L, d in others]
+    fixed = 0
+    for (L, d), N2 in zip(others, n_other):
+        fixed += streams_per_pair * 4 * N2 * 8  # other moments
+        if cov_rotation:
+            fixed += L * d * d * (8 + matmul_bytes) + 4 * d * d * 8  # W, its batch buffer, finalisation temporaries
+        fixed += literal_rotations * L * d * d * 4  # fp32 rotation matrices
+        fixed += folders_per_pair * N2 * _SUMMARY_ROW_BYTES + N2 * 8  # column summaries, stats
+    fixed += len(others) * folders_per_pair * n_ref * _SUMMARY_ROW_BYTES  # row summaries
+    fixed += len(others) * n_ref * n_rotations * 4 + 4 * n_ref * 8  # null maxima, reference moments
+    fixed += (n_ref + sum(n_other)) * batch_tokens * 4 * 3  # activations, centred copies, noise
+    per_row = sum(streams_per_pair * N2 * 8 + N2 * matmul_bytes for N2 in n_other) + max(n_other) * 4
+    return int(fixed), int(per_row)
+
+
+def _matmul_probe(device: torch.device, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of a [512, 4096] x [4096, 512] matmul on ``device`` (a few ms)."""
+    a = torch.randn(512, 4096, device=device, dtype=dtype)
+    b = torch.randn(512, 4096, device=device, dtype=dtype)
+    out = torch.mm(a, b.T)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    reps, t0 = 3, time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b.T, out=out)
+    sync()
+    return 2 * 512 * 512 * 4096 * reps / max(time.perf_counter() - t0, 1e-9) / 1e9
+
+
+def _auto_budget(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.8)
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available * 0.5)
+    except Exception:  # pragma: no cover
+        return 4 * 10**9
+
+
+# =============================================================================== data and model access
+def _tokenizer_fingerprint(tokenizer) -> str:
+    try:
+        from neuron_lib.corpus import tokenizer_fingerprint
+
+        return tokenizer_fingerprint(tokenizer)
+    except ImportError:
+        return _vocab_fingerprint(tokenizer)
+
+
+def _vocab_fingerprint(tokenizer) -> str:
+    return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def _load_token_dataset(path: str | Path):
+    try:
+        from neuron_lib.corpus import load_token_dataset
+    except ImportError:
+        load_token_dataset = None
+    if load_token_dataset is not None:
+        return load_token_dataset(path)
+    import datasets
+
+    path = Path(path)
+    if not path.is_dir():
+        raise NeuronLibError(f"no token dataset at {path}")
+    ds = datasets.load_from_disk(str(path)).with_format("torch", columns=["tokens"], output_all_columns=True)
+    manifest = read_json(path / MANIFEST_NAME) if (path / MANIFEST_NAME).exists() else {}
+    return ds, manifest
+
+
+# =============================================================================== the run
+@dataclass
+class _Pair:
+    index: int
+    name: str
+    n_layers: int
+    d_mlp: int
+    streams: dict[str, StreamingCorrelation]
+
+    @property
+    def n(self) -> int:
+        return self.n_layers * self.d_mlp
+
+
+class _Engine:
+    """All pairs and streams of one block of reference rows, plus the run-wide summary accumulators."""
+
+    def __init__(self, cfg: CorrelationConfig, n_ref: int, others: list[tuple[str, int, int]], device: torch.device):
+        self.cfg, self.n_ref, self.others, self.device = cfg, n_ref, others, device
+        self.method = cfg.resolved_rotation_method if "rotation" in cfg.baseline else None
+        self.matmul_dtype = getattr(torch, cfg.matmul_dtype)
+        self.folders = ["none"] + list(cfg.baseline)
+        self.pairs: list[_Pair] = []
+        self.rot32: dict[tuple[int, int], torch.Tensor] = {}
+        self.row_acc: dict[tuple[int, str], SummaryAccumulator] = {}
+        self.col_acc: dict[tuple[int, str], SummaryAccumulator] = {}
+        self.null_max: dict[int, torch.Tensor] = {}
+        self.folder_stats: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+        for i, (name, L, d) in enumerate(others):
+            for folder in self.folders:
+                self.row_acc[i, folder] = SummaryAccumulator(n_ref, L * d, device=device)
+                self.col_acc[i, folder] = SummaryAccumulator(L * d, n_ref, device=device)
+            if self.method is not None:
+                self.null_max[i] = torch.zeros(n_ref, cfg.n_rotations, dtype=torch.float32, device=device)
+            if self.method == "activations":
+                for k in range(cfg.n_rotations):
+                    self.rot32[i, k] = torch.stack([random_rotation(d, rotation_seed(cfg.seed, name, k, l), device)
+                                                    for l in range(L)]).float()
+
+    def stream_names(self) -> list[str]:
+        names = ["none"] + [b for b in ("gaussian", "permutation") if b in self.cfg.baseline]
+        if self.method == "activations":
+            names += [f"rotation.{k}" for k in range(self.cfg.n_rotations)]
+        return names
+
+    def start_block(self, rows: tuple[int, int]) -> None:
+        self.rows = rows
+        self.pairs = []
+        sim, thr = self.cfg.similarity, self.cfg.jaccard_threshold
+        for i, (name, L, d) in enumerate(self.others):
+            streams = {}
+            for s in self.stream_names():
+                layer = d if (s == "none" and self.method == "covariance") else None
+                streams[s] = StreamingCorrelation(self.n_ref, L * d, similarity=sim, jaccard_threshold=thr, rows=rows,
+                                                  other_layer_size=layer, device=self.device, matmul_dtype=self.matmul_dtype)
+            self.pairs.append(_Pair(i, name, L, d, streams))
+
+    def _gen(self, *parts) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.seed, *parts))
+
+    def update(self, a: torch.Tensor, others: Sequence[torch.Tensor], batch_key: int) -> None:
+        if a.shape[1] == 0:
+            return
+        first = self.pairs[0].streams["none"]
+        ref = first.prepare(a)
+        for pair, b in zip(self.pairs, others):
+            oth = first.prepare(b)
+            for s, sc in pair.streams.items():
+                if s == "none":
+                    sc.update_prepared(ref, oth)
+                elif s == "gaussian":
+                    g = self._gen("gaussian", pair.name, batch_key)
+                    noise = torch.randn(b.shape, generator=g, device=self.device, dtype=torch.float32)
+                    sc.update_prepared(ref, sc.prepare(torch.nn.functional.gelu(noise, approximate="tanh")))
+                elif s == "permutation":
+                    g = self._gen("permutation", pair.name, batch_key)
+                    sc.update_prepared(ref, oth.permuted(torch.randperm(b.shape[1], generator=g, device=self.device)))
+                else:  # rotation.k, rotating the activations
+                    k = int(s.split(".")[1])
+                    T = b.shape[1]
+                    rotated = torch.bmm(self.rot32[pair.index, k], b.to(torch.float32).reshape(pair.n_layers, pair.d_mlp, T))
+                    sc.update_prepared(ref, sc.prepare(rotated.reshape(pair.n, T)))
+
+    def finish_block(self, save_full: Callable[[int, str, tuple[int, int], torch.Tensor], None] | None) -> None:
+        r0, r1 = self.rows
+        for pair in self.pairs:
+            real = pair.streams["none"]
+            dead_ref = real.dead_ref
+            for folder in ["none", "gaussian", "permutation"]:
+                if folder not in self.folders:
+                    continue
+                sc = pair.streams[folder]
+                corr = sc.finalize()
+                self._summarise(pair.index, folder, corr, save_full)
+                self.folder_stats[pair.index, folder] = self._stats(sc.dead_ref, sc.dead_other, sc)
+                del corr
+            if self.method is None:
+                continue
+            for k in range(self.cfg.n_rotations):
+                if self.method == "covariance":
+                    rot = lambda l, k=k: random_rotation(pair.d_mlp, rotation_seed(self.cfg.seed, pair.name, k, l), self.device)  # noqa: E731
+                    corr, dead_other = real.finalize_rotated(rot)
+                    sc = real
+                else:
+                    sc = pair.streams[f"rotation.{k}"]
+                    corr, dead_other = sc.finalize(), sc.dead_other
+                self.null_max[pair.index][r0:r1, k] = corr.max(1).values
+                if k == 0:
+                    self._summarise(pair.index, "rotation", corr, save_full)
+                    self.folder_stats[pair.index, "rotation"] = self._stats(dead_ref, dead_other, sc)
+                del corr
+
+    def _stats(self, dead_ref, dead_other, sc: StreamingCorrelation) -> dict[str, torch.Tensor]:
+        return {"dead_ref": dead_ref.clone(), "dead_other": dead_other.clone(),
+                "n_tokens": torch.tensor([sc.n], dtype=torch.int64)}
+
+    def _summarise(self, i: int, folder: str, corr: torch.Tensor, save_full) -> None:
+        r0, _ = self.rows
+        self.row_acc[i, folder].add(corr, r0, 0)
+        self.col_acc[i, folder].add(corr.T, 0, r0)
+        if save_full is not None:
+            save_full(i, folder, self.rows, corr)
+
+    # checkpoint state: every tensor the run needs, flat
+    def state_dict(self, in_block: bool) -> dict[str, torch.Tensor]:
+        state: dict[str, torch.Tensor] = {}
+        if in_block:
+            for pair in self.pairs:
+                for s, sc in pair.streams.items():
+                    state.update({f"stream.{pair.index}.{s}.{k}": v for k, v in sc.state_dict().items()})
+        for (i, folder), acc in self.row_acc.items():
+            state.update({f"row_acc.{i}.{folder}.{k}": v for k, v in acc.state_dict().items()})
+        for (i, folder), acc in self.col_acc.items():
+            state.update({f"col_acc.{i}.{folder}.{k}": v for k, v in acc.state_dict().items()})
+        for i, t in self.null_max.items():
+            state[f"null_max.{i}"] = t
+        for (i, folder), st in self.folder_stats.items():
+            state.update({f"folder_stats.{i}.{folder}.{k}": v for k, v in st.items()})
+        return state
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor], in_block: bool) -> None:
+        def sub(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix):]: v.to(self.device) for k, v in state.items() if k.startswith(prefix)}
+
+        if in_block:
+            for pair in self.pairs:
+                for s, sc in pair.streams.items():
+                    sc.load_state_dict(sub(f"stream.{pair.index}.{s}."))
+        for (i, folder), acc in self.row_acc.items():
+            acc.load_state_dict(sub(f"row_acc.{i}.{folder}."))
+        for (i, folder), acc in self.col_acc.items():
+            acc.load_state_dict(sub(f"col_acc.{i}.{folder}."))
+        for i, t in self.null_max.items():
+            t.copy_(state[f"null_max.{i}"])
+        for i in range(len(self.others)):
+            for folder in self.folders:
+                st = sub(f"folder_stats.{i}.{folder}.")
+                if st:
+                    self.folder_stats[i, folder] = st
+
+
+def _folder_config(cfg: CorrelationConfig, ref: str, other: str, folder: str, dataset: dict, drop_ids: list[int]) -> dict:
+    """What determines the contents of one output folder (its manifest's config and fingerprint)."""
+    conf = {"stage": STAGE, "reference_model": ref, "other_model": other, "dataset": dataset, "drop_ids": drop_ids,
+            "similarity": cfg.similarity, "batch_size": cfg.batch_size, "max_tokens": cfg.max_tokens,
+            "matmul_dtype": cfg.matmul_dtype, "baseline": folder, "save_full_matrix": cfg.save_full_matrix,
+            "save_precision": cfg.save_precision if cfg.save_full_matrix else None}
+    if cfg.similarity == "jaccard":
+        conf["jaccard_threshold"] = cfg.jaccard_threshold
+    if folder in ("gaussian", "permutation", "rotation"):
+        conf["seed"] = cfg.seed
+    if folder == "rotation":
+        conf.update(n_rotations=cfg.n_rotations, rotation_method=cfg.resolved_rotation_method)
+    return conf
+
+
+def _table_config(cfg: CorrelationConfig, ref: str, others: list[str], dataset: dict, fps: dict) -> dict:
+    return {"stage": f"{STAGE}.table", "reference_model": ref, "other_models": others, "dataset": dataset,
+            "universal_threshold": cfg.universal_threshold, "min_models": cfg.min_models, "z_threshold": cfg.z_threshold,
+            "table_baseline": _table_baseline(cfg), "pair_fingerprints": fps}
+
+
+def _table_baseline(cfg: CorrelationConfig) -> str | None:
+    for b in ("rotation", "gaussian", "permutation"):
+        if b in cfg.baseline:
+            return b
+    return None
+
+
+def _folder_state(folder: Path, fingerprint: str, overwrite: bool) -> str:
+    """'done' (same config finished), 'todo' (absent/unfinished/overwritable); raises on a different config."""
+    path = folder / MANIFEST_NAME
+    if not path.exists():
+        return "todo"
+    try:
+        found = read_json(path).get("config_fingerprint")
+    except NeuronLibError:
+        found = None
+    if found == fingerprint:
+        return "done"
+    if overwrite:
+        return "todo"
+    raise ManifestMismatch(
+        f"{folder} holds results of a different configuration (fingerprint {found}, this run {fingerprint}). "
+        "Pass --overwrite to replace them, or choose another RESULTS_DIR/DATAFRAMES_DIR.")
+
+
+def _ckpt_paths(ckpt_dir: Path) -> Path:
+    return ckpt_dir / "state.json"
+
+
+def _save_checkpoint(ckpt_dir: Path, engine: _Engine, position: dict, in_block: bool) -> None:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    seq = int(position["seq"])
+    name = f"state-{seq:08d}.safetensors"
+    save_tensors_atomic(ckpt_dir / name, engine.state_dict(in_block))
+    atomic_write_json(_ckpt_paths(ckpt_dir), {**position, "tensors": name, "in_block": in_block})
+    for old in ckpt_dir.glob("state-*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def run_correlations(cfg: CorrelationConfig, *, models: Mapping[str, Any] | None = None) -> dict:
+    """Run (or resume, or skip when finished) a correlation job; return the paths of its outputs.
+
+    ``models``: optional preloaded models by the names used in ``cfg`` (tests use this to avoid reloading).
+    """
+    from neuron_lib.models import load_model, load_tokenizer, model_info, resolve_model
+    from neuron_lib.streaming import TokenFilter, iter_mlp_activations, n_rows_for_tokens
+
+    cfg.validate()
+    t_start = time.time()
+    device = pick_device(cfg.device)
+    ref_name = resolve_model(cfg.reference_model).name
+    other_names = [resolve_model(m).name for m in cfg.other_models]
+    if len({ref_name, *other_names}) != 1 + len(other_names):
+        raise NeuronLibError(f"models resolve to clashing output names {[ref_name] + other_names}; rename the folders")
+
+    # ---- dataset and tokenizers (cheap; before any model is loaded)
+    dataset, ds_manifest = _load_token_dataset(cfg.token_dataset)
+    dataset_name = Path(cfg.token_dataset).resolve().name
+    tok_ref = load_tokenizer(cfg.reference_model)
+    fp_ref = _tokenizer_fingerprint(tok_ref)
+    for spec, name in zip(cfg.other_models, other_names):
+        fp = _tokenizer_fingerprint(load_tokenizer(spec))
+        if fp != fp_ref:
+            raise NeuronLibError(
+                f"{name} does not share {ref_name}'s tokenizer (vocabulary fingerprints {fp} vs {fp_ref}): correlations "
+                "over the same tokens need models with the same vocabulary")
+    if ds_manifest.get("tokenizer_fingerprint") not in (None, fp_ref):
+        raise ManifestMismatch(f"{cfg.token_dataset} was tokenized with another tokenizer "
+                               f"({ds_manifest['tokenizer_fingerprint']} vs {fp_ref}); re-tokenize it with the models' tokenizer")
+    drop_ids = TokenFilter().drop_ids(tok_ref)
+    n_rows = n_rows_for_tokens(dataset, cfg.max_tokens)
+    ctx = len(dataset[0]["tokens"])
+    dataset_desc = {"name": dataset_name, "path": str(Path(cfg.token_dataset).resolve()), "n_rows_used": n_rows,
+                    "ctx_len": ctx, "tokenizer_fingerprint": fp_ref}
+
+    # ---- output folders: finished? different config?
+    results_root = Path(cfg.results_dir) if cfg.results_dir else output_root("RESULTS_DIR")
+    frames_root = Path(cfg.dataframes_dir) if cfg.dataframes_dir else output_root("DATAFRAMES_DIR")
+    folders_kinds = ["none"] + cfg.baseline
+    out_dirs: dict[tuple[str, str], Path] = {}
+    fps: dict[str, str] = {}
+    states = []
+    for other in other_names:
+        for kind in folders_kinds:
+            folder = results_root / f"{ref_name}+{other}" / dataset_name / f"{cfg.simtype}.{kind}"
+            conf = _folder_config(cfg, ref_name, other, kind, dataset_desc, drop_ids)
+            fp = config_fingerprint(conf)
+            out_dirs[other, kind] = folder
+            fps[f"{other}/{kind}"] = fp
+            states.append(_folder_state(folder, fp, cfg.overwrite))
+    table_dir = frames_root / "correlations" / ref_name / dataset_name
+    table_conf = _table_config(cfg, ref_name, other_names, dataset_desc, fps)
+    table_fp = config_fingerprint(table_conf)
+    table_state = _folder_state(table_dir, table_fp, cfg.overwrite)
+    result: dict[str, Any] = {
+        "pairs": {o: {k: str(out_dirs[o, k]) for k in folders_kinds} for o in other_names},
+        "table": str(table_dir / f"{TABLE_STEM}.csv"), "table_parquet": str(table_dir / f"{TABLE_STEM}.parquet"),
+        "table_dir": str(table_dir), "skipped": False, "resumed_from": None,
+    }
+    if all(s == "done" for s in states):
+        if table_state == "done":
+            print(f"correlations for {ref_name} vs {', '.join(other_names)} on {dataset_name} are complete; nothing to do")
+            result["skipped"] = True
+            return result
+        _write_table(cfg, ref_name, other_names, out_dirs, table_dir, table_conf, table_fp)
+        result["table_only"] = True
+        return result
+
+    # ---- models
+    def get_model(spec: str):
+        if models is not None and spec in models:
+            return models[spec]
+        return load_model(spec, device=device)
+
+    ref_model = get_model(cfg.reference_model)
+    other_models = [get_model(m) for m in cfg.other_models]
+    L1, d1 = ref_model.cfg.n_layers, ref_model.cfg.d_mlp
+    for name, m in zip(other_names, other_models):
+        if m.cfg.d_vocab != ref_model.cfg.d_vocab:
+            raise NeuronLibError(f"{name} has d_vocab={m.cfg.d_vocab}, {ref_name} has {ref_model.cfg.d_vocab}: "
+                                 "models must share the vocabulary")
+    others = [(n, m.cfg.n_layers, m.cfg.d_mlp) for n, m in zip(other_names, other_models)]
+    N1 = L1 * d1
+
+    # ---- plan
+    method = cfg.resolved_rotation_method if "rotation" in cfg.baseline else None
+    streams = 1 + sum(b in cfg.baseline for b in ("gaussian", "permutation")) + (cfg.n_rotations if method == "activations" else 0)
+    batch_tokens = cfg.batch_size * ctx
+    fixed, per_row = memory_model(N1, [(L, d) for _, L, d in others], streams_per_pair=streams,
+                                  folders_per_pair=len(folders_kinds), cov_rotation=method == "covariance",
+                                  literal_rotations=cfg.n_rotations if method == "activations" else 0,
+                                  n_rotations=cfg.n_rotations if method else 0, batch_tokens=batch_tokens,
+                                  matmul_bytes=4 if cfg.matmul_dtype == "float32" else 8)
+    budget = parse_memory(cfg.max_memory) or _auto_budget(device)
+    n2max = max(L * d for _, L, d in others)
+    ckpt_dir = results_root / "_checkpoints" / ref_name / dataset_name / config_fingerprint(
+        {"folders": fps, "others": other_names})
+    ckpt = read_json(_ckpt_paths(ckpt_dir)) if _ckpt_paths(ckpt_dir).exists() else None
+    if ckpt is not None and ckpt.get("n_ref") == N1:
+        block_rows = int(ckpt["block_rows"])  # keep the interrupted run's blocking: results stay bit-identical
+    elif cfg.block_rows:
+        block_rows = min(cfg.block_rows, N1)
+    else:
+        if _bytes_for_rows(1, fixed, per_row, n2max) > budget:
+            raise NeuronLibError(
+                f"--max-memory {human_bytes(budget)} is too small: one reference row needs "
+                f"{human_bytes(_bytes_for_rows(1, fixed, per_row, n2max))} (fixed {human_bytes(fixed)}); raise it or lower --batch-size")
+        lo, hi = 1, N1
+        while lo < hi:  # largest r that fits
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if _bytes_for_rows(mid, fixed, per_row, n2max) <= budget else (lo, mid - 1)
+        block_rows = lo
+    plan = Plan(N1, others, streams, len(folders_kinds), cfg.n_rotations, method, batch_tokens, n_rows * ctx, budget,
+                block_rows, fixed, per_row, probe_gflops=_matmul_probe(device, getattr(torch, cfg.matmul_dtype)))
+    shapes = {ref_name: (L1, d1), **{n: (L, d) for n, L, d in others}}
+    print(plan.describe(shapes), flush=True)
+    blocks = [(r, min(r + block_rows, N1)) for r in range(0, N1, block_rows)]
+
+    # ---- engine, resume
+    engine = _Engine(cfg, N1, others, device)
+    block_i, next_row, seq, batches_done = 0, 0, 0, 0
+    if ckpt is not None and ckpt.get("n_ref") == N1:
+        state = load_tensors(ckpt_dir / ckpt["tensors"])
+        block_i, next_row, seq, batches_done = ckpt["block"], ckpt["next_row"], ckpt["seq"], ckpt["batches_done"]
+        if block_i < len(blocks):
+            engine.start_block(blocks[block_i])
+        engine.load_state_dict(state, in_block=bool(ckpt["in_block"]) and block_i < len(blocks))
+        result["resumed_from"] = {"block": block_i, "row": next_row, "batches_done": batches_done}
+        print(f"resuming from checkpoint: block {block_i + 1}/{len(blocks)}, dataset row {next_row}", flush=True)
+    else:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        for folder in out_dirs.values():  # stale full-matrix pieces of an unfinished or overwritten run
+            for f in folder.glob("correlation.rows*.safetensors"):
+                f.unlink()
+
+    def position(in_block_row: int, blk: int) -> dict:
+        return {"config": fps, "n_ref": N1, "block_rows": block_rows, "block": blk, "next_row": in_block_row,
+                "seq": seq, "batches_done": batches_done, "n_rows": n_rows,
+                "rng": {"scheme": "per-batch generators seeded by derive_seed(seed, kind, other, batch start row); "
+                                  "rotations by derive_seed(seed, 'rotation', other, k, layer)", "seed": cfg.seed}}
+
+    save_full = None
+    if cfg.save_full_matrix:
+        kinds = {i: n for i, (n, _, _) in enumerate(others)}
+
+        def save_full(i: int, folder: str, rows: tuple[int, int], corr: torch.Tensor) -> None:
+            q, meta = _quantise(corr, cfg.save_precision)
+            meta.update(rows=f"{rows[0]}-{rows[1]}")
+            save_tensors_atomic(out_dirs[kinds[i], folder] / f"correlation.rows{rows[0]:09d}-{rows[1]:09d}.safetensors",
+                                {"correlation": q}, meta)
+
+    # ---- passes
+    from tqdm.auto import tqdm
+
+    all_models = [ref_model] + other_models
+    total_raw = n_rows * ctx * len(blocks)
+    done_raw = (block_i * n_rows + next_row) * ctx
+    bar = tqdm(total=total_raw, initial=min(done_raw, total_raw), unit="tok", unit_scale=True,
+               desc=f"correlations {ref_name}", disable=not cfg.progress, dynamic_ncols=True)
+    tokens_used = 0
+    try:
+        while block_i < len(blocks):
+            if not engine.pairs or engine.rows != blocks[block_i]:
+                engine.start_block(blocks[block_i])
+            iters = [iter_mlp_activations(m, dataset, cfg.batch_size, drop_ids=drop_ids, want_pre=False, want_post=True,
+                                          start_row=next_row, end_row=n_rows) for m in all_models]
+            for batches in zip(*iters):
+                rb = batches[0]
+                for ob in batches[1:]:
+                    if not torch.equal(ob.keep, rb.keep):
+                        raise NeuronLibError("models disagree on the token filter; they must share the tokenizer")
+                T = rb.post.shape[-1]
+                a = rb.post.reshape(N1, T)
+                engine.update(a, [ob.post.reshape(-1, T) for ob in batches[1:]], batch_key=rb.rows[0])
+                next_row = rb.rows[1]
+                batches_done += 1
+                tokens_used += T
+                bar.update((rb.rows[1] - rb.rows[0]) * ctx)
+                bar.set_postfix(block=f"{block_i + 1}/{len(blocks)}", kept=f"{tokens_used:,}", refresh=False)
+                if cfg.checkpoint_every and batches_done % cfg.checkpoint_every == 0 and next_row < n_rows:
+                    seq += 1
+                    _save_checkpoint(ckpt_dir, engine, position(next_row, block_i), in_block=True)
+            engine.finish_block(save_full)
+            block_i, next_row = block_i + 1, 0
+            if cfg.checkpoint_every:
+                seq += 1
+                _save_checkpoint(ckpt_dir, engine, position(0, block_i), in_block=False)
+    finally:
+        bar.close()
+
+    # ---- outputs
+    elapsed = time.time() - t_start
+    for i, (other, L2, d2) in enumerate(others):
+        for kind in folders_kinds:
+            folder = out_dirs[other, kind]
+            folder.mkdir(parents=True, exist_ok=True)
+            save_tensors_atomic(folder / SUMMARY_FILE, engine.row_acc[i, kind].finalize())
+            save_tensors_atomic(folder / SUMMARY_T_FILE, engine.col_acc[i, kind].finalize())
+            st = dict(engine.folder_stats[i, kind])
+            st["dead_ref"], st["dead_other"] = st["dead_ref"].to(torch.bool), st["dead_other"].to(torch.bool)
+            if kind == "rotation":
+                st["rotation_null_max"] = engine.null_max[i]
+                st["rotation_seeds"] = torch.tensor([[rotation_seed(cfg.seed, other, k, l) for l in range(L2)]
+                                                     for k in range(cfg.n_rotations)], dtype=torch.int64)
+            save_tensors_atomic(folder / STATS_FILE, st)
+            n_tok = int(st["n_tokens"][0])
+            conf = _folder_config(cfg, ref_name, other, kind, dataset_desc, drop_ids)
+            write_manifest(folder, make_manifest(
+                STAGE, conf, config_fingerprint=fps[f"{other}/{kind}"], model=ref_name, other_model=other,
+                dataset=dataset_name, n_tokens=n_tok, similarity=cfg.simtype, baseline=kind,
+                ref_shape=[L1, d1], other_shape=[L2, d2],
+                files={"summary": SUMMARY_FILE, "summary_T": SUMMARY_T_FILE, "stats": STATS_FILE,
+                       "full_matrix": "correlation.rows*.safetensors" if cfg.save_full_matrix else None},
+                n_dead_ref=int(st["dead_ref"].sum()), n_dead_other=int(st["dead_other"].sum()),
+                plan=plan.as_dict(), elapsed_s=elapsed,
+                ref_model_info=model_info(ref_model), other_model_info=model_info(other_models[i]),
+            ))
+    df = _write_table(cfg, ref_name, other_names, out_dirs, table_dir, table_conf, table_fp)
+    result["n_tokens"] = int(engine.folder_stats[0, "none"]["n_tokens"][0])
+    result["plan"] = plan.as_dict()
+    result["n_universal"] = int(df["is_universal"].sum())
+    if not cfg.keep_checkpoint:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return result
+
+
+def _write_table(cfg: CorrelationConfig, ref: str, others: list[str], out_dirs: Mapping[tuple[str, str], Path],
+                 table_dir: Path, table_conf: dict, table_fp: str):
+    """Build the universal-neuron table from the pair folders on disk, save it, print per-layer shares."""
+    per_model = {}
+    dead = None
+    n_layers = d_mlp = None
+    table_baseline = _table_baseline(cfg)
+    for other in others:
+        none_dir = out_dirs[other, "none"]
+        man = read_json(none_dir / MANIFEST_NAME)
+        n_layers, d_mlp = man["ref_shape"]
+        summ = load_tensors(none_dir / SUMMARY_FILE)
+        stats = load_tensors(none_dir / STATS_FILE)
+        dead = stats["dead_ref"] if dead is None else dead | stats["dead_ref"]
+        rec = {"max_corr": summ["max_corr"], "max_corr_ix": summ["max_corr_ix"], "d_mlp": man["other_shape"][1]}
+        if table_baseline == "rotation":
+            null = load_tensors(out_dirs[other, "rotation"] / STATS_FILE)["rotation_null_max"]
+            rec["baseline"] = null.double().mean(1)  # = the paper's baseline when n_rotations == 1
+            rec["null_max"] = null
+        elif table_baseline is not None:
+            rec["baseline"] = load_tensors(out_dirs[other, table_baseline] / SUMMARY_FILE)["max_corr"]
+        else:
+            rec["baseline"] = torch.zeros_like(summ["max_corr"])
+        per_model[other] = rec
+    df = build_universal_table(per_model, n_layers, d_mlp, dead=dead, universal_threshold=cfg.universal_threshold,
+                               min_models=cfg.min_models, z_threshold=cfg.z_threshold)
+    save_dataframe_atomic(df, table_dir / TABLE_STEM)
+    share = universal_share_by_layer(df)
+    write_manifest(table_dir, make_manifest(
+        f"{STAGE}.table", table_conf, config_fingerprint=table_fp, model=ref, other_models=others,
+        n_neurons=len(df), n_universal=int(df["is_universal"].sum()), n_universal_z=int(df["is_universal_z"].sum()),
+        share_by_layer=share.to_dict(orient="index"), files=[f"{TABLE_STEM}.csv", f"{TABLE_STEM}.parquet"]))
+    print(f"universal neurons of {ref} (excess_corr > {cfg.universal_threshold}, >= {cfg.min_models} model(s); "
+          f"z > {cfg.z_threshold}): {int(df['is_universal'].sum())} / {len(df)}, z-criterion {int(df['is_universal_z'].sum())}")
+    print("share per layer:\n" + share.to_string(float_format=lambda v: f"{100 * v:.2f}%"))
+    return df
+
+
+# =============================================================================== CLI
+def _cli_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m neuron_lib.correlations_fast",
+                                     description="Streaming cross-seed neuron correlations with baselines.")
+    hints = typing.get_type_hints(CorrelationConfig)
+    for f in dataclasses.fields(CorrelationConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        help_text = f.metadata.get("help", "")
+        if kind is bool:
+            if f.default is True:
+                parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", help=help_text)
+            else:
+                parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
+            continue
+        args = typing.get_args(kind)
+        base = next((a for a in args if a is not type(None)), kind) if args and type(None) in args else kind
+        if typing.get_origin(kind) is list:
+            conv = str
+        elif base in (int, float):
+            conv = (lambda b: lambda s: None if s.lower() == "none" else b(s))(base)
+        else:
+            conv = str
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if isinstance(default, list):
+            default = ",".join(default)
+        parser.add_argument(flag, dest=f.name, type=conv, default=default, help=f"{help_text} (default: {default})")
+    return parser
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> CorrelationConfig:
+    ns = _cli_parser().parse_args(argv)
+    return CorrelationConfig(**vars(ns))
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    cfg = config_from_args(argv)
+    result = run_correlations(cfg)
+    print(json.dumps({k: v for k, v in result.items() if k != "plan"}, indent=2, default=str))
+    return result
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,716 @@
+"""The per-neuron property table (spec §5, §12) and loaders for notebooks.
+
+    python -m neuron_lib.neuron_df --model stanford-gpt2-small-a [--dataset NAME] [--subsets a,b]
+
+writes ``$DATAFRAMES_DIR/neuron_dfs/{model}.csv`` and ``.parquet`` (one row per neuron in flat order,
+row = layer·d_mlp + neuron) with a manifest ``{model}.manifest.json`` next to them listing its input
+manifests, and ``$DATAFRAMES_DIR/interpretable_neurons/{model}/universal.csv`` (+ ``manifest.json``)
+holding the universal rows in the paper's exact 23-column schema and order.
+
+Columns (the first 23 are the paper's, same names and meaning, in the paper's order):
+
+- correlations (``$DATAFRAMES_DIR/correlations/{model}/{dataset}/neuron_correlations.csv`` of
+  ``neuron_lib.correlations_fast``): ``max_corr, mean_corr, min_corr, max_baseline, min_baseline,
+  mean_baseline``, ``excess_corr`` = mean_corr − mean_baseline, plus that table's extra columns
+  (``rotation_z, is_universal, is_universal_z`` …);
+- weights (``$SUMMARY_DIR/{model}/weights/neuron_stats.csv`` of ``neuron_lib.weights``): ``w_in_norm,
+  input_bias, w_out_norm, in_out_sim, l2_penalty`` and ``vocab_mean, vocab_var, vocab_skew,
+  vocab_kurt`` (the U_out moments);
+- activations (``$SUMMARY_DIR/{model}/activations/{subset}/`` of ``neuron_lib.summary``), summed over
+  all subsets (the paper's ``'all'``):
+  ``mean, var, skew, kurt`` of the pre-activation from the *binned* histogram exactly as the paper
+  (:func:`binned_moments`, non-excess kurtosis), ``sparsity`` as the paper (:func:`binned_sparsity`:
+  really the activation frequency, with its one-bin bias), and our exact versions from power sums
+  ``mean_exact, var_exact, skew_exact, kurt_exact`` and ``act_freq_exact`` (fraction > 0).
+- computed: ``is_universal`` (from the correlation table, else excess_corr > 0.5), ``is_sparse``
+  (sparsity < 0.02).
+
+A missing input leaves its columns NaN with a warning; inputs whose manifests name another model are
+refused (:class:`~neuron_lib.common.ManifestMismatch`).
+
+Loaders: :func:`load_neuron_df` reads our tables and the paper's published CSVs (normalising the
+old column names), :func:`load_weights_summary`, :func:`load_activation_summaries`; analysis helpers
+:func:`layer_medians` and :func:`compare_universal` (paper Fig. 3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+
+from neuron_lib.common import (
+    MANIFEST_NAME,
+    ManifestMismatch,
+    NeuronLibError,
+    atomic_write_json,
+    load_tensors,
+    make_manifest,
+    output_root,
+    read_json,
+    run_cli,
+    save_dataframe_atomic,
+    write_manifest,
+)
+from neuron_lib.weights import build_parser, model_output_name, output_model_name, weights_dir
+
+log = logging.getLogger(__name__)
+
+STAGE = "neuron_df"
+CORR_COLUMNS = ["max_corr", "mean_corr", "min_corr", "max_baseline", "min_baseline", "mean_baseline"]
+WEIGHT_COLUMNS = ["w_in_norm", "input_bias", "w_out_norm", "in_out_sim", "l2_penalty"]
+ACTIVATION_COLUMNS = ["mean", "var", "skew", "kurt"]
+VOCAB_COLUMNS = ["vocab_mean", "vocab_var", "vocab_skew", "vocab_kurt"]
+EXACT_COLUMNS = ["mean_exact", "var_exact", "skew_exact", "kurt_exact", "act_freq_exact"]
+#: the paper's universal.csv schema, in its order (spec §12)
+PAPER_COLUMNS = (["layer", "neuron"] + CORR_COLUMNS + WEIGHT_COLUMNS + ACTIVATION_COLUMNS + VOCAB_COLUMNS
+                 + ["sparsity", "excess_corr"])
+#: old names in high_excess_correlation.csv and the original's neuron_stats.csv (spec §18.17)
+OLD_COLUMN_NAMES = {"input_weight_norm": "w_in_norm", "output_weight_norm": "w_out_norm",
+                    "weight_norm_penalty": "l2_penalty", "neuron_ix": "neuron", "excess_correlation": "excess_corr"}
+UNIVERSAL_THRESHOLD = 0.5
+SPARSE_THRESHOLD = 0.02
+#: tables that hold only (old- or new-definition) universal neurons
+UNIVERSAL_ONLY_TABLES = {"universal", "high_excess_correlation"}
+
+
+class MissingInputWarning(UserWarning):
+    """An input of the neuron table is missing; its columns are NaN."""
+
+
+def _warn(msg: str) -> None:
+    log.warning(msg)
+    warnings.warn(msg, MissingInputWarning, stacklevel=3)
+
+
+# ====================================================================== activation histogram helpers
+def paper_activation_edges() -> torch.Tensor:
+    """The paper's pre-activation histogram edges: float32 linspace(−10, 15, 256) (257 bins)."""
+    return torch.linspace(-10.0, 15.0, 256, dtype=torch.float32)
+
+
+def padded_bin_centres(edges: torch.Tensor) -> torch.Tensor:
+    """Bin centres of the paper's binned moments (spec §5.3), float64 [E+1].
+
+    The E edges are padded with one step on each side (edge₀ − step, …, edge_{E−1} + step): E+2 edges
+    and E+1 centres, one per histogram bin (the end bins' centres lie half a step outside the range).
+    """
+    e = edges.to(torch.float64)
+    step = e[1] - e[0]
+    padded = torch.cat([e[:1] - step, e, e[-1:] + step])
+    return (padded[:-1] + padded[1:]) / 2
+
+
+def binned_moments(counts: torch.Tensor, edges: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Mean, variance, skew and NON-excess kurtosis from histogram counts [..., E+1] (paper, spec §5.3).
+
+    μ = Σ c_k f_k / F, var = Σ (c_k − μ)² f_k / F, skew = Σ (c_k − μ)³ f_k / (F var^1.5),
+    kurt = Σ (c_k − μ)⁴ f_k / (F var²), with c_k the padded bin centres. float64; NaN for empty rows.
+    """
+    edges = paper_activation_edges() if edges is None else edges
+    c = padded_bin_centres(edges)
+    if counts.shape[-1] != c.numel():
+        raise NeuronLibError(f"histogram has {counts.shape[-1]} bins but the edges give {c.numel()}")
+    f = counts.to(torch.float64)
+    F = f.sum(-1)
+    mean = (f * c).sum(-1) / F
+    d = c - mean[..., None]
+    var = (f * d ** 2).sum(-1) / F
+    skew = (f * d ** 3).sum(-1) / (F * var ** 1.5)
+    kurt = (f * d ** 4).sum(-1) / (F * var ** 2)
+    return {"mean": mean, "var": var, "skew": skew, "kurt": kurt}
+
+
+def first_nonnegative_edge(edges: torch.Tensor) -> int:
+    """Index z of the first edge ≥ 0 (an edge that is 0 up to float rounding counts as 0).
+
+    For the paper's edges z = 102 (edge 102 is 0.0 in float32 numpy, +1.6e−7 in float32 torch and
+    −1.4e−16 in float64; the tolerance makes all three agree with the paper).
+    """
+    e = edges.to(torch.float64)
+    tol = 1e-4 * float((e[1:] - e[:-1]).abs().min())
+    nonneg = torch.nonzero(e >= -tol).flatten()
+    if nonneg.numel() == 0:
+        raise NeuronLibError("no histogram edge is ≥ 0: the paper's sparsity is undefined for these edges")
+    return int(nonneg[0])
+
+
+def binned_sparsity(counts: torch.Tensor, edges: torch.Tensor | None = None) -> torch.Tensor:
+    """The paper's ``sparsity`` (spec §5.4): Σ_{k ≥ z} counts_k / Σ_k counts_k, z = first edge ≥ 0.
+
+    Really an activation *frequency*; bin z holds edges[z−1] < v ≤ edges[z], so it counts values above
+    edges[z−1] ≈ −0.098 (the paper's one-bin bias). float64.
+    """
+    edges = paper_activation_edges() if edges is None else edges
+    z = first_nonnegative_edge(edges)
+    f = counts.to(torch.float64)
+    return f[..., z:].sum(-1) / f.sum(-1)
+
+
+# ====================================================================== power-sum helpers
+def shift_power_sums(sums: Mapping[int, torch.Tensor], from_shift, to_shift) -> dict[int, torch.Tensor]:
+    """Re-centre power sums: {k: Σ (x − s)^k} for k = 0..4 → {k: Σ (x − t)^k} (binomial expansion)."""
+    d = torch.as_tensor(from_shift, dtype=torch.float64) - torch.as_tensor(to_shift, dtype=torch.float64)
+    out = {}
+    for k in range(5):
+        out[k] = sum(math.comb(k, j) * sums[j] * d ** (k - j) for j in range(k + 1))
+    return out
+
+
+def exact_moments(sums: Mapping[int, torch.Tensor], shift=0.0) -> dict[str, torch.Tensor]:
+    """Mean, variance, skew, NON-excess kurtosis from power sums {k: Σ (x − shift)^k}, k = 0..4 (S₀ = count)."""
+    n = sums[0].to(torch.float64)
+    m1, m2, m3, m4 = (sums[k].to(torch.float64) / n for k in (1, 2, 3, 4))
+    var = m2 - m1 ** 2
+    mu3 = m3 - 3 * m1 * m2 + 2 * m1 ** 3
+    mu4 = m4 - 4 * m1 * m3 + 6 * m1 ** 2 * m2 - 3 * m1 ** 4
+    return {"mean": torch.as_tensor(shift, dtype=torch.float64) + m1, "var": var,
+            "skew": mu3 / var ** 1.5, "kurt": mu4 / var ** 2}
+
+
+def _power_sums(t: Mapping[str, torch.Tensor], shape) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    n = t["pre_count"].to(torch.float64)
+    sums = {0: n.expand(shape) if n.ndim == 0 else n}
+    for k, key in ((1, "pre_sum"), (2, "pre_sum_sq"), (3, "pre_sum_cube"), (4, "pre_sum_quad")):
+        sums[k] = t[key].to(torch.float64)
+    shift = t.get("pre_shift")
+    shift = torch.zeros(shape, dtype=torch.float64) if shift is None else shift.to(torch.float64).expand(shape)
+    return sums, shift
+
+
+def aggregate_activation_summaries(summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Sum the subsets (the paper's ``'all'``): histogram counts, and power sums re-centred on the pooled mean.
+
+    Returns ``{"counts": int64 [L,N,E+1] | None, "edges": float32 [E], "sums": {k: [L,N]} | None,
+    "shift": [L,N] | None, "n_positive": [L,N] | None, "subsets": [...]}``.
+    """
+    counts = edges = None
+    power: list[tuple[dict[int, torch.Tensor], torch.Tensor]] = []
+    n_pos = None
+    have_moments = have_positive = True
+    for subset, t in summaries.items():
+        c = t.get("pre_bin_counts")
+        if c is not None:
+            e = _summary_edges(t)
+            if edges is not None and not torch.allclose(edges.double(), e.double()):
+                raise NeuronLibError(f"activation subset {subset!r} uses other histogram edges than the others; "
+                                     "re-run neuron_lib.summary with the same --n-bins for all subsets")
+            edges = e
+            counts = c.to(torch.int64) if counts is None else counts + c.to(torch.int64)
+        if all(k in t for k in ("pre_sum", "pre_sum_sq", "pre_sum_cube", "pre_sum_quad", "pre_count")):
+            power.append(_power_sums(t, t["pre_sum"].shape))
+            if "pre_n_positive" in t:
+                p = t["pre_n_positive"].to(torch.int64)
+                n_pos = p if n_pos is None else n_pos + p
+            else:
+                have_positive = False
+        else:
+            have_moments = False
+    sums = shift = None
+    if power and have_moments:
+        total_n = sum(s[0] for s, _ in power)
+        pooled = sum(s[0] * (sh + s[1] / s[0]) for s, sh in power) / total_n
+        pooled = torch.nan_to_num(pooled)
+        sums = {k: torch.zeros_like(pooled) for k in range(5)}
+        for s, sh in power:
+            moved = shift_power_sums(s, sh, pooled)
+            for k in range(5):
+                sums[k] = sums[k] + moved[k]
+        shift = pooled
+    if not (have_moments and have_positive):
+        n_pos = None
+    return {"counts": counts, "edges": edges if edges is not None else paper_activation_edges(), "sums": sums,
+            "shift": shift, "n_positive": n_pos, "subsets": list(summaries)}
+
+
+def _summary_edges(t: Mapping[str, Any]) -> torch.Tensor:
+    for key in ("pre_bin_edges", "bin_edges", "edges"):
+        if key in t and isinstance(t[key], torch.Tensor):
+            return t[key].to(torch.float32)
+    manifest = t.get("manifest") or {}
+    for src in (manifest, manifest.get("config", {}) if isinstance(manifest.get("config"), dict) else {}):
+        if "hist_edges" in src and isinstance(src["hist_edges"], list):
+            return torch.tensor(src["hist_edges"], dtype=torch.float32)
+    return paper_activation_edges()
+
+
+def activation_columns(agg: Mapping[str, Any], n_layers: int, d_mlp: int) -> dict[str, np.ndarray]:
+    """The activation columns (flat order) from :func:`aggregate_activation_summaries`; NaN where missing."""
+    nan = np.full(n_layers * d_mlp, np.nan)
+    cols = {c: nan.copy() for c in ACTIVATION_COLUMNS + ["sparsity"] + EXACT_COLUMNS}
+
+    def flat(t: torch.Tensor, what: str) -> np.ndarray:
+        if tuple(t.shape[:2]) != (n_layers, d_mlp):
+            raise ManifestMismatch(f"activation summary {what} has shape {tuple(t.shape)}, but the model has "
+                                   f"[{n_layers}, {d_mlp}] neurons: it belongs to another model")
+        return t.reshape(n_layers * d_mlp).numpy()
+
+    if agg.get("counts") is not None:
+        with np.errstate(all="ignore"):
+            for k, v in binned_moments(agg["counts"], agg["edges"]).items():
+                cols[k] = flat(v, "pre_bin_counts")
+            cols["sparsity"] = flat(binned_sparsity(agg["counts"], agg["edges"]), "pre_bin_counts")
+    if agg.get("sums") is not None:
+        for k, v in exact_moments(agg["sums"], agg["shift"]).items():
+            cols[f"{k}_exact"] = flat(v, "moments")
+        if agg.get("n_positive") is not None:
+            cols["act_freq_exact"] = flat(agg["n_positive"].to(torch.float64) / agg["sums"][0], "pre_n_positive")
+    return cols
+
+
+# ====================================================================== loaders of the inputs
+def activations_dir(model: str) -> Path:
+    return output_root("SUMMARY_DIR") / output_model_name(model) / "activations"
+
+
+def load_activation_summaries(model: str, subsets: Iterable[str] | None = None,
+                              files: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+    """``{subset: {"manifest": dict, "path": Path, <tensor name>: tensor, ...}}`` from ``$SUMMARY_DIR/{model}/activations``.
+
+    ``files`` limits which ``*.safetensors`` stems are read (default: all); keys of later files that
+    collide with earlier ones are prefixed ``{stem}.``. A folder named ``all`` is skipped when other
+    subsets exist (the table sums the subsets itself). Folders without a manifest (unfinished) are skipped
+    with a warning. Returns ``{}`` when nothing is there.
+    """
+    root = activations_dir(model_output_name(model))
+    if not root.exists():
+        return {}
+    wanted = set(subsets) if subsets else None
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    if wanted is None and len(folders) > 1:
+        folders = [p for p in folders if p.name != "all"]
+    out: dict[str, dict[str, Any]] = {}
+    for folder in folders:
+        if wanted is not None and folder.name not in wanted:
+            continue
+        if not (folder / MANIFEST_NAME).exists():
+            _warn(f"activation summary {folder} has no manifest (unfinished?); skipped")
+            continue
+        entry: dict[str, Any] = {"manifest": read_json(folder / MANIFEST_NAME), "path": folder}
+        for f in sorted(folder.glob("*.safetensors")):
+            if files is not None and f.stem not in set(files):
+                continue
+            for key, val in load_tensors(f).items():
+                entry[key if key not in entry else f"{f.stem}.{key}"] = val
+        out[folder.name] = entry
+    if wanted is not None and set(out) != wanted:
+        missing = sorted(wanted - set(out))
+        raise NeuronLibError(f"activation subsets {missing} of {model!r} are missing under {root}; "
+                             f"present: {sorted(p.name for p in root.iterdir() if p.is_dir())}")
+    return out
+
+
+def load_weights_summary(model: str, raw: bool = False, tensors: bool = True) -> dict[str, Any]:
+    """``{"manifest", "neuron_stats" (DataFrame), "vocab", "neurons", "heads", "path"}`` of ``neuron_lib.weights``.
+
+    ``vocab``/``neurons`` are ``{type: {key: tensor}}`` (types E_in…, in_in…), ``heads`` ``{name: tensor}``;
+    a part that was not computed is absent. ``tensors=False`` reads only the CSV and the manifest.
+    """
+    import pandas as pd
+
+    folder = weights_dir(model_output_name(model), raw)
+    manifest = _read_manifest_or_none(folder)
+    if manifest is None or not (folder / "neuron_stats.csv").exists():
+        raise NeuronLibError(f"no finished weight summary in {folder}; run `python -m neuron_lib.weights --model {model}`")
+    out: dict[str, Any] = {"manifest": manifest, "path": folder, "neuron_stats": pd.read_csv(folder / "neuron_stats.csv")}
+    if tensors:
+        for part, fname in (("vocab", "vocab_composition"), ("neurons", "neuron_composition")):
+            f = folder / f"{fname}.safetensors"
+            if f.exists():
+                nested: dict[str, dict[str, torch.Tensor]] = {}
+                for key, val in load_tensors(f).items():
+                    if "." in key:
+                        t, k = key.split(".", 1)
+                        nested.setdefault(t, {})[k] = val
+                    else:
+                        nested[key] = val  # hist_edges
+                out[part] = nested
+        f = folder / "head_composition.safetensors"
+        if f.exists():
+            out["heads"] = load_tensors(f)
+    return out
+
+
+def correlations_root(model: str) -> Path:
+    return output_root("DATAFRAMES_DIR") / "correlations" / output_model_name(model)
+
+
+def find_correlation_table(model: str, dataset: str = "") -> Path | None:
+    """The folder holding ``neuron_correlations.{csv,parquet}`` for ``model`` (and ``dataset``), or None."""
+    root = correlations_root(model)
+    has_table = lambda p: (p / "neuron_correlations.csv").exists() or (p / "neuron_correlations.parquet").exists()  # noqa: E731
+    if dataset:
+        folder = root / Path(dataset).name
+        return folder if has_table(folder) else None
+    found = sorted(p for p in root.iterdir() if p.is_dir() and has_table(p)) if root.exists() else []
+    if len(found) > 1:
+        raise NeuronLibError(f"{model!r} has correlation tables for several datasets ({', '.join(p.name for p in found)}); "
+                             "choose one with --dataset")
+    return found[0] if found else None
+
+
+def load_correlation_table(folder: Path):
+    import pandas as pd
+
+    parquet, csv = folder / "neuron_correlations.parquet", folder / "neuron_correlations.csv"
+    df = pd.read_parquet(parquet) if parquet.exists() else pd.read_csv(csv)
+    missing = [c for c in ("layer", "neuron") if c not in df.columns]
+    if missing:
+        raise NeuronLibError(f"{folder} correlation table lacks columns {missing}")
+    return df
+
+
+def _read_manifest_or_none(folder: Path) -> dict | None:
+    path = Path(folder) / MANIFEST_NAME
+    return read_json(path) if path.exists() else None
+
+
+def _manifest_models(manifest: Mapping[str, Any]) -> list[str]:
+    """Model names a manifest claims (``model``, or a correlation run's reference model)."""
+    names = []
+    for key in ("model", "reference_model", "ref_model", "ref", "reference"):
+        v = manifest.get(key)
+        if isinstance(v, str) and v:
+            names.append(output_model_name(v))
+    cfg = manifest.get("config")
+    if not names and isinstance(cfg, dict):
+        for key in ("model", "reference_model"):
+            v = cfg.get(key)
+            if isinstance(v, str) and v:
+                names.append(output_model_name(v))
+    return names
+
+
+def check_same_model(model: str, manifest: Mapping[str, Any] | None, where: str) -> None:
+    """Refuse an input whose manifest names another model than ``model``."""
+    if not manifest:
+        return
+    claimed = _manifest_models(manifest)
+    if claimed and claimed[0] != model:
+        raise ManifestMismatch(f"{where} was made for model {claimed[0]!r}, not {model!r}; "
+                               "re-run that stage for this model or point the output roots elsewhere")
+
+
+def _input_record(path: Path, manifest: Mapping[str, Any] | None) -> dict[str, Any]:
+    m = manifest or {}
+    return {"path": str(path), "stage": m.get("stage"), "model": m.get("model"), "dataset": m.get("dataset"),
+            "n_tokens": m.get("n_tokens"), "created_unix": m.get("created_unix")}
+
+
+# ====================================================================== table assembly
+@dataclasses.dataclass
+class NeuronDfConfig:
+    """Settings of the per-neuron table."""
+
+    model: str = ""  # model name as used by the other stages
+    dataset: str = ""  # correlation dataset folder name ("" = the only one present)
+    subsets: str = ""  # comma-separated activation subsets ("" = all)
+    universal_threshold: float = UNIVERSAL_THRESHOLD  # used only when the correlation table has no is_universal
+    formats: str = "csv,parquet"
+
+    def validate(self) -> "NeuronDfConfig":
+        if not self.model:
+            raise NeuronLibError("--model is required")
+        bad = [f for f in self.format_list() if f not in ("csv", "parquet")]
+        if bad or not self.format_list():
+            raise NeuronLibError(f"--formats must be a comma list of csv, parquet (got {self.formats!r})")
+        return self
+
+    def format_list(self) -> list[str]:
+        return [f.strip() for f in self.formats.split(",") if f.strip()]
+
+    def subset_list(self) -> list[str] | None:
+        subs = [s.strip() for s in self.subsets.split(",") if s.strip()]
+        return subs or None
+
+
+def _model_shape(weights: dict | None, acts: dict, corr_df) -> tuple[int, int]:
+    if weights is not None:
+        m = weights["manifest"]
+        if "n_layers" in m and "d_mlp" in m:
+            return int(m["n_layers"]), int(m["d_mlp"])
+        st = weights["neuron_stats"]
+        return int(st.layer.max()) + 1, int(st.neuron.max()) + 1
+    for t in acts.values():
+        for key in ("pre_bin_counts", "pre_sum"):
+            if key in t:
+                return int(t[key].shape[0]), int(t[key].shape[1])
+    if corr_df is not None:
+        return int(corr_df.layer.max()) + 1, int(corr_df.neuron.max()) + 1
+    raise NeuronLibError("no input found for this model: run neuron_lib.weights, neuron_lib.summary or "
+                         "neuron_lib.correlations_fast first")
+
+
+def make_neuron_df(model: str, dataset: str = "", subsets: list[str] | None = None,
+                   universal_threshold: float = UNIVERSAL_THRESHOLD):
+    """Assemble the per-neuron table; returns ``(df, inputs)`` with ``inputs`` the input records for the manifest."""
+    import pandas as pd
+
+    name = model_output_name(model)
+    inputs: dict[str, Any] = {}
+
+    # ---- weights
+    try:
+        weights = load_weights_summary(name, tensors=False)
+    except NeuronLibError as exc:
+        weights = None
+        _warn(f"no weight summary for {name!r} ({exc}); weight and vocab columns are NaN")
+    if weights is not None:
+        check_same_model(name, weights["manifest"], f"weight summary {weights['path']}")
+        inputs["weights"] = _input_record(weights["path"], weights["manifest"])
+
+    # ---- activations
+    acts = load_activation_summaries(name, subsets, files=("histogram", "moments"))
+    if not acts:
+        _warn(f"no activation summary under {activations_dir(name)}; activation columns are NaN "
+              f"(run `python -m neuron_lib.summary --model {model} ...`)")
+    for subset, t in acts.items():
+        check_same_model(name, t["manifest"], f"activation summary {t['path']}")
+    inputs["activations"] = {s: _input_record(t["path"], t["manifest"]) for s, t in acts.items()}
+
+    # ---- correlations
+    corr_folder = find_correlation_table(name, dataset)
+    corr_df = None
+    if corr_folder is None:
+        _warn(f"no correlation table for {name!r}{' on ' + dataset if dataset else ''} under "
+              f"{correlations_root(name)}; correlation columns are NaN")
+    else:
+        corr_manifest = _read_manifest_or_none(corr_folder)
+        check_same_model(name, corr_manifest, f"correlation table {corr_folder}")
+        corr_df = load_correlation_table(corr_folder)
+        inputs["correlations"] = _input_record(corr_folder, corr_manifest)
+
+    L, N = _model_shape(weights, acts, corr_df)
+    df = pd.DataFrame({"layer": np.repeat(np.arange(L), N), "neuron": np.tile(np.arange(N), L)})
+
+    # correlations: left join on (layer, neuron)
+    for c in CORR_COLUMNS + ["excess_corr"]:
+        df[c] = np.nan
+    if corr_df is not None:
+        if corr_df.layer.max() >= L or corr_df.neuron.max() >= N or corr_df.duplicated(["layer", "neuron"]).any():
+            raise ManifestMismatch(f"correlation table {corr_folder} has neurons outside [{L}, {N}] or duplicate rows: "
+                                   "it belongs to another model")
+        extra = corr_df.drop(columns=[c for c in ("layer", "neuron") if c in corr_df.columns])
+        keyed = corr_df[["layer", "neuron"]].astype("int64")
+        flat = (keyed.layer * N + keyed.neuron).to_numpy()
+        for c in extra.columns:
+            col = extra[c].to_numpy()
+            if col.dtype == bool or c.startswith("is_"):
+                full = np.zeros(L * N, dtype=bool)
+                full[flat] = _as_bool(pd.Series(col)).to_numpy()
+            elif np.issubdtype(col.dtype, np.number):
+                full = np.full(L * N, np.nan)
+                full[flat] = col
+            else:
+                full = np.full(L * N, None, dtype=object)
+                full[flat] = col
+            df[c] = full
+        if "excess_corr" not in corr_df.columns or df["excess_corr"].isna().all():
+            df["excess_corr"] = df["mean_corr"] - df["mean_baseline"]
+
+    # weights
+    for c in WEIGHT_COLUMNS + VOCAB_COLUMNS:
+        df[c] = np.nan
+    if weights is not None:
+        st = weights["neuron_stats"]
+        if len(st) != L * N or not (st.layer.to_numpy() * N + st.neuron.to_numpy() == np.arange(L * N)).all():
+            raise ManifestMismatch(f"weight summary {weights['path']} does not have {L}×{N} neurons in flat order")
+        for c in WEIGHT_COLUMNS + VOCAB_COLUMNS:
+            if c in st.columns:
+                df[c] = st[c].to_numpy()
+
+    # activations
+    agg = aggregate_activation_summaries(acts) if acts else {}
+    for c, v in activation_columns(agg, L, N).items():
+        df[c] = v
+    if acts:
+        inputs["activation_edges"] = agg["edges"].tolist()
+
+    # computed flags
+    if "is_universal" not in df.columns:
+        df["is_universal"] = (df["excess_corr"] > universal_threshold).to_numpy()
+    df["is_sparse"] = (df["sparsity"] < SPARSE_THRESHOLD).to_numpy()
+
+    ordered = PAPER_COLUMNS + [c for c in EXACT_COLUMNS if c in df.columns]
+    df = df[ordered + [c for c in df.columns if c not in ordered]]
+    return df, inputs
+
+
+def neuron_df_paths(model: str) -> dict[str, Path]:
+    root = output_root("DATAFRAMES_DIR")
+    name = model_output_name(model)
+    return {"stem": root / "neuron_dfs" / name, "manifest": root / "neuron_dfs" / f"{name}.manifest.json",
+            "universal_dir": root / "interpretable_neurons" / name}
+
+
+def run_neuron_df(cfg: NeuronDfConfig) -> Path:
+    """Build and write the table (and universal.csv when correlations exist); returns the CSV/parquet stem."""
+    cfg.validate()
+    name = model_output_name(cfg.model)
+    df, inputs = make_neuron_df(name, cfg.dataset, cfg.subset_list(), cfg.universal_threshold)
+    paths = neuron_df_paths(name)
+    written = save_dataframe_atomic(df, paths["stem"], cfg.format_list())
+    n_tokens = sum((r.get("n_tokens") or 0) for r in inputs.get("activations", {}).values()) or None
+    has_corr = "correlations" in inputs
+    manifest = make_manifest(STAGE, cfg, model=name, dataset=cfg.dataset or None, n_tokens=n_tokens,
+                             inputs=inputs, n_rows=len(df), columns=list(df.columns),
+                             files=[p.name for p in written],
+                             n_universal=int(df["is_universal"].sum()) if has_corr else None,
+                             definitions={
+                                 "mean/var/skew/kurt": "binned pre-activation moments (paper §5.3), non-excess kurt",
+                                 "sparsity": "paper's activation frequency from the histogram (first edge >= 0 onward)",
+                                 "*_exact": "from float64 power sums; act_freq_exact = fraction of pre-activations > 0",
+                                 "excess_corr": "mean_corr - mean_baseline",
+                                 "is_sparse": f"sparsity < {SPARSE_THRESHOLD}",
+                             })
+    atomic_write_json(paths["manifest"], manifest)
+    if has_corr:
+        universal = df.loc[df["is_universal"].astype(bool), PAPER_COLUMNS]
+        udir = paths["universal_dir"]
+        save_dataframe_atomic(universal, udir / "universal", ("csv",))
+        write_manifest(udir, make_manifest(STAGE, cfg, model=name, dataset=cfg.dataset or None, n_tokens=n_tokens,
+                                           inputs={"neuron_df": str(paths["manifest"]), **inputs},
+                                           n_rows=len(universal), columns=PAPER_COLUMNS, files=["universal.csv"]))
+    else:
+        _warn(f"no correlation table: {paths['universal_dir'] / 'universal.csv'} not written")
+    return paths["stem"]
+
+
+# ====================================================================== loaders for notebooks
+def _normalise_columns(df):
+    unnamed = [c for c in df.columns if str(c).startswith("Unnamed:") or str(c) == ""]
+    df = df.drop(columns=unnamed)  # the unnamed index of high_excess_correlation.csv (= flat index)
+    return df.rename(columns={k: v for k, v in OLD_COLUMN_NAMES.items() if k in df.columns and v not in df.columns})
+
+
+def _as_bool(series):
+    if series.dtype == bool:
+        return series
+    if series.dtype == object or str(series.dtype).startswith(("string", "str")):
+        mapped = series.map(lambda v: str(v).strip().lower() in ("true", "1", "1.0") if v is not None else False)
+        return mapped.astype(bool)
+    return (series.fillna(0) != 0).astype(bool)
+
+
+def load_neuron_df(model_or_csv_path: str | Path, universal_threshold: float = UNIVERSAL_THRESHOLD):
+    """A neuron table as a DataFrame: ours (by model name or path) or one of the paper's published CSVs.
+
+    Normalises the paper's old names (input_weight_norm → w_in_norm, output_weight_norm → w_out_norm,
+    weight_norm_penalty → l2_penalty, neuron_ix → neuron) and drops an unnamed index column; adds
+    ``excess_corr`` (mean_corr − mean_baseline) and ``is_universal`` (excess_corr > 0.5) when missing,
+    and ``is_sparse`` (sparsity < 0.02). NaN compares False in both flags.
+
+    ``df.attrs``: ``source`` (path), ``table`` (file stem), ``model`` (best guess), ``only_universal``
+    (True for ``universal.csv`` and ``high_excess_correlation.csv``, whose rows are all universal
+    neurons; the latter by the paper's older definition excess ≈ min_corr − max_baseline),
+    ``excess_corr_definition``.
+    """
+    import pandas as pd
+
+    path = Path(model_or_csv_path).expanduser()
+    if path.is_file():
+        model_guess = path.parent.name
+    else:
+        name = model_output_name(str(model_or_csv_path))
+        stem = output_root("DATAFRAMES_DIR") / "neuron_dfs" / name
+        candidates = [stem.with_suffix(".parquet"), stem.with_suffix(".csv")]
+        found = [p for p in candidates if p.exists()]
+        if not found:
+            raise NeuronLibError(f"no neuron table for {model_or_csv_path!r} (looked for {candidates[0]} and .csv); "
+                                 f"run `python -m neuron_lib.neuron_df --model {model_or_csv_path}` or give a CSV path")
+        path, model_guess = found[0], name
+    if path.suffix == ".parquet":
+        df = pd.read_parquet(path)
+    else:
+        df = pd.read_csv(path)
+    old_names = [c for c in df.columns if c in OLD_COLUMN_NAMES]
+    df = _normalise_columns(df)
+    definition = "mean_corr - mean_baseline"
+    if path.stem == "high_excess_correlation":
+        definition = "old: approx. min_corr - max_baseline (spec §12)"
+    if "excess_corr" not in df.columns:
+        if {"mean_corr", "mean_baseline"} <= set(df.columns):
+            df["excess_corr"] = df["mean_corr"] - df["mean_baseline"]
+        else:
+            df["excess_corr"] = np.nan
+    if "is_universal" in df.columns:
+        df["is_universal"] = _as_bool(df["is_universal"])
+    else:
+        df["is_universal"] = (df["excess_corr"] > universal_threshold).to_numpy()
+    df["is_sparse"] = (df["sparsity"] < SPARSE_THRESHOLD).to_numpy() if "sparsity" in df.columns else False
+    if "is_universal_z" in df.columns:
+        df["is_universal_z"] = _as_bool(df["is_universal_z"])
+    df.attrs.update({"source": str(path), "table": path.stem, "model": model_guess,
+                     "only_universal": path.stem in UNIVERSAL_ONLY_TABLES,
+                     "excess_corr_definition": definition, "renamed_old_columns": old_names})
+    return df
+
+
+def layer_medians(df, columns: Iterable[str] | None = None, split_universal: bool = False):
+    """Per-layer medians of ``columns`` (default: the paper's numeric property columns present).
+
+    ``split_universal=True`` groups by (layer, is_universal).
+    """
+    if columns is None:
+        columns = [c for c in PAPER_COLUMNS[2:] if c in df.columns]
+    columns = list(columns)
+    keys = ["layer", "is_universal"] if split_universal else ["layer"]
+    return df.groupby(keys)[columns].median()
+
+
+#: property → direction the paper reports for universal neurons (Fig. 3, within-layer percentiles)
+PAPER_FIG3_EXPECTATION = {"kurt": "higher", "skew": "higher", "input_bias": "lower", "sparsity": "lower",
+                          "act_freq_exact": "lower", "l2_penalty": "higher", "vocab_kurt": "higher"}
+
+
+def compare_universal(df, properties: Iterable[str] | None = None):
+    """Median within-layer percentile of universal vs other neurons per property (paper Fig. 3).
+
+    Each neuron's value is ranked within its layer (percentile in (0, 1]); the table gives the median
+    percentile of universal and of non-universal neurons, their raw medians, the counts, the paper's
+    expected direction and whether the data agree. Needs the full table (both groups).
+    """
+    import pandas as pd
+
+    if df.attrs.get("only_universal"):
+        raise NeuronLibError("compare_universal needs the full neuron table (all neurons), but this one holds only "
+                             f"universal neurons ({df.attrs.get('source')})")
+    if "is_universal" not in df.columns:
+        raise NeuronLibError("the table has no is_universal column (no correlation results)")
+    uni = df["is_universal"].astype(bool)
+    if not uni.any() or uni.all():
+        raise NeuronLibError(f"compare_universal needs both universal and other neurons; found {int(uni.sum())} "
+                             f"universal of {len(df)}")
+    props = list(properties) if properties is not None else list(PAPER_FIG3_EXPECTATION)
+    rows = []
+    for p in props:
+        if p not in df.columns or df[p].isna().all():
+            continue
+        pct = df.groupby("layer")[p].rank(pct=True)
+        u_pct, o_pct = pct[uni].median(), pct[~uni].median()
+        expected = PAPER_FIG3_EXPECTATION.get(p)
+        agrees = None if expected is None else bool((u_pct > o_pct) if expected == "higher" else (u_pct < o_pct))
+        rows.append({"property": p, "universal_percentile": u_pct, "other_percentile": o_pct,
+                     "universal_median": df.loc[uni, p].median(), "other_median": df.loc[~uni, p].median(),
+                     "n_universal": int(df.loc[uni, p].notna().sum()), "n_other": int(df.loc[~uni, p].notna().sum()),
+                     "paper_expectation": expected, "agrees_with_paper": agrees})
+    return pd.DataFrame(rows).set_index("property")
+
+
+# ====================================================================== CLI
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser(NeuronDfConfig, "python -m neuron_lib.neuron_df", __doc__.split("\n\n")[0])
+    cfg = NeuronDfConfig(**vars(parser.parse_args(argv))).validate()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    stem = run_neuron_df(cfg)
+    print(f"neuron_df: wrote {stem}.{{{cfg.formats}}}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,651 @@
+"""Run the paper notebooks with papermill and index their figures.
+
+    python -m neuron_lib.notebooks --model zoo-gpt2-a                 # every notebook on our model
+    python -m neuron_lib.notebooks --model zoo-gpt2-a --only prediction_neurons -p kurt_threshold=8
+    python -m neuron_lib.notebooks --paper-table                      # the paper's universal.csv (small-a)
+    python -m neuron_lib.notebooks --paper-table ../shared/data/paper/stanford-gpt2-medium-a/universal.csv
+    python -m neuron_lib.notebooks --index-only                       # rebuild $FIGURES_DIR/index.html
+
+Each notebook in ``paper_notebooks/`` runs top to bottom on a fresh kernel (papermill injects the
+parameters after the cell tagged ``parameters``) with the repository root as working directory.
+Output goes to ``$FIGURES_DIR/<notebook>/`` (``--out`` overrides ``$FIGURES_DIR``): the executed
+notebook, PNG + SVG figures, the data drawn (CSV) and ``figures.json`` (captions + data source).
+``$FIGURES_DIR/index.html`` links every figure with its caption and the manifest of its data.
+Runs on the paper's table go to ``$FIGURES_DIR/paper/<model>/<notebook>/``.
+
+The functions below are also what the notebooks call to validate and load their inputs, so a
+notebook and the CLI refuse the same missing or mismatched inputs with the same message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import html
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from neuron_lib.common import ManifestMismatch, NeuronLibError, output_root, read_json, run_cli
+
+NOTEBOOKS: dict[str, str] = {
+    "properties_of_universal_neurons": "Properties of universal neurons (paper Fig 2-4, 11, 14)",
+    "prediction_neurons": "Prediction and suppression neurons (paper §5.1, Fig 6)",
+    "dataset_summary": "Dataset summary: pre-activation histograms and top-activating examples",
+}
+NEEDS_NEURON_DF = ("properties_of_universal_neurons", "prediction_neurons")
+NEEDS_SUMMARY = ("dataset_summary",)
+PAPER_TABLE_NOTEBOOKS = ("properties_of_universal_neurons", "prediction_neurons")
+# neurons per layer of the paper's models, for shares from universal-only tables
+KNOWN_D_MLP = {"stanford-gpt2-small": 3072, "stanford-gpt2-medium": 4096, "pythia-160m": 3072, "pythia-70m": 2048,
+               "gpt2": 3072}
+INDEX_NAME = "index.html"
+
+
+def neuron_df_command(model: str) -> str:
+    return f"`make all` (or `python -m neuron_lib.neuron_df --model {model}`)"
+
+
+def summary_command(model: str) -> str:
+    return f"`make all` (or `python -m neuron_lib.summary --model {model} --token-dataset PATH`)"
+
+
+# ---------------------------------------------------------------- locations
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def notebook_dir() -> Path:
+    return repo_root() / "paper_notebooks"
+
+
+def default_shared_dir() -> Path:
+    """``$SHARED_DIR`` or ``shared/`` beside the repository (where CI puts it)."""
+    return Path(os.environ.get("SHARED_DIR", repo_root().parent / "shared"))
+
+
+def paper_table_path(model: str = "stanford-gpt2-small-a", shared_dir: str | Path | None = None) -> Path:
+    return Path(shared_dir or default_shared_dir()) / "data" / "paper" / model / "universal.csv"
+
+
+def figures_out(figures_dir: str | Path | None, notebook: str) -> Path:
+    """The notebook's figure folder: the given one, else ``$FIGURES_DIR/<notebook>``."""
+    return Path(figures_dir) if figures_dir else output_root("FIGURES_DIR") / notebook
+
+
+def default_neuron_df_path(model: str) -> Path:
+    stem = output_root("DATAFRAMES_DIR") / "neuron_dfs" / model
+    csv, parquet = stem.with_suffix(".csv"), stem.with_suffix(".parquet")
+    return parquet if (not csv.exists() and parquet.exists()) else csv
+
+
+def d_mlp_for(model: str) -> int | None:
+    for prefix, d in KNOWN_D_MLP.items():
+        if str(model).startswith(prefix):
+            return d
+    return None
+
+
+# ---------------------------------------------------------------- input validation
+@dataclasses.dataclass
+class InputTable:
+    """A validated per-neuron table: where it is and what its manifest says."""
+
+    model: str
+    path: Path
+    manifest: dict | None
+    manifest_path: Path | None
+
+    @property
+    def note(self) -> str | None:
+        if self.manifest is None:
+            return f"{self.path} has no manifest: its provenance (model, dataset, tokens) is unknown."
+        return None
+
+    def source(self) -> dict:
+        return {"kind": "neuron dataframe", "model": self.model, "path": str(self.path),
+                "manifest_path": str(self.manifest_path) if self.manifest_path else None,
+                "manifest": self.manifest, "note": self.note}
+
+    def describe(self) -> str:
+        lines = [f"model {self.model}: per-neuron table {self.path}"]
+        if self.manifest:
+            keep = {k: self.manifest[k] for k in ("stage", "model", "dataset", "n_tokens", "models") if k in self.manifest}
+            lines.append(f"manifest {self.manifest_path}: {json.dumps(keep, default=str)}")
+        else:
+            lines.append(self.note)
+        return "\n".join(lines)
+
+
+def find_table_manifest(path: str | Path) -> Path | None:
+    """``{stem}.manifest.json`` beside the table, else ``manifest.json`` in its folder, else None."""
+    path = Path(path)
+    for candidate in (path.parent / f"{path.stem}.manifest.json", path.parent / "manifest.json"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _same_dataset(found: Any, expected: Any) -> bool:
+    if found is None or expected is None:
+        return True
+    found, expected = str(found).rstrip("/"), str(expected).rstrip("/")
+    return found == expected or Path(found).name == Path(expected).name
+
+
+def _check_manifest(manifest: Mapping, model: str, dataset: str | None, where: str, command: str) -> dict:
+    """Refuse a manifest that names another model/dataset; a folder manifest may hold one entry per model."""
+    manifest = dict(manifest)
+    models = manifest.get("models")
+    if isinstance(models, Mapping) and not isinstance(manifest.get("model"), str):
+        if model not in models:
+            raise ManifestMismatch(f"{where} covers models {sorted(models)}, not {model!r}. Produce it with {command}.")
+        entry = models[model]
+        manifest = {**manifest, **(entry if isinstance(entry, Mapping) else {"entry": entry})}
+    elif isinstance(models, (list, tuple)) and not isinstance(manifest.get("model"), str) and model not in models:
+        raise ManifestMismatch(f"{where} covers models {list(models)}, not {model!r}. Produce it with {command}.")
+    found = manifest.get("model")
+    if isinstance(found, str) and found != model:
+        raise ManifestMismatch(f"{where} was made for model {found!r}, not {model!r}. Produce it with {command}.")
+    if dataset is not None and not _same_dataset(manifest.get("dataset"), dataset):
+        raise ManifestMismatch(f"{where} was made on dataset {manifest.get('dataset')!r}, not {dataset!r}. "
+                               f"Produce it with {command}.")
+    return manifest
+
+
+def validate_neuron_df(model: str, path: str | Path | None = None, dataset: str | None = None) -> InputTable:
+    """Check that the per-neuron table exists and that its manifest (if any) names ``model`` (and ``dataset``)."""
+    command = neuron_df_command(model)
+    path = Path(path) if path else default_neuron_df_path(model)
+    if not path.exists():
+        raise NeuronLibError(f"no per-neuron dataframe for model {model!r} at {path}. Produce it with {command}.")
+    manifest_path = find_table_manifest(path)
+    manifest = None
+    if manifest_path is not None:
+        manifest = _check_manifest(read_json(manifest_path), model, dataset, f"{path} (manifest {manifest_path})", command)
+    return InputTable(model, path, manifest, manifest_path)
+
+
+def load_neuron_table(table: InputTable | str | Path, model: str | None = None):
+    """Load a per-neuron table with ``neuron_lib.neuron_df.load_neuron_df`` (computed excess_corr,
+    is_universal, is_sparse, ``attrs["only_universal"]``); ``attrs["model"]`` is set for the figures."""
+    path = table.path if isinstance(table, InputTable) else Path(table)
+    model = model or (table.model if isinstance(table, InputTable) else path.stem)
+    try:
+        from neuron_lib.neuron_df import load_neuron_df
+    except ImportError:  # neuron_df.py not in this checkout: read the table as it is
+        load_neuron_df = _read_neuron_table
+    df = load_neuron_df(str(path))
+    df.attrs["model"] = model
+    return df
+
+
+def _read_neuron_table(path: str):
+    """Minimal stand-in for ``neuron_df.load_neuron_df``: the paper's columns + the computed ones (spec §14)."""
+    import pandas as pd
+
+    path = Path(path)
+    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    df = df.drop(columns=[c for c in df.columns if str(c).startswith("Unnamed")])
+    if "excess_corr" not in df and {"mean_corr", "mean_baseline"} <= set(df.columns):
+        df["excess_corr"] = df["mean_corr"] - df["mean_baseline"]
+    if "excess_corr" in df:
+        df["is_universal"] = (df["excess_corr"] > 0.5).fillna(False)
+    if "sparsity" in df:
+        df["is_sparse"] = df["sparsity"] < 0.02
+    df.attrs["only_universal"] = bool(path.name == "universal.csv" or ("is_universal" in df and df["is_universal"].all()))
+    return df
+
+
+# ---------------------------------------------------------------- activation summaries
+@dataclasses.dataclass
+class SummaryInputs:
+    model: str
+    root: Path  # $SUMMARY_DIR/{model}/activations
+    folders: dict[str, Path]  # subset -> folder
+    manifests: dict[str, dict | None]
+
+    def dataset_path(self) -> Path | None:
+        for m in self.manifests.values():
+            if m and m.get("dataset"):
+                return Path(m["dataset"])
+        return None
+
+    def source(self) -> dict:
+        return {"kind": "activation summaries", "model": self.model, "path": str(self.root),
+                "subsets": sorted(self.folders), "manifest": next((m for m in self.manifests.values() if m), None),
+                "note": None if any(self.manifests.values()) else "the summaries have no manifest"}
+
+    def describe(self) -> str:
+        ds = self.dataset_path()
+        return (f"model {self.model}: activation summaries in {self.root} for subsets {sorted(self.folders)}"
+                + (f"\ntoken dataset {ds}" if ds else ""))
+
+
+def validate_summary(model: str, summary_dir: str | Path | None = None, subsets: Sequence[str] | None = None,
+                     dataset: str | None = None, need_dataset: bool = True) -> SummaryInputs:
+    """Check the activation summaries of ``model`` (histogram.safetensors per subset) and their manifests."""
+    command = summary_command(model)
+    root = Path(summary_dir or output_root("SUMMARY_DIR")) / model / "activations"
+    if not root.is_dir():
+        raise NeuronLibError(f"no activation summaries for model {model!r} at {root}. Produce them with {command}.")
+    available = {d.name: d for d in sorted(root.iterdir()) if (d / "histogram.safetensors").exists()}
+    if not available:
+        raise NeuronLibError(f"{root} holds no finished summary (no */histogram.safetensors). Produce it with {command}.")
+    if subsets:
+        missing = [s for s in subsets if s not in available]
+        if missing:
+            raise NeuronLibError(f"no summary for subsets {missing} in {root}; available: {sorted(available)}.")
+        available = {s: available[s] for s in subsets}
+    manifests = {}
+    for subset, folder in available.items():
+        mpath = folder / "manifest.json"
+        manifests[subset] = (_check_manifest(read_json(mpath), model, dataset, f"summary {folder}", command)
+                             if mpath.exists() else None)
+    inputs = SummaryInputs(model, root, available, manifests)
+    if need_dataset:
+        ds = inputs.dataset_path()
+        if ds is None:
+            raise NeuronLibError(f"the summaries in {root} name no token dataset (manifest field 'dataset'), so the "
+                                 f"top-activating examples cannot be shown. Re-run {command}.")
+        if not ds.exists():
+            raise NeuronLibError(f"the token dataset {ds} named by the summaries of {model!r} is missing. Rebuild it "
+                                 "with `make all` (or `python -m neuron_lib.corpus build`).")
+    return inputs
+
+
+def _pick_key(keys: Iterable[str], needles: Sequence[str], where: Path) -> str:
+    keys = list(keys)
+    for needle in needles:
+        hits = [k for k in keys if needle in k.lower()]
+        post = [k for k in hits if "pre" not in k.lower()]
+        if post or hits:
+            return (post or hits)[0]
+    raise NeuronLibError(f"{where} has no tensor named like {needles} (found {keys}); re-run the summary stage")
+
+
+def load_activation_summary(folder: str | Path) -> dict:
+    """``counts`` [L,N,E+1] and ``edges`` [E] (pre-activation histogram), ``top_values``/``top_indices`` [L,N,k]."""
+    from neuron_lib.common import load_tensors
+
+    folder = Path(folder)
+    hist = load_tensors(folder / "histogram.safetensors")
+    out = {"counts": hist["pre_bin_counts"].numpy(), "edges": hist["pre_bin_edges"].numpy(), "folder": folder}
+    top_path = folder / "top_examples.safetensors"
+    if top_path.exists():
+        top = load_tensors(top_path)
+        out["top_values"] = top[_pick_key(top, ("value",), top_path)].float().numpy()
+        out["top_indices"] = top[_pick_key(top, ("indices", "index", "idx", "ix"), top_path)].long().numpy()
+    mpath = folder / "manifest.json"
+    out["manifest"] = read_json(mpath) if mpath.exists() else None
+    return out
+
+
+def parse_neurons(neurons) -> list[tuple[int, int]]:
+    """``["3.17", "L0.5", (1, 2), [1, 2]]`` → ``[(3, 17), (0, 5), (1, 2), (1, 2)]``."""
+    out = []
+    for item in neurons or []:
+        if isinstance(item, str):
+            layer, neuron = item.upper().lstrip("L").replace("N", "").split(".")
+            out.append((int(layer), int(neuron)))
+        else:
+            layer, neuron = item
+            out.append((int(layer), int(neuron)))
+    return out
+
+
+def pick_neurons(summaries: Mapping[str, dict], neuron_df=None, n: int = 4, threshold: float = 0.5):
+    """Neurons to show: the most universal (highest excess_corr among universal neurons) if a table is
+    given, else those with the largest top activation in the summaries. Returns (neurons, reason)."""
+    if neuron_df is not None and "excess_corr" in neuron_df and neuron_df["excess_corr"].notna().any():
+        ranked = neuron_df.dropna(subset=["excess_corr"]).sort_values("excess_corr", ascending=False)
+        uni = ranked[ranked["excess_corr"] > threshold]
+        chosen = (uni if len(uni) else ranked).head(n)
+        reason = ("the universal neurons with the highest excess correlation" if len(uni)
+                  else "no universal neurons; the neurons with the highest excess correlation")
+        return [(int(r.layer), int(r.neuron)) for r in chosen.itertuples()], reason
+    best = None
+    for s in summaries.values():
+        if "top_values" in s:
+            v = s["top_values"].max(axis=-1)
+            best = v if best is None else np.maximum(best, v)
+    if best is None:
+        counts = next(iter(summaries.values()))["counts"]
+        return [(0, i) for i in range(min(n, counts.shape[1]))], "the first neurons of layer 0 (no top examples stored)"
+    flat = np.argsort(-best.reshape(-1), kind="stable")[:n]
+    return [tuple(int(x) for x in np.unravel_index(i, best.shape)) for i in flat], "the neurons with the largest activations"
+
+
+def resolve_tokenizer(model: str, tokenizer: str | None = None, dataset_manifest: Mapping | None = None):
+    """The tokenizer to decode examples: ``tokenizer`` (a folder or hub id), else the model's, else the
+    ``tokenizer_dir`` the token dataset's manifest names."""
+    from transformers import AutoTokenizer
+
+    if tokenizer:
+        return AutoTokenizer.from_pretrained(str(tokenizer))
+    errors = []
+    try:
+        from neuron_lib.models import load_tokenizer
+
+        return load_tokenizer(model)
+    except Exception as exc:  # an unresolvable model name: fall back to the dataset's tokenizer
+        errors.append(str(exc))
+    tok_dir = (dataset_manifest or {}).get("tokenizer_dir")
+    if tok_dir and Path(tok_dir).exists():
+        return AutoTokenizer.from_pretrained(str(tok_dir))
+    raise NeuronLibError(f"no tokenizer for {model!r} ({'; '.join(errors)}); pass the notebook parameter `tokenizer`.")
+
+
+def load_examples(summaries: Mapping[str, dict], dataset, tokenizer, neurons: Sequence[tuple[int, int]],
+                  n_examples: int = 8, before: int = 20, after: int = 5):
+    """Top-activating examples of each neuron over all subsets (best ``n_examples`` overall), with token strings."""
+    import pandas as pd
+
+    from neuron_lib import figures as F
+
+    tokens = dataset.with_format(None)["tokens"] if hasattr(dataset, "with_format") else dataset["tokens"]
+    tokens = np.asarray(tokens)
+    subsets_col = None
+    if hasattr(dataset, "column_names") and "subset" in dataset.column_names:
+        subsets_col = list(dataset.with_format(None)["subset"])
+    parts = []
+    for layer, neuron in neurons:
+        per_neuron = []
+        for s in summaries.values():
+            if "top_values" not in s:
+                continue
+            ex = F.top_example_windows(s["top_values"][layer, neuron], s["top_indices"][layer, neuron], tokens,
+                                       before=before, after=after, layer=layer, neuron=neuron, subsets=subsets_col)
+            per_neuron.append(ex)
+        if not per_neuron:
+            continue
+        ex = pd.concat(per_neuron, ignore_index=True)
+        ex = ex.sort_values("value", ascending=False).drop_duplicates(["row", "pos"]).head(n_examples)
+        ex["rank"] = range(len(ex))
+        parts.append(ex)
+    if not parts:
+        return pd.DataFrame(columns=["layer", "neuron", "rank", "value", "row", "pos", "subset", "token_ids", "target",
+                                     "context_values", "tokens"])
+    out = pd.concat(parts, ignore_index=True)
+    out["tokens"] = [F.decode_tokens(tokenizer, ids) for ids in out["token_ids"]]
+    out["context_source"] = "top-k list"
+    return out
+
+
+def recompute_context_activations(model_name: str, dataset, examples, before: int = 20, after: int = 5,
+                                  device: str = "cpu", batch_size: int = 8):
+    """Fill every window token's post-activation by running the model on the examples' rows."""
+    import torch
+
+    from neuron_lib.models import load_model
+    from neuron_lib.streaming import mlp_activations, tokens_tensor
+
+    model = load_model(model_name, device=device)
+    rows = sorted(set(int(r) for r in examples["row"]))
+    acts = {}
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        tokens = torch.stack([tokens_tensor(dataset, r, r + 1)[0] for r in chunk])
+        _, post = mlp_activations(model, tokens, want_pre=False, want_post=True)  # [L, B, P, N]
+        for j, r in enumerate(chunk):
+            acts[r] = post[:, j].float().cpu().numpy()
+    examples = examples.copy()
+    values = []
+    for ex in examples.itertuples():
+        start = int(ex.pos) - int(ex.target)
+        values.append(list(acts[int(ex.row)][int(ex.layer), start:start + len(ex.token_ids), int(ex.neuron)]))
+    examples["context_values"] = values
+    examples["context_source"] = "model"
+    return examples
+
+
+# ---------------------------------------------------------------- execution
+class NotebookFailed(NeuronLibError):
+    """A notebook raised; the message carries its error and the executed notebook's path."""
+
+
+@contextlib.contextmanager
+def _kernel_env():
+    """The kernel inherits this process's environment; make sure it can import neuron_lib from this checkout."""
+    old = os.environ.get("PYTHONPATH")
+    root = str(repo_root())
+    os.environ["PYTHONPATH"] = root + (os.pathsep + old if old else "")
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def execute_notebook(name: str, out_dir: str | Path, parameters: Mapping[str, Any], kernel_name: str = "python3",
+                     timeout: int | None = 600) -> Path:
+    """Run ``paper_notebooks/<name>.ipynb`` with papermill into ``out_dir/<name>.ipynb`` (figures beside it)."""
+    import logging
+
+    import papermill as pm
+
+    logging.getLogger("papermill").setLevel(logging.WARNING)
+    src = notebook_dir() / f"{name}.ipynb"
+    if not src.exists():
+        raise NeuronLibError(f"no notebook {src}; known: {', '.join(NOTEBOOKS)}")
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{name}.ipynb"
+    params = {**parameters, "figures_dir": str(out_dir)}
+    with _kernel_env():
+        try:
+            pm.execute_notebook(str(src), str(out), parameters=params, kernel_name=kernel_name, cwd=str(repo_root()),
+                                progress_bar=False, log_output=False, request_save_on_cell_execute=False,
+                                execution_timeout=timeout)
+        except pm.PapermillExecutionError as exc:
+            raise NotebookFailed(f"notebook {name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
+                                 f"  the executed notebook with the full traceback: {out}") from None
+    return out
+
+
+def _abs(path) -> str | None:
+    return str(Path(path).resolve()) if path else None
+
+
+def run_notebooks(model: str, neuron_df: str | Path | None = None, summary_dir: str | Path | None = None,
+                  out: str | Path | None = None, only: Sequence[str] | None = None, dataset: str | None = None,
+                  extra: Mapping[str, Any] | None = None, kernel_name: str = "python3", timeout: int | None = 600,
+                  log=print) -> tuple[list[Path], list[str]]:
+    """Validate inputs, execute the notebooks, write the index. Returns (executed notebooks, failures)."""
+    names = list(only or NOTEBOOKS)
+    unknown = [n for n in names if n not in NOTEBOOKS]
+    if unknown:
+        raise NeuronLibError(f"unknown notebooks {unknown}; known: {', '.join(NOTEBOOKS)}")
+    root = Path(out) if out else output_root("FIGURES_DIR")
+    table = validate_neuron_df(model, neuron_df, dataset) if any(n in NEEDS_NEURON_DF for n in names) else None
+    if any(n in NEEDS_SUMMARY for n in names):
+        validate_summary(model, summary_dir, dataset=dataset)
+    if table is None:
+        # dataset_summary picks neurons from the table when there is one
+        try:
+            table = validate_neuron_df(model, neuron_df, dataset)
+        except NeuronLibError:
+            table = None
+    common = {"model": model, "neuron_df_path": _abs(table.path) if table else None,
+              "summary_dir": _abs(summary_dir or output_root("SUMMARY_DIR")), "dataset": dataset}
+    done, failed = [], []
+    for name in names:
+        t0 = time.time()
+        params = {k: v for k, v in {**common, **(extra or {})}.items() if k in notebook_parameters(name)}
+        try:
+            path = execute_notebook(name, root / name, params, kernel_name=kernel_name, timeout=timeout)
+        except NotebookFailed as exc:
+            failed.append(str(exc))
+            log(f"[{name}] FAILED ({time.time() - t0:.0f}s)\n{exc}")
+            continue
+        done.append(path)
+        log(f"[{name}] {path.parent} ({time.time() - t0:.0f}s)")
+    index = write_index(root)
+    log(f"index: {index}")
+    return done, failed
+
+
+def run_paper_table(table: str | Path, out: str | Path | None = None, model: str | None = None,
+                    d_mlp: int | None = None, only: Sequence[str] | None = None, extra: Mapping[str, Any] | None = None,
+                    kernel_name: str = "python3", timeout: int | None = 600, log=print) -> tuple[list[Path], list[str]]:
+    """Run the properties (and prediction) notebooks on one of the paper's published universal.csv tables."""
+    table = Path(table)
+    if not table.exists():
+        raise NeuronLibError(f"no paper table at {table}; the paper's CSVs live in shared/data/paper/<model>/ "
+                             "(pass --shared-dir or the table's path)")
+    model = model or table.parent.name
+    d_mlp = d_mlp or d_mlp_for(model)
+    root = Path(out) if out else output_root("FIGURES_DIR")
+    done, failed = [], []
+    for name in only or PAPER_TABLE_NOTEBOOKS:
+        params = {"model": model, "neuron_df_path": _abs(table), "d_mlp": d_mlp, **(extra or {})}
+        params = {k: v for k, v in params.items() if k in notebook_parameters(name)}
+        t0 = time.time()
+        try:
+            path = execute_notebook(name, root / "paper" / model / name, params, kernel_name=kernel_name, timeout=timeout)
+        except NotebookFailed as exc:
+            failed.append(str(exc))
+            log(f"[{name} on {table}] FAILED\n{exc}")
+            continue
+        done.append(path)
+        log(f"[{name} on {table}] {path.parent} ({time.time() - t0:.0f}s)")
+    index = write_index(root)
+    log(f"index: {index}")
+    return done, failed
+
+
+def notebook_parameters(name: str) -> dict[str, Any]:
+    """The names and default values of a notebook's ``parameters`` cell."""
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(notebook_dir() / f"{name}.ipynb", as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            out = {}
+            for node in ast.parse(cell.source).body:
+                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+                    out[node.targets[0].id] = ast.literal_eval(node.value)
+            return out
+    raise NeuronLibError(f"{name}.ipynb has no cell tagged 'parameters'")
+
+
+# ---------------------------------------------------------------- index.html
+def write_index(figures_root: str | Path) -> Path:
+    """``index.html`` under ``figures_root`` linking every figure listed in a ``figures.json`` below it."""
+    from neuron_lib.common import atomic_write_text
+    from neuron_lib.figures import FIGURES_JSON
+
+    root = Path(figures_root)
+    root.mkdir(parents=True, exist_ok=True)
+    records = []
+    for path in sorted(root.rglob(FIGURES_JSON)):
+        try:
+            records.append((path.parent, json.loads(path.read_text())))
+        except (OSError, ValueError):
+            continue
+    esc = html.escape
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>neuron_lib figures</title><style>",
+             "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
+             "figure{margin:1em 0;border-top:1px solid #ddd;padding-top:.5em}img{max-width:100%}"
+             "figcaption{font-size:.95em}.note{color:#a15c00}pre{background:#f6f6f6;padding:.5em;overflow:auto;"
+             "font-size:.8em}", "</style></head><body><h1>Figures</h1>"]
+    if not records:
+        parts.append("<p>No figures yet: run <code>python -m neuron_lib.notebooks --model MODEL</code>.</p>")
+    parts.append("<ul>" + "".join(f"<li><a href='#{esc(folder.relative_to(root).as_posix())}'>"
+                                  f"{esc(rec.get('title', folder.name))}</a> — {esc(folder.relative_to(root).as_posix())}</li>"
+                                  for folder, rec in records) + "</ul>")
+    for folder, rec in records:
+        rel = folder.relative_to(root).as_posix()
+        link = lambda name: esc(f"{rel}/{name}")  # noqa: E731
+        parts.append(f"<h2 id='{esc(rel)}'>{esc(rec.get('title', folder.name))}</h2>")
+        executed = sorted(folder.glob("*.ipynb"))
+        if executed:
+            parts.append("<p>Executed notebook: " + ", ".join(f"<a href='{link(p.name)}'>{esc(p.name)}</a>"
+                                                              for p in executed) + "</p>")
+        source = rec.get("source") or {}
+        if source:
+            parts.append(f"<p>Data: {esc(str(source.get('kind', '')))} <code>{esc(str(source.get('path', '')))}</code>"
+                         f" (model {esc(str(source.get('model', '')))})</p>")
+            if source.get("note"):
+                parts.append(f"<p class='note'>{esc(source['note'])}</p>")
+            if source.get("manifest"):
+                parts.append("<details><summary>manifest of the data</summary><pre>"
+                             f"{esc(json.dumps(source['manifest'], indent=2, default=str))}</pre></details>")
+        for fig in rec.get("figures", []):
+            files = fig.get("files", {})
+            parts.append("<figure>")
+            if "png" in files:
+                parts.append(f"<a href='{link(files['png'])}'><img src='{link(files['png'])}' "
+                             f"alt='{esc(fig['name'])}' loading='lazy'></a>")
+            parts.append(f"<figcaption><b>{esc(fig['name'])}</b>: {esc(fig.get('caption', ''))}")
+            if fig.get("note"):
+                parts.append(f"<br><span class='note'>{esc(fig['note'])}</span>")
+            others = [f"<a href='{link(f)}'>{esc(kind)}</a>" for kind, f in files.items() if kind != "png"]
+            if others:
+                parts.append("<br>" + " · ".join(others))
+            parts.append("</figcaption></figure>")
+    parts.append("</body></html>")
+    return atomic_write_text(root / INDEX_NAME, "\n".join(parts))
+
+
+# ---------------------------------------------------------------- CLI
+def _parse_param(text: str) -> tuple[str, Any]:
+    key, _, value = text.partition("=")
+    if not key or not _:
+        raise NeuronLibError(f"-p expects KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m neuron_lib.notebooks", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--model", help="model whose outputs the notebooks read, e.g. zoo-gpt2-a")
+    parser.add_argument("--neuron-df", help="per-neuron table (default $DATAFRAMES_DIR/neuron_dfs/{model}.csv)")
+    parser.add_argument("--summary-dir", help="activation summaries root (default $SUMMARY_DIR)")
+    parser.add_argument("--dataset", help="refuse inputs whose manifest names another dataset")
+    parser.add_argument("--out", help="figures root (default $FIGURES_DIR)")
+    parser.add_argument("--only", nargs="+", choices=list(NOTEBOOKS), help="run only these notebooks")
+    parser.add_argument("--paper-table", nargs="?", const="", default=None,
+                        help="run on one of the paper's universal.csv tables (default: small-a from --shared-dir)")
+    parser.add_argument("--shared-dir", help="the shared/ folder (default $SHARED_DIR or ../shared beside the repo)")
+    parser.add_argument("--d-mlp", type=int, help="neurons per layer, for shares from universal-only tables")
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra notebook parameter (JSON value), e.g. -p kurt_threshold=8")
+    parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3 = this Python)")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    parser.add_argument("--index-only", action="store_true", help="only rebuild index.html")
+    args = parser.parse_args(argv)
+    extra = dict(_parse_param(p) for p in args.param)
+    if args.d_mlp:
+        extra["d_mlp"] = args.d_mlp
+    if args.index_only:
+        print(write_index(Path(args.out) if args.out else output_root("FIGURES_DIR")))
+        return
+    if args.paper_table is not None:
+        table = args.paper_table or paper_table_path(shared_dir=args.shared_dir)
+        _, failed = run_paper_table(table, out=args.out, model=args.model, d_mlp=args.d_mlp, only=args.only,
+                                    extra=extra, kernel_name=args.kernel, timeout=args.timeout)
+    else:
+        if not args.model:
+            parser.error("--model is required (or --paper-table / --index-only)")
+        _, failed = run_notebooks(args.model, args.neuron_df, args.summary_dir, out=args.out, only=args.only,
+                                  dataset=args.dataset, extra=extra, kernel_name=args.kernel, timeout=args.timeout)
+    if failed:
+        raise NeuronLibError(f"{len(failed)} notebook(s) failed (see above)")
+
+
+if __name__ == "__main__":
+    run_cli(main)

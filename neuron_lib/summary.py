@@ -1,0 +1,879 @@
+"""Activation summaries per model and dataset subset, streamed in one pass (``python -m neuron_lib.summary``).
+
+Output: ``$SUMMARY_DIR/{model}/activations/{subset}/`` with one folder per value of the dataset's
+``subset`` column (no ``all`` folder: consumers sum the subsets, e.g. ``neuron_df``), each holding
+
+``histogram.safetensors``
+    ``pre_bin_counts`` int64 [L, N, 257] on ``pre_bin_edges`` = float32 linspace(−10, 15, 256) with the
+    paper's rule (left ``searchsorted``: bin i holds edges[i−1] < v ≤ edges[i], bin 0 holds v ≤ edges[0],
+    bin 256 holds v > edges[255]); values and edges are both float32 (the original mixed fp16 values with
+    fp32 edges, spec §18.14). ``post_bin_counts`` int64 [L, N, 257] on ``post_bin_edges`` = float32
+    linspace(−0.2, 10, 256) (GELU outputs lie above ≈ −0.17; values above 10 land in the last bin).
+``moments.safetensors``
+    exact streaming power sums in float64 about a per-neuron shift (the first batch's per-neuron mean of
+    the run, ``pre_shift`` / ``post_shift`` [L, N], shared by all subsets of one run):
+    ``{pre,post}_sum``, ``_sum_sq``, ``_sum_cube``, ``_sum_quad`` = Σ(x−shift)^k, ``_count`` int64 and
+    ``_n_positive`` int64 (exact number of x > 0). :func:`moments_from_power_sums` turns them into
+    population mean/var/skew/non-excess kurtosis; :func:`activation_frequency` gives n_positive / count.
+``top_examples.safetensors`` (post-activations)
+    * token level (the paper): ``top_values`` float32 [L, N, k], ``top_index`` int64 [L, N, k] = flat token
+      index row·ctx + pos in the token dataset (rows of the whole dataset, not of the subset);
+    * text level (Neuroscope): ``text_top_values`` (max of the neuron over a row), ``text_top_rows`` (row
+      index), ``text_top_pos`` (position of that max in the row; first position on ties);
+    * ``random_index`` int64 [R] and ``random_values`` [L, N, R]: R uniformly random kept token positions,
+      the same for every neuron (a seeded hash of the flat index ranks tokens; the R smallest win);
+    * quantile samples (OpenAI ``random_sample_by_quantile``, simplified): per neuron, bins cut at
+      ``quantile_boundaries`` [L, N, Q] = the ``quantile_probs`` [Q] quantiles of the neuron's
+      post-activation in the run's first batch (bins v ≤ b₀, b₀ < v ≤ b₁, …, v > b_{Q−1});
+      ``quantile_bin_counts`` int64 [L, N, Q+1] exact counts per bin over the subset;
+      ``quantile_index`` / ``quantile_values`` [L, N, Q+1, m]: m uniformly random tokens of each bin
+      (same hash ranking as above; −1 / NaN where a bin has fewer than m tokens).
+    Ranks are total orders: highest value first, ties to the lowest flat index (row for texts). Slots
+    never filled hold value −inf and index −1 (no (0, index 0) placeholders).
+``vocab.safetensors`` (post-activations, per token id)
+    ``vocab_counts`` int64 [V] (kept tokens only); ``vocab_max_top_values`` / ``_ix`` [L, N, kv]: the tokens
+    with the largest per-token max activation (every seen token is a candidate; unseen tokens are never
+    listed; kept exactly in O(L·N·kv) memory by a streaming merge); ``vocab_mean_top_values`` / ``_ix``
+    [L, N, kv]: largest mean activation per token over tokens with count ≥ ``vocab_mean_min_count``.
+    The mean needs a float64 sum for every (neuron, token) pair, [L, N, V'], for the V' tokens it covers.
+    ``vocab_mean_min_count`` is ``min_token_count`` (default 1) unless [L, N, V'] would not fit the
+    ``--max-memory`` budget; then it is raised to the smallest count threshold whose tokens fit, so the
+    result is still the exact top-kv by mean over the tokens with count ≥ the recorded threshold (rare
+    tokens, whose means are noise anyway, drop out first). ``vocab_mean_token_ids`` lists the tokens covered.
+    Ties: lowest token id first. The original kept dense [L, N, V] fp32 sums + fp16 max (≈ 11 GB for
+    GPT-2 small) with max initialised at 0 (spec §18.14/§18.28).
+``manifest.json``
+    model, dataset, tokenizer fingerprint, n_tokens, subset, token filter (ids), config and its
+    fingerprint, effective vocab threshold, versions. Written last: a folder without it is unfinished.
+
+Token filter: BOS/EOS/pad positions are dropped by default (the original kept them); ``--keep-bos`` keeps
+them, ``--drop-newline`` also drops the single-token newline (as the correlation stage does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import re
+import shutil
+import sys
+import time
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
+
+import torch
+
+from neuron_lib.common import (
+    ManifestMismatch,
+    NeuronLibError,
+    config_fingerprint,
+    human_bytes,
+    load_tensors,
+    make_manifest,
+    output_root,
+    pick_device,
+    read_json,
+    run_cli,
+    save_tensors_atomic,
+    write_manifest,
+    MANIFEST_NAME,
+)
+
+STAGE = "summary"
+NEG_INF = float("-inf")
+_M32 = 0xFFFFFFFF
+_M31 = 0x7FFFFFFF
+_FILES = ("histogram", "moments", "top_examples", "vocab")
+
+
+def pre_bin_edges(n_bins: int = 256) -> torch.Tensor:
+    """The paper's pre-activation edges: float32 linspace(−10, 15, n_bins) → n_bins + 1 histogram bins."""
+    return torch.linspace(-10.0, 15.0, n_bins, dtype=torch.float32)
+
+
+def post_bin_edges(n_bins: int = 256) -> torch.Tensor:
+    """Post-activation edges: float32 linspace(−0.2, 10, n_bins) (GELU ≥ −0.17; > 10 goes to the last bin)."""
+    return torch.linspace(-0.2, 10.0, n_bins, dtype=torch.float32)
+
+
+# =============================================================== numeric helpers
+def histogram_counts(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """int64 [R, E+1] counts of ``values`` [R, C] with the paper's left-searchsorted rule, in float32."""
+    values = values.to(torch.float32).contiguous()
+    edges = edges.to(device=values.device, dtype=torch.float32).contiguous()
+    n_bins = edges.numel() + 1
+    idx = torch.searchsorted(edges, values, right=False)  # first i with edges[i] >= v
+    offsets = torch.arange(values.shape[0], device=values.device).unsqueeze(1) * n_bins
+    return torch.bincount((idx + offsets).reshape(-1), minlength=values.shape[0] * n_bins).view(values.shape[0], n_bins)
+
+
+def moments_from_power_sums(sum, sum_sq, sum_cube, sum_quad, count, shift=0.0) -> dict[str, torch.Tensor]:
+    """Population mean, variance, skew and NON-excess kurtosis from Σd, Σd², Σd³, Σd⁴ with d = x − shift.
+
+    Works on the ``{pre,post}_*`` tensors of ``moments.safetensors`` (pass ``shift=pre_shift``).
+    Neurons with zero variance get NaN skew/kurt; zero count gives NaN everywhere.
+    """
+    n = torch.as_tensor(count).to(torch.float64)
+    m1, m2, m3, m4 = (torch.as_tensor(s).to(torch.float64) / n for s in (sum, sum_sq, sum_cube, sum_quad))
+    var = m2 - m1 ** 2
+    mu3 = m3 - 3 * m1 * m2 + 2 * m1 ** 3
+    mu4 = m4 - 4 * m1 * m3 + 6 * m1 ** 2 * m2 - 3 * m1 ** 4
+    var = torch.clamp(var, min=0.0)
+    with torch.no_grad():
+        skew = mu3 / var ** 1.5
+        kurt = mu4 / var ** 2
+    return {"mean": torch.as_tensor(shift, dtype=torch.float64) + m1, "var": var, "skew": skew, "kurt": kurt}
+
+
+def activation_frequency(n_positive, count) -> torch.Tensor:
+    """Exact fraction of activations > 0 (the paper's 'sparsity', without its one-bin offset)."""
+    return torch.as_tensor(n_positive).to(torch.float64) / torch.as_tensor(count).to(torch.float64)
+
+
+def moments_from_file(tensors: Mapping[str, torch.Tensor], which: str = "pre") -> dict[str, torch.Tensor]:
+    """mean/var/skew/kurt/act_freq from one ``moments.safetensors`` dict (``which`` = 'pre' or 'post')."""
+    t = tensors
+    out = moments_from_power_sums(t[f"{which}_sum"], t[f"{which}_sum_sq"], t[f"{which}_sum_cube"], t[f"{which}_sum_quad"],
+                                  t[f"{which}_count"], t[f"{which}_shift"])
+    out["act_freq"] = activation_frequency(t[f"{which}_n_positive"], t[f"{which}_count"])
+    return out
+
+
+def shift_power_sums(sums: Mapping[int, torch.Tensor], old_shift, new_shift) -> dict[int, torch.Tensor]:
+    """Re-centre power sums {k: Σ(x−a)^k, k=0..4} from shift a to shift c (binomial expansion, exact algebra)."""
+    d = torch.as_tensor(old_shift, dtype=torch.float64) - torch.as_tensor(new_shift, dtype=torch.float64)
+    return {k: sum(math.comb(k, j) * sums[j].to(torch.float64) * d ** (k - j) for j in range(k + 1)) for k in range(5)}
+
+
+def combine_moment_files(files: Iterable[Mapping[str, torch.Tensor]], which: str = "pre") -> dict[str, torch.Tensor]:
+    """Pool several subsets' ``moments.safetensors`` (possibly with different shifts) into one set of power sums."""
+    files = list(files)
+    if not files:
+        raise NeuronLibError("no moment files to combine")
+    target = files[0][f"{which}_shift"].to(torch.float64)
+    keys = ("count", "sum", "sum_sq", "sum_cube", "sum_quad")
+    total = {k: torch.zeros_like(target) for k in range(5)}
+    n_pos = torch.zeros(target.shape, dtype=torch.int64)
+    for t in files:
+        sums = {k: t[f"{which}_{key}"].to(torch.float64) for k, key in enumerate(keys)}
+        moved = shift_power_sums(sums, t[f"{which}_shift"], target)
+        for k in range(5):
+            total[k] = total[k] + moved[k]
+        n_pos = n_pos + t[f"{which}_n_positive"].to(torch.int64)
+    return {f"{which}_shift": target, f"{which}_count": total[0].round().to(torch.int64),
+            **{f"{which}_{key}": total[k] for k, key in enumerate(keys) if k},
+            f"{which}_n_positive": n_pos}
+
+
+def moments_from_histogram(counts: torch.Tensor, edges: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The paper's *binned* moments (spec §5.3): edges padded by one step each side, bin centres, non-excess kurt."""
+    e = edges.to(torch.float64)
+    step = e[1] - e[0]
+    padded = torch.cat([e[:1] - step, e, e[-1:] + step])
+    centres = (padded[:-1] + padded[1:]) / 2
+    f = counts.to(torch.float64)
+    total = f.sum(-1)
+    mean = (f * centres).sum(-1) / total
+    dev = centres - mean.unsqueeze(-1)
+    var = (f * dev ** 2).sum(-1) / total
+    return {"mean": mean, "var": var, "skew": (f * dev ** 3).sum(-1) / (total * var ** 1.5),
+            "kurt": (f * dev ** 4).sum(-1) / (total * var ** 2)}
+
+
+def sparsity_from_histogram(counts: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """The paper's 'sparsity' (spec §5.4): share of counts in bins from the first edge ≥ 0 on (one bin low)."""
+    z = int(torch.nonzero(edges.to(torch.float32) >= 0)[0])
+    f = counts.to(torch.float64)
+    return f[..., z:].sum(-1) / f.sum(-1)
+
+
+def _ordered_bits(values: torch.Tensor) -> torch.Tensor:
+    """int64 that orders like the float32 values (NaN → −inf, −0 → +0)."""
+    v = values.to(torch.float32)
+    v = torch.where(torch.isnan(v), torch.full_like(v, NEG_INF), v) + 0.0
+    b = v.contiguous().view(torch.int32).to(torch.int64)
+    return torch.where(b < 0, b ^ _M31, b)
+
+
+def topk_lowest_id(values: torch.Tensor, ids: torch.Tensor, k: int):
+    """Top ``k`` along the last dim by value (descending), ties → lowest id; deterministic total order.
+
+    ``ids`` (int64, broadcastable to ``values``, each < 2³²; −1 marks an empty slot that loses every tie).
+    Returns ``(values, ids, positions)`` of shape [..., k]; entries with value −inf get id −1 and are padded
+    with (−inf, −1, −1) when fewer than k candidates exist.
+    """
+    ids = ids.expand_as(values)
+    low = torch.where(ids < 0, torch.zeros_like(ids), _M32 - ids)
+    key = (_ordered_bits(values) << 32) | low
+    kk = min(k, values.shape[-1])
+    _, pos = key.topk(kk, dim=-1, largest=True, sorted=True)
+    vals = values.gather(-1, pos)
+    out_ids = torch.where(vals == NEG_INF, torch.full_like(pos, -1), ids.gather(-1, pos))
+    if kk < k:
+        pad = list(values.shape[:-1]) + [k - kk]
+        vals = torch.cat([vals, torch.full(pad, NEG_INF, dtype=vals.dtype, device=vals.device)], -1)
+        out_ids = torch.cat([out_ids, torch.full(pad, -1, dtype=torch.long, device=vals.device)], -1)
+        pos = torch.cat([pos, torch.full(pad, -1, dtype=torch.long, device=vals.device)], -1)
+    return vals, out_ids, pos
+
+
+def token_priority(flat_index: torch.Tensor, seed: int) -> torch.Tensor:
+    """Seeded pseudo-random 31-bit priority of each flat token index (independent of batching)."""
+    x = (flat_index.to(torch.int64) + ((int(seed) * 0x9E3779B1 + 0x7F4A7C15) & _M32)) & _M32
+    x = x ^ ((flat_index.to(torch.int64) >> 32) & _M32)
+    for _ in range(2):
+        x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
+    x = (x >> 16) ^ x
+    return x & _M31
+
+
+def _smallest_priority(prio: torch.Tensor, flat: torch.Tensor, k: int):
+    """Positions of the k smallest (priority, flat) pairs along the last dim; empty slots have flat −1."""
+    hi = torch.where(flat < 0, torch.full_like(prio, -1), _M31 - prio)
+    low = torch.where(flat < 0, torch.zeros_like(flat), _M32 - flat)
+    key = (hi << 32) | low
+    kk = min(k, key.shape[-1])
+    return key.topk(kk, dim=-1, largest=True, sorted=True).indices
+
+
+# =============================================================== config and CLI
+def parse_bytes(text: str | int | float) -> int:
+    """'4GiB', '500MB', '2e9', 1000 → bytes."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?i?B?)\s*", str(text), flags=re.IGNORECASE)
+    if not m:
+        raise NeuronLibError(f"cannot read the memory size {text!r}; write e.g. 4GiB, 500MB or 2e9")
+    unit = m.group(2).upper().rstrip("B")
+    mult = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "KI": 2 ** 10, "MI": 2 ** 20, "GI": 2 ** 30, "TI": 2 ** 40}
+    if unit not in mult:
+        raise NeuronLibError(f"unknown memory unit in {text!r}")
+    return int(float(m.group(1)) * mult[unit])
+
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclasses.dataclass
+class SummaryConfig:
+    """Activation summary of one model over a token dataset (one output folder per dataset subset)."""
+
+    model: str
+    token_dataset: str
+    batch_size: int = 32
+    max_tokens: Optional[int] = None  # raw tokens (before the filter) from the start of the dataset; None = all
+    top_k: int = 50  # token-level and text-level max-activating examples per neuron
+    vocab_top_k: int = 100
+    min_token_count: int = 1  # tokens seen fewer times are excluded from the mean-by-token ranking
+    n_random: int = 20  # random token positions (shared by all neurons)
+    quantile_probs: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
+    n_per_quantile: int = 5  # random examples per quantile bin and neuron (0 disables)
+    subsets: Optional[str] = None  # comma-separated subset names to summarise; None = all
+    device: str = "auto"
+    dtype: str = "float32"  # model dtype; statistics always use float32 activations, float64 sums
+    max_memory: str = "4GiB"  # budget for the accumulators (the per-token mean sums take what is left)
+    keep_bos: bool = False  # keep BOS/EOS/pad positions (the original did)
+    drop_newline: bool = False  # also drop the single-token newline (the correlation stage's filter)
+    seed: int = 0  # random / quantile samples
+    overwrite: bool = False
+
+    def validate(self) -> "SummaryConfig":
+        if not self.model:
+            raise NeuronLibError("--model is required")
+        if not self.token_dataset:
+            raise NeuronLibError("--token-dataset is required (a folder written by neuron_lib.corpus)")
+        for name in ("batch_size", "top_k", "vocab_top_k", "min_token_count"):
+            if int(getattr(self, name)) < 1:
+                raise NeuronLibError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("n_random", "n_per_quantile"):
+            if int(getattr(self, name)) < 0:
+                raise NeuronLibError(f"--{name.replace('_', '-')} must be ≥ 0")
+        if self.max_tokens is not None and int(self.max_tokens) < 1:
+            raise NeuronLibError("--max-tokens must be positive (or omitted for the whole dataset)")
+        probs = [float(p) for p in self.quantile_probs]
+        if any(not 0 < p < 1 for p in probs) or any(b <= a for a, b in zip(probs, probs[1:])):
+            raise NeuronLibError(f"--quantile-probs must be increasing values in (0, 1), got {probs}")
+        self.quantile_probs = tuple(probs)
+        if self.dtype not in _DTYPES:
+            raise NeuronLibError(f"--dtype must be one of {sorted(_DTYPES)}")
+        parse_bytes(self.max_memory)
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that determine the results (not batch size, device or --overwrite)."""
+        d = dataclasses.asdict(self)
+        for k in ("batch_size", "device", "overwrite"):
+            d.pop(k)
+        d["token_dataset"] = str(Path(self.token_dataset).expanduser().resolve())
+        d["quantile_probs"] = list(self.quantile_probs)
+        return d
+
+
+def _unwrap_optional(tp):
+    if typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def build_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
+    """argparse from a config dataclass: ``field_name`` → ``--field-name`` (bools are flags)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, optional = _unwrap_optional(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = None if required else f.default
+        if tp is bool:
+            parser.add_argument(flag, action="store_true", default=default, help=f"(flag; default {default})")
+        elif typing.get_origin(tp) is tuple:
+            parser.add_argument(flag, type=typing.get_args(tp)[0], nargs="+", default=default, help=f"(default {default})")
+        else:
+            parser.add_argument(flag, type=tp, required=required, default=default, help=f"(default {default})")
+    return parser
+
+
+def config_from_args(cls, args: argparse.Namespace):
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+    for f in dataclasses.fields(cls):
+        if isinstance(values[f.name], list):
+            values[f.name] = tuple(values[f.name])
+    return cls(**values)
+
+
+# =============================================================== helpers shared with activations.py
+def model_output_name(model: str) -> str:
+    """The name outputs are filed under (same rule as the other stages)."""
+    try:
+        from neuron_lib.weights import model_output_name as _name
+
+        return _name(model)
+    except ImportError:  # pragma: no cover - weights.py is part of the package
+        from neuron_lib.models import resolve_model
+
+        try:
+            name = resolve_model(model).name
+        except NeuronLibError:
+            name = str(model)
+        return Path(name).name if ("/" in name or os.sep in name) else name
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """The corpus module's fingerprint (one definition for the whole package)."""
+    try:
+        from neuron_lib.corpus import tokenizer_fingerprint as _fp
+    except ImportError:  # pragma: no cover
+        import hashlib
+        import json
+
+        return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode()).hexdigest()[:16]
+    return _fp(tokenizer)
+
+
+def open_token_dataset(path: str, tokenizer):
+    """``(dataset, manifest)`` of a token dataset, refusing one tokenized with another tokenizer."""
+    from neuron_lib.corpus import load_token_dataset
+
+    ds, manifest = load_token_dataset(path)
+    fp = tokenizer_fingerprint(tokenizer)
+    if manifest.get("tokenizer_fingerprint") != fp:
+        raise ManifestMismatch(
+            f"token dataset {path} was tokenized with another tokenizer (fingerprint "
+            f"{manifest.get('tokenizer_fingerprint')!r}) than the model's ({fp!r}); tokenize the data with the "
+            "model's tokenizer (python -m neuron_lib.corpus tokenize --model ...)")
+    return ds, manifest
+
+
+def drop_ids_for(tokenizer, keep_bos: bool, drop_newline: bool) -> list[int]:
+    from neuron_lib.streaming import TokenFilter
+
+    return TokenFilter(drop_bos=not keep_bos, drop_newline=drop_newline).drop_ids(tokenizer)
+
+
+def _safe_name(text: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("._") or "subset"
+    return name
+
+
+def summary_dir(model: str) -> Path:
+    return output_root("SUMMARY_DIR") / model_output_name(model) / "activations"
+
+
+def list_summary_subsets(model: str) -> list[str]:
+    root = summary_dir(model)
+    return sorted(p.name for p in root.iterdir() if (p / MANIFEST_NAME).exists()) if root.exists() else []
+
+
+def load_summary(model: str, subset: str, parts: Iterable[str] = _FILES) -> dict[str, Any]:
+    """``{"manifest": ..., "histogram": {...}, "moments": {...}, "top_examples": {...}, "vocab": {...}}``."""
+    folder = summary_dir(model) / subset
+    if not (folder / MANIFEST_NAME).exists():
+        raise NeuronLibError(f"no finished activation summary at {folder}; run `python -m neuron_lib.summary "
+                             f"--model {model} --token-dataset ...` (finished subsets: {list_summary_subsets(model)})")
+    out: dict[str, Any] = {"manifest": read_json(folder / MANIFEST_NAME)}
+    for part in parts:
+        out[part] = load_tensors(folder / f"{part}.safetensors")
+    return out
+
+
+def context_tokens(dataset, flat_index: int, before: int = 20, after: int = 5) -> tuple[list[int], int]:
+    """Token ids around a flat index (row·ctx + pos) of ``dataset`` and the target's offset in that list."""
+    flat_index = int(flat_index)
+    if flat_index < 0:
+        raise NeuronLibError("flat index −1 marks an empty top-k slot (the neuron saw fewer than k tokens)")
+    ctx = len(dataset[0]["tokens"])
+    row, pos = divmod(flat_index, ctx)
+    tokens = [int(t) for t in dataset[row]["tokens"]]
+    lo, hi = max(0, pos - before), min(ctx, pos + after + 1)
+    return tokens[lo:hi], pos - lo
+
+
+# =============================================================== accumulators
+@dataclasses.dataclass
+class _Pilot:
+    """Run-wide reference values from the first batch: moment shifts and quantile boundaries."""
+
+    pre_shift: torch.Tensor  # [L, N] float64
+    post_shift: torch.Tensor
+    quantile_boundaries: torch.Tensor  # [L, N, Q] float32
+
+
+def _make_pilot(pre: torch.Tensor, post: torch.Tensor, probs: tuple[float, ...]) -> _Pilot:
+    T = post.shape[-1]
+    pre_shift = pre.to(torch.float64).mean(-1)
+    post_shift = post.to(torch.float64).mean(-1)
+    if probs:
+        sorted_post = post.sort(dim=-1).values
+        # lower-interpolation quantile: the ceil(p·T)-th smallest value
+        idx = torch.tensor([min(T - 1, max(0, math.ceil(p * T) - 1)) for p in probs], device=post.device)
+        bounds = sorted_post.index_select(-1, idx)
+    else:
+        bounds = post.new_zeros(post.shape[0], post.shape[1], 0)
+    return _Pilot(pre_shift, post_shift, bounds.to(torch.float32))
+
+
+def accumulator_bytes(n_layers: int, d_mlp: int, cfg: SummaryConfig) -> dict[str, int]:
+    """Bytes held by the fixed-size accumulators of one subset (the vocabulary mean sums come on top)."""
+    LN = n_layers * d_mlp
+    nb = 257
+    q = len(cfg.quantile_probs) + 1
+    return {
+        "histograms": 2 * LN * nb * 8,
+        "moments": 2 * LN * (4 * 8 + 2 * 8 + 8),
+        "top_examples": LN * cfg.top_k * 12 + LN * cfg.top_k * 20,
+        "random_samples": LN * cfg.n_random * 4 + LN * q * (8 + cfg.n_per_quantile * 20) + LN * 4 * (q - 1),
+        "vocab_max": LN * cfg.vocab_top_k * 12,
+    }
+
+
+def choose_mean_tokens(counts: torch.Tensor, min_count: int, budget_bytes: int, bytes_per_token: int):
+    """Tokens whose mean is ranked: count ≥ threshold, threshold ≥ min_count raised until [L,N,V'] fits."""
+    max_tokens = max(0, int(budget_bytes // max(1, bytes_per_token)))
+    eligible = counts >= min_count
+    threshold = int(min_count)
+    if int(eligible.sum()) > max_tokens:
+        ordered = torch.sort(counts[eligible], descending=True).values
+        threshold = int(ordered[max_tokens]) + 1 if max_tokens < len(ordered) else threshold
+    ids = torch.nonzero(counts >= threshold).flatten()
+    return ids, threshold
+
+
+class SubsetStats:
+    """Every streaming statistic of one subset; ``update`` per batch, ``finalize`` → the four files' tensors."""
+
+    def __init__(self, n_layers: int, d_mlp: int, d_vocab: int, cfg: SummaryConfig, pilot: _Pilot,
+                 mean_token_ids: torch.Tensor, device: torch.device):
+        L, N, V = n_layers, d_mlp, d_vocab
+        self.L, self.N, self.V, self.cfg, self.pilot, self.device = L, N, V, cfg, pilot, device
+        dev = dict(device=device)
+        self.pre_edges = pre_bin_edges().to(device)
+        self.post_edges = post_bin_edges().to(device)
+        self.hist = {w: torch.zeros(L, N, 257, dtype=torch.int64, **dev) for w in ("pre", "post")}
+        self.sums = {w: torch.zeros(4, L, N, dtype=torch.float64, **dev) for w in ("pre", "post")}
+        self.n_pos = {w: torch.zeros(L, N, dtype=torch.int64, **dev) for w in ("pre", "post")}
+        self.count = 0
+        k = cfg.top_k
+        self.top_val = torch.full((L, N, k), NEG_INF, **dev)
+        self.top_ix = torch.full((L, N, k), -1, dtype=torch.long, **dev)
+        self.text_val = torch.full((L, N, k), NEG_INF, **dev)
+        self.text_row = torch.full((L, N, k), -1, dtype=torch.long, **dev)
+        self.text_pos = torch.full((L, N, k), -1, dtype=torch.long, **dev)
+        R = cfg.n_random
+        self.rand_flat = torch.full((R,), -1, dtype=torch.long, **dev)
+        self.rand_prio = torch.full((R,), _M31, dtype=torch.long, **dev)
+        self.rand_val = torch.full((L, N, R), float("nan"), **dev)
+        Q, m = len(cfg.quantile_probs), cfg.n_per_quantile
+        self.q_counts = torch.zeros(L, N, Q + 1, dtype=torch.int64, **dev)
+        self.q_flat = torch.full((L, N, Q + 1, m), -1, dtype=torch.long, **dev)
+        self.q_prio = torch.full((L, N, Q + 1, m), _M31, dtype=torch.long, **dev)
+        self.q_val = torch.full((L, N, Q + 1, m), float("nan"), **dev)
+        self.vocab_counts = torch.zeros(V, dtype=torch.int64, **dev)
+        kv = cfg.vocab_top_k
+        self.vmax_val = torch.full((L, N, kv), NEG_INF, **dev)
+        self.vmax_tok = torch.full((L, N, kv), -1, dtype=torch.long, **dev)
+        self.mean_ids = mean_token_ids.to(device)
+        self.mean_map = torch.full((V,), -1, dtype=torch.long, **dev)
+        self.mean_map[self.mean_ids] = torch.arange(len(self.mean_ids), **dev)
+        self.vsum = torch.zeros(L, len(self.mean_ids), N, dtype=torch.float64, **dev)
+
+    # ------------------------------------------------------------ per batch
+    @torch.no_grad()
+    def update(self, pre: torch.Tensor, post: torch.Tensor, token_ids: torch.Tensor, flat: torch.Tensor,
+               row_in_batch: torch.Tensor, batch_rows: torch.Tensor, pos: torch.Tensor, ctx: int) -> None:
+        """pre/post [L, N, T] float32; token_ids/flat/row_in_batch/pos [T]; batch_rows [B] dataset row ids."""
+        T = post.shape[-1]
+        if T == 0:
+            return
+        dev = self.device
+        pre, post = pre.to(dev), post.to(dev)
+        token_ids, flat, row_in_batch, batch_rows, pos = (x.to(dev) for x in (token_ids, flat, row_in_batch, batch_rows, pos))
+        self.count += T
+        self.vocab_counts += torch.bincount(token_ids, minlength=self.V)[: self.V]
+        prio = token_priority(flat, self.cfg.seed)
+        self._update_random(post, prio, flat)
+        order = torch.argsort((prio << 32) | flat)  # tokens by (priority, flat)
+        uniq, inv = torch.unique(token_ids, return_inverse=True)
+        mpos = self.mean_map[token_ids]
+        msel = torch.nonzero(mpos >= 0).flatten()
+        mpos = mpos[msel]
+        B = batch_rows.shape[0]
+        for l in range(self.L):
+            self._moments_hist("pre", l, pre[l], self.pilot.pre_shift[l], self.pre_edges)
+            x = post[l]
+            self._moments_hist("post", l, x, self.pilot.post_shift[l], self.post_edges)
+            self._update_top(l, x, flat)
+            self._update_text(l, x, row_in_batch, batch_rows, pos, B, ctx)
+            if self.cfg.n_per_quantile > 0 or len(self.cfg.quantile_probs):
+                self._update_quantiles(l, x, prio, flat, order)
+            self._update_vocab(l, x, uniq, inv, mpos, msel)
+
+    def _moments_hist(self, which: str, l: int, x: torch.Tensor, shift: torch.Tensor, edges: torch.Tensor) -> None:
+        self.hist[which][l] += histogram_counts(x, edges)
+        d = x.to(torch.float64) - shift.unsqueeze(1)
+        d2 = d * d
+        s = self.sums[which]
+        s[0, l] += d.sum(1)
+        s[1, l] += d2.sum(1)
+        s[2, l] += (d2 * d).sum(1)
+        s[3, l] += (d2 * d2).sum(1)
+        self.n_pos[which][l] += (x > 0).sum(1)
+
+    def _update_top(self, l: int, x: torch.Tensor, flat: torch.Tensor) -> None:
+        vals = torch.cat([self.top_val[l], x], 1)
+        ids = torch.cat([self.top_ix[l], flat.unsqueeze(0).expand(self.N, -1)], 1)
+        self.top_val[l], self.top_ix[l], _ = topk_lowest_id(vals, ids, self.cfg.top_k)
+
+    def _update_text(self, l, x, row_in_batch, batch_rows, pos, B, ctx) -> None:
+        row_max = torch.full((self.N, B), NEG_INF, device=x.device).index_reduce_(1, row_in_batch, x, "amax")
+        at_max = x == row_max.index_select(1, row_in_batch)
+        cand = torch.where(at_max, pos.unsqueeze(0).expand_as(x), torch.full_like(x, ctx, dtype=torch.long))
+        row_pos = torch.full((self.N, B), ctx, dtype=torch.long, device=x.device).index_reduce_(1, row_in_batch, cand, "amin")
+        vals = torch.cat([self.text_val[l], row_max], 1)
+        rows = torch.cat([self.text_row[l], batch_rows.unsqueeze(0).expand(self.N, -1)], 1)
+        poss = torch.cat([self.text_pos[l], row_pos], 1)
+        self.text_val[l], self.text_row[l], sel = topk_lowest_id(vals, rows, self.cfg.top_k)
+        p = poss.gather(1, sel.clamp(min=0))
+        self.text_pos[l] = torch.where(self.text_row[l] < 0, torch.full_like(p, -1), p)
+
+    def _update_random(self, post: torch.Tensor, prio: torch.Tensor, flat: torch.Tensor) -> None:
+        R = self.cfg.n_random
+        if R == 0:
+            return
+        all_prio = torch.cat([self.rand_prio, prio])
+        all_flat = torch.cat([self.rand_flat, flat])
+        sel = _smallest_priority(all_prio, all_flat, R)
+        old = self.rand_val.index_select(2, sel.clamp(max=R - 1))
+        new = post.index_select(2, (sel - R).clamp(min=0))
+        from_old = (sel < R).view(1, 1, -1)
+        vals = torch.where(from_old, old, new)
+        self.rand_prio, self.rand_flat = all_prio[sel], all_flat[sel]
+        self.rand_val = torch.where((self.rand_flat < 0).view(1, 1, -1), torch.full_like(vals, float("nan")), vals)
+
+    def _update_quantiles(self, l, x, prio, flat, order) -> None:
+        bnd = self.pilot.quantile_boundaries[l]  # [N, Q]
+        Q = bnd.shape[1]
+        N, T = x.shape
+        bins = torch.zeros(N, T, dtype=torch.long, device=x.device)
+        for j in range(Q):
+            bins += x > bnd[:, j : j + 1]
+        offs = torch.arange(N, device=x.device).unsqueeze(1) * (Q + 1)
+        self.q_counts[l] += torch.bincount((bins + offs).reshape(-1), minlength=N * (Q + 1)).view(N, Q + 1)
+        m = self.cfg.n_per_quantile
+        if m == 0:
+            return
+        bins_o = bins[:, order]
+        flat_o, prio_o = flat[order], prio[order]
+        ar = torch.arange(T, device=x.device).unsqueeze(0).expand(N, T)
+        for j in range(Q + 1):
+            mask = bins_o == j
+            rank = mask.cumsum(1)
+            slot = torch.where(mask & (rank <= m), rank - 1, torch.full_like(rank, m))
+            pick = torch.full((N, m + 1), T, dtype=torch.long, device=x.device).scatter_(1, slot, ar)[:, :m]
+            valid = pick < T
+            pc = pick.clamp(max=T - 1)
+            orig = order[pc]  # position in the batch
+            c_flat = torch.where(valid, flat_o[pc], torch.full_like(pc, -1))
+            c_prio = torch.where(valid, prio_o[pc], torch.full_like(pc, _M31))
+            c_val = torch.where(valid, x.gather(1, orig), torch.full_like(x[:, :1].expand(N, m), float("nan")))
+            all_flat = torch.cat([self.q_flat[l, :, j], c_flat], 1)
+            all_prio = torch.cat([self.q_prio[l, :, j], c_prio], 1)
+            all_val = torch.cat([self.q_val[l, :, j], c_val], 1)
+            sel = _smallest_priority(all_prio, all_flat, m)
+            self.q_flat[l, :, j] = all_flat.gather(1, sel)
+            self.q_prio[l, :, j] = all_prio.gather(1, sel)
+            self.q_val[l, :, j] = all_val.gather(1, sel)
+
+    def _update_vocab(self, l, x, uniq, inv, mpos, msel) -> None:
+        if len(msel):
+            self.vsum[l].index_add_(0, mpos, x.index_select(1, msel).t().to(torch.float64))
+        U = uniq.shape[0]
+        bmax = torch.full((self.N, U), NEG_INF, device=x.device).index_reduce_(1, inv, x, "amax")
+        s_tok, s_val = self.vmax_tok[l], self.vmax_val[l]
+        where = torch.searchsorted(uniq, s_tok.clamp(min=0)).clamp(max=U - 1)
+        present = (uniq[where] == s_tok) & (s_tok >= 0)
+        s_val = torch.where(present, torch.maximum(s_val, bmax.gather(1, where)), s_val)
+        # tokens already in the kept list compete through it, not twice
+        seen = torch.zeros(self.N, U + 1, dtype=torch.bool, device=x.device)
+        seen.scatter_(1, torch.where(present, where, torch.full_like(where, U)), True)
+        bmax = bmax.masked_fill(seen[:, :U], NEG_INF)
+        vals = torch.cat([s_val, bmax], 1)
+        toks = torch.cat([s_tok, uniq.unsqueeze(0).expand(self.N, -1)], 1)
+        self.vmax_val[l], self.vmax_tok[l], _ = topk_lowest_id(vals, toks, self.cfg.vocab_top_k)
+
+    # ------------------------------------------------------------ results
+    @torch.no_grad()
+    def finalize(self, mean_min_count: int) -> dict[str, dict[str, torch.Tensor]]:
+        cpu = lambda t: t.detach().cpu()  # noqa: E731
+        count = torch.full((self.L, self.N), self.count, dtype=torch.int64)
+        moments = {}
+        for w, shift in (("pre", self.pilot.pre_shift), ("post", self.pilot.post_shift)):
+            s = cpu(self.sums[w])
+            moments.update({f"{w}_shift": cpu(shift), f"{w}_sum": s[0], f"{w}_sum_sq": s[1], f"{w}_sum_cube": s[2],
+                            f"{w}_sum_quad": s[3], f"{w}_count": count, f"{w}_n_positive": cpu(self.n_pos[w])})
+        kv = self.cfg.vocab_top_k
+        mean_vals = torch.full((self.L, self.N, kv), NEG_INF)
+        mean_ix = torch.full((self.L, self.N, kv), -1, dtype=torch.long)
+        if len(self.mean_ids):
+            denom = self.vocab_counts[self.mean_ids].to(torch.float64).unsqueeze(1)
+            for l in range(self.L):
+                means = (self.vsum[l] / denom).t().to(torch.float32)  # [N, V']
+                v, i, _ = topk_lowest_id(means, self.mean_ids.unsqueeze(0), kv)
+                mean_vals[l], mean_ix[l] = cpu(v), cpu(i)
+        return {
+            "histogram": {"pre_bin_counts": cpu(self.hist["pre"]), "pre_bin_edges": cpu(self.pre_edges),
+                          "post_bin_counts": cpu(self.hist["post"]), "post_bin_edges": cpu(self.post_edges)},
+            "moments": moments,
+            "top_examples": {
+                "top_values": cpu(self.top_val), "top_index": cpu(self.top_ix),
+                "text_top_values": cpu(self.text_val), "text_top_rows": cpu(self.text_row), "text_top_pos": cpu(self.text_pos),
+                "random_index": cpu(self.rand_flat), "random_values": cpu(self.rand_val),
+                "quantile_probs": torch.tensor(self.cfg.quantile_probs, dtype=torch.float64),
+                "quantile_boundaries": cpu(self.pilot.quantile_boundaries), "quantile_bin_counts": cpu(self.q_counts),
+                "quantile_index": cpu(self.q_flat), "quantile_values": cpu(self.q_val),
+            },
+            "vocab": {
+                "vocab_counts": cpu(self.vocab_counts),
+                "vocab_mean_top_values": mean_vals, "vocab_mean_top_ix": mean_ix,
+                "vocab_max_top_values": cpu(self.vmax_val), "vocab_max_top_ix": cpu(self.vmax_tok),
+                "vocab_mean_token_ids": cpu(self.mean_ids),
+                "vocab_mean_min_count": torch.tensor(int(mean_min_count), dtype=torch.int64),
+            },
+        }
+
+
+# =============================================================== the run
+def _subset_rows(ds, n_rows: int, fallback: str) -> dict[str, list[int]]:
+    if "subset" in ds.column_names:
+        names = ds.select_columns(["subset"]).with_format(None)[:n_rows]["subset"]
+    else:
+        names = [fallback] * n_rows
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(names):
+        groups.setdefault(str(s), []).append(i)
+    return groups
+
+
+def _count_tokens(ds, rows: list[int], drop: torch.Tensor, V: int, chunk: int = 2048) -> torch.Tensor:
+    from neuron_lib.streaming import tokens_tensor
+
+    counts = torch.zeros(V, dtype=torch.int64)
+    sub = ds.select(rows) if len(rows) != len(ds) else ds
+    for a in range(0, len(sub), chunk):
+        t = tokens_tensor(sub, a, min(a + chunk, len(sub))).reshape(-1)
+        if len(drop):
+            t = t[~torch.isin(t, drop)]
+        if len(t) and int(t.max()) >= V:
+            raise NeuronLibError(f"the token dataset holds token id {int(t.max())} but the model's vocabulary has {V} "
+                                 "entries: the data was tokenized for another model")
+        counts += torch.bincount(t, minlength=V)
+    return counts
+
+
+def _folder_state(folder: Path, identity_fp: str) -> str:
+    """'valid' (same config, finished), 'foreign' (other config), 'absent' (missing or unfinished)."""
+    path = folder / MANIFEST_NAME
+    if not path.exists():
+        return "absent"
+    try:
+        manifest = read_json(path)
+    except NeuronLibError:
+        return "absent"
+    if manifest.get("stage") != STAGE or manifest.get("config_fingerprint") != identity_fp:
+        return "foreign"
+    if not all((folder / f"{f}.safetensors").exists() for f in _FILES):
+        return "absent"
+    return "valid"
+
+
+def _estimate_seconds(model, ctx: int, n_rows: int, batch_size: int) -> float:
+    from neuron_lib.streaming import mlp_activations
+
+    probe = torch.zeros(min(batch_size, max(1, n_rows)), ctx, dtype=torch.long)
+    t0 = time.perf_counter()
+    mlp_activations(model, probe, True, True)
+    forward = time.perf_counter() - t0
+    return forward * math.ceil(n_rows / max(1, probe.shape[0])) * 3.0  # statistics cost ≈ 2× a forward on CPU
+
+
+def run_summary(cfg: SummaryConfig) -> dict[str, Any]:
+    """Summarise ``cfg.model`` over ``cfg.token_dataset``; returns {"status", "folders", "n_tokens", ...}."""
+    from tqdm import tqdm
+
+    from neuron_lib.models import load_model, load_tokenizer, model_info
+    from neuron_lib.streaming import iter_mlp_activations, n_rows_for_tokens
+
+    cfg.validate()
+    identity = cfg.identity()
+    identity_fp = config_fingerprint(identity)
+    tokenizer = load_tokenizer(cfg.model)
+    ds, ds_manifest = open_token_dataset(cfg.token_dataset, tokenizer)
+    if len(ds) == 0:
+        raise NeuronLibError(f"token dataset {cfg.token_dataset} is empty")
+    ctx = int(ds_manifest.get("ctx_len") or len(ds[0]["tokens"]))
+    n_rows = n_rows_for_tokens(ds, cfg.max_tokens)
+    dataset_name = Path(cfg.token_dataset).expanduser().resolve().name
+    groups = _subset_rows(ds, n_rows, dataset_name)
+    if cfg.subsets:
+        wanted = [s.strip() for s in cfg.subsets.split(",") if s.strip()]
+        missing = [s for s in wanted if s not in groups]
+        if missing:
+            raise NeuronLibError(f"subsets {missing} are not in the first {n_rows} rows of {cfg.token_dataset}; "
+                                 f"present: {sorted(groups)}")
+        groups = {s: groups[s] for s in wanted}
+    out_root = summary_dir(cfg.model)
+    folders = {s: out_root / _safe_name(s) for s in groups}
+    if len(set(folders.values())) != len(folders):
+        raise NeuronLibError(f"subset names {sorted(groups)} collide after making them folder names")
+
+    states = {s: _folder_state(f, identity_fp) for s, f in folders.items()}
+    foreign = [str(folders[s]) for s, st in states.items() if st == "foreign"]
+    if foreign and not cfg.overwrite:
+        raise ManifestMismatch(f"{', '.join(foreign)} hold(s) a summary of another configuration; pass --overwrite "
+                               "to replace it, or set SUMMARY_DIR elsewhere")
+    todo = [s for s in groups if cfg.overwrite or states[s] != "valid"]
+    if not todo:
+        print(f"summary: {len(groups)} subset(s) of {model_output_name(cfg.model)} already done in {out_root} (skipped; "
+              "--overwrite recomputes)")
+        return {"status": "skipped", "folders": {s: str(f) for s, f in folders.items()}}
+
+    device = pick_device(cfg.device)
+    model = load_model(cfg.model, device=device, dtype=_DTYPES[cfg.dtype])
+    L, N, V = model.cfg.n_layers, model.cfg.d_mlp, model.cfg.d_vocab
+    drop_list = drop_ids_for(tokenizer, cfg.keep_bos, cfg.drop_newline)
+    drop = torch.tensor(drop_list, dtype=torch.long)
+
+    # ---- plan
+    fixed = accumulator_bytes(L, N, cfg)
+    fixed_total = sum(fixed.values())
+    budget = parse_bytes(cfg.max_memory)
+    if fixed_total > budget:
+        raise NeuronLibError(f"the fixed accumulators need {human_bytes(fixed_total)} > --max-memory {cfg.max_memory}; "
+                             "raise --max-memory or lower --top-k/--vocab-top-k")
+    counts = {s: _count_tokens(ds, groups[s], drop, V) for s in todo}
+    mean_plan = {s: choose_mean_tokens(counts[s], cfg.min_token_count, budget - fixed_total, L * N * 8) for s in todo}
+    kept = {s: int(counts[s].sum()) for s in todo}
+    empty = [s for s in todo if kept[s] == 0]
+    if empty:
+        raise NeuronLibError(f"subsets {empty} have no tokens left after the token filter (dropped ids {drop_list})")
+    eta = _estimate_seconds(model, ctx, sum(len(groups[s]) for s in todo), cfg.batch_size)
+    act_bytes = 2 * L * N * cfg.batch_size * ctx * 4
+    print(f"summary plan: model {model_output_name(cfg.model)} ({L} layers x {N} neurons, vocab {V}) on {device}; "
+          f"dataset {dataset_name}, {n_rows} rows x {ctx} = {n_rows * ctx:,} tokens; dropping token ids {drop_list}")
+    print(f"  accumulators: {', '.join(f'{k} {human_bytes(v)}' for k, v in fixed.items())}; activations per batch "
+          f"≈ {human_bytes(act_bytes)}; budget --max-memory {cfg.max_memory}")
+    for s in todo:
+        ids, thr = mean_plan[s]
+        seen = int((counts[s] > 0).sum())
+        covered = float(counts[s][ids].sum()) / max(1, kept[s])
+        print(f"  subset {s!r}: {len(groups[s])} rows, {kept[s]:,} kept tokens, {seen:,} distinct; mean-by-token over "
+              f"{len(ids):,} tokens with count ≥ {thr} ({100 * covered:.1f}% of tokens), sums "
+              f"{human_bytes(len(ids) * L * N * 8)}" + ("" if thr == cfg.min_token_count else
+                                                       f"  [threshold raised from {cfg.min_token_count} to fit the budget]"))
+    print(f"  estimated time ≈ {eta:.0f} s (rough, from one probe forward pass)")
+
+    pilot: _Pilot | None = None
+    written = {}
+    total_kept = sum(kept.values())
+    bar = tqdm(total=total_kept, unit="tok", unit_scale=True, desc="summary", file=sys.stderr, mininterval=1.0)
+    t_start = time.perf_counter()
+    try:
+        for s in todo:
+            rows = torch.tensor(groups[s], dtype=torch.long)
+            sub = ds.select(groups[s]) if len(groups[s]) != len(ds) else ds
+            stats: SubsetStats | None = None
+            for batch in iter_mlp_activations(model, sub, cfg.batch_size, drop_list, want_pre=True, want_post=True):
+                T = batch.flat_index.shape[0]
+                if T == 0:
+                    continue
+                if pilot is None:
+                    pilot = _make_pilot(batch.pre, batch.post, cfg.quantile_probs)
+                if stats is None:
+                    stats = SubsetStats(L, N, V, cfg, pilot, mean_plan[s][0], torch.device(batch.post.device))
+                local_row, pos = batch.flat_index // ctx, batch.flat_index % ctx
+                start, end = batch.rows
+                global_rows = rows[start:end]
+                flat = global_rows[local_row - start] * ctx + pos
+                stats.update(batch.pre, batch.post, batch.token_ids, flat, local_row - start, global_rows, pos, ctx)
+                bar.update(T)
+            results = stats.finalize(mean_plan[s][1])
+            folder = folders[s]
+            if folder.exists():
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, tensors in results.items():
+                save_tensors_atomic(folder / f"{name}.safetensors", tensors,
+                                    metadata={"stage": STAGE, "subset": s, "ctx_len": str(ctx)})
+            manifest = make_manifest(
+                STAGE, identity, config_fingerprint=identity_fp, model=model_output_name(cfg.model), model_info=model_info(model),
+                dataset=dataset_name, dataset_path=identity["token_dataset"], subset=s, ctx_len=ctx,
+                tokenizer_fingerprint=ds_manifest["tokenizer_fingerprint"], n_rows=len(groups[s]),
+                n_tokens=int(stats.count), n_tokens_raw=len(groups[s]) * ctx,
+                token_filter={"keep_bos": cfg.keep_bos, "drop_newline": cfg.drop_newline, "dropped_ids": drop_list},
+                vocab_mean_min_count=int(mean_plan[s][1]), vocab_mean_n_tokens=int(len(mean_plan[s][0])),
+                batch_size=cfg.batch_size, device=str(device), dtype=cfg.dtype,
+                bins={"pre": "float32 linspace(-10, 15, 256), left searchsorted",
+                      "post": "float32 linspace(-0.2, 10, 256), left searchsorted"},
+            )
+            write_manifest(folder, manifest)
+            written[s] = str(folder)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t_start
+    print(f"summary: {total_kept:,} tokens in {seconds:.1f} s ({total_kept / max(seconds, 1e-9):,.0f} tokens/s) -> {out_root}")
+    return {"status": "done", "folders": {s: str(f) for s, f in folders.items()}, "written": written,
+            "n_tokens": total_kept, "seconds": seconds}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser(SummaryConfig, "python -m neuron_lib.summary",
+                          "Activation summaries (histograms, exact moments, top-k examples, vocab stats) per dataset subset.")
+    cfg = config_from_args(SummaryConfig, parser.parse_args(argv))
+    run_summary(cfg.validate())
+
+
+if __name__ == "__main__":
+    run_cli(main)
