@@ -29,7 +29,6 @@ import hashlib
 import json
 import math
 import shutil
-import sys
 import time
 import typing
 from dataclasses import dataclass, field
@@ -70,6 +69,8 @@ SUMMARY_T_FILE = "correlation_summary_T.safetensors"
 STATS_FILE = "neuron_stats.safetensors"
 TABLE_STEM = "neuron_correlations"
 _CHUNK_ELEMS = 1 << 21  # elements per chunk in finalisation / summaries (bounds temporaries)
+_GEMM_BUF_ELEMS = 1 << 25  # the per-batch GEMM result is produced in column chunks of at most this many elements
+_MIN_COL_CHUNK = 256  # ... but at least this many columns (GEMM efficiency)
 _TEMP_BYTES_PER_ELEM = 48  # temporaries per chunk element (f64 copies, int64 bins...)
 _SUMMARY_ROW_BYTES = 2 * N_TAIL * (4 + 8) + (N_EDGES + 1) * 8 + 80  # one row of a SummaryAccumulator
 
@@ -234,32 +235,33 @@ class Prepared:
         return Prepared(self.T, self.x[:, perm], self.mean, self.err, self.stat)
 
 
-def _sum_sq_f64(x: torch.Tensor) -> torch.Tensor:
-    out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
-    step = max(1, _CHUNK_ELEMS // max(1, x.shape[1]))
-    for i in range(0, x.shape[0], step):
-        xi = x[i:i + step].double()
-        out[i:i + step] = (xi * xi).sum(1)
-    return out
-
-
 def prepare_activations(x: torch.Tensor, similarity: str = "pearson", jaccard_threshold: float = 0.0,
-                        matmul_dtype: torch.dtype = torch.float32) -> Prepared:
-    """Per-batch statistics of ``x`` [N, T] and the GEMM operand (see ``Prepared``)."""
+                        matmul_dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None) -> Prepared:
+    """Per-batch statistics of ``x`` [N, T] and the GEMM operand (see ``Prepared``).
+
+    The GEMM operand is written to ``out`` (same shape; may be ``x`` itself to centre in place) or a new tensor.
+    Row reductions run in the GEMM dtype with torch's cascade summation (relative error ~1e-7 in fp32) and are
+    then promoted: the shift only has to be close to the mean, and what the shift misses is measured exactly
+    enough by ``err`` and corrected in the co-moment update.
+    """
     x = x.to(matmul_dtype)
     T = int(x.shape[1])
+    if out is None:
+        out = torch.empty_like(x)
     if similarity == "pearson":
-        shift = (x.sum(1, dtype=torch.float64) / max(T, 1)).to(matmul_dtype)
-        xc = x - shift[:, None]
-        s1 = xc.sum(1, dtype=torch.float64)
+        shift = x.sum(1) / max(T, 1)
+        torch.sub(x, shift[:, None], out=out)
+        s1 = out.sum(1).double()
         err = s1 / max(T, 1)
-        m2 = (_sum_sq_f64(xc) - s1 * err).clamp_min_(0)
-        return Prepared(T, xc, shift.double() + err, err, m2)
+        m2 = (torch.linalg.vector_norm(out, dim=1).double().square() - s1 * err).clamp_min_(0)
+        return Prepared(T, out, shift.double() + err, err, m2)
     if similarity == "cosine":
-        return Prepared(T, x, None, None, _sum_sq_f64(x))
+        if out is not x:
+            out.copy_(x)
+        return Prepared(T, out, None, None, torch.linalg.vector_norm(x, dim=1).double().square())
     if similarity == "jaccard":
-        xb = (x > jaccard_threshold).to(matmul_dtype)
-        return Prepared(T, xb, None, None, xb.sum(1, dtype=torch.float64))
+        out.copy_(x > jaccard_threshold)
+        return Prepared(T, out, None, None, out.sum(1, dtype=torch.float64))
     raise ValueError(f"unknown similarity {similarity!r}")
 
 
@@ -309,12 +311,14 @@ class StreamingCorrelation:
                 raise ValueError(f"n_other={n_other} is not a multiple of other_layer_size={other_layer_size}")
             L = self.n_other // other_layer_size
             self.W = torch.zeros(L, other_layer_size, other_layer_size, **f64)
-        self._buf: torch.Tensor | None = None
+        self._buf: torch.Tensor | None = None  # flat fp32 GEMM buffer, may be shared between instances
         self._wbuf: torch.Tensor | None = None
+        r = self.rows[1] - self.rows[0]
+        self.col_chunk = self.n_other if r * self.n_other <= _GEMM_BUF_ELEMS else max(_MIN_COL_CHUNK, _GEMM_BUF_ELEMS // r)
 
     # ------------------------------------------------------------------ updates
-    def prepare(self, x: torch.Tensor) -> Prepared:
-        return prepare_activations(x.to(self.device), self.similarity, self.jaccard_threshold, self.matmul_dtype)
+    def prepare(self, x: torch.Tensor, out: torch.Tensor | None = None) -> Prepared:
+        return prepare_activations(x.to(self.device), self.similarity, self.jaccard_threshold, self.matmul_dtype, out=out)
 
     def update(self, a_ref: torch.Tensor, a_other: torch.Tensor) -> None:
         """Add one batch: ``a_ref`` [N1, T], ``a_other`` [N2, T] (same tokens, same order)."""
@@ -333,17 +337,25 @@ class StreamingCorrelation:
         n_old = self.n
         n_new = n_old + T
         coef = n_old * T / n_new
-        if self._buf is None:
-            self._buf = torch.empty(r1 - r0, self.n_other, dtype=self.matmul_dtype, device=self.device)
-        torch.mm(ref.x[r0:r1], oth.x.T, out=self._buf)
-        self.C.add_(self._buf)
+        r, w = r1 - r0, self.col_chunk
+        if self._buf is None or self._buf.numel() < r * min(w, self.n_other):
+            self._buf = torch.empty(r * min(w, self.n_other), dtype=self.matmul_dtype, device=self.device)
         pearson = self.similarity == "pearson"
         if pearson:
             # Chan merge: C += C_batch + n_old*T/n_new * da db^T; C_batch about the exact batch means
             # = xc_a xc_b^T - T * err_a err_b^T (the shift subtracted was the fp32-rounded mean).
             da = ref.mean[r0:r1] - self.ref_mean[r0:r1]
             db = oth.mean - self.oth_mean
-            self.C.addmm_(torch.stack([da * coef, ref.err[r0:r1] * (-T)], 1), torch.stack([db, oth.err], 0))
+            U, V = torch.stack([da * coef, ref.err[r0:r1] * (-T)], 1), torch.stack([db, oth.err], 0)
+        xa = ref.x[r0:r1]
+        for c0 in range(0, self.n_other, w):
+            c1 = min(c0 + w, self.n_other)
+            buf = self._buf[: r * (c1 - c0)].view(r, c1 - c0)
+            torch.mm(xa, oth.x[c0:c1].T, out=buf)
+            block = self.C if (c0 == 0 and c1 == self.n_other) else self.C[:, c0:c1]
+            block.add_(buf)
+            if pearson:
+                block.addmm_(U, V[:, c0:c1])
         if self.W is not None:
             L, d = self.W.shape[0], self.W.shape[1]
             if self._wbuf is None:
@@ -465,7 +477,8 @@ class StreamingCorrelation:
 class SummaryAccumulator:
     """Summary of a [R, K] correlation matrix fed in pieces ``add(part, row_start, col_start)``.
 
-    Per row: max/argmax, min/argmin, top-/bottom-k values and (flat column) indices, a 101-bin histogram
+    Per row: max/argmax, min/argmin, top-/bottom-k values and (flat column) indices (ties in unspecified
+    order), a 101-bin histogram
     on edges linspace(-1, 1, 100) with the paper's left-searchsorted rule, population mean/var/skew and
     (non-excess) kurtosis from shifted float64 power sums; plus C[i, i] and C[i, i+1].
     Columns of one row may arrive in several pieces (in increasing column order).
@@ -479,7 +492,7 @@ class SummaryAccumulator:
         dev = torch.device(device)
         self.device = dev
         f32, i64, f64 = dict(dtype=torch.float32, device=dev), dict(dtype=torch.int64, device=dev), dict(dtype=torch.float64, device=dev)
-        self.edges = torch.linspace(-1, 1, N_EDGES, **f32)
+        self.edges = torch.linspace(-1, 1, N_EDGES, dtype=torch.float64).to(**f32)  # correctly rounded edges
         self.max_val = torch.full((n_rows,), -math.inf, **f32)
         self.max_ix = torch.zeros(n_rows, **i64)
         self.min_val = torch.full((n_rows,), math.inf, **f32)
@@ -506,39 +519,39 @@ class SummaryAccumulator:
     def _add_chunk(self, x: torch.Tensor, g0: int, c0: int) -> None:
         r, w = x.shape
         rows = slice(g0, g0 + r)
-        # extremes (strict comparisons keep the earliest column on ties)
-        mv, mi = x.max(1)
-        better = mv > self.max_val[rows]
-        self.max_val[rows] = torch.where(better, mv, self.max_val[rows])
-        self.max_ix[rows] = torch.where(better, mi + c0, self.max_ix[rows])
-        nv, ni = x.min(1)
-        better = nv < self.min_val[rows]
-        self.min_val[rows] = torch.where(better, nv, self.min_val[rows])
-        self.min_ix[rows] = torch.where(better, ni + c0, self.min_ix[rows])
-        # tails
+        fresh = bool((self.count[rows] == 0).all())  # the usual case: the rows' first (often only) piece
+        # tails; the extremes are their first entries (ties come in unspecified order)
         kk = min(self.k, w)
-        for largest, vals, ixs in ((True, self.top_val, self.top_ix), (False, self.bot_val, self.bot_ix)):
+        for largest, vals, ixs, ext_v, ext_i in ((True, self.top_val, self.top_ix, self.max_val, self.max_ix),
+                                                  (False, self.bot_val, self.bot_ix, self.min_val, self.min_ix)):
             tv, ti = x.topk(kk, dim=1, largest=largest, sorted=True)
-            cat_v = torch.cat([vals[rows], tv], 1)
-            cat_i = torch.cat([ixs[rows], ti + c0], 1)
-            nv2, order = cat_v.topk(self.k, dim=1, largest=largest, sorted=True)
-            vals[rows] = nv2
-            ixs[rows] = cat_i.gather(1, order)
+            ti += c0
+            if fresh and kk == self.k:
+                vals[rows], ixs[rows] = tv, ti
+            else:
+                cat_v = torch.cat([vals[rows], tv], 1)
+                nv2, order = cat_v.topk(self.k, dim=1, largest=largest, sorted=True)
+                vals[rows] = nv2
+                ixs[rows] = torch.cat([ixs[rows], ti], 1).gather(1, order)
+            ext_v[rows], ext_i[rows] = vals[rows][:, 0], ixs[rows][:, 0]
         # histogram, left searchsorted: bin i holds edges[i-1] < v <= edges[i]
         b = torch.searchsorted(self.edges, x, right=False)
         b += torch.arange(r, device=self.device)[:, None] * (N_EDGES + 1)
         self.bins[rows] += torch.bincount(b.view(-1), minlength=r * (N_EDGES + 1)).view(r, N_EDGES + 1)
         del b
-        # shifted power sums (shift = mean of the row's first piece)
+        # shifted float64 power sums (shift = mean of the row's first piece), two temporaries
         xd = x.double()
-        first = self.count[rows] == 0
-        self.shift[rows] = torch.where(first, xd.mean(1), self.shift[rows])
+        if fresh:
+            self.shift[rows] = xd.mean(1)
+        else:
+            first = self.count[rows] == 0
+            self.shift[rows] = torch.where(first, xd.mean(1), self.shift[rows])
         xd -= self.shift[rows][:, None]
-        x2 = xd * xd
         self.p1[rows] += xd.sum(1)
+        x2 = xd.square()
         self.p2[rows] += x2.sum(1)
-        self.p3[rows] += (x2 * xd).sum(1)
-        self.p4[rows] += (x2 * x2).sum(1)
+        self.p3[rows] += xd.mul_(x2).sum(1)
+        self.p4[rows] += x2.square_().sum(1)
         del xd, x2
         self.count[rows] += w
         # diagonal and off-by-one
@@ -757,7 +770,9 @@ class Plan:
 
 
 def _bytes_for_rows(r: int, fixed: int, per_row: int, n_other_max: int) -> int:
-    return fixed + r * per_row + _TEMP_BYTES_PER_ELEM * min(_CHUNK_ELEMS, r * n_other_max)
+    """Bytes of one pass for ``r`` reference rows: fixed part, accumulators, GEMM buffer, chunk temporaries."""
+    return (fixed + r * per_row + 8 * min(_GEMM_BUF_ELEMS, r * n_other_max)
+            + _TEMP_BYTES_PER_ELEM * min(_CHUNK_ELEMS, r * n_other_max))
 
 
 def memory_model(n_ref: int, others: Sequence[tuple[int, int]], *, streams_per_pair: int, folders_per_pair: int,
@@ -775,14 +790,15 @@ def memory_model(n_ref: int, others: Sequence[tuple[int, int]], *, streams_per_p
     fixed += len(others) * folders_per_pair * n_ref * _SUMMARY_ROW_BYTES  # row summaries
     fixed += len(others) * n_ref * n_rotations * 4 + 4 * n_ref * 8  # null maxima, reference moments
     fixed += (n_ref + sum(n_other)) * batch_tokens * 4 * 3  # activations, centred copies, noise
-    per_row = sum(streams_per_pair * N2 * 8 + N2 * matmul_bytes for N2 in n_other) + max(n_other) * 4
+    per_row = sum(streams_per_pair * N2 * 8 for N2 in n_other) + max(n_other) * 4  # co-moments, finalised block
     return int(fixed), int(per_row)
 
 
 def _matmul_probe(device: torch.device, dtype: torch.dtype = torch.float32) -> float:
-    """GFLOP/s of a [512, 4096] x [4096, 512] matmul on ``device`` (a few ms)."""
-    a = torch.randn(512, 4096, device=device, dtype=dtype)
-    b = torch.randn(512, 4096, device=device, dtype=dtype)
+    """GFLOP/s of a [256, 2048] x [2048, 256] matmul on ``device`` (a few ms)."""
+    m, k = 256, 2048
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(m, k, device=device, dtype=dtype)
     out = torch.mm(a, b.T)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
@@ -790,7 +806,7 @@ def _matmul_probe(device: torch.device, dtype: torch.dtype = torch.float32) -> f
     for _ in range(reps):
         torch.mm(a, b.T, out=out)
     sync()
-    return 2 * 512 * 512 * 4096 * reps / max(time.perf_counter() - t0, 1e-9) / 1e9
+    return 2 * m * m * k * reps / max(time.perf_counter() - t0, 1e-9) / 1e9
 
 
 def _auto_budget(device: torch.device) -> int:
@@ -864,6 +880,7 @@ class _Engine:
         self.col_acc: dict[tuple[int, str], SummaryAccumulator] = {}
         self.null_max: dict[int, torch.Tensor] = {}
         self.folder_stats: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+        self._bufs: dict[str, torch.Tensor] = {}
         for i, (name, L, d) in enumerate(others):
             for folder in self.folders:
                 self.row_acc[i, folder] = SummaryAccumulator(n_ref, L * d, device=device)
@@ -892,32 +909,57 @@ class _Engine:
                 streams[s] = StreamingCorrelation(self.n_ref, L * d, similarity=sim, jaccard_threshold=thr, rows=rows,
                                                   other_layer_size=layer, device=self.device, matmul_dtype=self.matmul_dtype)
             self.pairs.append(_Pair(i, name, L, d, streams))
+        # one GEMM buffer for every stream of every pair (they run one after the other), one W buffer per shape
+        need = max(sc.col_chunk * (rows[1] - rows[0]) for p in self.pairs for sc in p.streams.values())
+        shared = torch.empty(need, dtype=self.matmul_dtype, device=self.device)
+        wbufs: dict[tuple[int, int], torch.Tensor] = {}
+        for p in self.pairs:
+            for sc in p.streams.values():
+                sc._buf = shared
+                if sc.W is not None:
+                    key = (p.n_layers, p.d_mlp)
+                    if key not in wbufs:
+                        wbufs[key] = torch.empty(p.n_layers, p.d_mlp, p.d_mlp, dtype=self.matmul_dtype, device=self.device)
+                    sc._wbuf = wbufs[key]
 
     def _gen(self, *parts) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.seed, *parts))
 
+    def _buffer(self, role: str, n: int, T: int, dtype: torch.dtype) -> torch.Tensor:
+        """A reusable [n, T] work tensor (allocating fresh ones every batch costs more than centring itself)."""
+        buf = self._bufs.get(role)
+        if buf is None or buf.numel() < n * T or buf.dtype != dtype:
+            buf = self._bufs[role] = torch.empty(n * T, dtype=dtype, device=self.device)
+        return buf[: n * T].view(n, T)
+
     def update(self, a: torch.Tensor, others: Sequence[torch.Tensor], batch_key: int) -> None:
+        """One batch: reference activations ``a`` [N1, T] and each other model's [N2, T] (inputs are not modified)."""
         if a.shape[1] == 0:
             return
         first = self.pairs[0].streams["none"]
-        ref = first.prepare(a)
+        T = a.shape[1]
+        gemm_dtype = self.matmul_dtype
+        ref = first.prepare(a, out=self._buffer("ref", a.shape[0], T, gemm_dtype))
         for pair, b in zip(self.pairs, others):
-            oth = first.prepare(b)
+            b = b.to(self.device)
+            oth = first.prepare(b, out=self._buffer("other", pair.n, T, gemm_dtype))
             for s, sc in pair.streams.items():
                 if s == "none":
                     sc.update_prepared(ref, oth)
                 elif s == "gaussian":
                     g = self._gen("gaussian", pair.name, batch_key)
                     noise = torch.randn(b.shape, generator=g, device=self.device, dtype=torch.float32)
-                    sc.update_prepared(ref, sc.prepare(torch.nn.functional.gelu(noise, approximate="tanh")))
+                    noise = torch.nn.functional.gelu(noise, approximate="tanh")
+                    sc.update_prepared(ref, sc.prepare(noise, out=noise if gemm_dtype == torch.float32 else None))
                 elif s == "permutation":
                     g = self._gen("permutation", pair.name, batch_key)
-                    sc.update_prepared(ref, oth.permuted(torch.randperm(b.shape[1], generator=g, device=self.device)))
+                    sc.update_prepared(ref, oth.permuted(torch.randperm(T, generator=g, device=self.device)))
                 else:  # rotation.k, rotating the activations
                     k = int(s.split(".")[1])
-                    T = b.shape[1]
-                    rotated = torch.bmm(self.rot32[pair.index, k], b.to(torch.float32).reshape(pair.n_layers, pair.d_mlp, T))
-                    sc.update_prepared(ref, sc.prepare(rotated.reshape(pair.n, T)))
+                    rotated = self._buffer("rotated", pair.n, T, torch.float32)
+                    torch.bmm(self.rot32[pair.index, k], b.to(torch.float32).reshape(pair.n_layers, pair.d_mlp, T),
+                              out=rotated.view(pair.n_layers, pair.d_mlp, T))
+                    sc.update_prepared(ref, sc.prepare(rotated, out=rotated if gemm_dtype == torch.float32 else None))
 
     def finish_block(self, save_full: Callable[[int, str, tuple[int, int], torch.Tensor], None] | None) -> None:
         r0, r1 = self.rows
@@ -997,6 +1039,11 @@ class _Engine:
                     self.folder_stats[i, folder] = st
 
 
+def _output_name(name: str) -> str:
+    """A model's name as a single path component (a local folder given by path -> its folder name)."""
+    return Path(str(name).rstrip("/\\")).name or str(name)
+
+
 def _folder_config(cfg: CorrelationConfig, ref: str, other: str, folder: str, dataset: dict, drop_ids: list[int]) -> dict:
     """What determines the contents of one output folder (its manifest's config and fingerprint)."""
     conf = {"stage": STAGE, "reference_model": ref, "other_model": other, "dataset": dataset, "drop_ids": drop_ids,
@@ -1013,6 +1060,8 @@ def _folder_config(cfg: CorrelationConfig, ref: str, other: str, folder: str, da
 
 
 def _table_config(cfg: CorrelationConfig, ref: str, others: list[str], dataset: dict, fps: dict) -> dict:
+    used = {"none", _table_baseline(cfg)}
+    fps = {k: v for k, v in fps.items() if k.rsplit("/", 1)[1] in used}  # adding another baseline keeps the table valid
     return {"stage": f"{STAGE}.table", "reference_model": ref, "other_models": others, "dataset": dataset,
             "universal_threshold": cfg.universal_threshold, "min_models": cfg.min_models, "z_threshold": cfg.z_threshold,
             "table_baseline": _table_baseline(cfg), "pair_fingerprints": fps}
@@ -1069,8 +1118,8 @@ def run_correlations(cfg: CorrelationConfig, *, models: Mapping[str, Any] | None
     cfg.validate()
     t_start = time.time()
     device = pick_device(cfg.device)
-    ref_name = resolve_model(cfg.reference_model).name
-    other_names = [resolve_model(m).name for m in cfg.other_models]
+    ref_name = _output_name(resolve_model(cfg.reference_model).name)
+    other_names = [_output_name(resolve_model(m).name) for m in cfg.other_models]
     if len({ref_name, *other_names}) != 1 + len(other_names):
         raise NeuronLibError(f"models resolve to clashing output names {[ref_name] + other_names}; rename the folders")
 

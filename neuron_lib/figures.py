@@ -39,6 +39,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, to_hex
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import FuncFormatter
 
 UNIVERSAL_THRESHOLD = 0.5  # paper eq. 3: universal iff excess_corr > 0.5 (strict)
 PREDICTION_KURTOSIS = 10.0  # paper §5.1: vocab_kurt > 10 → prediction (skew > 0) / suppression (skew < 0)
@@ -229,15 +230,19 @@ def correlation_vs_baseline(df: pd.DataFrame, threshold: float = UNIVERSAL_THRES
         kind = "hist2d" if len(data) > 5000 else "scatter"
     nrows, ncols = _grid(len(layers), ncols)
     fig, axes = new_figure(nrows, ncols, figsize=(2.3 * ncols + 0.8, 2.3 * nrows + 0.6), sharex=True, sharey=True)
-    mappable = None
+    mappable, norm = None, None
+    if kind == "hist2d":  # one colour scale for all panels
+        peak = max(np.histogram2d(s["mean_baseline"], s["mean_corr"], bins=bins, range=[[0, 1], [0, 1]])[0].max()
+                   for _, s in data.groupby("layer"))
+        norm = LogNorm(vmin=1, vmax=max(2.0, peak))
     for i, layer in enumerate(layers):
         ax = axes.flat[i]
         sub = data[data["layer"] == layer]
         if kind == "hist2d" and len(sub):
             *_, mappable = ax.hist2d(sub["mean_baseline"], sub["mean_corr"], bins=bins, range=[[0, 1], [0, 1]],
-                                     norm=LogNorm(), cmap="viridis", cmin=1)
+                                     norm=norm, cmap="viridis", cmin=1, rasterized=True)
         else:
-            ax.scatter(sub["mean_baseline"], sub["mean_corr"], s=4, alpha=0.5, linewidths=0,
+            ax.scatter(sub["mean_baseline"], sub["mean_corr"], s=4, alpha=0.5, linewidths=0, rasterized=True,
                        c=np.where(sub["is_universal"], UNIVERSAL_COLOR, OTHER_COLOR))
         ax.plot([0, 1], [0, 1], ls="--", color="black", lw=0.8)
         ax.plot([0, 1 - threshold], [threshold, 1], ls="-", color="tab:red", lw=0.8)
@@ -296,7 +301,7 @@ def correlation_densities(dfs, columns: Sequence[str] = ("mean_corr", "mean_base
             rows.append(pd.DataFrame({"model": name, "column": col, "bin_left": edges[:-1], "bin_right": edges[1:],
                                       "density": density, "n": len(v)}))
     if not rows:
-        return FigureResult(None, None, f"none of {list(columns)} is in the table")
+        return FigureResult(None, None, f"none of {list(columns)} has values in the table")
     data = pd.concat(rows, ignore_index=True)
     drawn = list(dict.fromkeys(data["column"]))
     fig, axes = new_figure(1, len(drawn), figsize=(4 * len(drawn), 3.0))
@@ -556,6 +561,10 @@ def vocab_percentiles_by_layer(dfs, columns: Sequence[str] = ("vocab_kurt", "voc
                 ax.fill_between(a["layer"], a["min"], a["max"], color=colors[s], alpha=0.2, lw=0)
         if col in log_scale:
             ax.set_yscale("log")
+            plain = FuncFormatter(lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (1, 2, 3, 5)
+                                  else "")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
         ax.set_xlabel("layer")
         ax.set_ylabel(label(col))
         ax.set_title(f"{label(col)} by layer" + ("\n(moments of cos(w_out, W_U[:, v]) over the vocabulary)"
@@ -739,8 +748,8 @@ def top_example_windows(values, flat_indices, tokens, ctx_len: int | None = None
     order = np.argsort(-values, kind="stable")
     rows = []
     for rank, i in enumerate(order):
-        if drop_zero and values[i] == 0 and flat[i] == 0:
-            continue  # an unfilled top-k slot (value 0 at index 0)
+        if flat[i] < 0 or not np.isfinite(values[i]) or (drop_zero and values[i] == 0 and flat[i] == 0):
+            continue  # an unfilled top-k slot: (-inf, -1) in our summaries, (0, 0) in the original's
         row, pos = divmod(int(flat[i]), ctx)
         if row >= len(tokens):
             continue
@@ -820,7 +829,7 @@ def plot_highlighted_examples(examples: pd.DataFrame, max_examples: int = 6, wid
     ex = examples.groupby(["layer", "neuron"], sort=False).head(max_examples).reset_index(drop=True)
     char_w = 0.6 * fontsize / 72  # DejaVu Sans Mono advance width ≈ 0.6 em
     line_h = 1.55 * fontsize / 72
-    label_w = 1.0
+    label_w = 0.6
     max_chars = int((width_in - label_w - 0.3) / char_w)
     # lay out every line first (wrapping long windows) to size the figure
     layout = []  # (kind, payload)
@@ -836,13 +845,14 @@ def plot_highlighted_examples(examples: pd.DataFrame, max_examples: int = 6, wid
                 line.append((t, r["context_values"][i], i == int(r["target"])))
                 used += len(t)
             layout.append(("line", (f"{r['value']:.2f}" if first else "", line), float(sub["value"].max())))
-    height = line_h * (len(layout) + 1.5) + 0.3
+    title_h = 0.5
+    height = title_h + line_h * (len(layout) + 0.5)
     fig = Figure(figsize=(width_in, height))
     FigureCanvasAgg(fig)
     tr = fig.dpi_scale_trans
-    y = height - line_h * 1.6
-    fig.text(0.15 / width_in, (height - 0.15) / height, title or "Top-activating examples (colour ∝ activation)",
+    fig.text(0.15, height - 0.12, title or "Top-activating examples (colour ∝ activation)", transform=tr,
              fontsize=fontsize + 2, va="top", weight="bold")
+    y = height - title_h - line_h
     for kind, payload, vmax in layout:
         if kind == "header":
             fig.text(0.15, y, payload, transform=tr, fontsize=fontsize + 1, weight="bold", va="bottom")

@@ -59,7 +59,8 @@ def resolve_model(name: str) -> ModelSource:
     """Map a user-facing name to a local folder or a hub id, with an error that lists the options."""
     name = str(name)
     zoo_path = zoo_dir() / name
-    if _is_model_folder(zoo_path):
+    # only bare names are zoo names: joining an absolute path onto zoo_dir() would return the path itself
+    if "/" not in name and _is_model_folder(zoo_path):
         return ModelSource(name, str(zoo_path.resolve()), True)
     path = Path(name).expanduser()
     if path.exists():

@@ -58,7 +58,7 @@ from neuron_lib.common import (
     save_dataframe_atomic,
     write_manifest,
 )
-from neuron_lib.weights import build_parser, model_output_name, output_model_name, weights_dir
+from neuron_lib.weights import _field, build_parser, model_output_name, output_model_name, weights_dir
 
 log = logging.getLogger(__name__)
 
@@ -408,11 +408,12 @@ def _input_record(path: Path, manifest: Mapping[str, Any] | None) -> dict[str, A
 class NeuronDfConfig:
     """Settings of the per-neuron table."""
 
-    model: str = ""  # model name as used by the other stages
-    dataset: str = ""  # correlation dataset folder name ("" = the only one present)
-    subsets: str = ""  # comma-separated activation subsets ("" = all)
-    universal_threshold: float = UNIVERSAL_THRESHOLD  # used only when the correlation table has no is_universal
-    formats: str = "csv,parquet"
+    model: str = _field("", "model name as used by the other stages")
+    dataset: str = _field("", "correlation dataset folder name ('' = the only one present)")
+    subsets: str = _field("", "comma-separated activation subsets ('' = all)")
+    universal_threshold: float = _field(UNIVERSAL_THRESHOLD, "excess_corr threshold, used only when the "
+                                        "correlation table has no is_universal column")
+    formats: str = _field("csv,parquet", "comma list of csv, parquet")
 
     def validate(self) -> "NeuronDfConfig":
         if not self.model:

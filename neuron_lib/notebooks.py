@@ -25,7 +25,6 @@ import dataclasses
 import html
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -82,7 +81,7 @@ def figures_out(figures_dir: str | Path | None, notebook: str) -> Path:
 def default_neuron_df_path(model: str) -> Path:
     stem = output_root("DATAFRAMES_DIR") / "neuron_dfs" / model
     csv, parquet = stem.with_suffix(".csv"), stem.with_suffix(".parquet")
-    return parquet if (not csv.exists() and parquet.exists()) else csv
+    return parquet if parquet.exists() else csv  # the same preference as neuron_df.load_neuron_df
 
 
 def d_mlp_for(model: str) -> int | None:
@@ -177,29 +176,10 @@ def load_neuron_table(table: InputTable | str | Path, model: str | None = None):
     is_universal, is_sparse, ``attrs["only_universal"]``); ``attrs["model"]`` is set for the figures."""
     path = table.path if isinstance(table, InputTable) else Path(table)
     model = model or (table.model if isinstance(table, InputTable) else path.stem)
-    try:
-        from neuron_lib.neuron_df import load_neuron_df
-    except ImportError:  # neuron_df.py not in this checkout: read the table as it is
-        load_neuron_df = _read_neuron_table
+    from neuron_lib.neuron_df import load_neuron_df
+
     df = load_neuron_df(str(path))
     df.attrs["model"] = model
-    return df
-
-
-def _read_neuron_table(path: str):
-    """Minimal stand-in for ``neuron_df.load_neuron_df``: the paper's columns + the computed ones (spec §14)."""
-    import pandas as pd
-
-    path = Path(path)
-    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    df = df.drop(columns=[c for c in df.columns if str(c).startswith("Unnamed")])
-    if "excess_corr" not in df and {"mean_corr", "mean_baseline"} <= set(df.columns):
-        df["excess_corr"] = df["mean_corr"] - df["mean_baseline"]
-    if "excess_corr" in df:
-        df["is_universal"] = (df["excess_corr"] > 0.5).fillna(False)
-    if "sparsity" in df:
-        df["is_sparse"] = df["sparsity"] < 0.02
-    df.attrs["only_universal"] = bool(path.name == "universal.csv" or ("is_universal" in df and df["is_universal"].all()))
     return df
 
 
@@ -212,9 +192,18 @@ class SummaryInputs:
     manifests: dict[str, dict | None]
 
     def dataset_path(self) -> Path | None:
+        """The token dataset the summaries were made on: manifest ``dataset_path``, else ``dataset`` as a
+        path, else a folder of that name under ``$DATASET_DIR/<family>/``."""
         for m in self.manifests.values():
-            if m and m.get("dataset"):
-                return Path(m["dataset"])
+            if not m:
+                continue
+            for key in ("dataset_path", "token_dataset", "dataset"):
+                if m.get(key) and Path(m[key]).exists():
+                    return Path(m[key])
+            name = m.get("dataset")
+            if name:
+                found = sorted(output_root("DATASET_DIR").glob(f"*/{Path(name).name}"))
+                return found[0] if found else Path(m.get("dataset_path") or name)
         return None
 
     def source(self) -> dict:
@@ -260,14 +249,12 @@ def validate_summary(model: str, summary_dir: str | Path | None = None, subsets:
     return inputs
 
 
-def _pick_key(keys: Iterable[str], needles: Sequence[str], where: Path) -> str:
+def _pick_key(keys: Iterable[str], names: Sequence[str], where: Path) -> str:
     keys = list(keys)
-    for needle in needles:
-        hits = [k for k in keys if needle in k.lower()]
-        post = [k for k in hits if "pre" not in k.lower()]
-        if post or hits:
-            return (post or hits)[0]
-    raise NeuronLibError(f"{where} has no tensor named like {needles} (found {keys}); re-run the summary stage")
+    for name in names:
+        if name in keys:
+            return name
+    raise NeuronLibError(f"{where} has none of the tensors {list(names)} (found {keys}); re-run the summary stage")
 
 
 def load_activation_summary(folder: str | Path) -> dict:
@@ -278,10 +265,10 @@ def load_activation_summary(folder: str | Path) -> dict:
     hist = load_tensors(folder / "histogram.safetensors")
     out = {"counts": hist["pre_bin_counts"].numpy(), "edges": hist["pre_bin_edges"].numpy(), "folder": folder}
     top_path = folder / "top_examples.safetensors"
-    if top_path.exists():
+    if top_path.exists():  # token-level top-k (summary.py: top_values / top_index; unfilled slots -inf / -1)
         top = load_tensors(top_path)
-        out["top_values"] = top[_pick_key(top, ("value",), top_path)].float().numpy()
-        out["top_indices"] = top[_pick_key(top, ("indices", "index", "idx", "ix"), top_path)].long().numpy()
+        out["top_values"] = top[_pick_key(top, ("top_values", "values"), top_path)].float().numpy()
+        out["top_indices"] = top[_pick_key(top, ("top_index", "top_indices", "indices", "index"), top_path)].long().numpy()
     mpath = folder / "manifest.json"
     out["manifest"] = read_json(mpath) if mpath.exists() else None
     return out
@@ -413,16 +400,17 @@ class NotebookFailed(NeuronLibError):
 @contextlib.contextmanager
 def _kernel_env():
     """The kernel inherits this process's environment; make sure it can import neuron_lib from this checkout."""
-    old = os.environ.get("PYTHONPATH")
-    root = str(repo_root())
-    os.environ["PYTHONPATH"] = root + (os.pathsep + old if old else "")
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "TQDM_DISABLE")}
+    os.environ["PYTHONPATH"] = str(repo_root()) + (os.pathsep + saved["PYTHONPATH"] if saved["PYTHONPATH"] else "")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in the executed notebooks
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def execute_notebook(name: str, out_dir: str | Path, parameters: Mapping[str, Any], kernel_name: str = "python3",
@@ -444,7 +432,9 @@ def execute_notebook(name: str, out_dir: str | Path, parameters: Mapping[str, An
         try:
             pm.execute_notebook(str(src), str(out), parameters=params, kernel_name=kernel_name, cwd=str(repo_root()),
                                 progress_bar=False, log_output=False, request_save_on_cell_execute=False,
-                                execution_timeout=timeout)
+                                execution_timeout=timeout,
+                                # the kernel's start-up warnings (e.g. about TCP transport) are noise here
+                                extra_arguments=["--IPKernelApp.log_level=ERROR"])
         except pm.PapermillExecutionError as exc:
             raise NotebookFailed(f"notebook {name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
                                  f"  the executed notebook with the full traceback: {out}") from None
@@ -476,6 +466,7 @@ def run_notebooks(model: str, neuron_df: str | Path | None = None, summary_dir: 
             table = None
     common = {"model": model, "neuron_df_path": _abs(table.path) if table else None,
               "summary_dir": _abs(summary_dir or output_root("SUMMARY_DIR")), "dataset": dataset}
+    _check_extra(names, extra)
     done, failed = [], []
     for name in names:
         t0 = time.time()
@@ -493,6 +484,13 @@ def run_notebooks(model: str, neuron_df: str | Path | None = None, summary_dir: 
     return done, failed
 
 
+def _check_extra(names: Sequence[str], extra: Mapping[str, Any] | None) -> None:
+    known = set().union(*(notebook_parameters(n) for n in names))
+    ignored = sorted(set(extra or {}) - known)
+    if ignored:
+        raise NeuronLibError(f"no notebook among {list(names)} takes the parameters {ignored}; known: {sorted(known)}")
+
+
 def run_paper_table(table: str | Path, out: str | Path | None = None, model: str | None = None,
                     d_mlp: int | None = None, only: Sequence[str] | None = None, extra: Mapping[str, Any] | None = None,
                     kernel_name: str = "python3", timeout: int | None = 600, log=print) -> tuple[list[Path], list[str]]:
@@ -504,8 +502,10 @@ def run_paper_table(table: str | Path, out: str | Path | None = None, model: str
     model = model or table.parent.name
     d_mlp = d_mlp or d_mlp_for(model)
     root = Path(out) if out else output_root("FIGURES_DIR")
+    names = list(only or PAPER_TABLE_NOTEBOOKS)
+    _check_extra(names, extra)
     done, failed = [], []
-    for name in only or PAPER_TABLE_NOTEBOOKS:
+    for name in names:
         params = {"model": model, "neuron_df_path": _abs(table), "d_mlp": d_mlp, **(extra or {})}
         params = {k: v for k, v in params.items() if k in notebook_parameters(name)}
         t0 = time.time()
@@ -548,11 +548,14 @@ def write_index(figures_root: str | Path) -> Path:
     root = Path(figures_root)
     root.mkdir(parents=True, exist_ok=True)
     records = []
-    for path in sorted(root.rglob(FIGURES_JSON)):
+    for path in root.rglob(FIGURES_JSON):
         try:
             records.append((path.parent, json.loads(path.read_text())))
         except (OSError, ValueError):
             continue
+    order = list(NOTEBOOKS)
+    records.sort(key=lambda r: (r[0].parent.as_posix(), order.index(r[1].get("notebook")) if r[1].get("notebook") in order
+                                else len(order), r[0].name))
     esc = html.escape
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>neuron_lib figures</title><style>",
              "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"

@@ -98,23 +98,27 @@ def discover_stages(root: Path | None = None) -> dict[str, Stage]:
 
 
 # ---------------------------------------------------------------- what to submit
+def _opt(default, help_text: str):
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
 @dataclasses.dataclass
 class SubmitConfig:
-    models: str = ""  # comma list of model names or zoo letters; empty = the whole zoo of the preset
-    preset: str = "default"  # zoo preset (neuron_lib.zoo PRESETS)
-    name_prefix: str = ""  # zoo name prefix; empty = the zoo's default
-    train_dataset: str = ""  # zoo training data; empty = the embedded default
-    analysis_dataset: str = ""
-    token_datasets: str = ""  # datasets the statistics run on (comma list); empty = the zoo's analysis set
-    reference_models: str = ""  # correlation references and figure models; empty = the first model
-    stages: str = ""  # comma list; empty = every default stage
-    skip: str = ""  # stages to leave out (their outputs already exist)
-    neurons: str = ""  # layer.neuron list for the activations stage
-    batch_size: int = 0  # summary batch size; 0 = the module's default
-    after: str = ""  # job ids every first-level job waits for (afterok)
-    log_dir: str = ""  # empty = $NL_LOG_DIR or slurm/logs
-    job_prefix: str = ""  # job names are {prefix}-{stage}; empty = $NL_JOB_PREFIX or nl
-    dry_run: bool = False
+    models: str = _opt("", "comma list of model names or zoo letters; empty = the whole zoo of the preset")
+    preset: str = _opt("default", "zoo preset (neuron_lib.zoo PRESETS)")
+    name_prefix: str = _opt("", "zoo name prefix; empty = the zoo's default")
+    train_dataset: str = _opt("", "zoo training data; empty = the embedded default")
+    analysis_dataset: str = _opt("", "zoo held-out data; empty = the embedded default")
+    token_datasets: str = _opt("", "datasets the statistics run on (comma list); empty = the zoo's analysis set")
+    reference_models: str = _opt("", "correlation references and figure models; empty = the first model")
+    stages: str = _opt("", "stages to submit (comma list); empty = every default stage")
+    skip: str = _opt("", "stages to leave out (their outputs exist already)")
+    neurons: str = _opt("", "layer.neuron list for the activations stage")
+    batch_size: int = _opt(0, "summary batch size; 0 = the module's default")
+    after: str = _opt("", "job ids the first jobs wait for (afterok)")
+    log_dir: str = _opt("", "where logs go; empty = $NL_LOG_DIR or slurm/logs")
+    job_prefix: str = _opt("", "job names are PREFIX-STAGE; empty = $NL_JOB_PREFIX or nl")
+    dry_run: bool = _opt(False, "print the sbatch commands (a bash script) without submitting")
 
 
 def _split(text: str) -> list[str]:
@@ -158,7 +162,7 @@ def job_environment(cfg: SubmitConfig, selected: list[str]) -> dict[str, str]:
         models.append(m)
     if len(set(models)) != len(models):
         raise NeuronLibError(f"models repeat: {models}")
-    train, analysis = zoo_cfg.resolved_datasets()
+    _, analysis = zoo_cfg.resolved_datasets()
     datasets = [_abs(d) for d in _split(cfg.token_datasets)] or [_abs(str(analysis))]
     refs = _split(cfg.reference_models) or models[:1]
     if "activations" in selected and not cfg.neurons:
@@ -268,7 +272,8 @@ def submit(cfg: SubmitConfig, out=sys.stdout) -> dict[str, str]:
         print("#!/usr/bin/env bash\n# neuron_lib pipeline on Slurm (dry run: these are the commands `submit` runs)",
               file=out)
         print(f"mkdir -p {shlex.quote(str(logs))}", file=out)
-        print("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in job_env.items()), file=out)
+        for k, v in job_env.items():
+            print(f"export {k}={shlex.quote(v)}", file=out)
         for job in jobs:
             deps = [f"${{{d.upper()}_JOB}}" for d in job.after] or external
             argv = sbatch_argv(job.stage, job.n_tasks, deps, logs, prefix, sub_env)
@@ -478,9 +483,10 @@ def main(argv: list[str] | None = None) -> None:
     for field in dataclasses.fields(SubmitConfig):
         flag = "--" + field.name.replace("_", "-")
         if field.type in (bool, "bool"):
-            p_submit.add_argument(flag, action="store_true")
+            p_submit.add_argument(flag, action="store_true", help=field.metadata.get("help"))
         else:
-            p_submit.add_argument(flag, type=int if field.type in (int, "int") else str, default=field.default)
+            p_submit.add_argument(flag, type=int if field.type in (int, "int") else str, default=field.default,
+                                  help=field.metadata.get("help"))
     for name, helptext in (("wait", "poll until the jobs end; report failed tasks with their logs"),
                            ("status", "report the jobs' states once")):
         p = sub.add_parser(name, help=helptext)

@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
 import torch
+import warnings
 
 from neuron_lib.common import (
     ManifestMismatch,
@@ -100,14 +101,39 @@ def post_bin_edges(n_bins: int = 256) -> torch.Tensor:
 
 
 # =============================================================== numeric helpers
-def histogram_counts(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """int64 [R, E+1] counts of ``values`` [R, C] with the paper's left-searchsorted rule, in float32."""
-    values = values.to(torch.float32).contiguous()
+def bin_index(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Bin of each float32 value under the paper's rule = ``searchsorted(edges, v, right=False)``.
+
+    For uniform edges (linspace) the bin is estimated arithmetically and corrected by one exact float32
+    comparison on each side, which gives the same bins as the binary search at a fraction of its cost;
+    other edges fall back to ``torch.searchsorted``. NaN goes to the last bin.
+    """
+    values = values.to(torch.float32)
     edges = edges.to(device=values.device, dtype=torch.float32).contiguous()
+    E = edges.numel()
+    step = (edges[-1] - edges[0]) / (E - 1) if E > 1 else None
+    if step is None or step <= 0 or not torch.allclose(edges[1:] - edges[:-1], step.expand(E - 1), rtol=1e-3, atol=0):
+        return torch.searchsorted(edges, values.contiguous(), right=False)
+    inf = torch.tensor([float("inf")], device=values.device)
+    ext = torch.cat([-inf, edges, inf])  # bin i holds ext[i] < v <= ext[i + 1]
+    est = (values - edges[0]).mul_(1.0 / step).ceil_()
+    idx = est.nan_to_num_(nan=float(E), posinf=float(E), neginf=0.0).clamp_(0, E).to(torch.long)
+    idx += (values > torch.take(ext, idx + 1)).to(torch.long)
+    idx -= ((values <= torch.take(ext, idx)) & (idx > 0)).to(torch.long)
+    return idx
+
+
+def histogram_counts(values: torch.Tensor, edges: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """int64 [R, E+1] counts of ``values`` with the paper's left-searchsorted rule, in float32.
+
+    ``dim`` is the dimension that is counted over: values [R, C] with dim=1 (default) or [C, R] with dim=0.
+    """
     n_bins = edges.numel() + 1
-    idx = torch.searchsorted(edges, values, right=False)  # first i with edges[i] >= v
-    offsets = torch.arange(values.shape[0], device=values.device).unsqueeze(1) * n_bins
-    return torch.bincount((idx + offsets).reshape(-1), minlength=values.shape[0] * n_bins).view(values.shape[0], n_bins)
+    idx = bin_index(values, edges)
+    R = values.shape[1 - dim]
+    offsets = torch.arange(R, device=values.device) * n_bins
+    offsets = offsets.unsqueeze(1) if dim == 1 else offsets.unsqueeze(0)
+    return torch.bincount((idx + offsets).reshape(-1), minlength=R * n_bins).view(R, n_bins)
 
 
 def moments_from_power_sums(sum, sum_sq, sum_cube, sum_quad, count, shift=0.0) -> dict[str, torch.Tensor]:
@@ -131,6 +157,9 @@ def moments_from_power_sums(sum, sum_sq, sum_cube, sum_quad, count, shift=0.0) -
 def activation_frequency(n_positive, count) -> torch.Tensor:
     """Exact fraction of activations > 0 (the paper's 'sparsity', without its one-bin offset)."""
     return torch.as_tensor(n_positive).to(torch.float64) / torch.as_tensor(count).to(torch.float64)
+
+
+act_freq = activation_frequency
 
 
 def moments_from_file(tensors: Mapping[str, torch.Tensor], which: str = "pre") -> dict[str, torch.Tensor]:
@@ -188,6 +217,13 @@ def sparsity_from_histogram(counts: torch.Tensor, edges: torch.Tensor) -> torch.
     z = int(torch.nonzero(edges.to(torch.float32) >= 0)[0])
     f = counts.to(torch.float64)
     return f[..., z:].sum(-1) / f.sum(-1)
+
+
+def index_reduce(target: torch.Tensor, dim: int, index: torch.Tensor, source: torch.Tensor, reduce: str) -> torch.Tensor:
+    """``target.index_reduce_`` without torch's 'beta API' warning on every call."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="index_reduce")
+        return target.index_reduce_(dim, index, source, reduce)
 
 
 def _ordered_bits(values: torch.Tensor) -> torch.Tensor:
@@ -303,9 +339,9 @@ class SummaryConfig:
         return self
 
     def identity(self) -> dict[str, Any]:
-        """The fields that determine the results (not batch size, device or --overwrite)."""
+        """The fields that determine the results (not batch size, device, subset selection or --overwrite)."""
         d = dataclasses.asdict(self)
-        for k in ("batch_size", "device", "overwrite"):
+        for k in ("batch_size", "device", "overwrite", "subsets"):  # a subset's results do not depend on these
             d.pop(k)
         d["token_dataset"] = str(Path(self.token_dataset).expanduser().resolve())
         d["quantile_probs"] = list(self.quantile_probs)
@@ -443,6 +479,7 @@ class _Pilot:
 
 
 def _make_pilot(pre: torch.Tensor, post: torch.Tensor, probs: tuple[float, ...]) -> _Pilot:
+    """From the first batch, [L, N, T]."""
     T = post.shape[-1]
     pre_shift = pre.to(torch.float64).mean(-1)
     post_shift = post.to(torch.float64).mean(-1)
@@ -482,8 +519,31 @@ def choose_mean_tokens(counts: torch.Tensor, min_count: int, budget_bytes: int, 
     return ids, threshold
 
 
+def _first_per_group(group: torch.Tensor, n_groups: int, m: int | None = None) -> torch.Tensor:
+    """For entries listed in priority order with group ids ``group`` [E], the entry numbers of each group's
+    first ``m`` entries (all when m is None): int64 [n_groups, m], −1 where a group has fewer."""
+    counts = torch.bincount(group, minlength=n_groups)
+    width = int(counts.max()) if m is None else int(m)
+    out = torch.full((n_groups, max(width, 0)), -1, dtype=torch.long, device=group.device)
+    if group.numel() == 0 or width == 0:
+        return out
+    perm = torch.argsort(group, stable=True)
+    g = group[perm]
+    slot = torch.arange(len(perm), device=group.device) - (torch.cumsum(counts, 0) - counts)[g]
+    keep = slot < width
+    out[g[keep], slot[keep]] = perm[keep]
+    return out
+
+
 class SubsetStats:
-    """Every streaming statistic of one subset; ``update`` per batch, ``finalize`` → the four files' tensors."""
+    """Every streaming statistic of one subset; ``update`` per batch, ``finalize`` → the four files' tensors.
+
+    Batches arrive token-major ([L, T, N], the layout the model produces), so that per-neuron reductions
+    run over contiguous rows. Top-k updates only look at tokens that can still enter a neuron's list
+    (value above its current k-th value) and gather those sparsely; the dense path is used while lists fill.
+    """
+
+    DENSE_FRACTION = 0.125  # candidates above this share of T·N → dense merge instead of sparse gather
 
     def __init__(self, n_layers: int, d_mlp: int, d_vocab: int, cfg: SummaryConfig, pilot: _Pilot,
                  mean_token_ids: torch.Tensor, device: torch.device):
@@ -505,7 +565,7 @@ class SubsetStats:
         R = cfg.n_random
         self.rand_flat = torch.full((R,), -1, dtype=torch.long, **dev)
         self.rand_prio = torch.full((R,), _M31, dtype=torch.long, **dev)
-        self.rand_val = torch.full((L, N, R), float("nan"), **dev)
+        self.rand_val = torch.full((L, R, N), float("nan"), **dev)
         Q, m = len(cfg.quantile_probs), cfg.n_per_quantile
         self.q_counts = torch.zeros(L, N, Q + 1, dtype=torch.int64, **dev)
         self.q_flat = torch.full((L, N, Q + 1, m), -1, dtype=torch.long, **dev)
@@ -519,62 +579,85 @@ class SubsetStats:
         self.mean_map = torch.full((V,), -1, dtype=torch.long, **dev)
         self.mean_map[self.mean_ids] = torch.arange(len(self.mean_ids), **dev)
         self.vsum = torch.zeros(L, len(self.mean_ids), N, dtype=torch.float64, **dev)
+        self._arN = torch.arange(N, **dev)
 
     # ------------------------------------------------------------ per batch
     @torch.no_grad()
     def update(self, pre: torch.Tensor, post: torch.Tensor, token_ids: torch.Tensor, flat: torch.Tensor,
-               row_in_batch: torch.Tensor, batch_rows: torch.Tensor, pos: torch.Tensor, ctx: int) -> None:
-        """pre/post [L, N, T] float32; token_ids/flat/row_in_batch/pos [T]; batch_rows [B] dataset row ids."""
-        T = post.shape[-1]
+               keep: torch.Tensor, batch_rows: torch.Tensor) -> None:
+        """pre/post [L, T, N] float32 (token-major); token_ids/flat [T]; keep [B, P] (kept positions, row-major
+        in the same order as the T tokens); batch_rows [B] dataset row ids of the batch."""
+        T = post.shape[1]
         if T == 0:
             return
         dev = self.device
-        pre, post = pre.to(dev), post.to(dev)
-        token_ids, flat, row_in_batch, batch_rows, pos = (x.to(dev) for x in (token_ids, flat, row_in_batch, batch_rows, pos))
+        pre, post = pre.to(dev).contiguous(), post.to(dev).contiguous()
+        token_ids, flat, keep, batch_rows = (x.to(dev) for x in (token_ids, flat, keep, batch_rows))
         self.count += T
         self.vocab_counts += torch.bincount(token_ids, minlength=self.V)[: self.V]
         prio = token_priority(flat, self.cfg.seed)
         self._update_random(post, prio, flat)
         order = torch.argsort((prio << 32) | flat)  # tokens by (priority, flat)
+        prio_sorted = prio[order]
         uniq, inv = torch.unique(token_ids, return_inverse=True)
         mpos = self.mean_map[token_ids]
         msel = torch.nonzero(mpos >= 0).flatten()
         mpos = mpos[msel]
-        B = batch_rows.shape[0]
         for l in range(self.L):
             self._moments_hist("pre", l, pre[l], self.pilot.pre_shift[l], self.pre_edges)
-            x = post[l]
+            x = post[l]  # [T, N]
             self._moments_hist("post", l, x, self.pilot.post_shift[l], self.post_edges)
             self._update_top(l, x, flat)
-            self._update_text(l, x, row_in_batch, batch_rows, pos, B, ctx)
-            if self.cfg.n_per_quantile > 0 or len(self.cfg.quantile_probs):
-                self._update_quantiles(l, x, prio, flat, order)
+            self._update_text(l, x, keep, batch_rows)
+            self._update_quantiles(l, x, flat, order, prio_sorted)
             self._update_vocab(l, x, uniq, inv, mpos, msel)
 
     def _moments_hist(self, which: str, l: int, x: torch.Tensor, shift: torch.Tensor, edges: torch.Tensor) -> None:
-        self.hist[which][l] += histogram_counts(x, edges)
-        d = x.to(torch.float64) - shift.unsqueeze(1)
+        self.hist[which][l] += histogram_counts(x, edges, dim=0)
+        d = x.to(torch.float64) - shift.unsqueeze(0)
         d2 = d * d
         s = self.sums[which]
-        s[0, l] += d.sum(1)
-        s[1, l] += d2.sum(1)
-        s[2, l] += (d2 * d).sum(1)
-        s[3, l] += (d2 * d2).sum(1)
-        self.n_pos[which][l] += (x > 0).sum(1)
+        s[0, l] += d.sum(0)
+        s[1, l] += d2.sum(0)
+        d2 *= d
+        s[2, l] += d2.sum(0)
+        d2 *= d
+        s[3, l] += d2.sum(0)
+        self.n_pos[which][l] += (x > 0).sum(0)
+
+    def _candidates(self, x: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor):
+        """Values/ids [N, c] of the entries of x [E, N] where mask [E, N] holds, per neuron (padded −inf/−1),
+        or None when there is none. ``ids`` [E] names the rows of x."""
+        nnz = int(mask.sum())
+        if nnz == 0:
+            return None
+        if nnz > self.DENSE_FRACTION * mask.numel():
+            vals = torch.where(mask, x, torch.full_like(x, NEG_INF)).t()
+            return vals, ids.unsqueeze(0).expand(self.N, -1)
+        e_idx, n_idx = mask.nonzero(as_tuple=True)
+        slots = _first_per_group(n_idx, self.N)
+        ok = slots >= 0
+        sc = slots.clamp(min=0)
+        vals = torch.where(ok, x[e_idx[sc], n_idx[sc]], torch.full(sc.shape, NEG_INF, device=x.device))
+        return vals, torch.where(ok, ids[e_idx[sc]], torch.full_like(sc, -1))
 
     def _update_top(self, l: int, x: torch.Tensor, flat: torch.Tensor) -> None:
-        vals = torch.cat([self.top_val[l], x], 1)
-        ids = torch.cat([self.top_ix[l], flat.unsqueeze(0).expand(self.N, -1)], 1)
+        # later tokens have larger flat indices, so a tie with the k-th value never enters: strict >
+        cand = self._candidates(x, x > self.top_val[l, :, -1].unsqueeze(0), flat)
+        if cand is None:
+            return
+        vals = torch.cat([self.top_val[l], cand[0]], 1)
+        ids = torch.cat([self.top_ix[l], cand[1]], 1)
         self.top_val[l], self.top_ix[l], _ = topk_lowest_id(vals, ids, self.cfg.top_k)
 
-    def _update_text(self, l, x, row_in_batch, batch_rows, pos, B, ctx) -> None:
-        row_max = torch.full((self.N, B), NEG_INF, device=x.device).index_reduce_(1, row_in_batch, x, "amax")
-        at_max = x == row_max.index_select(1, row_in_batch)
-        cand = torch.where(at_max, pos.unsqueeze(0).expand_as(x), torch.full_like(x, ctx, dtype=torch.long))
-        row_pos = torch.full((self.N, B), ctx, dtype=torch.long, device=x.device).index_reduce_(1, row_in_batch, cand, "amin")
-        vals = torch.cat([self.text_val[l], row_max], 1)
+    def _update_text(self, l: int, x: torch.Tensor, keep: torch.Tensor, batch_rows: torch.Tensor) -> None:
+        B, P = keep.shape
+        dense = torch.full((B, P, self.N), NEG_INF, device=x.device)
+        dense[keep] = x
+        row_max, row_pos = dense.max(dim=1)  # [B, N]; the first position on ties
+        vals = torch.cat([self.text_val[l], row_max.t()], 1)
         rows = torch.cat([self.text_row[l], batch_rows.unsqueeze(0).expand(self.N, -1)], 1)
-        poss = torch.cat([self.text_pos[l], row_pos], 1)
+        poss = torch.cat([self.text_pos[l], row_pos.t()], 1)
         self.text_val[l], self.text_row[l], sel = topk_lowest_id(vals, rows, self.cfg.top_k)
         p = poss.gather(1, sel.clamp(min=0))
         self.text_pos[l] = torch.where(self.text_row[l] < 0, torch.full_like(p, -1), p)
@@ -586,39 +669,48 @@ class SubsetStats:
         all_prio = torch.cat([self.rand_prio, prio])
         all_flat = torch.cat([self.rand_flat, flat])
         sel = _smallest_priority(all_prio, all_flat, R)
-        old = self.rand_val.index_select(2, sel.clamp(max=R - 1))
-        new = post.index_select(2, (sel - R).clamp(min=0))
-        from_old = (sel < R).view(1, 1, -1)
-        vals = torch.where(from_old, old, new)
+        old = self.rand_val.index_select(1, sel.clamp(max=R - 1))
+        new = post.index_select(1, (sel - R).clamp(min=0))
+        vals = torch.where((sel < R).view(1, -1, 1), old, new)
         self.rand_prio, self.rand_flat = all_prio[sel], all_flat[sel]
-        self.rand_val = torch.where((self.rand_flat < 0).view(1, 1, -1), torch.full_like(vals, float("nan")), vals)
+        self.rand_val = torch.where((self.rand_flat < 0).view(1, -1, 1), torch.full_like(vals, float("nan")), vals)
 
-    def _update_quantiles(self, l, x, prio, flat, order) -> None:
+    def _update_quantiles(self, l: int, x: torch.Tensor, flat: torch.Tensor, order: torch.Tensor,
+                          prio_sorted: torch.Tensor) -> None:
         bnd = self.pilot.quantile_boundaries[l]  # [N, Q]
         Q = bnd.shape[1]
-        N, T = x.shape
-        bins = torch.zeros(N, T, dtype=torch.long, device=x.device)
-        for j in range(Q):
-            bins += x > bnd[:, j : j + 1]
-        offs = torch.arange(N, device=x.device).unsqueeze(1) * (Q + 1)
-        self.q_counts[l] += torch.bincount((bins + offs).reshape(-1), minlength=N * (Q + 1)).view(N, Q + 1)
+        T, N = x.shape
+        above = [(x > bnd[:, j].unsqueeze(0)).sum(0) for j in range(Q)]  # tokens above each boundary
+        edges_count = torch.stack([torch.full_like(above[0], T) if Q else torch.full((N,), T, device=x.device)] + above
+                                  + [torch.zeros(N, dtype=torch.long, device=x.device)], 1)
+        self.q_counts[l] += edges_count[:, :-1] - edges_count[:, 1:]
         m = self.cfg.n_per_quantile
         if m == 0:
             return
-        bins_o = bins[:, order]
-        flat_o, prio_o = flat[order], prio[order]
-        ar = torch.arange(T, device=x.device).unsqueeze(0).expand(N, T)
+        # only tokens ranked before a bin's current m-th sample (or any, while a slot is empty) can enter it
+        stored_prio = torch.where(self.q_flat[l, :, :, -1] < 0, torch.full_like(self.q_prio[l, :, :, -1], _M31 + 1),
+                                  self.q_prio[l, :, :, -1])  # [N, Q+1]
+        width = int(torch.searchsorted(prio_sorted, stored_prio.max()).item()) if T else 0
+        if width == 0:
+            return
+        idx = order[:width]
+        xs = x.index_select(0, idx)  # [W, N] in priority order
+        bins = torch.zeros(xs.shape, dtype=torch.uint8, device=x.device)
+        for j in range(Q):
+            bins += xs > bnd[:, j].unsqueeze(0)
+        ps = prio_sorted[:width].unsqueeze(1)
         for j in range(Q + 1):
-            mask = bins_o == j
-            rank = mask.cumsum(1)
-            slot = torch.where(mask & (rank <= m), rank - 1, torch.full_like(rank, m))
-            pick = torch.full((N, m + 1), T, dtype=torch.long, device=x.device).scatter_(1, slot, ar)[:, :m]
-            valid = pick < T
-            pc = pick.clamp(max=T - 1)
-            orig = order[pc]  # position in the batch
-            c_flat = torch.where(valid, flat_o[pc], torch.full_like(pc, -1))
-            c_prio = torch.where(valid, prio_o[pc], torch.full_like(pc, _M31))
-            c_val = torch.where(valid, x.gather(1, orig), torch.full_like(x[:, :1].expand(N, m), float("nan")))
+            mask = (bins == j) & (ps < stored_prio[:, j].unsqueeze(0))
+            e_idx, n_idx = mask.nonzero(as_tuple=True)
+            if e_idx.numel() == 0:
+                continue
+            slots = _first_per_group(n_idx, N, m)
+            ok = slots >= 0
+            sc = slots.clamp(min=0)
+            e = e_idx[sc]
+            c_flat = torch.where(ok, flat[idx[e]], torch.full_like(sc, -1))
+            c_prio = torch.where(ok, prio_sorted[e], torch.full_like(sc, _M31))
+            c_val = torch.where(ok, xs[e, n_idx[sc]], torch.full(sc.shape, float("nan"), device=x.device))
             all_flat = torch.cat([self.q_flat[l, :, j], c_flat], 1)
             all_prio = torch.cat([self.q_prio[l, :, j], c_prio], 1)
             all_val = torch.cat([self.q_val[l, :, j], c_val], 1)
@@ -629,19 +721,23 @@ class SubsetStats:
 
     def _update_vocab(self, l, x, uniq, inv, mpos, msel) -> None:
         if len(msel):
-            self.vsum[l].index_add_(0, mpos, x.index_select(1, msel).t().to(torch.float64))
+            self.vsum[l].index_add_(0, mpos, x.index_select(0, msel).to(torch.float64))
         U = uniq.shape[0]
-        bmax = torch.full((self.N, U), NEG_INF, device=x.device).index_reduce_(1, inv, x, "amax")
+        bmax = index_reduce(torch.full((U, self.N), NEG_INF, device=x.device), 0, inv, x, "amax")  # [U, N]
         s_tok, s_val = self.vmax_tok[l], self.vmax_val[l]
-        where = torch.searchsorted(uniq, s_tok.clamp(min=0)).clamp(max=U - 1)
+        where = torch.searchsorted(uniq, s_tok.clamp(min=0)).clamp(max=U - 1)  # [N, kv]
         present = (uniq[where] == s_tok) & (s_tok >= 0)
-        s_val = torch.where(present, torch.maximum(s_val, bmax.gather(1, where)), s_val)
-        # tokens already in the kept list compete through it, not twice
-        seen = torch.zeros(self.N, U + 1, dtype=torch.bool, device=x.device)
-        seen.scatter_(1, torch.where(present, where, torch.full_like(where, U)), True)
-        bmax = bmax.masked_fill(seen[:, :U], NEG_INF)
-        vals = torch.cat([s_val, bmax], 1)
-        toks = torch.cat([s_tok, uniq.unsqueeze(0).expand(self.N, -1)], 1)
+        rows_n = self._arN.unsqueeze(1).expand_as(where)
+        s_val = torch.where(present, torch.maximum(s_val, bmax[where, rows_n]), s_val)
+        # tokens already listed compete through their (updated) entry, not twice
+        bmax[where[present], rows_n[present]] = NEG_INF
+        # a new token enters only at or above the lowest listed value (ties go to the lower token id)
+        floor = s_val.min(1).values.unsqueeze(0)
+        cand = self._candidates(bmax, (bmax >= floor) & (bmax > NEG_INF), uniq)
+        if cand is None:
+            vals, toks = s_val, s_tok
+        else:
+            vals, toks = torch.cat([s_val, cand[0]], 1), torch.cat([s_tok, cand[1]], 1)
         self.vmax_val[l], self.vmax_tok[l], _ = topk_lowest_id(vals, toks, self.cfg.vocab_top_k)
 
     # ------------------------------------------------------------ results
@@ -653,7 +749,7 @@ class SubsetStats:
         for w, shift in (("pre", self.pilot.pre_shift), ("post", self.pilot.post_shift)):
             s = cpu(self.sums[w])
             moments.update({f"{w}_shift": cpu(shift), f"{w}_sum": s[0], f"{w}_sum_sq": s[1], f"{w}_sum_cube": s[2],
-                            f"{w}_sum_quad": s[3], f"{w}_count": count, f"{w}_n_positive": cpu(self.n_pos[w])})
+                            f"{w}_sum_quad": s[3], f"{w}_count": count.clone(), f"{w}_n_positive": cpu(self.n_pos[w])})
         kv = self.cfg.vocab_top_k
         mean_vals = torch.full((self.L, self.N, kv), NEG_INF)
         mean_ix = torch.full((self.L, self.N, kv), -1, dtype=torch.long)
@@ -670,7 +766,7 @@ class SubsetStats:
             "top_examples": {
                 "top_values": cpu(self.top_val), "top_index": cpu(self.top_ix),
                 "text_top_values": cpu(self.text_val), "text_top_rows": cpu(self.text_row), "text_top_pos": cpu(self.text_pos),
-                "random_index": cpu(self.rand_flat), "random_values": cpu(self.rand_val),
+                "random_index": cpu(self.rand_flat), "random_values": cpu(self.rand_val.transpose(1, 2)),
                 "quantile_probs": torch.tensor(self.cfg.quantile_probs, dtype=torch.float64),
                 "quantile_boundaries": cpu(self.pilot.quantile_boundaries), "quantile_bin_counts": cpu(self.q_counts),
                 "quantile_index": cpu(self.q_flat), "quantile_values": cpu(self.q_val),
@@ -729,14 +825,15 @@ def _folder_state(folder: Path, identity_fp: str) -> str:
     return "valid"
 
 
-def _estimate_seconds(model, ctx: int, n_rows: int, batch_size: int) -> float:
+def _estimate_seconds(model, ctx: int, n_rows: int) -> float:
+    """Rough run time: one timed single-row forward pass (after a warm-up) x rows x 3 (statistics ≈ 2 forwards)."""
     from neuron_lib.streaming import mlp_activations
 
-    probe = torch.zeros(min(batch_size, max(1, n_rows)), ctx, dtype=torch.long)
+    probe = torch.zeros(1, ctx, dtype=torch.long)
+    mlp_activations(model, probe[:, : min(ctx, 8)], True, True)
     t0 = time.perf_counter()
     mlp_activations(model, probe, True, True)
-    forward = time.perf_counter() - t0
-    return forward * math.ceil(n_rows / max(1, probe.shape[0])) * 3.0  # statistics cost ≈ 2× a forward on CPU
+    return (time.perf_counter() - t0) * n_rows * 3.0
 
 
 def run_summary(cfg: SummaryConfig) -> dict[str, Any]:
@@ -799,7 +896,7 @@ def run_summary(cfg: SummaryConfig) -> dict[str, Any]:
     empty = [s for s in todo if kept[s] == 0]
     if empty:
         raise NeuronLibError(f"subsets {empty} have no tokens left after the token filter (dropped ids {drop_list})")
-    eta = _estimate_seconds(model, ctx, sum(len(groups[s]) for s in todo), cfg.batch_size)
+    eta = _estimate_seconds(model, ctx, sum(len(groups[s]) for s in todo))
     act_bytes = 2 * L * N * cfg.batch_size * ctx * 4
     print(f"summary plan: model {model_output_name(cfg.model)} ({L} layers x {N} neurons, vocab {V}) on {device}; "
           f"dataset {dataset_name}, {n_rows} rows x {ctx} = {n_rows * ctx:,} tokens; dropping token ids {drop_list}")
@@ -837,7 +934,9 @@ def run_summary(cfg: SummaryConfig) -> dict[str, Any]:
                 start, end = batch.rows
                 global_rows = rows[start:end]
                 flat = global_rows[local_row - start] * ctx + pos
-                stats.update(batch.pre, batch.post, batch.token_ids, flat, local_row - start, global_rows, pos, ctx)
+                # the streamed [L, N, T] is a view of the model's token-major [L, T, N]: use that layout
+                stats.update(batch.pre.transpose(1, 2), batch.post.transpose(1, 2), batch.token_ids, flat, batch.keep,
+                             global_rows)
                 bar.update(T)
             results = stats.finalize(mean_plan[s][1])
             folder = folders[s]

@@ -77,7 +77,7 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 
@@ -116,21 +116,26 @@ def cosine_edges(dtype: torch.dtype = torch.float64) -> torch.Tensor:
 
 
 # ====================================================================== configuration
+def _field(default, help_text: str):
+    """A dataclass field whose help text the CLI shows."""
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
 @dataclasses.dataclass
 class WeightsConfig:
     """Settings of one weight-statistics run."""
 
-    model: str = ""  # model name (zoo name, paper alias, local folder, hub id)
-    raw_weights: bool = False  # use the unprocessed HF weights (writes to weights_raw/)
-    vocab: bool = True  # vocabulary composition (E_in, U_in, E_out, U_out)
-    neurons: bool = True  # neuron-to-neuron weight cosines
-    heads: bool = True  # attention-head composition
-    vocab_top_k: int = 100  # top/bottom tokens kept per neuron (capped at d_vocab)
-    neuron_top_k: int = 20  # top/bottom partner neurons kept per neuron
-    chunk_size: int = 256  # neurons processed at once (memory ≈ chunk_size × d_vocab × 8 B × ~6)
-    device: str = "cpu"  # cpu, cuda, or auto
-    overwrite: bool = False  # recompute even when a finished run with the same config exists
-    progress: bool = True  # show progress bars
+    model: str = _field("", "model name: zoo name, paper alias, local model folder or hub id")
+    raw_weights: bool = _field(False, "use the unprocessed HF weights (written to weights_raw/)")
+    vocab: bool = _field(True, "vocabulary composition (E_in, U_in, E_out, U_out)")
+    neurons: bool = _field(True, "neuron-to-neuron weight cosines")
+    heads: bool = _field(True, "attention-head composition")
+    vocab_top_k: int = _field(100, "top/bottom tokens kept per neuron (capped at d_vocab)")
+    neuron_top_k: int = _field(20, "top/bottom partner neurons kept per neuron")
+    chunk_size: int = _field(256, "neurons processed at once (memory ~ chunk_size x d_vocab x 8 B x 6)")
+    device: str = _field("cpu", "cpu, cuda or auto")
+    overwrite: bool = _field(False, "recompute even when a finished run with the same config exists")
+    progress: bool = _field(True, "progress bars")
 
     def validate(self) -> "WeightsConfig":
         if not self.model:
@@ -163,16 +168,16 @@ def build_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
         if kind is bool:
             if default:
                 parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
-                                    help=f"skip/disable {f.name.replace('_', ' ')}")
+                                    help=f"turn off: {f.metadata.get('help', f.name)}")
             else:
-                parser.add_argument(flag, dest=f.name, action="store_true")
+                parser.add_argument(flag, dest=f.name, action="store_true", help=f.metadata.get("help"))
             parser.set_defaults(**{f.name: default})
         else:
             base = kind
             if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
                 base = next(a for a in typing.get_args(kind) if a is not type(None))
-            parser.add_argument(flag, dest=f.name, type=base, default=default,
-                                required=(f.name == "model"))
+            parser.add_argument(flag, dest=f.name, type=base, default=default, required=(f.name == "model"),
+                                help=(f.metadata.get("help", "") + ("" if f.name == "model" else f" (default: {default})")))
     return parser
 
 

@@ -274,6 +274,7 @@ def train_one(cfg: ZooConfig, index: int, show_progress: bool = True) -> dict:
         if ckpt_record == record:
             progress = _load_checkpoint(ckpt_dir, model, optimizer)
             start_step, curve, seconds = progress["step"], progress["curve"], progress["train_seconds"]
+            print(f"resuming {name} from its checkpoint at step {start_step}", flush=True)
         else:
             shutil.rmtree(ckpt_dir)  # a checkpoint of another configuration cannot be resumed
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -302,7 +303,7 @@ def train_one(cfg: ZooConfig, index: int, show_progress: bool = True) -> dict:
         bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{(done - start_step) * tokens_per_step / max(1e-9, time.time() - t0):,.0f}")
         bar.update(1)
         if done in cfg.snapshot_steps and done < cfg.max_steps:
-            _save_snapshot(out_dir / "snapshots" / f"step{done}", model, tokenizer, held_out_loss(model, eval_tokens, cfg.batch_size, device), done * tokens_per_step)
+            _save_snapshot(out_dir / "snapshots" / f"{name}-step{done}", model, tokenizer, held_out_loss(model, eval_tokens, cfg.batch_size, device), done * tokens_per_step)
         if done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
             _save_checkpoint(ckpt_dir, model, optimizer, done, curve, elapsed)
             if os.environ.get("NEURON_LIB_KILL_AFTER_CHECKPOINT") == str(done):
@@ -352,17 +353,27 @@ def train_zoo(cfg: ZooConfig, only: list[str] | None = None) -> list[dict]:
         return pool.map(_train_worker, [(cfg, i, threads) for i in indices])
 
 
-def zoo_report(cfg: ZooConfig) -> str:
-    """Held-out loss of each model next to the unigram entropy of the corpus."""
+def zoo_report(cfg: ZooConfig, only: list[str] | None = None) -> str:
+    """Held-out loss of each model next to the unigram entropy of the corpus.
+
+    ``only`` restricts the report to some models (a Slurm array task trains one); models not trained
+    yet are listed as such rather than failing the run.
+    """
     train_path, analysis_path = cfg.resolved_datasets()
     analysis_manifest = read_manifest(analysis_path, "python -m neuron_lib.corpus build")
     unigram = analysis_manifest.get("unigram_entropy_nats")
+    unigram_text = "n/a" if unigram is None else f"{unigram:.3f}"
     lines = [f"{'model':<14} {'seed':>5} {'steps':>6} {'tokens seen':>12} {'train s':>8} {'held-out loss':>14} {'unigram entropy':>16}"]
-    for name in cfg.model_names():
+    for seed, name in zip(cfg.seeds, cfg.model_names()):
+        if only and name not in only and name[-1] not in only:
+            continue
         path = output_root("MODELS_DIR") / "zoo" / name
-        m = read_manifest(path, "python -m neuron_lib.zoo train")
+        if not (path / "manifest.json").exists():
+            lines.append(f"{name:<14} {seed:>5}   (not trained yet: python -m neuron_lib.zoo train --models {name})")
+            continue
+        m = read_json(path / "manifest.json")
         lines.append(f"{name:<14} {m['seed']:>5} {m['steps']:>6} {m['tokens_seen']:>12,} {m['train_seconds']:>8.0f} "
-                     f"{m['held_out_loss']:>14.3f} {'n/a' if unigram is None else f'{unigram:.3f}':>16}")
+                     f"{m['held_out_loss']:>14.3f} {unigram_text:>16}")
     return "\n".join(lines)
 
 
@@ -379,9 +390,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ZooConfig) if getattr(args, f.name) is not None}
     cfg = make_config(args.preset, **overrides)
+    only = [m for m in args.models.split(",") if m] or None
     if args.command == "train":
-        train_zoo(cfg, [m for m in args.models.split(",") if m] or None)
-    print(zoo_report(cfg))
+        train_zoo(cfg, only)
+    print(zoo_report(cfg, only))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 # sbatch copies a job script into slurmd's spool folder before running it, so the scripts cannot
 # find this file next to themselves: they source it from $NL_REPO (default: the directory sbatch
 # was called from, $SLURM_SUBMIT_DIR). What it does:
-#   * cd to the repository root, activate the virtualenv ($NL_VENV, default $NL_REPO/.venv);
+#   * cd to the repository root, activate the virtualenv ($NL_VENV, default $NL_REPO/.venv;
+#     "none" to skip), run $NL_PYTHON (default python);
 #   * NL_OFFLINE=1 (the default, like the original scripts): HF_HUB_OFFLINE, HF_DATASETS_OFFLINE,
 #     TRANSFORMERS_OFFLINE, so a compute node never tries the network;
 #   * threads = the CPUs Slurm gave the task (OMP_NUM_THREADS etc., unless already set);
@@ -25,7 +26,7 @@ NL_KILL_WAIT=${NL_KILL_WAIT:-60}  # seconds the python child gets to stop after 
 _nl_log() { echo "nl[$(date +%H:%M:%S)]: $*"; }
 nl_die() { echo "nl: error: $*" >&2; exit 2; }
 
-if [ "${NL_DRY_RUN:-0}" != 1 ]; then
+if [ "${NL_DRY_RUN:-0}" != 1 ] && [ "$NL_VENV" != none ]; then
   if [ -f "$NL_VENV/bin/activate" ]; then
     # shellcheck disable=SC1091
     . "$NL_VENV/bin/activate"
@@ -44,6 +45,9 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$_nl_threads} MKL_NUM_THREADS=${MKL_NU
 export PYTHONUNBUFFERED=1
 
 NL_TASK=${NL_ARRAY_INDEX:-${SLURM_ARRAY_TASK_ID:-0}}
+if [ "${NL_DRY_RUN:-0}" != 1 ]; then
+  _nl_log "job ${SLURM_JOB_ID:-local} (array ${SLURM_ARRAY_JOB_ID:-none} task $NL_TASK) on $(hostname), restart ${SLURM_RESTART_COUNT:-0}"
+fi
 
 # nl_split LIST -> the items of a comma-separated list, one per line (empty items dropped)
 nl_split() { tr ',' '\n' <<<"${1:-}" | sed '/^[[:space:]]*$/d'; }
@@ -67,8 +71,10 @@ nl_list() {
   if [ -n "${!file_var:-}" ]; then
     [ -r "${!file_var}" ] || nl_die "$file_var=${!file_var} is not a readable file"
     sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "${!file_var}" | paste -sd, -
+  elif [ -n "${!var:-}" ]; then
+    echo "${!var}"
   else
-    echo "${!var:-}"
+    nl_die "$var is empty: set it to a comma list (or $file_var to a file with one item a line)"
   fi
 }
 
@@ -77,10 +83,10 @@ _nl_stop_child() {
   [ -n "$_nl_child" ] || return 0
   kill -0 "$_nl_child" 2>/dev/null || return 0
   kill -TERM "$_nl_child" 2>/dev/null
-  local waited=0
-  while kill -0 "$_nl_child" 2>/dev/null && [ "$waited" -lt "$NL_KILL_WAIT" ]; do
-    sleep 1
-    waited=$((waited + 1))
+  local ticks=0
+  while kill -0 "$_nl_child" 2>/dev/null && [ "$ticks" -lt $((NL_KILL_WAIT * 5)) ]; do
+    sleep 0.2
+    ticks=$((ticks + 1))
   done
   kill -KILL "$_nl_child" 2>/dev/null || true
   wait "$_nl_child" 2>/dev/null || true
@@ -108,7 +114,6 @@ nl_run() {
     echo
     return 0
   fi
-  _nl_log "job ${SLURM_JOB_ID:-local} (array ${SLURM_ARRAY_JOB_ID:-none} task $NL_TASK) on $(hostname), restart ${SLURM_RESTART_COUNT:-0}"
   _nl_log "run: $*"
   trap _nl_on_usr1 USR1
   trap _nl_on_term TERM

@@ -43,10 +43,10 @@ def ensure_slurm() -> str | None:
     Raises RuntimeError when we are root with apt-get and the install still fails: on the CI
     machine these tests must run, so a broken install is an error, not a skip.
     """
+    if os.geteuid() != 0:
+        return "the test cluster needs root (slurmd launches the jobs, munged runs as the munge user)"
     if not missing_binaries():
         return None
-    if os.geteuid() != 0:
-        return f"Slurm is not installed ({', '.join(missing_binaries())} missing) and we are not root to apt-get it"
     if shutil.which("apt-get") is None:
         return f"Slurm is not installed ({', '.join(missing_binaries())} missing) and there is no apt-get"
     result = subprocess.run(["bash", str(INSTALL_SCRIPT)], capture_output=True, text=True)
@@ -71,11 +71,12 @@ def _free_ports(n: int) -> list[int]:
 
 
 class LocalSlurm:
-    """One slurmctld + one slurmd (node ``short hostname``, all its CPUs) + a private munged."""
+    """One slurmctld + one slurmd (node = short hostname, all its CPUs) + a private munged."""
 
     def __init__(self, workdir: Path, cpus: int | None = None, partition: str = "debug"):
         self.dir = Path(workdir)
-        self.cpus = cpus or os.cpu_count() or 1
+        # at least two slots so array tasks run side by side (config_overrides lets a 1-CPU machine claim 2)
+        self.cpus = cpus or max(2, os.cpu_count() or 1)
         self.partition = partition
         self.node = socket.gethostname().split(".")[0]
         self.procs: dict[str, subprocess.Popen] = {}
@@ -178,6 +179,7 @@ SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=1,bf_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
+SlurmdParameters=config_overrides
 ReturnToService=2
 SlurmctldTimeout=30
 SlurmdTimeout=60

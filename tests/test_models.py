@@ -51,6 +51,7 @@ def test_zoo_name_and_folder_load_the_same_weights(micro_env):
     by_name = load_model(micro_env.model_names[0])
     by_path = load_model(str(micro_env.model_dirs[0]))
     assert by_name.cfg.n_layers == 2 and by_name.cfg.d_mlp == 64
+    assert resolve_model(str(micro_env.model_dirs[0])).name == micro_env.model_names[0]  # folder name, not full path
     for (k1, v1), (k2, v2) in zip(by_name.state_dict().items(), by_path.state_dict().items()):
         assert k1 == k2 and torch.equal(v1, v2)
 

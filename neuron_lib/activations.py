@@ -1,0 +1,420 @@
+"""Cache activations of a neuron subset or of whole layers, plus per-token loss/entropy/rank
+(``python -m neuron_lib.activations``; the paper's ``activations.py``, spec §6).
+
+Selection: ``--neurons 1.23,0.5`` and/or ``--neuron-csv FILE`` (columns ``layer`` and ``neuron`` or
+``neuron_ix``), or ``--layers 0,1`` (every neuron of those layers). ``--location pre`` (default, as the paper:
+``mlp.hook_pre``) or ``post``.
+
+Rows: the first ``ceil(max_tokens / ctx)`` rows of the token dataset (all rows by default).
+- ``--aggregation none`` (default): one value per token position, ``[n_rows·ctx]`` in flat-index order
+  row·ctx + pos (the summaries' ``top_index`` points straight into it). No position is dropped.
+- ``mean`` / ``max`` / ``last``: one value per row, over the row's positions that survive the token filter
+  (BOS/EOS/pad dropped by default, ``--keep-bos`` keeps them, ``--drop-newline`` drops the newline token);
+  ``last`` is the value at the last kept position (the original's 'last' branch never ran, spec §18.7).
+  A row without any kept position is invalid (``row_valid`` False; loaders return NaN there).
+
+Storage (``$CACHED_ACTIVATIONS_DIR/{model}/{dataset}/``, safetensors + ``manifest.json``):
+- ``neurons.safetensors`` (subset mode) or ``layer{l}.safetensors`` (layer mode): ``values`` [rows, K]
+  (uint8 for ``--precision 8``, float16 for ``16``), ``neurons`` int64 [K, 2] (layer, neuron), and for 8 bits
+  the per-neuron ``scale`` float32 [K] and ``zero_point`` int64 [K] of the paper's quantisation
+  scale = (max − min)/255, zero_point = round(−min/scale), q = clamp(round(x/scale) + zero_point, 0, 255),
+  x ≈ (q − zero_point)·scale (error ≤ scale/2). A constant neuron gets scale = |min|/255 (1 if min is 0) so
+  that it is reproduced exactly. Aggregated runs also store ``row_valid`` bool [rows].
+- ``metrics.safetensors`` (unless ``--skip-metrics``): ``loss`` float32 [n_rows, ctx] = next-token cross
+  entropy in nats (last position 0), ``entropy`` float32 [n_rows, ctx] = entropy of the next-token
+  distribution in nats (exact ``−Σ p log p`` from ``log_softmax``), ``rank`` int32 [n_rows, ctx] = number of
+  logits strictly greater than the true next token's logit (0 = top-1; last position 0) — a count, not a
+  full sort of the vocabulary (spec §18.29).
+
+``load_cached_activations(model, dataset, neuron)`` dequantises one neuron to a float32 vector;
+``load_cached_metrics(model, dataset)`` returns the metric tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from neuron_lib.common import (
+    MANIFEST_NAME,
+    ManifestMismatch,
+    NeuronLibError,
+    config_fingerprint,
+    human_bytes,
+    load_tensors,
+    make_manifest,
+    output_root,
+    pick_device,
+    read_json,
+    run_cli,
+    save_tensors_atomic,
+    write_manifest,
+)
+from neuron_lib.summary import (
+    _DTYPES,
+    build_parser,
+    config_from_args,
+    drop_ids_for,
+    model_output_name,
+    open_token_dataset,
+    parse_bytes,
+)
+
+STAGE = "activations"
+AGGREGATIONS = ("none", "mean", "max", "last")
+
+
+@dataclasses.dataclass
+class ActivationsConfig:
+    """Cache the activations of some neurons (or whole layers) over a token dataset."""
+
+    model: str
+    token_dataset: str
+    neurons: Optional[str] = None  # "layer.neuron,..." e.g. "1.23,0.5"
+    neuron_csv: Optional[str] = None  # csv with columns layer and neuron (or neuron_ix)
+    layers: Optional[str] = None  # "0,1": every neuron of these layers
+    location: str = "pre"  # pre (mlp.hook_pre, the paper's default) or post
+    precision: int = 8  # 8: per-neuron uint8 quantisation; 16: float16
+    aggregation: str = "none"  # none | mean | max | last (per row, over kept positions)
+    skip_metrics: bool = False  # do not compute loss / entropy / rank
+    batch_size: int = 32
+    max_tokens: Optional[int] = None
+    device: str = "auto"
+    dtype: str = "float32"
+    keep_bos: bool = False  # aggregation only: keep BOS/EOS/pad positions
+    drop_newline: bool = False  # aggregation only: also drop the newline token
+    max_memory: str = "8GiB"  # the cache is assembled in memory (float32) before it is quantised
+    overwrite: bool = False
+
+    def validate(self) -> "ActivationsConfig":
+        if not self.model or not self.token_dataset:
+            raise NeuronLibError("--model and --token-dataset are required")
+        if self.layers and (self.neurons or self.neuron_csv):
+            raise NeuronLibError("give either --layers or --neurons/--neuron-csv, not both")
+        if not (self.layers or self.neurons or self.neuron_csv):
+            raise NeuronLibError("nothing to cache: give --neurons 1.23,0.5, --neuron-csv FILE or --layers 0,1")
+        if self.location not in ("pre", "post"):
+            raise NeuronLibError(f"--location must be pre or post, got {self.location!r}")
+        if int(self.precision) not in (8, 16):
+            raise NeuronLibError(f"--precision must be 8 or 16, got {self.precision}")
+        if self.aggregation not in AGGREGATIONS:
+            raise NeuronLibError(f"--aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if int(self.batch_size) < 1:
+            raise NeuronLibError("--batch-size must be ≥ 1")
+        if self.max_tokens is not None and int(self.max_tokens) < 1:
+            raise NeuronLibError("--max-tokens must be positive")
+        if self.dtype not in _DTYPES:
+            raise NeuronLibError(f"--dtype must be one of {sorted(_DTYPES)}")
+        parse_bytes(self.max_memory)
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in ("batch_size", "device", "overwrite", "max_memory"):
+            d.pop(k)
+        d["token_dataset"] = str(Path(self.token_dataset).expanduser().resolve())
+        if self.neuron_csv:
+            d["neuron_csv"] = str(Path(self.neuron_csv).expanduser().resolve())
+        return d
+
+
+# ---------------------------------------------------------------- neuron selection
+def parse_neuron(text) -> tuple[int, int]:
+    """'12.345' or (12, 345) → (12, 345)."""
+    if isinstance(text, (tuple, list)) and len(text) == 2:
+        return int(text[0]), int(text[1])
+    parts = str(text).strip().split(".")
+    if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+        raise NeuronLibError(f"cannot read neuron {text!r}; write layer.neuron, e.g. 1.23")
+    return int(parts[0]), int(parts[1])
+
+
+def selected_neurons(cfg: ActivationsConfig, n_layers: int, d_mlp: int) -> list[tuple[int, int]]:
+    """Sorted, de-duplicated (layer, neuron) pairs of the config, checked against the model's shape."""
+    pairs: list[tuple[int, int]] = []
+    if cfg.layers:
+        layers = [int(x) for x in str(cfg.layers).split(",") if x.strip()]
+        bad = [l for l in layers if not 0 <= l < n_layers]
+        if bad:
+            raise NeuronLibError(f"layers {bad} do not exist (the model has {n_layers} layers)")
+        pairs = [(l, n) for l in layers for n in range(d_mlp)]
+    if cfg.neurons:
+        pairs += [parse_neuron(t) for t in str(cfg.neurons).split(",") if t.strip()]
+    if cfg.neuron_csv:
+        import pandas as pd
+
+        path = Path(cfg.neuron_csv)
+        if not path.exists():
+            raise NeuronLibError(f"--neuron-csv {path} does not exist")
+        df = pd.read_csv(path)
+        col = "neuron" if "neuron" in df.columns else "neuron_ix" if "neuron_ix" in df.columns else None
+        if "layer" not in df.columns or col is None:
+            raise NeuronLibError(f"{path} needs columns layer and neuron (or neuron_ix); it has {list(df.columns)}")
+        pairs += [(int(l), int(n)) for l, n in zip(df["layer"], df[col])]
+    bad = [p for p in pairs if not (0 <= p[0] < n_layers and 0 <= p[1] < d_mlp)]
+    if bad:
+        raise NeuronLibError(f"neurons {bad[:5]} do not exist in a model with {n_layers} layers x {d_mlp} neurons")
+    if not pairs:
+        raise NeuronLibError("the neuron selection is empty")
+    return sorted(set(pairs))
+
+
+# ---------------------------------------------------------------- quantisation
+def quantize_per_neuron(x: torch.Tensor, valid: torch.Tensor | None = None):
+    """uint8 per-column quantisation of ``x`` [rows, K] (the paper's formula); returns (q, scale, zero_point)."""
+    x64 = x.to(torch.float64)
+    if valid is not None:
+        pick = x64[valid]
+    else:
+        pick = x64
+    if pick.shape[0] == 0:
+        pick = torch.zeros(1, x.shape[1], dtype=torch.float64)
+    mn, mx = pick.min(0).values, pick.max(0).values
+    scale = (mx - mn) / 255.0
+    const = scale <= 0
+    scale = torch.where(const, torch.where(mn != 0, mn.abs() / 255.0, torch.ones_like(mn)), scale)
+    zero_point = torch.round(-mn / scale)
+    q = torch.clamp(torch.round(torch.nan_to_num(x64) / scale) + zero_point, 0, 255).to(torch.uint8)
+    return q, scale.to(torch.float32), zero_point.to(torch.int64)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    return ((q.to(torch.float64) - zero_point.to(torch.float64)) * scale.to(torch.float64)).to(torch.float32)
+
+
+# ---------------------------------------------------------------- per-token metrics
+@torch.no_grad()
+def token_metrics(logits: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """loss / entropy (nats) / rank [B, P] from logits [B, P, V] and tokens [B, P] (rank = # logits > true)."""
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.to(torch.float32)
+    logp = torch.log_softmax(logits, dim=-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    B, P = tokens.shape
+    loss = torch.zeros(B, P, dtype=logits.dtype, device=logits.device)
+    rank = torch.zeros(B, P, dtype=torch.int32, device=logits.device)
+    if P > 1:
+        nxt = tokens[:, 1:].to(logits.device).unsqueeze(-1)
+        loss[:, :-1] = -logp[:, :-1].gather(-1, nxt).squeeze(-1)
+        true_logit = logits[:, :-1].gather(-1, nxt)
+        rank[:, :-1] = (logits[:, :-1] > true_logit).sum(-1).to(torch.int32)
+    return {"loss": loss, "entropy": entropy, "rank": rank}
+
+
+# ---------------------------------------------------------------- locations and loading
+def cache_dir(model: str, dataset: str) -> Path:
+    return output_root("CACHED_ACTIVATIONS_DIR") / model_output_name(model) / Path(str(dataset)).name
+
+
+def _read_cache_manifest(model: str, dataset: str) -> tuple[Path, dict]:
+    folder = cache_dir(model, dataset)
+    if not (folder / MANIFEST_NAME).exists():
+        raise NeuronLibError(f"no cached activations at {folder}; run `python -m neuron_lib.activations --model {model} "
+                             f"--token-dataset .../{Path(str(dataset)).name} --neurons ...` first")
+    return folder, read_json(folder / MANIFEST_NAME)
+
+
+def load_cached_activations(model: str, dataset: str, neuron, location: str | None = None,
+                            aggregation: str | None = None) -> torch.Tensor:
+    """Dequantised float32 activations of one neuron: [n_rows·ctx] (flat index) or [n_rows] when aggregated."""
+    layer, index = parse_neuron(neuron)
+    folder, manifest = _read_cache_manifest(model, dataset)
+    for key, want in (("location", location), ("aggregation", aggregation)):
+        if want is not None and manifest["config"][key] != want:
+            raise ManifestMismatch(f"{folder} caches {key}={manifest['config'][key]!r}, not {want!r}; re-run "
+                                   "neuron_lib.activations with that setting (--overwrite)")
+    for entry in manifest["files"]:
+        pairs = [tuple(p) for p in entry["neurons"]] if "neurons" in entry else [(entry["layer"], n) for n in range(entry["d_mlp"])]
+        if (layer, index) in pairs:
+            col = pairs.index((layer, index))
+            t = load_tensors(folder / entry["file"])
+            if "scale" in t:
+                out = dequantize(t["values"][:, col], t["scale"][col], t["zero_point"][col])
+            else:
+                out = t["values"][:, col].to(torch.float32)
+            if "row_valid" in t:
+                out = torch.where(t["row_valid"], out, torch.full_like(out, float("nan")))
+            return out
+    raise NeuronLibError(f"neuron {layer}.{index} is not in the cache at {folder}; cached: "
+                         f"{[e['file'] for e in manifest['files']]}")
+
+
+def load_cached_metrics(model: str, dataset: str) -> dict[str, torch.Tensor]:
+    folder, manifest = _read_cache_manifest(model, dataset)
+    if not manifest.get("metrics_file"):
+        raise NeuronLibError(f"{folder} has no per-token metrics (it was made with --skip-metrics)")
+    return load_tensors(folder / manifest["metrics_file"])
+
+
+# ---------------------------------------------------------------- the run
+def _aggregate(acts: torch.Tensor, keep: torch.Tensor, how: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """acts [B, P, K], keep [B, P] → ([B, K], valid [B])."""
+    valid = keep.any(1)
+    k = keep.unsqueeze(-1).to(acts.dtype)
+    if how == "mean":
+        out = (acts * k).sum(1) / k.sum(1).clamp(min=1)
+    elif how == "max":
+        out = torch.where(keep.unsqueeze(-1), acts, torch.full_like(acts, float("-inf"))).max(1).values
+    elif how == "last":
+        P = keep.shape[1]
+        last = (keep * torch.arange(1, P + 1, device=keep.device)).argmax(1)  # index of the last kept position
+        out = acts[torch.arange(acts.shape[0], device=acts.device), last]
+    else:  # pragma: no cover - validated
+        raise NeuronLibError(f"unknown aggregation {how!r}")
+    out = torch.where(valid.unsqueeze(-1), out, torch.full_like(out, float("nan")))
+    return out, valid
+
+
+def _folder_state(folder: Path, identity_fp: str) -> str:
+    path = folder / MANIFEST_NAME
+    if not path.exists():
+        return "absent"
+    try:
+        manifest = read_json(path)
+    except NeuronLibError:
+        return "absent"
+    if manifest.get("stage") != STAGE or manifest.get("config_fingerprint") != identity_fp:
+        return "foreign"
+    files = [e["file"] for e in manifest.get("files", [])] + ([manifest["metrics_file"]] if manifest.get("metrics_file") else [])
+    return "valid" if all((folder / f).exists() for f in files) else "absent"
+
+
+def run_activations(cfg: ActivationsConfig) -> dict[str, Any]:
+    """Cache the selected activations; returns {"status", "folder", "files", ...}."""
+    from tqdm import tqdm
+
+    from neuron_lib.models import load_model, load_tokenizer, model_info
+    from neuron_lib.streaming import n_rows_for_tokens, tokens_tensor
+
+    cfg.validate()
+    identity = cfg.identity()
+    identity_fp = config_fingerprint(identity)
+    tokenizer = load_tokenizer(cfg.model)
+    ds, ds_manifest = open_token_dataset(cfg.token_dataset, tokenizer)
+    if len(ds) == 0:
+        raise NeuronLibError(f"token dataset {cfg.token_dataset} is empty")
+    ctx = int(ds_manifest.get("ctx_len") or len(ds[0]["tokens"]))
+    n_rows = n_rows_for_tokens(ds, cfg.max_tokens)
+    dataset_name = Path(cfg.token_dataset).expanduser().resolve().name
+    folder = cache_dir(cfg.model, dataset_name)
+    state = _folder_state(folder, identity_fp)
+    if state == "valid" and not cfg.overwrite:
+        print(f"activations: {folder} already holds this cache (skipped; --overwrite recomputes)")
+        return {"status": "skipped", "folder": str(folder)}
+    if state == "foreign" and not cfg.overwrite:
+        raise ManifestMismatch(f"{folder} holds cached activations of another configuration; pass --overwrite to "
+                               "replace them")
+
+    device = pick_device(cfg.device)
+    model = load_model(cfg.model, device=device, dtype=_DTYPES[cfg.dtype])
+    L, N, V = model.cfg.n_layers, model.cfg.d_mlp, model.cfg.d_vocab
+    pairs = selected_neurons(cfg, L, N)
+    layers = sorted({l for l, _ in pairs})
+    groups = ({l: [n for ll, n in pairs if ll == l] for l in layers} if not cfg.layers else None)
+    hook = "hook_pre" if cfg.location == "pre" else "hook_post"
+    names = [f"blocks.{l}.mlp.{hook}" for l in layers]
+    drop = torch.tensor(drop_ids_for(tokenizer, cfg.keep_bos, cfg.drop_newline), dtype=torch.long)
+    out_rows = n_rows * ctx if cfg.aggregation == "none" else n_rows
+    need = out_rows * len(pairs) * 4 + (n_rows * ctx * 12 if not cfg.skip_metrics else 0)
+    print(f"activations plan: {len(pairs)} neuron(s) of {model_output_name(cfg.model)} ({cfg.location}, "
+          f"{cfg.precision}-bit, aggregation {cfg.aggregation}) over {n_rows} rows x {ctx} = {n_rows * ctx:,} tokens; "
+          f"{out_rows:,} rows cached; in memory {human_bytes(need)}; on disk ≈ "
+          f"{human_bytes(out_rows * len(pairs) * cfg.precision // 8)}" + ("" if cfg.skip_metrics else " + metrics"))
+    if need > parse_bytes(cfg.max_memory):
+        raise NeuronLibError(f"the cache needs {human_bytes(need)} in memory > --max-memory {cfg.max_memory}; cache fewer "
+                             "neurons or tokens (--max-tokens), aggregate per row, or raise --max-memory")
+
+    values = torch.empty(out_rows, len(pairs), dtype=torch.float32)
+    valid = torch.ones(out_rows, dtype=torch.bool)
+    metrics = {k: torch.zeros(n_rows, ctx, dtype=torch.int32 if k == "rank" else torch.float32)
+               for k in ("loss", "entropy", "rank")} if not cfg.skip_metrics else None
+    col_of = {p: i for i, p in enumerate(pairs)}
+    bar = tqdm(total=n_rows * ctx, unit="tok", unit_scale=True, desc="activations", file=sys.stderr, mininterval=1.0)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for start in range(0, n_rows, cfg.batch_size):
+            end = min(start + cfg.batch_size, n_rows)
+            tokens = tokens_tensor(ds, start, end)
+            dev_tokens = tokens.to(model.cfg.device)
+            if metrics is not None:
+                logits, cache = model.run_with_cache(dev_tokens, names_filter=names)
+                for k, v in token_metrics(logits, dev_tokens).items():
+                    metrics[k][start:end] = v.cpu().to(metrics[k].dtype)
+                del logits
+            else:
+                _, cache = model.run_with_cache(dev_tokens, names_filter=names, stop_at_layer=max(layers) + 1)
+            cols = []
+            for l in layers:
+                acts = cache[f"blocks.{l}.mlp.{hook}"]  # [B, P, N]
+                cols.append(acts if groups is None else acts[..., groups[l]])
+            acts = torch.cat(cols, -1).to(torch.float32).cpu()  # [B, P, K] in the order of `pairs`
+            if cfg.aggregation == "none":
+                values[start * ctx:end * ctx] = acts.reshape(-1, acts.shape[-1])
+            else:
+                keep = ~torch.isin(tokens, drop) if len(drop) else torch.ones_like(tokens, dtype=torch.bool)
+                agg, ok = _aggregate(acts, keep, cfg.aggregation)
+                values[start:end], valid[start:end] = agg, ok
+            del cache
+            bar.update((end - start) * ctx)
+    bar.close()
+    seconds = time.perf_counter() - t0
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"stage": STAGE, "location": cfg.location, "aggregation": cfg.aggregation, "ctx_len": str(ctx)}
+    files = []
+
+    def save(name: str, cols: list[int], entry: dict) -> None:
+        block = values[:, cols]
+        ok = valid if cfg.aggregation != "none" else None
+        tensors: dict[str, torch.Tensor] = {"neurons": torch.tensor([pairs[c] for c in cols], dtype=torch.int64).view(-1, 2)}
+        if cfg.precision == 8:
+            q, scale, zp = quantize_per_neuron(block, ok)
+            tensors.update(values=q, scale=scale, zero_point=zp)
+        else:
+            tensors["values"] = block.to(torch.float16)
+        if ok is not None:
+            tensors["row_valid"] = ok
+        save_tensors_atomic(folder / name, tensors, metadata=meta)
+        files.append({"file": name, **entry})
+
+    if cfg.layers:
+        for l in layers:
+            save(f"layer{l}.safetensors", [col_of[(l, n)] for n in range(N)], {"layer": l, "d_mlp": N})
+    else:
+        save("neurons.safetensors", list(range(len(pairs))), {"neurons": [list(p) for p in pairs]})
+    metrics_file = None
+    if metrics is not None:
+        metrics_file = "metrics.safetensors"
+        save_tensors_atomic(folder / metrics_file, metrics, metadata={"stage": STAGE, "ctx_len": str(ctx)})
+    manifest = make_manifest(
+        STAGE, identity, config_fingerprint=identity_fp, model=model_output_name(cfg.model), model_info=model_info(model),
+        dataset=dataset_name, dataset_path=identity["token_dataset"], tokenizer_fingerprint=ds_manifest["tokenizer_fingerprint"],
+        ctx_len=ctx, n_rows=n_rows, n_tokens=n_rows * ctx, rows_cached=out_rows,
+        row_layout="flat token index row*ctx+pos" if cfg.aggregation == "none" else f"one row per sequence ({cfg.aggregation})",
+        token_filter={"applies_to": "aggregation only", "keep_bos": cfg.keep_bos, "drop_newline": cfg.drop_newline,
+                      "dropped_ids": drop.tolist()},
+        files=files, metrics_file=metrics_file, batch_size=cfg.batch_size, device=str(device),
+    )
+    write_manifest(folder, manifest)
+    print(f"activations: {n_rows * ctx:,} tokens in {seconds:.1f} s ({n_rows * ctx / max(seconds, 1e-9):,.0f} tokens/s) -> {folder}")
+    return {"status": "done", "folder": str(folder), "files": [f["file"] for f in files], "metrics_file": metrics_file,
+            "neurons": pairs, "seconds": seconds}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser(ActivationsConfig, "python -m neuron_lib.activations",
+                          "Cache activations of neurons or layers (8-bit per-neuron or fp16) plus per-token loss/entropy/rank.")
+    cfg = config_from_args(ActivationsConfig, parser.parse_args(argv))
+    run_activations(cfg.validate())
+
+
+if __name__ == "__main__":
+    run_cli(main)

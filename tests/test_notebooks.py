@@ -1,0 +1,198 @@
+"""Execute every paper notebook with papermill on inputs that exist in CI.
+
+Inputs, built in a temp dir in our schema: a token dataset + tokenizer (``neuron_lib.corpus``, from the
+conftest grammar), a tiny random GPT-2 filed as a zoo model, its activation summaries
+(``neuron_lib.summary``), a synthetic per-neuron table with a manifest; and the paper's published
+``universal.csv`` from the ``shared/`` folder beside the repository.
+
+Notebooks are run with papermill here rather than ``pytest --nbval-lax paper_notebooks/``: their
+default parameters point at the main job's outputs (``zoo-gpt2-a``), which CI does not build.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+
+from neuron_lib import notebooks as nb
+from neuron_lib.common import ManifestMismatch, NeuronLibError
+
+from conftest import synthetic_documents
+from test_figures import synthetic_neuron_df
+
+PAPER_TABLE = Path(__file__).resolve().parents[1].parent / "shared/data/paper/stanford-gpt2-small-a/universal.csv"
+MODEL = "synth-a"
+N_LAYERS, D_MLP, CTX, TOP_K = 2, 64, 24, 8
+ROOTS = ("MODELS_DIR", "DATASET_DIR", "SUMMARY_DIR", "DATAFRAMES_DIR", "FIGURES_DIR")
+
+
+def _tiny_zoo_model(folder: Path, tokenizer) -> Path:
+    """A random 2-layer GPT-2 in the zoo's folder format, so ``MODEL`` resolves like ``zoo-gpt2-a``."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tokenizer), n_positions=CTX, n_embd=32, n_layer=N_LAYERS, n_head=2, n_inner=D_MLP,
+                     activation_function="gelu_new", bos_token_id=tokenizer.bos_token_id,
+                     eos_token_id=tokenizer.eos_token_id)
+    model = GPT2LMHeadModel(cfg)
+    with torch.no_grad():  # a wider spread of pre-activations than the default init gives
+        for block in model.transformer.h:
+            block.mlp.c_fc.weight.mul_(6.0)
+            block.mlp.c_fc.bias.normal_(-0.5, 0.5)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Real inputs in our schema: token dataset (neuron_lib.corpus), a tiny zoo model, its activation
+    summaries (neuron_lib.summary) and a synthetic per-neuron table with a manifest."""
+    from neuron_lib import corpus, summary
+
+    root = tmp_path_factory.mktemp("notebook_inputs")
+    patch = pytest.MonkeyPatch()
+    for kind in ROOTS:
+        patch.setenv(kind, str(root / kind.lower()))
+    try:
+        docs = {"grammar": synthetic_documents(12, seed=1), "grammar2": synthetic_documents(8, seed=2)}
+        tok_dir = root / "tokenizer"
+        tokenizer = corpus.train_tokenizer([d for ds in docs.values() for d in ds], vocab_size=300, out_dir=tok_dir)
+        ds_path = corpus.save_token_dataset(corpus.tokenize_documents(docs, tokenizer, CTX),
+                                            root / "dataset_dir" / "zoo" / f"synth.{CTX}",
+                                            {"split": "analysis", "split_seed": 0, "tokenizer_dir": str(tok_dir)})
+        _tiny_zoo_model(root / "models_dir" / "zoo" / MODEL, tokenizer)
+        summary.run_summary(summary.SummaryConfig(model=MODEL, token_dataset=str(ds_path), top_k=TOP_K, vocab_top_k=5,
+                                                  n_random=0, n_per_quantile=0, device="cpu"))
+        table = root / "dataframes_dir" / "neuron_dfs" / f"{MODEL}.csv"
+        table.parent.mkdir(parents=True)
+        synthetic_neuron_df(N_LAYERS, D_MLP).to_csv(table, index=False)
+        (table.parent / f"{MODEL}.manifest.json").write_text(json.dumps({"stage": "neuron_df", "model": MODEL,
+                                                                          "dataset": ds_path.name}))
+        yield {"root": root, "table": table, "summary_dir": root / "summary_dir", "dataset": ds_path}
+    finally:
+        patch.undo()
+
+
+def _errors(path: Path) -> list[str]:
+    book = nbformat.read(path, as_version=4)
+    return [f"{o.ename}: {o.evalue}" for c in book.cells if c.cell_type == "code" for o in c.outputs
+            if o.output_type == "error"]
+
+
+def _text(path: Path) -> str:
+    book = nbformat.read(path, as_version=4)
+    return "\n".join(o.get("text", "") + json.dumps(o.get("data", {})) for c in book.cells if c.cell_type == "code"
+                     for o in c.outputs)
+
+
+def test_every_notebook_has_a_parameters_cell():
+    for name in nb.NOTEBOOKS:
+        params = nb.notebook_parameters(name)
+        assert {"model", "figures_dir"} <= set(params), name
+        book = nbformat.read(nb.notebook_dir() / f"{name}.ipynb", as_version=4)
+        assert all(not c.get("outputs") for c in book.cells if c.cell_type == "code"), f"{name} is saved with outputs"
+
+
+def test_notebooks_on_synthetic_inputs(inputs, tmp_path):
+    out = tmp_path / "figures"
+    done, failed = nb.run_notebooks(MODEL, inputs["table"], inputs["summary_dir"], out=out,
+                                    dataset=inputs["dataset"].name, extra={"context_activations": "topk"})
+    assert not failed, failed
+    assert len(done) == len(nb.NOTEBOOKS)
+    for path in done:
+        assert not _errors(path), (path, _errors(path))
+    expected = {
+        "properties_of_universal_neurons": ["universal_share_by_layer", "correlation_vs_baseline",
+                                            "neuron_correlation_densities", "universal_neurons_prop",
+                                            "appendix_neuron_metrics_by_layer"],
+        "prediction_neurons": ["prediction_neuron_percentiles", "prediction_suppression_counts",
+                               "prediction_neuron_skew_density"],
+        "dataset_summary": ["activation_histograms", "top_examples_text"],
+    }
+    index = (out / "index.html").read_text()
+    for name, figs in expected.items():
+        for fig in figs:
+            for ext in ("png", "svg", "csv"):
+                assert (out / name / f"{fig}.{ext}").stat().st_size > 0, (name, fig, ext)
+            assert f"{name}/{fig}.png" in index
+        record = json.loads((out / name / "figures.json").read_text())
+        assert all(f["caption"] for f in record["figures"])
+        assert record["source"]["model"] == MODEL and record["source"]["manifest"]["model"] == MODEL
+    html = (out / "dataset_summary" / "top_examples.html").read_text()
+    assert "background-color" in html and "<h3>L" in html
+    assert "manifest of the data" in index
+
+
+def test_properties_notebook_on_paper_table(tmp_path):
+    assert PAPER_TABLE.exists(), (f"the paper's table is missing at {PAPER_TABLE}: a copy of the project's shared/ "
+                                  "folder must sit beside the repository")
+    done, failed = nb.run_paper_table(PAPER_TABLE, out=tmp_path, only=["properties_of_universal_neurons"])
+    assert not failed, failed
+    path = done[0]
+    assert not _errors(path)
+    folder = path.parent
+    assert folder == tmp_path / "paper" / "stanford-gpt2-small-a" / "properties_of_universal_neurons"
+    text = _text(path)
+    assert "holds only universal neurons" in text and "1,533 universal" in text
+    for fig in ("universal_share_by_layer", "correlation_vs_baseline", "universal_neurons_prop_raw",
+                "appendix_neuron_metrics_by_layer"):
+        assert (folder / f"{fig}.png").exists() and (folder / f"{fig}.svg").exists()
+    assert not (folder / "universal_neurons_prop.png").exists()  # percentiles need the whole population
+    share = np.loadtxt(folder / "universal_share_by_layer.csv", delimiter=",", skiprows=1, usecols=(0, 1))
+    assert share[:, 1].astype(int).tolist() == [222, 244, 101, 110, 71, 72, 56, 112, 101, 142, 125, 177]
+    assert "figure" in (tmp_path / "index.html").read_text()
+
+
+def test_missing_or_mismatched_inputs_name_the_command(inputs, tmp_path):
+    with pytest.raises(NeuronLibError, match=r"python -m neuron_lib.neuron_df --model ghost"):
+        nb.validate_neuron_df("ghost", tmp_path / "ghost.csv")
+    with pytest.raises(ManifestMismatch, match="made for model 'synth-a'"):
+        nb.validate_neuron_df("synth-b", inputs["table"])
+    with pytest.raises(ManifestMismatch, match="dataset"):
+        nb.validate_neuron_df(MODEL, inputs["table"], dataset="other.24")
+    with pytest.raises(NeuronLibError, match=r"python -m neuron_lib.summary --model ghost"):
+        nb.validate_summary("ghost", inputs["summary_dir"])
+    with pytest.raises(ManifestMismatch):
+        nb.validate_summary(MODEL, inputs["summary_dir"], dataset="other.24")
+    # no manifest is fine (the paper's tables have none), and is said
+    bare = tmp_path / "bare.csv"
+    bare.write_text(inputs["table"].read_text())
+    assert "no manifest" in nb.validate_neuron_df(MODEL, bare).note
+    # the notebook itself stops in its validation cell with the same message
+    with pytest.raises(nb.NotebookFailed, match=r"made for model 'synth-a'.*neuron_lib.neuron_df --model synth-b"):
+        nb.execute_notebook("prediction_neurons", tmp_path / "out", {"model": "synth-b", "neuron_df_path": str(inputs["table"])})
+
+
+def test_cli(inputs, tmp_path, capsys):
+    nb.main(["--index-only", "--out", str(tmp_path)])
+    assert (tmp_path / "index.html").exists()
+    with pytest.raises(NeuronLibError, match="neuron_lib.neuron_df --model ghost"):
+        nb.main(["--model", "ghost", "--neuron-df", str(tmp_path / "none.csv"), "--out", str(tmp_path)])
+    with pytest.raises(NeuronLibError, match="takes the parameters"):
+        nb.main(["--model", MODEL, "--neuron-df", str(inputs["table"]), "--only", "prediction_neurons",
+                 "-p", "no_such_parameter=1", "--out", str(tmp_path)])
+    assert nb.parse_neurons(["L1.2", "0.5", (3, 4)]) == [(1, 2), (0, 5), (3, 4)]
+
+
+def test_examples_and_context_activations_match_the_summary(inputs):
+    """Top examples read from the summary; re-running the model gives the same activation at the top token."""
+    from neuron_lib.corpus import load_token_dataset
+
+    summary = nb.validate_summary(MODEL, inputs["summary_dir"])
+    summaries = {s: nb.load_activation_summary(f) for s, f in summary.folders.items()}
+    assert sorted(summaries) == ["grammar", "grammar2"]
+    dataset, manifest = load_token_dataset(summary.dataset_path())
+    neurons = nb.pick_neurons(summaries, n=3)[0]
+    examples = nb.load_examples(summaries, dataset, nb.resolve_tokenizer(MODEL, None, manifest), neurons, n_examples=4)
+    assert len(examples) == 12 and examples.groupby(["layer", "neuron"])["value"].is_monotonic_decreasing.all()
+    assert set(examples["subset"]) <= {"grammar", "grammar2"}
+    recomputed = nb.recompute_context_activations(MODEL, dataset, examples)
+    at_target = [vals[t] for vals, t in zip(recomputed["context_values"], recomputed["target"])]
+    np.testing.assert_allclose(at_target, examples["value"], rtol=1e-4, atol=1e-5)
+    assert all(len(v) == len(t) for v, t in zip(recomputed["context_values"], recomputed["token_ids"]))
