@@ -46,10 +46,13 @@ from neuron_lib.common import (
     ManifestMismatch,
     NeuronLibError,
     config_fingerprint,
+    config_from_args,
+    config_parser,
     human_bytes,
     load_tensors,
     make_manifest,
     output_root,
+    parse_memory,
     pick_device,
     read_json,
     run_cli,
@@ -58,12 +61,9 @@ from neuron_lib.common import (
 )
 from neuron_lib.summary import (
     _DTYPES,
-    build_parser,
-    config_from_args,
     drop_ids_for,
     model_output_name,
     open_token_dataset,
-    parse_bytes,
 )
 
 STAGE = "activations"
@@ -111,7 +111,7 @@ class ActivationsConfig:
             raise NeuronLibError("--max-tokens must be positive")
         if self.dtype not in _DTYPES:
             raise NeuronLibError(f"--dtype must be one of {sorted(_DTYPES)}")
-        parse_bytes(self.max_memory)
+        parse_memory(self.max_memory)
         return self
 
     def identity(self) -> dict[str, Any]:
@@ -326,7 +326,7 @@ def run_activations(cfg: ActivationsConfig) -> dict[str, Any]:
           f"{cfg.precision}-bit, aggregation {cfg.aggregation}) over {n_rows} rows x {ctx} = {n_rows * ctx:,} tokens; "
           f"{out_rows:,} rows cached; in memory {human_bytes(need)}; on disk ≈ "
           f"{human_bytes(out_rows * len(pairs) * cfg.precision // 8)}" + ("" if cfg.skip_metrics else " + metrics"))
-    if need > parse_bytes(cfg.max_memory):
+    if need > parse_memory(cfg.max_memory):
         raise NeuronLibError(f"the cache needs {human_bytes(need)} in memory > --max-memory {cfg.max_memory}; cache fewer "
                              "neurons or tokens (--max-tokens), aggregate per row, or raise --max-memory")
 
@@ -410,7 +410,7 @@ def run_activations(cfg: ActivationsConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser(ActivationsConfig, "python -m neuron_lib.activations",
+    parser = config_parser(ActivationsConfig, "python -m neuron_lib.activations",
                           "Cache activations of neurons or layers (8-bit per-neuron or fp16) plus per-token loss/entropy/rank.")
     cfg = config_from_args(ActivationsConfig, parser.parse_args(argv))
     run_activations(cfg.validate())

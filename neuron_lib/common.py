@@ -225,3 +225,98 @@ def run_cli(main_fn) -> None:
     except NeuronLibError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+# ---------------------------------------------------------------- runner configs as CLIs (SAELens style)
+def config_field(default, help_text: str):
+    """A config dataclass field whose help text the CLI shows (mutable defaults become factories)."""
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help_text})
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+def _unwrap_optional(tp):
+    import types
+    import typing
+
+    if typing.get_origin(tp) is typing.Union or isinstance(tp, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def config_parser(cls, prog: str, description: str):
+    """argparse from a config dataclass: ``field_name`` -> ``--field-name``.
+
+    Booleans defaulting to False become ``--flag``, those defaulting to True ``--no-flag``; list/tuple
+    fields take values separated by spaces or commas; optional numbers accept ``none``; fields without a
+    default are required.
+    """
+    import argparse
+    import typing
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, optional = _unwrap_optional(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if has_default else None)
+        if tp is bool:
+            if default:
+                parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", help=f"turn off: {help_text}")
+            else:
+                parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
+            parser.set_defaults(**{f.name: bool(default)})
+        elif typing.get_origin(tp) in (list, tuple):
+            item = (typing.get_args(tp) or (str,))[0]
+            parser.add_argument(flag, dest=f.name, nargs="+", type=str, default=default,
+                                help=f"{help_text} (default: {default})")
+            parser.set_defaults(**{f"_item_type_{f.name}": item})
+        else:
+            def convert(text, base=tp, optional=optional):
+                return None if optional and text.lower() == "none" else base(text)
+
+            parser.add_argument(flag, dest=f.name, type=convert, default=default, required=not has_default,
+                                help=f"{help_text}" + (f" (default: {default})" if has_default else " (required)"))
+    return parser
+
+
+def config_from_args(cls, args):
+    """Build ``cls`` from parsed args: list/tuple values are split on commas and converted to their item type."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name)
+        tp, _ = _unwrap_optional(hints[f.name])
+        if typing.get_origin(tp) in (list, tuple) and isinstance(value, list):
+            item = getattr(args, f"_item_type_{f.name}", str)
+            parts = [p.strip() for v in value for p in str(v).split(",") if p.strip()]
+            value = typing.get_origin(tp)(item(p) for p in parts)
+        values[f.name] = value
+    return cls(**values)
+
+
+def parse_memory(text: str | int | float | None) -> int | None:
+    """``"4GB"`` -> 4e9, ``"512MiB"`` -> 2**29, ``2e9`` -> 2e9, ``"auto"``/None -> None (the caller decides)."""
+    import re
+
+    if text is None or (isinstance(text, str) and text.strip().lower() in ("", "auto")):
+        return None
+    if isinstance(text, (int, float)):
+        return int(text)
+    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?i?B?)\s*", str(text), flags=re.IGNORECASE)
+    units = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
+    unit = match.group(2).upper().rstrip("B") if match else None
+    if not match or unit not in units:
+        raise NeuronLibError(f"cannot read the memory size {text!r}; write e.g. 4GB, 512MiB, 2e9 or auto")
+    try:
+        value = float(match.group(1))
+    except ValueError:
+        raise NeuronLibError(f"cannot read the memory size {text!r}; write e.g. 4GB, 512MiB, 2e9 or auto") from None
+    if value <= 0:
+        raise NeuronLibError(f"memory size {text!r} must be positive")
+    return int(value * units[unit])

@@ -28,7 +28,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -650,16 +649,6 @@ def format_summary(summary: dict) -> str:
 
 
 # ---------------------------------------------------------------- real users: hub datasets and local files
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
 def _subset_of(record: dict, default: str) -> str:
     meta = record.get("meta")
     if isinstance(meta, dict) and meta.get("pile_set_name"):
@@ -672,7 +661,9 @@ def _hub_documents(hf_dataset: str, split: str, text_key: str, max_docs: int | N
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False") or \
         os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", "", "false", "False")
-    if not offline and not _hub_reachable():
+    from neuron_lib.models import hub_reachable
+
+    if not offline and not hub_reachable():
         raise NeuronLibError(f"the Hugging Face hub cannot be reached to fetch {hf_dataset!r}. If it is in the local "
                              "cache, re-run with HF_HUB_OFFLINE=1; otherwise tokenize local files with --text-files.")
     try:

@@ -80,7 +80,8 @@ def resolve_model(name: str) -> ModelSource:
     )
 
 
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """False when HF_HUB_OFFLINE is set or huggingface.co does not answer within ``timeout_s``."""
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
     try:
@@ -97,7 +98,7 @@ def _ensure_hub_model_available(source: ModelSource) -> None:
     cached = try_to_load_from_cache(source.location, "config.json")
     if isinstance(cached, str):
         return
-    if not _hub_reachable():
+    if not hub_reachable():
         raise NeuronLibError(
             f"model {source.name!r} ({source.location}) is not in the local Hugging Face cache and the hub "
             "cannot be reached (offline, or HF_HUB_OFFLINE=1). Download it on a machine with network "

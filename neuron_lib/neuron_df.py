@@ -50,6 +50,9 @@ from neuron_lib.common import (
     ManifestMismatch,
     NeuronLibError,
     atomic_write_json,
+    config_field,
+    config_from_args,
+    config_parser,
     load_tensors,
     make_manifest,
     output_root,
@@ -58,7 +61,7 @@ from neuron_lib.common import (
     save_dataframe_atomic,
     write_manifest,
 )
-from neuron_lib.weights import _field, build_parser, model_output_name, output_model_name, weights_dir
+from neuron_lib.weights import model_output_name, output_model_name, weights_dir
 
 log = logging.getLogger(__name__)
 
@@ -408,12 +411,12 @@ def _input_record(path: Path, manifest: Mapping[str, Any] | None) -> dict[str, A
 class NeuronDfConfig:
     """Settings of the per-neuron table."""
 
-    model: str = _field("", "model name as used by the other stages")
-    dataset: str = _field("", "correlation dataset folder name ('' = the only one present)")
-    subsets: str = _field("", "comma-separated activation subsets ('' = all)")
-    universal_threshold: float = _field(UNIVERSAL_THRESHOLD, "excess_corr threshold, used only when the "
+    model: str = config_field("", "model name as used by the other stages")
+    dataset: str = config_field("", "correlation dataset folder name ('' = the only one present)")
+    subsets: str = config_field("", "comma-separated activation subsets ('' = all)")
+    universal_threshold: float = config_field(UNIVERSAL_THRESHOLD, "excess_corr threshold, used only when the "
                                         "correlation table has no is_universal column")
-    formats: str = _field("csv,parquet", "comma list of csv, parquet")
+    formats: str = config_field("csv,parquet", "comma list of csv, parquet")
 
     def validate(self) -> "NeuronDfConfig":
         if not self.model:
@@ -706,8 +709,8 @@ def compare_universal(df, properties: Iterable[str] | None = None):
 
 # ====================================================================== CLI
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser(NeuronDfConfig, "python -m neuron_lib.neuron_df", __doc__.split("\n\n")[0])
-    cfg = NeuronDfConfig(**vars(parser.parse_args(argv))).validate()
+    parser = config_parser(NeuronDfConfig, "python -m neuron_lib.neuron_df", __doc__.split("\n\n")[0])
+    cfg = config_from_args(NeuronDfConfig, parser.parse_args(argv)).validate()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     stem = run_neuron_df(cfg)
     print(f"neuron_df: wrote {stem}.{{{cfg.formats}}}")

@@ -46,13 +46,16 @@ Output: ``$SUMMARY_DIR/{model}/activations/{subset}/`` with one folder per value
     model, dataset, tokenizer fingerprint, n_tokens, subset, token filter (ids), config and its
     fingerprint, effective vocab threshold, versions. Written last: a folder without it is unfinished.
 
+Re-runs: a subset folder whose manifest has the same config fingerprint (batch size, device and the
+``--subsets`` selection excluded) is skipped, so an interrupted run resumes at subset granularity; a folder of
+another configuration is refused unless ``--overwrite``.
+
 Token filter: BOS/EOS/pad positions are dropped by default (the original kept them); ``--keep-bos`` keeps
 them, ``--drop-newline`` also drops the single-token newline (as the correlation stage does).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
@@ -60,7 +63,6 @@ import re
 import shutil
 import sys
 import time
-import typing
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
@@ -68,19 +70,22 @@ import torch
 import warnings
 
 from neuron_lib.common import (
+    MANIFEST_NAME,
     ManifestMismatch,
     NeuronLibError,
     config_fingerprint,
+    config_from_args,
+    config_parser,
     human_bytes,
     load_tensors,
     make_manifest,
     output_root,
+    parse_memory,
     pick_device,
     read_json,
     run_cli,
     save_tensors_atomic,
     write_manifest,
-    MANIFEST_NAME,
 )
 
 STAGE = "summary"
@@ -276,20 +281,6 @@ def _smallest_priority(prio: torch.Tensor, flat: torch.Tensor, k: int):
 
 
 # =============================================================== config and CLI
-def parse_bytes(text: str | int | float) -> int:
-    """'4GiB', '500MB', '2e9', 1000 → bytes."""
-    if isinstance(text, (int, float)):
-        return int(text)
-    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?i?B?)\s*", str(text), flags=re.IGNORECASE)
-    if not m:
-        raise NeuronLibError(f"cannot read the memory size {text!r}; write e.g. 4GiB, 500MB or 2e9")
-    unit = m.group(2).upper().rstrip("B")
-    mult = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "KI": 2 ** 10, "MI": 2 ** 20, "GI": 2 ** 30, "TI": 2 ** 40}
-    if unit not in mult:
-        raise NeuronLibError(f"unknown memory unit in {text!r}")
-    return int(float(m.group(1)) * mult[unit])
-
-
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -335,7 +326,7 @@ class SummaryConfig:
         self.quantile_probs = tuple(probs)
         if self.dtype not in _DTYPES:
             raise NeuronLibError(f"--dtype must be one of {sorted(_DTYPES)}")
-        parse_bytes(self.max_memory)
+        parse_memory(self.max_memory)
         return self
 
     def identity(self) -> dict[str, Any]:
@@ -346,39 +337,6 @@ class SummaryConfig:
         d["token_dataset"] = str(Path(self.token_dataset).expanduser().resolve())
         d["quantile_probs"] = list(self.quantile_probs)
         return d
-
-
-def _unwrap_optional(tp):
-    if typing.get_origin(tp) is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0], True
-    return tp, False
-
-
-def build_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
-    """argparse from a config dataclass: ``field_name`` → ``--field-name`` (bools are flags)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp, optional = _unwrap_optional(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        default = None if required else f.default
-        if tp is bool:
-            parser.add_argument(flag, action="store_true", default=default, help=f"(flag; default {default})")
-        elif typing.get_origin(tp) is tuple:
-            parser.add_argument(flag, type=typing.get_args(tp)[0], nargs="+", default=default, help=f"(default {default})")
-        else:
-            parser.add_argument(flag, type=tp, required=required, default=default, help=f"(default {default})")
-    return parser
-
-
-def config_from_args(cls, args: argparse.Namespace):
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
-    for f in dataclasses.fields(cls):
-        if isinstance(values[f.name], list):
-            values[f.name] = tuple(values[f.name])
-    return cls(**values)
 
 
 # =============================================================== helpers shared with activations.py
@@ -544,6 +502,7 @@ class SubsetStats:
     """
 
     DENSE_FRACTION = 0.125  # candidates above this share of T·N → dense merge instead of sparse gather
+    QUANTILE_DENSE_FACTOR = 4  # more than this·m·N quantile-bin candidates → prune by a cumulative count first
 
     def __init__(self, n_layers: int, d_mlp: int, d_vocab: int, cfg: SummaryConfig, pilot: _Pilot,
                  mean_token_ids: torch.Tensor, device: torch.device):
@@ -701,6 +660,8 @@ class SubsetStats:
         ps = prio_sorted[:width].unsqueeze(1)
         for j in range(Q + 1):
             mask = (bins == j) & (ps < stored_prio[:, j].unsqueeze(0))
+            if int(mask.sum()) > self.QUANTILE_DENSE_FACTOR * m * N:  # many candidates: keep each neuron's first m (in priority order) first
+                mask &= mask.cumsum(0, dtype=torch.int32) <= m
             e_idx, n_idx = mask.nonzero(as_tuple=True)
             if e_idx.numel() == 0:
                 continue
@@ -886,7 +847,7 @@ def run_summary(cfg: SummaryConfig) -> dict[str, Any]:
     # ---- plan
     fixed = accumulator_bytes(L, N, cfg)
     fixed_total = sum(fixed.values())
-    budget = parse_bytes(cfg.max_memory)
+    budget = parse_memory(cfg.max_memory)
     if fixed_total > budget:
         raise NeuronLibError(f"the fixed accumulators need {human_bytes(fixed_total)} > --max-memory {cfg.max_memory}; "
                              "raise --max-memory or lower --top-k/--vocab-top-k")
@@ -968,7 +929,7 @@ def run_summary(cfg: SummaryConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser(SummaryConfig, "python -m neuron_lib.summary",
+    parser = config_parser(SummaryConfig, "python -m neuron_lib.summary",
                           "Activation summaries (histograms, exact moments, top-k examples, vocab stats) per dataset subset.")
     cfg = config_from_args(SummaryConfig, parser.parse_args(argv))
     run_summary(cfg.validate())

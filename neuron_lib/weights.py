@@ -69,21 +69,22 @@ GPT-2-small's 3072 × 50257 cosines per layer never sit in memory at once.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
 import sys
-import types
-import typing
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
 from neuron_lib.common import (
+    MANIFEST_NAME,
     NeuronLibError,
+    config_field,
     config_fingerprint,
+    config_from_args,
+    config_parser,
     make_manifest,
     output_root,
     pick_device,
@@ -92,7 +93,6 @@ from neuron_lib.common import (
     save_dataframe_atomic,
     save_tensors_atomic,
     write_manifest,
-    MANIFEST_NAME,
 )
 
 log = logging.getLogger(__name__)
@@ -116,26 +116,21 @@ def cosine_edges(dtype: torch.dtype = torch.float64) -> torch.Tensor:
 
 
 # ====================================================================== configuration
-def _field(default, help_text: str):
-    """A dataclass field whose help text the CLI shows."""
-    return dataclasses.field(default=default, metadata={"help": help_text})
-
-
 @dataclasses.dataclass
 class WeightsConfig:
     """Settings of one weight-statistics run."""
 
-    model: str = _field("", "model name: zoo name, paper alias, local model folder or hub id")
-    raw_weights: bool = _field(False, "use the unprocessed HF weights (written to weights_raw/)")
-    vocab: bool = _field(True, "vocabulary composition (E_in, U_in, E_out, U_out)")
-    neurons: bool = _field(True, "neuron-to-neuron weight cosines")
-    heads: bool = _field(True, "attention-head composition")
-    vocab_top_k: int = _field(100, "top/bottom tokens kept per neuron (capped at d_vocab)")
-    neuron_top_k: int = _field(20, "top/bottom partner neurons kept per neuron")
-    chunk_size: int = _field(256, "neurons processed at once (memory ~ chunk_size x d_vocab x 8 B x 6)")
-    device: str = _field("cpu", "cpu, cuda or auto")
-    overwrite: bool = _field(False, "recompute even when a finished run with the same config exists")
-    progress: bool = _field(True, "progress bars")
+    model: str = config_field("", "model name: zoo name, paper alias, local model folder or hub id")
+    raw_weights: bool = config_field(False, "use the unprocessed HF weights (written to weights_raw/)")
+    vocab: bool = config_field(True, "vocabulary composition (E_in, U_in, E_out, U_out)")
+    neurons: bool = config_field(True, "neuron-to-neuron weight cosines")
+    heads: bool = config_field(True, "attention-head composition")
+    vocab_top_k: int = config_field(100, "top/bottom tokens kept per neuron (capped at d_vocab)")
+    neuron_top_k: int = config_field(20, "top/bottom partner neurons kept per neuron")
+    chunk_size: int = config_field(256, "neurons processed at once (memory ~ chunk_size x d_vocab x 8 B x 6)")
+    device: str = config_field("cpu", "cpu, cuda or auto")
+    overwrite: bool = config_field(False, "recompute even when a finished run with the same config exists")
+    progress: bool = config_field(True, "progress bars")
 
     def validate(self) -> "WeightsConfig":
         if not self.model:
@@ -152,33 +147,6 @@ class WeightsConfig:
         for k in ("device", "overwrite", "progress", "chunk_size"):
             d.pop(k)
         return d
-
-
-def build_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
-    """An argparse parser from a config dataclass: ``field_name`` → ``--field-name``.
-
-    Booleans that default to False become ``--flag``; those that default to True become ``--no-flag``.
-    """
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        kind = hints[f.name]
-        if kind is bool:
-            if default:
-                parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
-                                    help=f"turn off: {f.metadata.get('help', f.name)}")
-            else:
-                parser.add_argument(flag, dest=f.name, action="store_true", help=f.metadata.get("help"))
-            parser.set_defaults(**{f.name: default})
-        else:
-            base = kind
-            if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
-                base = next(a for a in typing.get_args(kind) if a is not type(None))
-            parser.add_argument(flag, dest=f.name, type=base, default=default, required=(f.name == "model"),
-                                help=(f.metadata.get("help", "") + ("" if f.name == "model" else f" (default: {default})")))
-    return parser
 
 
 # ====================================================================== weight extraction
@@ -614,9 +582,9 @@ def run_weights(cfg: WeightsConfig, model=None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser(WeightsConfig, "python -m neuron_lib.weights", __doc__.split("\n\n")[0])
+    parser = config_parser(WeightsConfig, "python -m neuron_lib.weights", __doc__.split("\n\n")[0])
     args = parser.parse_args(argv)
-    cfg = WeightsConfig(**vars(args)).validate()
+    cfg = config_from_args(WeightsConfig, args).validate()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = run_weights(cfg)
     print(f"weights: wrote {out}")

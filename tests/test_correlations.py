@@ -326,9 +326,9 @@ def test_table_columns_excess_and_universal_logic():
 
 # ============================================================================ config / CLI
 def test_config_parsing_and_validation():
-    cfg = cf.config_from_args(["--reference-model", "a", "--other-models", "b,c", "--token-dataset", "x",
-                               "--baseline", "rotation,none,gaussian", "--max-tokens", "1000", "--max-memory", "512MiB",
-                               "--no-progress"])
+    cfg = cf.config_from_args(cf.CorrelationConfig, cf._cli_parser().parse_args(
+        ["--reference-model", "a", "--other-models", "b,c", "--token-dataset", "x",
+         "--baseline", "rotation,none,gaussian", "--max-tokens", "1000", "--max-memory", "512MiB", "--no-progress"]))
     cfg.validate()
     assert cfg.other_models == ["b", "c"] and cfg.baseline == ["gaussian", "rotation"] and cfg.max_tokens == 1000
     assert cfg.min_models == 1 and cfg.progress is False and cf.parse_memory(cfg.max_memory) == 512 * 2 ** 20
@@ -585,7 +585,7 @@ def test_sigkilled_run_resumes_identically(zoo, reference_run, tmp_path):
     log = proc.stdout.read().decode(errors="replace")
     assert killed and proc.returncode == -signal.SIGKILL, log[-3000:]
     assert not list((out / "results").glob("*/*/pearson.none/manifest.json")), "the run finished before the kill"
-    resumed = cf.run_correlations(cf.config_from_args(args), models=zoo["models"])
+    resumed = cf.run_correlations(cf.config_from_args(cf.CorrelationConfig, cf._cli_parser().parse_args(args)), models=zoo["models"])
     assert resumed["resumed_from"] is not None and resumed["resumed_from"]["row"] >= 8
     a, b = _all_outputs(reference_run[2]), _all_outputs(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -343,6 +343,7 @@ def test_stream_with_many_ties(dense_fraction, monkeypatch):
     """Synthetic activations on a coarse grid (ties everywhere: tokens, rows, within rows, per-token max/mean),
     fed batch by batch, against the numpy reference."""
     monkeypatch.setattr(S.SubsetStats, "DENSE_FRACTION", dense_fraction)
+    monkeypatch.setattr(S.SubsetStats, "QUANTILE_DENSE_FACTOR", dense_fraction * 32)
     rng = np.random.default_rng(3)
     L, N, n_rows, ctx, V = 2, 5, 9, 6, 12
     tokens = rng.integers(0, V, size=(n_rows, ctx))

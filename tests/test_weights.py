@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from neuron_lib.common import NeuronLibError
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -380,5 +382,5 @@ def test_up_to_date_run_is_reused_and_cli(tiny_dir, tmp_path, monkeypatch, capsy
 
 
 def test_cli_requires_model():
-    with pytest.raises(SystemExit):
+    with pytest.raises(NeuronLibError, match="--model"):
         W.main([])
