@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("stage", choices=STAGE_ORDER + ["all"])
     parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     parser.add_argument("--zoo-preset", default="default")
-    parser.add_argument("--zoo-jobs", type=int, default=int(os.environ.get("ZOO_JOBS", "2")),
-                        help="zoo models trained at once (2 uses both cores of a 2-core machine best)")
+    parser.add_argument("--zoo-jobs", type=int, default=int(os.environ.get("ZOO_JOBS", "1")),
+                        help="zoo models trained at once (each with cores/jobs threads; 1 is as fast as 2 on 2 cores)")
     args = parser.parse_args(argv)
     stages = STAGE_ORDER if args.stage == "all" else [args.stage]
     t0 = time.time()
