@@ -229,7 +229,8 @@ def correlation_vs_baseline(df: pd.DataFrame, threshold: float = UNIVERSAL_THRES
     if kind == "auto":
         kind = "hist2d" if len(data) > 5000 else "scatter"
     nrows, ncols = _grid(len(layers), ncols)
-    fig, axes = new_figure(nrows, ncols, figsize=(2.3 * ncols + 0.8, 2.3 * nrows + 0.6), sharex=True, sharey=True)
+    # few panels still need room for the two-line title and the shared axis labels
+    fig, axes = new_figure(nrows, ncols, figsize=(max(2.8 * ncols + 1.2, 7.5), 2.8 * nrows + 1.2), sharex=True, sharey=True)
     mappable, norm = None, None
     if kind == "hist2d":  # one colour scale for all panels
         peak = max(np.histogram2d(s["mean_baseline"], s["mean_corr"], bins=bins, range=[[0, 1], [0, 1]])[0].max()
@@ -256,7 +257,7 @@ def correlation_vs_baseline(df: pd.DataFrame, threshold: float = UNIVERSAL_THRES
         ax.set_visible(False)
     fig.supxlabel("mean baseline correlation (rotated activations)")
     fig.supylabel("mean max correlation across models")
-    fig.suptitle(f"Max correlation vs rotation baseline per layer (dashed: y = x; red: y = x + {threshold:g})")
+    fig.suptitle(f"Max correlation vs rotation baseline per layer\n(dashed: y = x; red: y = x + {threshold:g})", fontsize=11)
     if mappable is not None:
         fig.colorbar(mappable, ax=axes, shrink=0.6, label="neurons")
     note = None
