@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+from neuron_lib.pipeline import ZOO_FIGURE_THRESHOLD
 from neuron_lib.common import NeuronLibError, atomic_write_json, run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -179,6 +180,9 @@ def job_environment(cfg: SubmitConfig, selected: list[str]) -> dict[str, str]:
         "NL_ANALYSIS_DATASET": _abs(cfg.analysis_dataset),
         "NL_NEURONS": cfg.neurons,
         "NL_BATCH_SIZE": str(cfg.batch_size) if cfg.batch_size else "",
+        # zoo models are drawn with the share-matched threshold, any other model with the paper's 0.5 (pipeline.py)
+        "NL_UNIVERSAL_THRESHOLD": os.environ.get("NL_UNIVERSAL_THRESHOLD") or
+        str(ZOO_FIGURE_THRESHOLD if all(m in zoo_names for m in models) else 0.5),
     }
     # the jobs cd to NL_REPO: pin output roots given relative to where `submit` ran
     for var in ROOT_VARS:

@@ -328,7 +328,8 @@ def test_scripts_run_the_same_commands_as_the_local_pipeline():
     models = cfg.model_names()
     _, analysis = cfg.resolved_datasets()
     env = {"NL_MODELS": ",".join(models), "NL_REFERENCE_MODELS": models[0], "NL_DATASETS": str(analysis),
-           "NL_TOKEN_DATASET": str(analysis), "NL_PRESET": "default", "NL_PYTHON": "python", "NL_REPO": str(REPO)}
+           "NL_TOKEN_DATASET": str(analysis), "NL_PRESET": "default", "NL_PYTHON": "python", "NL_REPO": str(REPO),
+           "NL_UNIVERSAL_THRESHOLD": str(pipeline.ZOO_FIGURE_THRESHOLD)}
     for var in ("NL_NAME_PREFIX", "NL_TRAIN_DATASET", "NL_ANALYSIS_DATASET", "NL_BATCH_SIZE", "NL_ZOO_ARGS"):
         env[var] = ""
     stages = S.discover_stages()
