@@ -45,7 +45,6 @@ from neuron_lib.common import (
     MANIFEST_NAME,
     ManifestMismatch,
     NeuronLibError,
-    config_fingerprint,
     config_from_args,
     config_parser,
     human_bytes,
@@ -63,7 +62,7 @@ from neuron_lib.summary import (
     _DTYPES,
     drop_ids_for,
     model_output_name,
-    open_token_dataset,
+    open_run_inputs,
 )
 
 STAGE = "activations"
@@ -289,19 +288,10 @@ def run_activations(cfg: ActivationsConfig) -> dict[str, Any]:
     """Cache the selected activations; returns {"status", "folder", "files", ...}."""
     from tqdm import tqdm
 
-    from neuron_lib.models import load_model, load_tokenizer, model_info
-    from neuron_lib.streaming import n_rows_for_tokens, tokens_tensor
+    from neuron_lib.models import load_model, model_info
+    from neuron_lib.streaming import tokens_tensor
 
-    cfg.validate()
-    identity = cfg.identity()
-    identity_fp = config_fingerprint(identity)
-    tokenizer = load_tokenizer(cfg.model)
-    ds, ds_manifest = open_token_dataset(cfg.token_dataset, tokenizer)
-    if len(ds) == 0:
-        raise NeuronLibError(f"token dataset {cfg.token_dataset} is empty")
-    ctx = int(ds_manifest.get("ctx_len") or len(ds[0]["tokens"]))
-    n_rows = n_rows_for_tokens(ds, cfg.max_tokens)
-    dataset_name = Path(cfg.token_dataset).expanduser().resolve().name
+    identity, identity_fp, tokenizer, ds, ds_manifest, ctx, n_rows, dataset_name = open_run_inputs(cfg)
     folder = cache_dir(cfg.model, dataset_name)
     state = _folder_state(folder, identity_fp)
     if state == "valid" and not cfg.overwrite:
@@ -313,7 +303,7 @@ def run_activations(cfg: ActivationsConfig) -> dict[str, Any]:
 
     device = pick_device(cfg.device)
     model = load_model(cfg.model, device=device, dtype=_DTYPES[cfg.dtype])
-    L, N, V = model.cfg.n_layers, model.cfg.d_mlp, model.cfg.d_vocab
+    L, N = model.cfg.n_layers, model.cfg.d_mlp
     pairs = selected_neurons(cfg, L, N)
     layers = sorted({l for l, _ in pairs})
     groups = ({l: [n for ll, n in pairs if ll == l] for l in layers} if not cfg.layers else None)

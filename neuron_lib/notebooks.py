@@ -467,18 +467,24 @@ def run_notebooks(model: str, neuron_df: str | Path | None = None, summary_dir: 
     common = {"model": model, "neuron_df_path": _abs(table.path) if table else None,
               "summary_dir": _abs(summary_dir or output_root("SUMMARY_DIR")), "dataset": dataset}
     _check_extra(names, extra)
+    jobs = [(name, name, root / name, {**common, **(extra or {})}) for name in names]
+    return _execute_all(jobs, root, kernel_name, timeout, log)
+
+
+def _execute_all(jobs, root: Path, kernel_name: str, timeout: int | None, log) -> tuple[list[Path], list[str]]:
+    """Execute (label, notebook, out_dir, params) jobs, keep going past failures, then rebuild the index."""
     done, failed = [], []
-    for name in names:
+    for label, name, out_dir, params in jobs:
+        params = {k: v for k, v in params.items() if k in notebook_parameters(name)}
         t0 = time.time()
-        params = {k: v for k, v in {**common, **(extra or {})}.items() if k in notebook_parameters(name)}
         try:
-            path = execute_notebook(name, root / name, params, kernel_name=kernel_name, timeout=timeout)
+            path = execute_notebook(name, out_dir, params, kernel_name=kernel_name, timeout=timeout)
         except NotebookFailed as exc:
             failed.append(str(exc))
-            log(f"[{name}] FAILED ({time.time() - t0:.0f}s)\n{exc}")
+            log(f"[{label}] FAILED ({time.time() - t0:.0f}s)\n{exc}")
             continue
         done.append(path)
-        log(f"[{name}] {path.parent} ({time.time() - t0:.0f}s)")
+        log(f"[{label}] {path.parent} ({time.time() - t0:.0f}s)")
     index = write_index(root)
     log(f"index: {index}")
     return done, failed
@@ -504,22 +510,9 @@ def run_paper_table(table: str | Path, out: str | Path | None = None, model: str
     root = Path(out) if out else output_root("FIGURES_DIR")
     names = list(only or PAPER_TABLE_NOTEBOOKS)
     _check_extra(names, extra)
-    done, failed = [], []
-    for name in names:
-        params = {"model": model, "neuron_df_path": _abs(table), "d_mlp": d_mlp, **(extra or {})}
-        params = {k: v for k, v in params.items() if k in notebook_parameters(name)}
-        t0 = time.time()
-        try:
-            path = execute_notebook(name, root / "paper" / model / name, params, kernel_name=kernel_name, timeout=timeout)
-        except NotebookFailed as exc:
-            failed.append(str(exc))
-            log(f"[{name} on {table}] FAILED\n{exc}")
-            continue
-        done.append(path)
-        log(f"[{name} on {table}] {path.parent} ({time.time() - t0:.0f}s)")
-    index = write_index(root)
-    log(f"index: {index}")
-    return done, failed
+    params = {"model": model, "neuron_df_path": _abs(table), "d_mlp": d_mlp, **(extra or {})}
+    jobs = [(f"{name} on {table}", name, root / "paper" / model / name, params) for name in names]
+    return _execute_all(jobs, root, kernel_name, timeout, log)
 
 
 def notebook_parameters(name: str) -> dict[str, Any]:

@@ -368,6 +368,24 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return _fp(tokenizer)
 
 
+def open_run_inputs(cfg):
+    """What a streaming stage (summary, activations) opens first: validated config identity, the model's
+    tokenizer, the token dataset (tokenizer fingerprint checked), its context length, the rows to read."""
+    from neuron_lib.models import load_tokenizer
+    from neuron_lib.streaming import n_rows_for_tokens
+
+    cfg.validate()
+    identity = cfg.identity()
+    tokenizer = load_tokenizer(cfg.model)
+    ds, ds_manifest = open_token_dataset(cfg.token_dataset, tokenizer)
+    if len(ds) == 0:
+        raise NeuronLibError(f"token dataset {cfg.token_dataset} is empty")
+    ctx = int(ds_manifest.get("ctx_len") or len(ds[0]["tokens"]))
+    n_rows = n_rows_for_tokens(ds, cfg.max_tokens)
+    dataset_name = Path(cfg.token_dataset).expanduser().resolve().name
+    return identity, config_fingerprint(identity), tokenizer, ds, ds_manifest, ctx, n_rows, dataset_name
+
+
 def open_token_dataset(path: str, tokenizer):
     """``(dataset, manifest)`` of a token dataset, refusing one tokenized with another tokenizer."""
     from neuron_lib.corpus import load_token_dataset
@@ -801,19 +819,10 @@ def run_summary(cfg: SummaryConfig) -> dict[str, Any]:
     """Summarise ``cfg.model`` over ``cfg.token_dataset``; returns {"status", "folders", "n_tokens", ...}."""
     from tqdm import tqdm
 
-    from neuron_lib.models import load_model, load_tokenizer, model_info
-    from neuron_lib.streaming import iter_mlp_activations, n_rows_for_tokens
+    from neuron_lib.models import load_model, model_info
+    from neuron_lib.streaming import iter_mlp_activations
 
-    cfg.validate()
-    identity = cfg.identity()
-    identity_fp = config_fingerprint(identity)
-    tokenizer = load_tokenizer(cfg.model)
-    ds, ds_manifest = open_token_dataset(cfg.token_dataset, tokenizer)
-    if len(ds) == 0:
-        raise NeuronLibError(f"token dataset {cfg.token_dataset} is empty")
-    ctx = int(ds_manifest.get("ctx_len") or len(ds[0]["tokens"]))
-    n_rows = n_rows_for_tokens(ds, cfg.max_tokens)
-    dataset_name = Path(cfg.token_dataset).expanduser().resolve().name
+    identity, identity_fp, tokenizer, ds, ds_manifest, ctx, n_rows, dataset_name = open_run_inputs(cfg)
     groups = _subset_rows(ds, n_rows, dataset_name)
     if cfg.subsets:
         wanted = [s.strip() for s in cfg.subsets.split(",") if s.strip()]

@@ -163,9 +163,10 @@ def test_rotation_is_orthogonal_seeded_and_haar_like():
     assert (R32 @ R32.T - torch.eye(64)).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("method", ["covariance", "activations"])
-def test_rotation_baseline_equals_float64_correlation_with_rotated_activations(method):
-    L, d, n1, T = 3, 8, 20, 900
+@pytest.mark.parametrize("method,d", [("covariance", 8), ("activations", 8), ("covariance", 300)])
+def test_rotation_baseline_equals_float64_correlation_with_rotated_activations(method, d):
+    # d = 300 takes the symmetric-block path of the within-layer covariance (layers >= 256 wide)
+    L, n1, T = (3, 20, 900) if d < 256 else (2, 12, 900)
     a, b = synthetic(n1=n1, n2=L * d, T=T, offset=50.0, seed=4)
     cfg = make_cfg(baseline="rotation", n_rotations=3, rotation_method=method, seed=11)
     eng = cf._Engine(cfg, n1, [("b", L, d)], torch.device("cpu"))
