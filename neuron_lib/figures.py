@@ -39,7 +39,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, to_hex
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 UNIVERSAL_THRESHOLD = 0.5  # paper eq. 3: universal iff excess_corr > 0.5 (strict)
 PREDICTION_KURTOSIS = 10.0  # paper §5.1: vocab_kurt > 10 → prediction (skew > 0) / suppression (skew < 0)
@@ -567,6 +567,7 @@ def vocab_percentiles_by_layer(dfs, columns: Sequence[str] = ("vocab_kurt", "voc
             ax.yaxis.set_major_formatter(plain)
             ax.yaxis.set_minor_formatter(plain)
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are integers, even with 2 of them
         ax.set_ylabel(label(col))
         ax.set_title(f"{label(col)} by layer" + ("\n(moments of cos(w_out, W_U[:, v]) over the vocabulary)"
                                                  if col.startswith("vocab_") else ""), fontsize=10)
