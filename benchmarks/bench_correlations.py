@@ -300,7 +300,9 @@ def run_shape(L, d, batch_tokens, n_batches, n_others, reps, with_rotation_sweep
     big = 1e8  # the paper's token count: per-token pass scaled up + the one-off finalisation
     proj_ours = parts["pass"] * big / T + parts["finish"]
     proj_orig = oparts["pass"] * big / T + oparts["finish"]
-    flops_ours = n_others * (2.0 * N * N * T + 2.0 * L * d * d * T)
+    # our within-layer covariance computes only the upper blocks of the symmetric product (cf.symmetric_blocks)
+    cov_elems = sum((rs.stop - rs.start) * (cs.stop - cs.start) for rs, cs in cf.symmetric_blocks(d))
+    flops_ours = n_others * (2.0 * N * N * T + 2.0 * L * cov_elems * T)
     flops_orig = n_others * (2 * 2.0 * N * N * T + 2.0 * L * d * d * T)
     res["workload"] = {
         "ours_s": t_ours, "ours_pass_s": parts["pass"], "ours_finish_s": parts["finish"], "original_s": t_orig,
