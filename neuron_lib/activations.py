@@ -58,10 +58,10 @@ from neuron_lib.common import (
     save_tensors_atomic,
     write_manifest,
 )
+from neuron_lib.models import model_output_name
 from neuron_lib.summary import (
     _DTYPES,
     drop_ids_for,
-    model_output_name,
     open_run_inputs,
 )
 

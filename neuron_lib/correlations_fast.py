@@ -56,6 +56,8 @@ from neuron_lib.common import (
     save_tensors_atomic,
     write_manifest,
 )
+from neuron_lib.corpus import load_token_dataset, tokenizer_fingerprint
+from neuron_lib.models import model_output_name
 
 STAGE = "correlations"
 SIMILARITIES = ("pearson", "cosine", "jaccard")
@@ -831,36 +833,6 @@ def _auto_budget(device: torch.device) -> int:
 
 
 # =============================================================================== data and model access
-def _tokenizer_fingerprint(tokenizer) -> str:
-    try:
-        from neuron_lib.corpus import tokenizer_fingerprint
-
-        return tokenizer_fingerprint(tokenizer)
-    except ImportError:
-        return _vocab_fingerprint(tokenizer)
-
-
-def _vocab_fingerprint(tokenizer) -> str:
-    return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode()).hexdigest()[:16]
-
-
-def _load_token_dataset(path: str | Path):
-    try:
-        from neuron_lib.corpus import load_token_dataset
-    except ImportError:
-        load_token_dataset = None
-    if load_token_dataset is not None:
-        return load_token_dataset(path)
-    import datasets
-
-    path = Path(path)
-    if not path.is_dir():
-        raise NeuronLibError(f"no token dataset at {path}")
-    ds = datasets.load_from_disk(str(path)).with_format("torch", columns=["tokens"], output_all_columns=True)
-    manifest = read_json(path / MANIFEST_NAME) if (path / MANIFEST_NAME).exists() else {}
-    return ds, manifest
-
-
 # =============================================================================== the run
 @dataclass
 class _Pair:
@@ -1048,11 +1020,6 @@ class _Engine:
                     self.folder_stats[i, folder] = st
 
 
-def _output_name(name: str) -> str:
-    """A model's name as a single path component (a local folder given by path -> its folder name)."""
-    return Path(str(name).rstrip("/\\")).name or str(name)
-
-
 def _folder_config(cfg: CorrelationConfig, ref: str, other: str, folder: str, dataset: dict, drop_ids: list[int]) -> dict:
     """What determines the contents of one output folder (its manifest's config and fingerprint)."""
     conf = {"stage": STAGE, "reference_model": ref, "other_model": other, "dataset": dataset, "drop_ids": drop_ids,
@@ -1121,24 +1088,24 @@ def run_correlations(cfg: CorrelationConfig, *, models: Mapping[str, Any] | None
 
     ``models``: optional preloaded models by the names used in ``cfg`` (tests use this to avoid reloading).
     """
-    from neuron_lib.models import load_model, load_tokenizer, model_info, resolve_model
+    from neuron_lib.models import load_model, load_tokenizer, model_info
     from neuron_lib.streaming import TokenFilter, iter_mlp_activations, n_rows_for_tokens
 
     cfg.validate()
     t_start = time.time()
     device = pick_device(cfg.device)
-    ref_name = _output_name(resolve_model(cfg.reference_model).name)
-    other_names = [_output_name(resolve_model(m).name) for m in cfg.other_models]
+    ref_name = model_output_name(cfg.reference_model)
+    other_names = [model_output_name(m) for m in cfg.other_models]
     if len({ref_name, *other_names}) != 1 + len(other_names):
         raise NeuronLibError(f"models resolve to clashing output names {[ref_name] + other_names}; rename the folders")
 
     # ---- dataset and tokenizers (cheap; before any model is loaded)
-    dataset, ds_manifest = _load_token_dataset(cfg.token_dataset)
+    dataset, ds_manifest = load_token_dataset(cfg.token_dataset)
     dataset_name = Path(cfg.token_dataset).resolve().name
     tok_ref = load_tokenizer(cfg.reference_model)
-    fp_ref = _tokenizer_fingerprint(tok_ref)
+    fp_ref = tokenizer_fingerprint(tok_ref)
     for spec, name in zip(cfg.other_models, other_names):
-        fp = _tokenizer_fingerprint(load_tokenizer(spec))
+        fp = tokenizer_fingerprint(load_tokenizer(spec))
         if fp != fp_ref:
             raise NeuronLibError(
                 f"{name} does not share {ref_name}'s tokenizer (vocabulary fingerprints {fp} vs {fp_ref}): correlations "

@@ -80,6 +80,18 @@ def resolve_model(name: str) -> ModelSource:
     )
 
 
+def model_output_name(name: str) -> str:
+    """The single path component a model's outputs are filed under (summary_data/{name}, ...): its resolved
+    name (zoo name, alias, a hub id's last part, a folder's name), or for a name that does not resolve, its
+    last path component."""
+    try:
+        name = resolve_model(name).name
+    except NeuronLibError:
+        name = str(name)
+    path = Path(name).expanduser()
+    return path.name if path.name not in ("", ".", "..") else path.resolve().name
+
+
 def hub_reachable(timeout_s: float = 3.0) -> bool:
     """False when HF_HUB_OFFLINE is set or huggingface.co does not answer within ``timeout_s``."""
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):

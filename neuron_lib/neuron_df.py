@@ -61,7 +61,8 @@ from neuron_lib.common import (
     save_dataframe_atomic,
     write_manifest,
 )
-from neuron_lib.weights import model_output_name, output_model_name, weights_dir
+from neuron_lib.models import model_output_name
+from neuron_lib.weights import weights_dir
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +270,7 @@ def activation_columns(agg: Mapping[str, Any], n_layers: int, d_mlp: int) -> dic
 
 # ====================================================================== loaders of the inputs
 def activations_dir(model: str) -> Path:
-    return output_root("SUMMARY_DIR") / output_model_name(model) / "activations"
+    return output_root("SUMMARY_DIR") / model_output_name(model) / "activations"
 
 
 def load_activation_summaries(model: str, subsets: Iterable[str] | None = None,
@@ -341,7 +342,7 @@ def load_weights_summary(model: str, raw: bool = False, tensors: bool = True) ->
 
 
 def correlations_root(model: str) -> Path:
-    return output_root("DATAFRAMES_DIR") / "correlations" / output_model_name(model)
+    return output_root("DATAFRAMES_DIR") / "correlations" / model_output_name(model)
 
 
 def find_correlation_table(model: str, dataset: str = "") -> Path | None:
@@ -380,13 +381,13 @@ def _manifest_models(manifest: Mapping[str, Any]) -> list[str]:
     for key in ("model", "reference_model", "ref_model", "ref", "reference"):
         v = manifest.get(key)
         if isinstance(v, str) and v:
-            names.append(output_model_name(v))
+            names.append(model_output_name(v))
     cfg = manifest.get("config")
     if not names and isinstance(cfg, dict):
         for key in ("model", "reference_model"):
             v = cfg.get(key)
             if isinstance(v, str) and v:
-                names.append(output_model_name(v))
+                names.append(model_output_name(v))
     return names
 
 

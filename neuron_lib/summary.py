@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 import shutil
 import sys
@@ -87,6 +86,8 @@ from neuron_lib.common import (
     save_tensors_atomic,
     write_manifest,
 )
+from neuron_lib.corpus import load_token_dataset, tokenizer_fingerprint
+from neuron_lib.models import model_output_name
 
 STAGE = "summary"
 NEG_INF = float("-inf")
@@ -340,34 +341,6 @@ class SummaryConfig:
 
 
 # =============================================================== helpers shared with activations.py
-def model_output_name(model: str) -> str:
-    """The name outputs are filed under (same rule as the other stages)."""
-    try:
-        from neuron_lib.weights import model_output_name as _name
-
-        return _name(model)
-    except ImportError:  # pragma: no cover - weights.py is part of the package
-        from neuron_lib.models import resolve_model
-
-        try:
-            name = resolve_model(model).name
-        except NeuronLibError:
-            name = str(model)
-        return Path(name).name if ("/" in name or os.sep in name) else name
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """The corpus module's fingerprint (one definition for the whole package)."""
-    try:
-        from neuron_lib.corpus import tokenizer_fingerprint as _fp
-    except ImportError:  # pragma: no cover
-        import hashlib
-        import json
-
-        return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode()).hexdigest()[:16]
-    return _fp(tokenizer)
-
-
 def open_run_inputs(cfg):
     """What a streaming stage (summary, activations) opens first: validated config identity, the model's
     tokenizer, the token dataset (tokenizer fingerprint checked), its context length, the rows to read."""
@@ -388,8 +361,6 @@ def open_run_inputs(cfg):
 
 def open_token_dataset(path: str, tokenizer):
     """``(dataset, manifest)`` of a token dataset, refusing one tokenized with another tokenizer."""
-    from neuron_lib.corpus import load_token_dataset
-
     ds, manifest = load_token_dataset(path)
     fp = tokenizer_fingerprint(tokenizer)
     if manifest.get("tokenizer_fingerprint") != fp:

@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -94,6 +93,7 @@ from neuron_lib.common import (
     save_tensors_atomic,
     write_manifest,
 )
+from neuron_lib.models import model_output_name
 
 log = logging.getLogger(__name__)
 
@@ -462,30 +462,6 @@ def head_composition(weights: ModelWeights, chunk_size: int = 1024, progress: bo
 
 
 # ====================================================================== runner
-def output_model_name(name: str) -> str:
-    """The name a model's outputs are filed under: the user's name, or a folder's last component.
-
-    ``models.resolve_model`` returns an absolute folder path unchanged as the name (its zoo lookup
-    joins the absolute path onto the zoo folder), which would make ``$SUMMARY_DIR / name`` point into
-    the model folder itself; a path-like name is therefore reduced to its last component here.
-    """
-    name = str(name)
-    if "/" in name or os.sep in name or name in ("", ".", ".."):
-        path = Path(name).expanduser()
-        name = path.name if path.name not in ("", ".", "..") else path.resolve().name
-    return name
-
-
-def model_output_name(model_name: str) -> str:
-    """The output name of a model given by the user (zoo name, alias, folder, hub id), without loading it."""
-    from neuron_lib.models import resolve_model
-
-    try:
-        return output_model_name(resolve_model(model_name).name)
-    except NeuronLibError:
-        return output_model_name(model_name)
-
-
 def weights_dir(model_name: str, raw: bool = False) -> Path:
     return output_root("SUMMARY_DIR") / model_name / ("weights_raw" if raw else "weights")
 
@@ -527,7 +503,7 @@ def run_weights(cfg: WeightsConfig, model=None) -> Path:
 
     cfg.validate()
     source_name = getattr(getattr(model, "neuron_lib_source", None), "name", None)
-    name = output_model_name(source_name) if source_name else model_output_name(cfg.model)
+    name = model_output_name(source_name or cfg.model)
     out_dir = weights_dir(name, cfg.raw_weights)
     if model is None and _is_up_to_date(out_dir, cfg):
         log.info("weights of %s are up to date in %s", name, out_dir)

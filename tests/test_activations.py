@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from test_summary import BOS, CTX, build_tiny_model, make_rows, reference_activations, save_dataset  # noqa: E402
 
 from neuron_lib import activations as A  # noqa: E402
-from neuron_lib import summary as S  # noqa: E402
+from neuron_lib.corpus import tokenizer_fingerprint  # noqa: E402
 from neuron_lib.common import ManifestMismatch, NeuronLibError, load_tensors, read_json  # noqa: E402
 
 
@@ -27,7 +27,7 @@ def env(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("activations")
     model_dir = build_tiny_model(root / "tinygpt")
-    fp = S.tokenizer_fingerprint(AutoTokenizer.from_pretrained(model_dir))
+    fp = tokenizer_fingerprint(AutoTokenizer.from_pretrained(model_dir))
     rows = make_rows(10, seed=5)[:7]
     rows[2, -1] = BOS  # 'last' must skip a trailing EOS/BOS
     rows[3, -3:] = BOS

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from neuron_lib.corpus import load_token_dataset, tokenizer_fingerprint
 from neuron_lib import correlations_fast as cf
 from neuron_lib.common import ManifestMismatch, NeuronLibError, load_tensors, read_json
 
@@ -384,7 +385,7 @@ def _save_dataset(path: Path, tokenizer, n_rows: int, ctx: int = 32, seed: int =
     table = pa.table({"tokens": pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1).astype(np.int32)), ctx),
                       "subset": pa.array(["synthetic"] * n_rows)})
     datasets.Dataset(table).save_to_disk(str(path))
-    manifest = {"tokenizer_fingerprint": cf._tokenizer_fingerprint(tokenizer), "ctx_len": ctx, "n_rows": n_rows,
+    manifest = {"tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), "ctx_len": ctx, "n_rows": n_rows,
                 "n_tokens": n_rows * ctx, "subset_tokens": {"synthetic": n_rows * ctx}, "split": "analysis",
                 "split_seed": 0}
     (path / "manifest.json").write_text(json.dumps(manifest))
@@ -429,7 +430,7 @@ def _all_outputs(result) -> dict[str, torch.Tensor]:
 def _activations(zoo, name, dataset_path):
     from neuron_lib.streaming import TokenFilter, iter_mlp_activations
 
-    ds, _ = cf._load_token_dataset(dataset_path)
+    ds, _ = load_token_dataset(dataset_path)
     drop = TokenFilter().drop_ids(zoo["tok"])
     parts = [b.post.reshape(-1, b.post.shape[-1]) for b in iter_mlp_activations(zoo["models"][name], ds, 8, drop_ids=drop)]
     return torch.cat(parts, 1).double().numpy()

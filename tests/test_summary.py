@@ -18,6 +18,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from neuron_lib import summary as S  # noqa: E402
+from neuron_lib.corpus import tokenizer_fingerprint  # noqa: E402
 from neuron_lib.common import ManifestMismatch, NeuronLibError, load_tensors, read_json, run_cli  # noqa: E402
 
 CTX = 16
@@ -101,7 +102,7 @@ def env(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("summary")
     model_dir = build_tiny_model(root / "tinygpt")
-    fp = S.tokenizer_fingerprint(AutoTokenizer.from_pretrained(model_dir))
+    fp = tokenizer_fingerprint(AutoTokenizer.from_pretrained(model_dir))
     rows = make_rows(10)
     subsets = ["a", "a", "b", "a", "b", "b", "a", "a", "b", "a"]
     ds_path = save_dataset(root / "data" / "tiny.16", rows, subsets, fp)
