@@ -50,6 +50,7 @@ from neuron_lib.common import (
     human_bytes,
     load_tensors,
     make_manifest,
+    output_folder_state,
     output_root,
     parse_memory,
     pick_device,
@@ -270,18 +271,12 @@ def _aggregate(acts: torch.Tensor, keep: torch.Tensor, how: str) -> tuple[torch.
     return out, valid
 
 
+def _cached_files(manifest: dict) -> list[str]:
+    return [e["file"] for e in manifest.get("files", [])] + ([manifest["metrics_file"]] if manifest.get("metrics_file") else [])
+
+
 def _folder_state(folder: Path, identity_fp: str) -> str:
-    path = folder / MANIFEST_NAME
-    if not path.exists():
-        return "absent"
-    try:
-        manifest = read_json(path)
-    except NeuronLibError:
-        return "absent"
-    if manifest.get("stage") != STAGE or manifest.get("config_fingerprint") != identity_fp:
-        return "foreign"
-    files = [e["file"] for e in manifest.get("files", [])] + ([manifest["metrics_file"]] if manifest.get("metrics_file") else [])
-    return "valid" if all((folder / f).exists() for f in files) else "absent"
+    return output_folder_state(folder, STAGE, identity_fp, _cached_files)
 
 
 def run_activations(cfg: ActivationsConfig) -> dict[str, Any]:

@@ -182,6 +182,23 @@ def require_manifest_fields(manifest: Mapping[str, Any], expected: Mapping[str, 
         raise ManifestMismatch(f"{where} does not match this run: " + "; ".join(diffs))
 
 
+def output_folder_state(folder: str | Path, stage: str, fingerprint: str, required_files) -> str:
+    """A stage's output folder: 'valid' (finished with this config: manifest of this stage and fingerprint,
+    every file ``required_files(manifest)`` lists present), 'foreign' (another stage or config), or
+    'absent' (missing, unreadable or unfinished)."""
+    folder = Path(folder)
+    path = folder / MANIFEST_NAME
+    if not path.exists():
+        return "absent"
+    try:
+        manifest = read_json(path)
+    except NeuronLibError:
+        return "absent"
+    if manifest.get("stage") != stage or manifest.get("config_fingerprint") != fingerprint:
+        return "foreign"
+    return "valid" if all((folder / f).exists() for f in required_files(manifest)) else "absent"
+
+
 def config_fingerprint(config: Any) -> str:
     """Stable short hash of a config (dataclass or dict), used to refuse reusing a folder for another config."""
     if dataclasses.is_dataclass(config):

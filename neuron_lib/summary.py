@@ -78,6 +78,7 @@ from neuron_lib.common import (
     human_bytes,
     load_tensors,
     make_manifest,
+    output_folder_state,
     output_root,
     parse_memory,
     pick_device,
@@ -760,19 +761,7 @@ def _count_tokens(ds, rows: list[int], drop: torch.Tensor, V: int, chunk: int = 
 
 
 def _folder_state(folder: Path, identity_fp: str) -> str:
-    """'valid' (same config, finished), 'foreign' (other config), 'absent' (missing or unfinished)."""
-    path = folder / MANIFEST_NAME
-    if not path.exists():
-        return "absent"
-    try:
-        manifest = read_json(path)
-    except NeuronLibError:
-        return "absent"
-    if manifest.get("stage") != STAGE or manifest.get("config_fingerprint") != identity_fp:
-        return "foreign"
-    if not all((folder / f"{f}.safetensors").exists() for f in _FILES):
-        return "absent"
-    return "valid"
+    return output_folder_state(folder, STAGE, identity_fp, lambda manifest: [f"{f}.safetensors" for f in _FILES])
 
 
 def _estimate_seconds(model, ctx: int, n_rows: int) -> float:
