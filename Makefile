@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: all test env figures corpus zoo correlations statistics dataframes benchmarks clean-outputs
+.PHONY: all test lint format env corpus zoo correlations weights summary neuron_df figures benchmarks clean-outputs
 
 env: $(STAMP)
 
@@ -16,15 +16,24 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# The main job: corpus -> tokenizer -> zoo -> correlations -> statistics -> dataframes -> figures.
+# The main job: corpus -> zoo -> correlations, weights, summary -> neuron_df -> figures (neuron_lib/pipeline.py STAGES).
 # Every stage skips itself when its manifest says it is already done with the same configuration.
 all: env
 	$(PY) -m neuron_lib.pipeline all
 
-corpus zoo correlations statistics dataframes figures: env
+corpus zoo correlations weights summary neuron_df figures: env
 	$(PY) -m neuron_lib.pipeline $@
 
-test: env
+# The formatter and linter (configured in pyproject.toml) run first: a lint error fails `make test`.
+lint: env
+	$(VENV)/bin/ruff format --check neuron_lib tests benchmarks
+	$(VENV)/bin/ruff check neuron_lib tests benchmarks
+
+format: env
+	$(VENV)/bin/ruff format neuron_lib tests benchmarks
+	$(VENV)/bin/ruff check --fix neuron_lib tests benchmarks
+
+test: env lint
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q tests
 
 benchmarks: env

@@ -93,7 +93,7 @@ def run_case(case: str) -> dict:
         out = S.run_summary(cfg)
         cpu_seconds = time.process_time() - cpu0
         rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        folder = Path(out["folders"]["bench"])
+        folder = Path(out.outputs["bench"])
         man = json.loads((folder / "manifest.json").read_text())
         voc = load_tensors(folder / "vocab.safetensors")
         info = man["model_info"]
@@ -101,12 +101,12 @@ def run_case(case: str) -> dict:
         fixed = S.accumulator_bytes(L, N, cfg)
         n_mean = int(len(voc["vocab_mean_token_ids"]))
         return {
-            "case": case, "n_layers": L, "d_mlp": N, "d_vocab": V, "n_tokens": out["n_tokens"],
-            "seconds": round(out["seconds"], 2), "tokens_per_s": round(out["n_tokens"] / out["seconds"], 1),
+            "case": case, "n_layers": L, "d_mlp": N, "d_vocab": V, "n_tokens": out.n_tokens,
+            "seconds": round(out.seconds, 2), "tokens_per_s": round(out.n_tokens / out.seconds, 1),
             "process_cpu_seconds": round(cpu_seconds, 1), "n_batches": len(stats_seconds),
             "statistics_seconds": round(sum(stats_seconds), 2),
             "statistics_seconds_first_batch": round(stats_seconds[0], 2),
-            "forward_and_io_seconds": round(out["seconds"] - sum(stats_seconds), 2),
+            "forward_and_io_seconds": round(out.seconds - sum(stats_seconds), 2),
             "peak_rss_bytes": rss_peak, "rss_after_setup_bytes": rss_before, "max_memory": budget,
             "accumulator_bytes": fixed, "vocab_mean_tokens": n_mean, "vocab_mean_min_count": man["vocab_mean_min_count"],
             "vocab_bytes": n_mean * L * N * 8 + fixed["vocab_max"],
@@ -118,11 +118,12 @@ def run_case(case: str) -> dict:
 def full_scale_plan() -> dict:
     """What a 100M-token GPT-2-small run would hold, with the default budget (no model needed)."""
     from neuron_lib import summary as S
+    from neuron_lib.common import parse_memory
 
     L, N, V = 12, 3072, 50257
     cfg = S.SummaryConfig(model="gpt2", token_dataset="x")
     fixed = sum(S.accumulator_bytes(L, N, cfg).values())
-    budget = S.parse_bytes(cfg.max_memory)
+    budget = parse_memory(cfg.max_memory)
     n_mean = (budget - fixed) // (L * N * 8)
     return {"model": "GPT-2 small (12 x 3072, vocab 50257)", "max_memory": cfg.max_memory, "fixed_accumulator_bytes": fixed,
             "vocab_mean_tokens_that_fit": int(min(n_mean, V)), "vocab_mean_sum_bytes": int(min(n_mean, V) * L * N * 8),

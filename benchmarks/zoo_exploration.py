@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -28,13 +29,14 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from neuron_lib.common import atomic_write_json, atomic_write_text, output_root, read_json  # noqa: E402
+from neuron_lib import artifacts  # noqa: E402
+from neuron_lib.common import atomic_write_json, atomic_write_text, read_json  # noqa: E402
 from neuron_lib.correlations_fast import CorrelationConfig, run_correlations  # noqa: E402
 
 
 def model_sets(prefix: str) -> list[tuple[str, list[Path]]]:
     """(label, model folders a..e) for every snapshot step present in all seeds, then the final models."""
-    zoo = output_root("MODELS_DIR") / "zoo"
+    zoo = artifacts.zoo_root()
     finals = sorted(p for p in zoo.glob(f"{prefix}-?") if (p / "manifest.json").exists())
     if len(finals) < 2:
         return []
@@ -115,9 +117,10 @@ def main() -> None:
                 cfg = CorrelationConfig(
                     reference_model=str(folders[0]), other_models=[str(f) for f in folders[1:]], token_dataset=str(analysis),
                     baseline=["rotation"], n_rotations=args.n_rotations, max_tokens=args.max_tokens, z_threshold=args.z_threshold,
-                    results_dir=f"{work}/results", dataframes_dir=f"{work}/frames", progress=False)
+                    progress=False)
+                os.environ.update(RESULTS_DIR=f"{work}/results", DATAFRAMES_DIR=f"{work}/frames")
                 result = run_correlations(cfg)
-                rows.append(row_statistics(label, folders, pd.read_csv(result["table"]), time.time() - t0))
+                rows.append(row_statistics(label, folders, pd.read_csv(result.outputs["table"]), time.time() - t0))
                 print(json.dumps(rows[-1], indent=1))
     meta = {"max_tokens": args.max_tokens, "n_rotations": args.n_rotations, "z_threshold": args.z_threshold,
             "unigram_entropy": unigram, "analysis_dataset": str(analysis)}

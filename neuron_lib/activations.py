@@ -33,38 +33,32 @@ Storage (``$CACHED_ACTIVATIONS_DIR/{model}/{dataset}/``, safetensors + ``manifes
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
+from neuron_lib import artifacts, stage
 from neuron_lib.common import (
-    MANIFEST_NAME,
+    REQUIRED,
     ManifestMismatch,
     NeuronLibError,
+    config_field,
+    config_fingerprint,
     config_from_args,
+    config_identity,
     config_parser,
     human_bytes,
     load_tensors,
     make_manifest,
-    output_folder_state,
-    output_root,
     parse_memory,
     pick_device,
     read_json,
     run_cli,
-    save_tensors_atomic,
-    write_manifest,
 )
-from neuron_lib.models import model_output_name
-from neuron_lib.summary import (
-    _DTYPES,
-    drop_ids_for,
-    open_run_inputs,
-)
+from neuron_lib.models import DTYPES, model_output_name
 
 STAGE = "activations"
 AGGREGATIONS = ("none", "mean", "max", "last")
@@ -74,25 +68,25 @@ AGGREGATIONS = ("none", "mean", "max", "last")
 class ActivationsConfig:
     """Cache the activations of some neurons (or whole layers) over a token dataset."""
 
-    model: str
-    token_dataset: str
-    neurons: Optional[str] = None  # "layer.neuron,..." e.g. "1.23,0.5"
-    neuron_csv: Optional[str] = None  # csv with columns layer and neuron (or neuron_ix)
-    layers: Optional[str] = None  # "0,1": every neuron of these layers
-    location: str = "pre"  # pre (mlp.hook_pre, the paper's default) or post
-    precision: int = 8  # 8: per-neuron uint8 quantisation; 16: float16
-    aggregation: str = "none"  # none | mean | max | last (per row, over kept positions)
-    skip_metrics: bool = False  # do not compute loss / entropy / rank
-    batch_size: int = 32
-    max_tokens: Optional[int] = None
-    device: str = "auto"
-    dtype: str = "float32"
-    keep_bos: bool = False  # aggregation only: keep BOS/EOS/pad positions
-    drop_newline: bool = False  # aggregation only: also drop the newline token
-    max_memory: str = "8GiB"  # the cache is assembled in memory (float32) before it is quantised
-    overwrite: bool = False
+    model: str = config_field(REQUIRED, "model name: zoo name, paper alias, local model folder or hub id")
+    token_dataset: str = config_field(REQUIRED, "token dataset folder (neuron_lib.corpus layout)")
+    neurons: str | None = config_field(None, "neurons to cache as layer.neuron, comma-separated, e.g. 1.23,0.5")
+    neuron_csv: str | None = config_field(None, "CSV with columns layer and neuron (or neuron_ix) of neurons to cache")
+    layers: str | None = config_field(None, "cache every neuron of these layers, comma-separated, e.g. 0,1")
+    location: str = config_field("pre", "pre (mlp.hook_pre, the paper's default) or post (mlp.hook_post)")
+    precision: int = config_field(8, "8: per-neuron uint8 quantisation; 16: float16")
+    aggregation: str = config_field("none", "none | mean | max | last (per row, over the kept positions)")
+    skip_metrics: bool = config_field(False, "do not compute the per-token loss / entropy / rank")
+    batch_size: int = config_field(32, "dataset rows per forward pass")
+    max_tokens: int | None = config_field(None, "use the first ceil(max_tokens/ctx) rows; none = all")
+    device: str = config_field("auto", "auto | cpu | cuda[:i]")
+    dtype: str = config_field("float32", "model dtype")
+    keep_bos: bool = config_field(False, "aggregation only: keep BOS/EOS/pad positions")
+    drop_newline: bool = config_field(False, "aggregation only: also drop the newline token")
+    max_memory: str = config_field("8GiB", "the cache is assembled in memory (float32) before it is quantised")
+    overwrite: bool = config_field(False, "replace a cache of another configuration (or a corrupt one)")
 
-    def validate(self) -> "ActivationsConfig":
+    def validate(self) -> ActivationsConfig:
         if not self.model or not self.token_dataset:
             raise NeuronLibError("--model and --token-dataset are required")
         if self.layers and (self.neurons or self.neuron_csv):
@@ -109,19 +103,15 @@ class ActivationsConfig:
             raise NeuronLibError("--batch-size must be ≥ 1")
         if self.max_tokens is not None and int(self.max_tokens) < 1:
             raise NeuronLibError("--max-tokens must be positive")
-        if self.dtype not in _DTYPES:
-            raise NeuronLibError(f"--dtype must be one of {sorted(_DTYPES)}")
+        if self.dtype not in DTYPES:
+            raise NeuronLibError(f"--dtype must be one of {sorted(DTYPES)}")
         parse_memory(self.max_memory)
         return self
 
     def identity(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for k in ("batch_size", "device", "overwrite", "max_memory"):
-            d.pop(k)
-        d["token_dataset"] = str(Path(self.token_dataset).expanduser().resolve())
-        if self.neuron_csv:
-            d["neuron_csv"] = str(Path(self.neuron_csv).expanduser().resolve())
-        return d
+        """The fields that determine the cache (not batch size, device, memory budget or --overwrite)."""
+        return config_identity(self, exclude=("batch_size", "device", "overwrite", "max_memory"),
+                               paths=("token_dataset", "neuron_csv"))
 
 
 # ---------------------------------------------------------------- neuron selection
@@ -207,17 +197,13 @@ def token_metrics(logits: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch
     return {"loss": loss, "entropy": entropy, "rank": rank}
 
 
-# ---------------------------------------------------------------- locations and loading
-def cache_dir(model: str, dataset: str) -> Path:
-    return output_root("CACHED_ACTIVATIONS_DIR") / model_output_name(model) / Path(str(dataset)).name
-
-
+# ---------------------------------------------------------------- loading
 def _read_cache_manifest(model: str, dataset: str) -> tuple[Path, dict]:
-    folder = cache_dir(model, dataset)
-    if not (folder / MANIFEST_NAME).exists():
+    folder = artifacts.activation_cache(model, dataset)
+    if not artifacts.manifest_path(folder).exists():
         raise NeuronLibError(f"no cached activations at {folder}; run `python -m neuron_lib.activations --model {model} "
-                             f"--token-dataset .../{Path(str(dataset)).name} --neurons ...` first")
-    return folder, read_json(folder / MANIFEST_NAME)
+                             f"--token-dataset .../{artifacts.dataset_name(dataset)} --neurons ...` first")
+    return folder, read_json(artifacts.manifest_path(folder))
 
 
 def load_cached_activations(model: str, dataset: str, neuron, location: str | None = None,
@@ -230,7 +216,8 @@ def load_cached_activations(model: str, dataset: str, neuron, location: str | No
             raise ManifestMismatch(f"{folder} caches {key}={manifest['config'][key]!r}, not {want!r}; re-run "
                                    "neuron_lib.activations with that setting (--overwrite)")
     for entry in manifest["files"]:
-        pairs = [tuple(p) for p in entry["neurons"]] if "neurons" in entry else [(entry["layer"], n) for n in range(entry["d_mlp"])]
+        pairs = ([tuple(p) for p in entry["neurons"]] if "neurons" in entry
+                 else [(entry["layer"], n) for n in range(entry["d_mlp"])])
         if (layer, index) in pairs:
             col = pairs.index((layer, index))
             t = load_tensors(folder / entry["file"])
@@ -275,57 +262,28 @@ def _cached_files(manifest: dict) -> list[str]:
     return [e["file"] for e in manifest.get("files", [])] + ([manifest["metrics_file"]] if manifest.get("metrics_file") else [])
 
 
-def _folder_state(folder: Path, identity_fp: str) -> str:
-    return output_folder_state(folder, STAGE, identity_fp, _cached_files)
-
-
-def run_activations(cfg: ActivationsConfig) -> dict[str, Any]:
-    """Cache the selected activations; returns {"status", "folder", "files", ...}."""
+def _stream(model, inputs: stage.StageInputs, cfg: ActivationsConfig, pairs: list[tuple[int, int]],
+            drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]:
+    """One pass: the selected activations ``values`` [rows, K] (flat or per row), ``valid`` [rows], metrics."""
     from tqdm import tqdm
 
-    from neuron_lib.models import load_model, model_info
     from neuron_lib.streaming import tokens_tensor
 
-    identity, identity_fp, tokenizer, ds, ds_manifest, ctx, n_rows, dataset_name = open_run_inputs(cfg)
-    folder = cache_dir(cfg.model, dataset_name)
-    state = _folder_state(folder, identity_fp)
-    if state == "valid" and not cfg.overwrite:
-        print(f"activations: {folder} already holds this cache (skipped; --overwrite recomputes)")
-        return {"status": "skipped", "folder": str(folder)}
-    if state == "foreign" and not cfg.overwrite:
-        raise ManifestMismatch(f"{folder} holds cached activations of another configuration; pass --overwrite to "
-                               "replace them")
-
-    device = pick_device(cfg.device)
-    model = load_model(cfg.model, device=device, dtype=_DTYPES[cfg.dtype])
-    L, N = model.cfg.n_layers, model.cfg.d_mlp
-    pairs = selected_neurons(cfg, L, N)
+    n_rows, ctx = inputs.n_rows, inputs.ctx
     layers = sorted({l for l, _ in pairs})
-    groups = ({l: [n for ll, n in pairs if ll == l] for l in layers} if not cfg.layers else None)
+    columns = {l: [n for ll, n in pairs if ll == l] for l in layers}
     hook = "hook_pre" if cfg.location == "pre" else "hook_post"
     names = [f"blocks.{l}.mlp.{hook}" for l in layers]
-    drop = torch.tensor(drop_ids_for(tokenizer, cfg.keep_bos, cfg.drop_newline), dtype=torch.long)
     out_rows = n_rows * ctx if cfg.aggregation == "none" else n_rows
-    need = out_rows * len(pairs) * 4 + (n_rows * ctx * 12 if not cfg.skip_metrics else 0)
-    print(f"activations plan: {len(pairs)} neuron(s) of {model_output_name(cfg.model)} ({cfg.location}, "
-          f"{cfg.precision}-bit, aggregation {cfg.aggregation}) over {n_rows} rows x {ctx} = {n_rows * ctx:,} tokens; "
-          f"{out_rows:,} rows cached; in memory {human_bytes(need)}; on disk ≈ "
-          f"{human_bytes(out_rows * len(pairs) * cfg.precision // 8)}" + ("" if cfg.skip_metrics else " + metrics"))
-    if need > parse_memory(cfg.max_memory):
-        raise NeuronLibError(f"the cache needs {human_bytes(need)} in memory > --max-memory {cfg.max_memory}; cache fewer "
-                             "neurons or tokens (--max-tokens), aggregate per row, or raise --max-memory")
-
     values = torch.empty(out_rows, len(pairs), dtype=torch.float32)
     valid = torch.ones(out_rows, dtype=torch.bool)
-    metrics = {k: torch.zeros(n_rows, ctx, dtype=torch.int32 if k == "rank" else torch.float32)
-               for k in ("loss", "entropy", "rank")} if not cfg.skip_metrics else None
-    col_of = {p: i for i, p in enumerate(pairs)}
+    metrics = None if cfg.skip_metrics else {
+        k: torch.zeros(n_rows, ctx, dtype=torch.int32 if k == "rank" else torch.float32) for k in ("loss", "entropy", "rank")}
     bar = tqdm(total=n_rows * ctx, unit="tok", unit_scale=True, desc="activations", file=sys.stderr, mininterval=1.0)
-    t0 = time.perf_counter()
     with torch.no_grad():
         for start in range(0, n_rows, cfg.batch_size):
             end = min(start + cfg.batch_size, n_rows)
-            tokens = tokens_tensor(ds, start, end)
+            tokens = tokens_tensor(inputs.dataset, start, end)
             dev_tokens = tokens.to(model.cfg.device)
             if metrics is not None:
                 logits, cache = model.run_with_cache(dev_tokens, names_filter=names)
@@ -334,71 +292,104 @@ def run_activations(cfg: ActivationsConfig) -> dict[str, Any]:
                 del logits
             else:
                 _, cache = model.run_with_cache(dev_tokens, names_filter=names, stop_at_layer=max(layers) + 1)
-            cols = []
-            for l in layers:
-                acts = cache[f"blocks.{l}.mlp.{hook}"]  # [B, P, N]
-                cols.append(acts if groups is None else acts[..., groups[l]])
-            acts = torch.cat(cols, -1).to(torch.float32).cpu()  # [B, P, K] in the order of `pairs`
+            # [B, P, K] in the order of `pairs` (sorted by layer, then neuron)
+            acts = torch.cat([cache[f"blocks.{l}.mlp.{hook}"][..., columns[l]] for l in layers], -1).to(torch.float32).cpu()
             if cfg.aggregation == "none":
                 values[start * ctx:end * ctx] = acts.reshape(-1, acts.shape[-1])
             else:
                 keep = ~torch.isin(tokens, drop) if len(drop) else torch.ones_like(tokens, dtype=torch.bool)
-                agg, ok = _aggregate(acts, keep, cfg.aggregation)
-                values[start:end], valid[start:end] = agg, ok
+                values[start:end], valid[start:end] = _aggregate(acts, keep, cfg.aggregation)
             del cache
             bar.update((end - start) * ctx)
     bar.close()
-    seconds = time.perf_counter() - t0
+    return values, valid, metrics
 
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    meta = {"stage": STAGE, "location": cfg.location, "aggregation": cfg.aggregation, "ctx_len": str(ctx)}
-    files = []
 
-    def save(name: str, cols: list[int], entry: dict) -> None:
-        block = values[:, cols]
-        ok = valid if cfg.aggregation != "none" else None
-        tensors: dict[str, torch.Tensor] = {"neurons": torch.tensor([pairs[c] for c in cols], dtype=torch.int64).view(-1, 2)}
-        if cfg.precision == 8:
-            q, scale, zp = quantize_per_neuron(block, ok)
-            tensors.update(values=q, scale=scale, zero_point=zp)
-        else:
-            tensors["values"] = block.to(torch.float16)
-        if ok is not None:
-            tensors["row_valid"] = ok
-        save_tensors_atomic(folder / name, tensors, metadata=meta)
-        files.append({"file": name, **entry})
-
-    if cfg.layers:
-        for l in layers:
-            save(f"layer{l}.safetensors", [col_of[(l, n)] for n in range(N)], {"layer": l, "d_mlp": N})
+def _cache_tensors(values: torch.Tensor, valid: torch.Tensor | None, neurons: list[tuple[int, int]],
+                   precision: int) -> dict[str, torch.Tensor]:
+    """One cache file's tensors: values (uint8 + scale/zero point, or float16), neuron ids, row validity."""
+    tensors: dict[str, torch.Tensor] = {"neurons": torch.tensor(neurons, dtype=torch.int64).view(-1, 2)}
+    if precision == 8:
+        q, scale, zp = quantize_per_neuron(values, valid)
+        tensors.update(values=q, scale=scale, zero_point=zp)
     else:
-        save("neurons.safetensors", list(range(len(pairs))), {"neurons": [list(p) for p in pairs]})
+        tensors["values"] = values.to(torch.float16)
+    if valid is not None:
+        tensors["row_valid"] = valid
+    return tensors
+
+
+def run_activations(cfg: ActivationsConfig) -> stage.StageResult:
+    """Cache the selected activations (and per-token metrics) of ``cfg.model`` over ``cfg.token_dataset``."""
+    from neuron_lib.models import load_model, model_info
+    from neuron_lib.streaming import drop_ids_for
+
+    cfg.validate()
+    identity = cfg.identity()
+    fingerprint = config_fingerprint(identity)
+    inputs = stage.open_inputs(cfg.model, cfg.token_dataset, cfg.max_tokens)
+    folder = artifacts.activation_cache(cfg.model, inputs.dataset_name)
+    state = stage.folder_state(folder, STAGE, fingerprint, _cached_files)
+    if not stage.must_run(folder, state, cfg.overwrite, STAGE):
+        stage.log(STAGE, f"{folder} already holds this cache (skipped: same configuration)")
+        return stage.StageResult(STAGE, "skipped", {"folder": str(folder)})
+
+    device = pick_device(cfg.device)
+    model = load_model(cfg.model, device=device, dtype=DTYPES[cfg.dtype])
+    L, N = model.cfg.n_layers, model.cfg.d_mlp
+    pairs = selected_neurons(cfg, L, N)
+    drop = torch.tensor(drop_ids_for(inputs.tokenizer, cfg.keep_bos, cfg.drop_newline), dtype=torch.long)
+    n_rows, ctx = inputs.n_rows, inputs.ctx
+    out_rows = n_rows * ctx if cfg.aggregation == "none" else n_rows
+    need = out_rows * len(pairs) * 4 + (n_rows * ctx * 12 if not cfg.skip_metrics else 0)
+    stage.log(STAGE, f"plan: {len(pairs)} neuron(s) of {model_output_name(cfg.model)} ({cfg.location}, {cfg.precision}-bit, "
+                     f"aggregation {cfg.aggregation}) over {n_rows} rows x {ctx} = {n_rows * ctx:,} tokens; {out_rows:,} "
+                     f"rows cached; in memory {human_bytes(need)}; on disk ≈ "
+                     f"{human_bytes(out_rows * len(pairs) * cfg.precision // 8)}" + ("" if cfg.skip_metrics else " + metrics"))
+    if need > parse_memory(cfg.max_memory):
+        raise NeuronLibError(f"the cache needs {human_bytes(need)} in memory > --max-memory {cfg.max_memory}; cache fewer "
+                             "neurons or tokens (--max-tokens), aggregate per row, or raise --max-memory")
+
+    t0 = time.perf_counter()
+    values, valid, metrics = _stream(model, inputs, cfg, pairs, drop)
+    seconds = time.perf_counter() - t0
+    ok = valid if cfg.aggregation != "none" else None
+    if cfg.layers:  # one file per layer, columns in neuron order
+        col_of = {p: i for i, p in enumerate(pairs)}
+        blocks = {artifacts.cache_layer_file(l): ([col_of[(l, n)] for n in range(N)], {"layer": l, "d_mlp": N})
+                  for l in sorted({l for l, _ in pairs})}
+    else:
+        blocks = {artifacts.CACHE_NEURONS_FILE: (list(range(len(pairs))), {"neurons": [list(p) for p in pairs]})}
+    files = {name: _cache_tensors(values[:, cols], ok, [pairs[c] for c in cols], cfg.precision)
+             for name, (cols, _) in blocks.items()}
+    entries = [{"file": name, **entry} for name, (_, entry) in blocks.items()]
     metrics_file = None
     if metrics is not None:
-        metrics_file = "metrics.safetensors"
-        save_tensors_atomic(folder / metrics_file, metrics, metadata={"stage": STAGE, "ctx_len": str(ctx)})
+        metrics_file = artifacts.CACHE_METRICS_FILE
+        files[metrics_file] = metrics
     manifest = make_manifest(
-        STAGE, identity, config_fingerprint=identity_fp, model=model_output_name(cfg.model), model_info=model_info(model),
-        dataset=dataset_name, dataset_path=identity["token_dataset"], tokenizer_fingerprint=ds_manifest["tokenizer_fingerprint"],
+        STAGE, identity, config_fingerprint=fingerprint, model=model_output_name(cfg.model), model_info=model_info(model),
+        dataset=inputs.dataset_name, dataset_path=inputs.dataset_path, tokenizer_fingerprint=inputs.tokenizer_fingerprint,
         ctx_len=ctx, n_rows=n_rows, n_tokens=n_rows * ctx, rows_cached=out_rows,
         row_layout="flat token index row*ctx+pos" if cfg.aggregation == "none" else f"one row per sequence ({cfg.aggregation})",
         token_filter={"applies_to": "aggregation only", "keep_bos": cfg.keep_bos, "drop_newline": cfg.drop_newline,
                       "dropped_ids": drop.tolist()},
-        files=files, metrics_file=metrics_file, batch_size=cfg.batch_size, device=str(device),
+        files=entries, metrics_file=metrics_file, batch_size=cfg.batch_size, device=str(device),
     )
-    write_manifest(folder, manifest)
-    print(f"activations: {n_rows * ctx:,} tokens in {seconds:.1f} s ({n_rows * ctx / max(seconds, 1e-9):,.0f} tokens/s) -> {folder}")
-    return {"status": "done", "folder": str(folder), "files": [f["file"] for f in files], "metrics_file": metrics_file,
-            "neurons": pairs, "seconds": seconds}
+    stage.write_folder(folder, files, manifest, metadata={"stage": STAGE, "location": cfg.location,
+                                                          "aggregation": cfg.aggregation, "ctx_len": str(ctx)})
+    stage.log(STAGE, f"{n_rows * ctx:,} tokens in {seconds:.1f} s ({n_rows * ctx / max(seconds, 1e-9):,.0f} tokens/s) "
+                     f"-> {folder}")
+    return stage.StageResult(STAGE, "done", {"folder": str(folder), **{name: str(folder / name) for name in files}},
+                             n_rows * ctx, seconds, details={"neurons": pairs, "metrics_file": metrics_file,
+                                                             "files": [e["file"] for e in entries]})
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = config_parser(ActivationsConfig, "python -m neuron_lib.activations",
-                          "Cache activations of neurons or layers (8-bit per-neuron or fp16) plus per-token loss/entropy/rank.")
-    cfg = config_from_args(ActivationsConfig, parser.parse_args(argv))
-    run_activations(cfg.validate())
+                           "Cache activations of neurons or layers (8-bit per-neuron or fp16) plus per-token "
+                           "loss/entropy/rank.")
+    run_activations(config_from_args(ActivationsConfig, parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -14,12 +14,13 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import torch
 
-MANIFEST_NAME = "manifest.json"
+from neuron_lib.artifacts import MANIFEST_NAME
 
 
 class NeuronLibError(RuntimeError):
@@ -28,27 +29,6 @@ class NeuronLibError(RuntimeError):
 
 class ManifestMismatch(NeuronLibError):
     """An input or output folder holds results of a different configuration."""
-
-
-# ---------------------------------------------------------------- locations
-# Each root can be moved with an environment variable (the original used DATASET_DIR/RESULTS_DIR).
-_ROOT_DEFAULTS = {
-    "DATASET_DIR": "token_datasets",
-    "CORPUS_DIR": "corpus",
-    "MODELS_DIR": "models",
-    "RESULTS_DIR": "correlation_results",
-    "SUMMARY_DIR": "summary_data",
-    "DATAFRAMES_DIR": "dataframes",
-    "CACHED_ACTIVATIONS_DIR": "cached_activations",
-    "FIGURES_DIR": "figures",
-}
-
-
-def output_root(kind: str) -> Path:
-    """Folder for one kind of generated output, e.g. ``output_root("DATASET_DIR")``."""
-    if kind not in _ROOT_DEFAULTS:
-        raise KeyError(f"unknown output root {kind!r}; known: {sorted(_ROOT_DEFAULTS)}")
-    return Path(os.environ.get(kind, _ROOT_DEFAULTS[kind]))
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -175,28 +155,16 @@ def read_manifest(folder: str | Path, what_makes_it: str | None = None) -> dict[
     return read_json(path)
 
 
-def require_manifest_fields(manifest: Mapping[str, Any], expected: Mapping[str, Any], where: str) -> None:
-    """Refuse inputs whose manifest disagrees with what the caller expects (model, dataset, tokenizer...)."""
-    diffs = [f"{k}: found {manifest.get(k)!r}, expected {v!r}" for k, v in expected.items() if manifest.get(k) != v]
-    if diffs:
-        raise ManifestMismatch(f"{where} does not match this run: " + "; ".join(diffs))
-
-
-def output_folder_state(folder: str | Path, stage: str, fingerprint: str, required_files) -> str:
-    """A stage's output folder: 'valid' (finished with this config: manifest of this stage and fingerprint,
-    every file ``required_files(manifest)`` lists present), 'foreign' (another stage or config), or
-    'absent' (missing, unreadable or unfinished)."""
-    folder = Path(folder)
-    path = folder / MANIFEST_NAME
-    if not path.exists():
-        return "absent"
-    try:
-        manifest = read_json(path)
-    except NeuronLibError:
-        return "absent"
-    if manifest.get("stage") != stage or manifest.get("config_fingerprint") != fingerprint:
-        return "foreign"
-    return "valid" if all((folder / f).exists() for f in required_files(manifest)) else "absent"
+def config_identity(config: Any, exclude: Iterable[str] = (), paths: Iterable[str] = ()) -> dict[str, Any]:
+    """A runner config's identity: its fields less ``exclude`` (settings that do not change the results, such as
+    batch size or device), with the ``paths`` fields resolved to absolute paths."""
+    d = dataclasses.asdict(config)
+    for k in exclude:
+        d.pop(k)
+    for k in paths:
+        if d.get(k):
+            d[k] = str(Path(d[k]).expanduser().resolve())
+    return d
 
 
 def config_fingerprint(config: Any) -> str:
@@ -205,14 +173,6 @@ def config_fingerprint(config: Any) -> str:
         config = dataclasses.asdict(config)
     blob = json.dumps(config, sort_keys=True, default=_json_default).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- misc
@@ -245,8 +205,16 @@ def run_cli(main_fn) -> None:
 
 
 # ---------------------------------------------------------------- runner configs as CLIs (SAELens style)
+REQUIRED = dataclasses.MISSING  # config_field(REQUIRED, "...") declares a field the user must give
+
+
 def config_field(default, help_text: str):
-    """A config dataclass field whose help text the CLI shows (mutable defaults become factories)."""
+    """A config dataclass field whose help text the CLI shows (mutable defaults become factories).
+
+    The one way every runner config documents its fields: ``config_parser`` refuses a field without help.
+    """
+    if default is REQUIRED:
+        return dataclasses.field(metadata={"help": help_text})
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help_text})
     return dataclasses.field(default=default, metadata={"help": help_text})
@@ -277,7 +245,9 @@ def config_parser(cls, prog: str, description: str):
     for f in dataclasses.fields(cls):
         tp, optional = _unwrap_optional(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help")
+        if not help_text:
+            raise TypeError(f"{cls.__name__}.{f.name} has no help text: declare it with common.config_field(default, help)")
         has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
         default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if has_default else None)
         if tp is bool:

@@ -34,18 +34,18 @@ import tarfile
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
+from neuron_lib import artifacts
 from neuron_lib.common import (
     MANIFEST_NAME,
     ManifestMismatch,
     NeuronLibError,
     atomic_write_text,
     make_manifest,
-    output_root,
     read_json,
     read_manifest,
     run_cli,
@@ -78,7 +78,7 @@ class CorpusConfig:
     max_docs_per_subset: int | None = None  # small slices for tests
     min_doc_chars: int = 50  # the paper drops documents of <= 50 characters
 
-    def validate(self) -> "CorpusConfig":
+    def validate(self) -> CorpusConfig:
         self.subsets = tuple(self.subsets)
         if not self.subsets or len(set(self.subsets)) != len(self.subsets):
             raise NeuronLibError(f"subsets must be distinct and non-empty, got {self.subsets}")
@@ -98,23 +98,6 @@ class CorpusConfig:
         return self
 
 
-# ---------------------------------------------------------------- locations
-def downloads_dir() -> Path:
-    return output_root("CORPUS_DIR") / "downloads"
-
-
-def tokenizer_dir() -> Path:
-    return output_root("CORPUS_DIR") / "tokenizer"
-
-
-def documents_dir() -> Path:
-    return output_root("CORPUS_DIR") / "documents"
-
-
-def embedded_dataset_path(split: str, ctx_len: int) -> Path:
-    return output_root("DATASET_DIR") / "zoo" / f"embedded.{split}.{ctx_len}"
-
-
 # ---------------------------------------------------------------- fetching packages
 def _archive_opens(path: Path) -> bool:
     try:
@@ -132,7 +115,7 @@ def _archive_opens(path: Path) -> bool:
 
 def _cached_download(prefix: str) -> Path | None:
     """A previously downloaded archive whose name starts with ``prefix`` and that opens."""
-    folder = downloads_dir()
+    folder = artifacts.corpus_downloads()
     if not folder.exists():
         return None
     for path in sorted(folder.iterdir()):
@@ -153,7 +136,7 @@ def _run_fetch(cmd: list[str], what: str, cwd: Path | None = None) -> None:
 
 def _fetch_into_downloads(cmd_for: Callable[[Path], list[str]], what: str) -> Path:
     """Run a fetch command into a temp folder, then move its single file into downloads/ (no half files)."""
-    folder = downloads_dir().resolve()  # absolute: the command runs inside the temp folder
+    folder = artifacts.corpus_downloads().resolve()  # absolute: the command runs inside the temp folder
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".fetch-") as tmp:
         tmp = Path(tmp)
@@ -282,7 +265,7 @@ def fetch_documents(subset: str, max_docs: int | None = None) -> list[str]:
         raise NeuronLibError(f"subset {subset!r}: {exc}") from exc
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, tarfile.TarError) as exc:
         raise NeuronLibError(f"subset {subset!r}: could not read the downloaded archive ({type(exc).__name__}: {exc}); "
-                             f"delete {downloads_dir()} and retry") from exc
+                             f"delete {artifacts.corpus_downloads()} and retry") from exc
     return docs[:max_docs] if max_docs is not None else docs
 
 
@@ -522,7 +505,7 @@ def _manifest_config_matches(folder: Path, config: dict, **extra) -> bool:
 
 
 def _write_documents(split: dict[str, dict[str, list[str]]], config: dict) -> None:
-    folder = documents_dir()
+    folder = artifacts.corpus_documents()
     tmp = _tmp_sibling(folder)
     try:
         for part, by_subset in split.items():
@@ -543,7 +526,7 @@ def _read_documents(subsets: Iterable[str]) -> dict[str, dict[str, list[str]]]:
     for part in ("train", "analysis"):
         out[part] = {}
         for subset in subsets:
-            with open(documents_dir() / f"{part}.{subset}.jsonl", encoding="utf-8") as f:
+            with open(artifacts.corpus_documents() / f"{part}.{subset}.jsonl", encoding="utf-8") as f:
                 out[part][subset] = [json.loads(line)["text"] for line in f]
     return out
 
@@ -566,8 +549,8 @@ def build_embedded_corpus(cfg: CorpusConfig, force: bool = False) -> dict:
     steps_run = []
 
     # documents
-    reuse = not force and _manifest_config_matches(documents_dir(), doc_config) and all(
-        (documents_dir() / f"{p}.{s}.jsonl").exists() for p in ("train", "analysis") for s in cfg.subsets)
+    reuse = not force and _manifest_config_matches(artifacts.corpus_documents(), doc_config) and all(
+        (artifacts.corpus_documents() / f"{p}.{s}.jsonl").exists() for p in ("train", "analysis") for s in cfg.subsets)
     if reuse:
         split = _read_documents(cfg.subsets)
     else:
@@ -580,13 +563,13 @@ def build_embedded_corpus(cfg: CorpusConfig, force: bool = False) -> dict:
         steps_run.append("documents")
 
     # tokenizer, trained on the train split only so analysis text is unseen by it too
-    reuse = reuse and _manifest_config_matches(tokenizer_dir(), tok_config)
+    reuse = reuse and _manifest_config_matches(artifacts.tokenizer_dir(), tok_config)
     if reuse:
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir()))
+        tokenizer = AutoTokenizer.from_pretrained(str(artifacts.tokenizer_dir()))
     else:
         train_texts = [d for docs in split["train"].values() for d in docs]
-        tokenizer = train_tokenizer(train_texts, cfg.vocab_size, tokenizer_dir())
-        write_manifest(tokenizer_dir(), make_manifest("corpus.tokenizer", tok_config,
+        tokenizer = train_tokenizer(train_texts, cfg.vocab_size, artifacts.tokenizer_dir())
+        write_manifest(artifacts.tokenizer_dir(), make_manifest("corpus.tokenizer", tok_config,
                                                       tokenizer_fingerprint=tokenizer_fingerprint(tokenizer)))
         steps_run.append("tokenizer")
     fp = tokenizer_fingerprint(tokenizer)
@@ -594,7 +577,7 @@ def build_embedded_corpus(cfg: CorpusConfig, force: bool = False) -> dict:
     # token datasets
     manifests = {}
     for part in ("train", "analysis"):
-        path = embedded_dataset_path(part, cfg.ctx_len)
+        path = artifacts.embedded_dataset(part, cfg.ctx_len)
         if reuse and _manifest_config_matches(path, ds_config, tokenizer_fingerprint=fp):
             manifests[part] = read_json(path / MANIFEST_NAME)
             continue
@@ -602,12 +585,12 @@ def build_embedded_corpus(cfg: CorpusConfig, force: bool = False) -> dict:
         ds = tokenize_documents(split[part], tokenizer, cfg.ctx_len)
         extra = {}
         if part == "analysis":
-            train_ds, _ = load_token_dataset(embedded_dataset_path("train", cfg.ctx_len), tokenizer)
+            train_ds, _ = load_token_dataset(artifacts.embedded_dataset("train", cfg.ctx_len), tokenizer)
             # position 0 is the inserted BOS, not text: leave it out of both distributions
             extra["unigram_entropy_nats"] = unigram_cross_entropy(
                 train_ds.with_format("numpy")[:]["tokens"][:, 1:], ds.with_format("numpy")[:]["tokens"][:, 1:], len(tokenizer))
         manifest = make_manifest("corpus.build", ds_config, split=part, split_seed=cfg.split_seed,
-                                 tokenizer_fingerprint=fp, tokenizer_dir=str(tokenizer_dir().resolve()),
+                                 tokenizer_fingerprint=fp, tokenizer_dir=str(artifacts.tokenizer_dir().resolve()),
                                  documents={s: len(d) for s, d in split[part].items()},
                                  sources={s: SOURCES[s] for s in cfg.subsets}, **extra)
         save_token_dataset(ds, path, manifest)
@@ -623,8 +606,8 @@ def build_embedded_corpus(cfg: CorpusConfig, force: bool = False) -> dict:
         "vocab_size": len(tokenizer),
         "ctx_len": cfg.ctx_len,
         "tokenizer_fingerprint": fp,
-        "paths": {"tokenizer": str(tokenizer_dir()), "documents": str(documents_dir()),
-                  **{p: str(embedded_dataset_path(p, cfg.ctx_len)) for p in ("train", "analysis")}},
+        "paths": {"tokenizer": str(artifacts.tokenizer_dir()), "documents": str(artifacts.corpus_documents()),
+                  **{p: str(artifacts.embedded_dataset(p, cfg.ctx_len)) for p in ("train", "analysis")}},
         "steps_run": steps_run,
         "skipped": not steps_run,
         "seconds": round(time.time() - t0, 1),
@@ -746,7 +729,7 @@ def tokenize_hub_or_files(model_name: str, ctx_len: int, out_name: str, hf_datas
     if len(ds) == 0:
         raise NeuronLibError(f"the documents hold fewer than {ctx_len - 1} tokens: no full row of ctx_len={ctx_len}")
     config = {"model": model_name, "ctx_len": ctx_len, "max_docs": max_docs, "text_key": jsonl_text_key, **sources}
-    out = output_root("DATASET_DIR") / model_family(model_name) / out_name
+    out = artifacts.token_dataset(model_family(model_name), out_name)
     manifest = make_manifest("corpus.tokenize", config, model=model_name, split=split if hf_dataset else "files",
                              split_seed=None, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
                              tokenizer_name=getattr(tokenizer, "name_or_path", model_name), sources=sources,

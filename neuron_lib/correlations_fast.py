@@ -29,25 +29,25 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from neuron_lib import artifacts, criteria, stage
 from neuron_lib.common import (
-    MANIFEST_NAME,
-    ManifestMismatch,
     NeuronLibError,
     atomic_write_json,
+    config_field,
     config_fingerprint,
     config_from_args,
     config_parser,
     human_bytes,
     load_tensors,
     make_manifest,
-    output_root,
     parse_memory,
     pick_device,
     read_json,
@@ -56,70 +56,57 @@ from neuron_lib.common import (
     save_tensors_atomic,
     write_manifest,
 )
-from neuron_lib.corpus import load_token_dataset, tokenizer_fingerprint
 from neuron_lib.models import model_output_name
+from neuron_lib.stats import N_COSINE_EDGES, cosine_edges, histogram_counts, moments_from_power_sums
 
 STAGE = "correlations"
 SIMILARITIES = ("pearson", "cosine", "jaccard")
 BASELINES = ("none", "gaussian", "permutation", "rotation")
 ROTATION_METHODS = ("auto", "covariance", "activations")
 N_TAIL = 50  # top-/bottom-k kept per row (paper: 50)
-N_EDGES = 100  # histogram edges linspace(-1, 1, 100) -> 101 bins (paper)
 REL_DEAD_TOL = 2e-7  # a neuron is dead if std <= REL_DEAD_TOL*|mean| + ABS_DEAD_TOL (fp32 resolution)
 ABS_DEAD_TOL = 1e-12
-SUMMARY_FILE = "correlation_summary.safetensors"
-SUMMARY_T_FILE = "correlation_summary_T.safetensors"
-STATS_FILE = "neuron_stats.safetensors"
-TABLE_STEM = "neuron_correlations"
 _CHUNK_ELEMS = 1 << 21  # elements per chunk in finalisation / summaries (bounds temporaries)
 _GEMM_BUF_ELEMS = 1 << 25  # the per-batch GEMM result is produced in column chunks of at most this many elements
 _MIN_COL_CHUNK = 256  # ... but at least this many columns (GEMM efficiency)
 _TEMP_BYTES_PER_ELEM = 48  # temporaries per chunk element (f64 copies, int64 bins...)
-_SUMMARY_ROW_BYTES = 2 * N_TAIL * (4 + 8) + (N_EDGES + 1) * 8 + 80  # one row of a SummaryAccumulator
+_SUMMARY_ROW_BYTES = 2 * N_TAIL * (4 + 8) + (N_COSINE_EDGES + 1) * 8 + 80  # one row of a SummaryAccumulator
 
 
 # =============================================================================== configuration
-def _meta(help_text: str, **kw) -> dict:
-    return {"help": help_text, **kw}
-
-
 @dataclass
 class CorrelationConfig:
     """Everything that defines a correlation run. ``validate()`` checks it and fills derived defaults."""
 
-    reference_model: str = field(default="", metadata=_meta("reference model (name, zoo name or local folder)"))
-    other_models: list[str] = field(default_factory=list, metadata=_meta("comma-separated other models (other seeds)"))
-    token_dataset: str = field(default="", metadata=_meta("token dataset folder (neuron_lib.corpus layout)"))
-    baseline: list[str] = field(
-        default_factory=lambda: ["rotation"],
-        metadata=_meta("comma-separated baselines from none,gaussian,permutation,rotation (none is always computed)"),
-    )
-    similarity: str = field(default="pearson", metadata=_meta("pearson | cosine | jaccard"))
-    jaccard_threshold: float = field(default=0.0, metadata=_meta("jaccard: a neuron is active when activation > this"))
-    n_rotations: int = field(default=1, metadata=_meta("independent seeded rotations per other model (null distribution)"))
-    rotation_method: str = field(
-        default="auto",
-        metadata=_meta("covariance (exact, no per-token cost per rotation) | activations (rotate activations each batch) "
-                       "| auto (covariance, activations for jaccard)"),
-    )
-    batch_size: int = field(default=24, metadata=_meta("dataset rows per forward pass"))
-    max_tokens: int | None = field(default=None, metadata=_meta("use the first ceil(max_tokens/ctx) rows (default: all)"))
-    device: str = field(default="auto", metadata=_meta("auto | cpu | cuda[:i]"))
-    max_memory: str = field(default="auto", metadata=_meta("budget for accumulators, e.g. 4GB, 512MiB; auto: half the free memory"))
-    checkpoint_every: int = field(default=200, metadata=_meta("batches between checkpoints (0: never)"))
-    seed: int = field(default=0, metadata=_meta("seed of every baseline's randomness"))
-    universal_threshold: float = field(default=0.5, metadata=_meta("universal iff excess_corr > this (paper 0.5)"))
-    min_models: int | None = field(default=None, metadata=_meta("also require max_corr-baseline > threshold in this many models (default 1 = paper)"))
-    z_threshold: float = field(default=3.0, metadata=_meta("is_universal_z iff mean rotation z > this (and min_models models with z > this)"))
-    matmul_dtype: str = field(default="float32", metadata=_meta("dtype of the per-batch GEMM: float32 | float64"))
-    save_full_matrix: bool = field(default=False, metadata=_meta("also save the full correlation matrix"))
-    save_precision: int = field(default=16, metadata=_meta("full matrix precision: 32 | 16 | 8 (uint8 on [-1, 1])"))
-    block_rows: int | None = field(default=None, metadata=_meta("advanced: reference rows per pass (default: from --max-memory)"))
-    results_dir: str | None = field(default=None, metadata=_meta("default $RESULTS_DIR"))
-    dataframes_dir: str | None = field(default=None, metadata=_meta("default $DATAFRAMES_DIR"))
-    overwrite: bool = field(default=False, metadata=_meta("replace outputs of a different configuration"))
-    keep_checkpoint: bool = field(default=False, metadata=_meta("keep the checkpoint folder after success"))
-    progress: bool = field(default=True, metadata=_meta("show a progress bar (--no-progress to hide)"))
+    reference_model: str = config_field("", "reference model (name, zoo name or local folder)")
+    other_models: list[str] = config_field([], "comma-separated other models (other seeds)")
+    token_dataset: str = config_field("", "token dataset folder (neuron_lib.corpus layout)")
+    baseline: list[str] = config_field(["rotation"], "comma-separated baselines from none,gaussian,permutation,rotation "
+                                                     "(none is always computed)")
+    similarity: str = config_field("pearson", "pearson | cosine | jaccard")
+    jaccard_threshold: float = config_field(0.0, "jaccard: a neuron is active when activation > this")
+    n_rotations: int = config_field(1, "independent seeded rotations per other model (null distribution)")
+    rotation_method: str = config_field("auto", "covariance (exact, no per-token cost per rotation) | activations "
+                                                "(rotate activations each batch) | auto (covariance, activations for "
+                                                "jaccard)")
+    batch_size: int = config_field(24, "dataset rows per forward pass")
+    max_tokens: int | None = config_field(None, "use the first ceil(max_tokens/ctx) rows (default: all)")
+    device: str = config_field("auto", "auto | cpu | cuda[:i]")
+    max_memory: str = config_field("auto", "budget for accumulators, e.g. 4GB, 512MiB; auto: half the free memory")
+    checkpoint_every: int = config_field(200, "batches between checkpoints (0: never)")
+    seed: int = config_field(0, "seed of every baseline's randomness")
+    universal_threshold: float = config_field(criteria.UNIVERSAL_THRESHOLD, "universal iff excess_corr > this (paper 0.5)")
+    min_models: int | None = config_field(None, "also require max_corr-baseline > threshold in this many models "
+                                                "(default 1 = paper)")
+    z_threshold: float = config_field(criteria.Z_THRESHOLD, "is_universal_z iff mean rotation z > this (and min_models "
+                                                            "models with z > this)")
+    matmul_dtype: str = config_field("float32", "dtype of the per-batch GEMM: float32 | float64")
+    save_full_matrix: bool = config_field(False, "also save the full correlation matrix")
+    save_precision: int = config_field(16, "full matrix precision: 32 | 16 | 8 (uint8 on [-1, 1])")
+    block_rows: int | None = config_field(None, "advanced: reference rows per pass (default: from --max-memory)")
+    overwrite: bool = config_field(False, "replace outputs of another configuration (or corrupt ones)")
+    keep_checkpoint: bool = config_field(False, "keep the checkpoint folder after success")
+    progress: bool = config_field(True, "show a progress bar (--no-progress to hide)")
 
     def __post_init__(self):
         for name in ("other_models", "baseline"):
@@ -129,7 +116,7 @@ class CorrelationConfig:
             else:
                 setattr(self, name, list(value))
 
-    def validate(self) -> "CorrelationConfig":
+    def validate(self) -> CorrelationConfig:
         if not self.reference_model:
             raise NeuronLibError("--reference-model is required")
         if not self.other_models:
@@ -223,7 +210,7 @@ class Prepared:
     err: torch.Tensor | None  # f64 [N] batch mean of x (= exact mean - the shift subtracted; pearson)
     stat: torch.Tensor  # f64 [N]: M2 about the batch mean (pearson), sum x^2 (cosine), active count (jaccard)
 
-    def permuted(self, perm: torch.Tensor) -> "Prepared":
+    def permuted(self, perm: torch.Tensor) -> Prepared:
         return Prepared(self.T, self.x[:, perm], self.mean, self.err, self.stat)
 
 
@@ -502,7 +489,7 @@ class SummaryAccumulator:
         dev = torch.device(device)
         self.device = dev
         f32, i64, f64 = dict(dtype=torch.float32, device=dev), dict(dtype=torch.int64, device=dev), dict(dtype=torch.float64, device=dev)
-        self.edges = torch.linspace(-1, 1, N_EDGES, dtype=torch.float64).to(**f32)  # correctly rounded edges
+        self.edges = cosine_edges(torch.float32).to(dev)  # correctly rounded edges
         self.max_val = torch.full((n_rows,), -math.inf, **f32)
         self.max_ix = torch.zeros(n_rows, **i64)
         self.min_val = torch.full((n_rows,), math.inf, **f32)
@@ -511,7 +498,7 @@ class SummaryAccumulator:
         self.top_ix = torch.zeros(n_rows, self.k, **i64)
         self.bot_val = torch.full((n_rows, self.k), math.inf, **f32)
         self.bot_ix = torch.zeros(n_rows, self.k, **i64)
-        self.bins = torch.zeros(n_rows, N_EDGES + 1, **i64)
+        self.bins = torch.zeros(n_rows, N_COSINE_EDGES + 1, **i64)
         self.shift = torch.zeros(n_rows, **f64)
         self.count = torch.zeros(n_rows, **i64)
         self.p1, self.p2, self.p3, self.p4 = (torch.zeros(n_rows, **f64) for _ in range(4))
@@ -544,11 +531,8 @@ class SummaryAccumulator:
                 vals[rows] = nv2
                 ixs[rows] = torch.cat([ixs[rows], ti], 1).gather(1, order)
             ext_v[rows], ext_i[rows] = vals[rows][:, 0], ixs[rows][:, 0]
-        # histogram, left searchsorted: bin i holds edges[i-1] < v <= edges[i]
-        b = torch.searchsorted(self.edges, x, right=False)
-        b += torch.arange(r, device=self.device)[:, None] * (N_EDGES + 1)
-        self.bins[rows] += torch.bincount(b.view(-1), minlength=r * (N_EDGES + 1)).view(r, N_EDGES + 1)
-        del b
+        # histogram with the paper's rule (stats.bin_index): bin i holds edges[i-1] < v <= edges[i]
+        self.bins[rows] += histogram_counts(x, self.edges)
         # shifted power sums (shift = mean of the row's first piece): per piece in fp32 with cascade summation
         # (|x - shift| <= 2, relative error ~1e-7), accumulated across pieces in float64; two temporaries
         if fresh:
@@ -575,16 +559,11 @@ class SummaryAccumulator:
     def finalize(self) -> dict[str, torch.Tensor]:
         if not bool((self.count == self.n_cols).all()):
             raise RuntimeError("summary finalised before every column of every row was added")
-        n = self.count.double()
-        m1 = self.p1 / n
-        e2, e3, e4 = self.p2 / n, self.p3 / n, self.p4 / n
-        var = (e2 - m1 * m1).clamp_min(0)
-        m3 = e3 - 3 * m1 * e2 + 2 * m1 ** 3
-        m4 = e4 - 4 * m1 * e3 + 6 * m1 * m1 * e2 - 3 * m1 ** 4
-        ok = var > 1e-30
-        safe = torch.where(ok, var, torch.ones_like(var))
-        skew = torch.where(ok, m3 / safe ** 1.5, torch.zeros_like(var))
-        kurt = torch.where(ok, m4 / safe ** 2, torch.zeros_like(var))
+        mom = moments_from_power_sums({0: self.count, 1: self.p1, 2: self.p2, 3: self.p3, 4: self.p4}, self.shift)
+        var = mom["var"]
+        ok = var > 1e-30  # a constant row (a dead neuron's zeros) gets skew = kurt = 0, not NaN
+        skew = torch.where(ok, mom["skew"], torch.zeros_like(var))
+        kurt = torch.where(ok, mom["kurt"], torch.zeros_like(var))
         i32 = torch.int32
         return {
             "diag_corr": self.diag.clone(),
@@ -594,7 +573,7 @@ class SummaryAccumulator:
             "min_corr": self.min_val.clone(), "min_corr_ix": self.min_ix.to(i32),
             "max_tail_corr": self.top_val.clone(), "max_tail_corr_ix": self.top_ix.to(i32),
             "min_tail_corr": self.bot_val.clone(), "min_tail_corr_ix": self.bot_ix.to(i32),
-            "corr_mean": (self.shift + m1).float(), "corr_var": var.float(),
+            "corr_mean": mom["mean"].float(), "corr_var": var.float(),
             "corr_skew": skew.float(), "corr_kurt": kurt.float(),
         }
 
@@ -624,26 +603,10 @@ def _quantise(block: torch.Tensor, bits: int) -> tuple[torch.Tensor, dict[str, s
     return q, {"precision": "8", "dequantise": "x = q / 127.5 - 1"}
 
 
-def load_full_correlation(folder: str | Path) -> torch.Tensor:
-    """Reassemble a saved full matrix (``--save-full-matrix``) as float32 [N_ref, N_other]."""
-    from safetensors import safe_open
-
-    files = sorted(Path(folder).glob("correlation.rows*.safetensors"))
-    if not files:
-        raise NeuronLibError(f"{folder} holds no full correlation matrix; re-run with --save-full-matrix")
-    parts = []
-    for f in files:
-        with safe_open(str(f), "pt") as handle:
-            meta = handle.metadata() or {}
-            t = handle.get_tensor("correlation")
-        parts.append(t.float() / 127.5 - 1 if meta.get("precision") == "8" else t.float())
-    return torch.cat(parts, 0)
-
-
 # =============================================================================== universal-neuron table
 def build_universal_table(per_model: Mapping[str, Mapping[str, Any]], n_layers: int, d_mlp: int, *,
-                          dead: Any = None, universal_threshold: float = 0.5, min_models: int = 1,
-                          z_threshold: float = 3.0):
+                          dead: Any = None, universal_threshold: float = criteria.UNIVERSAL_THRESHOLD,
+                          min_models: int = 1, z_threshold: float = criteria.Z_THRESHOLD):
     """Per-reference-neuron table across other models (paper §2.5, plus rotation z-scores).
 
     ``per_model[m]``: ``max_corr`` [N], ``max_corr_ix`` [N] (flat index into model m), ``baseline`` [N]
@@ -697,23 +660,22 @@ def build_universal_table(per_model: Mapping[str, Mapping[str, Any]], n_layers: 
             cols["rotation_p"] = (1 + (null_stat >= cols["mean_corr"][:, None]).sum(1)) / (null_stat.shape[1] + 1)
         else:
             cols["rotation_p"] = np.full(N, np.nan)
-        n_agree_z = np.where(np.isnan(z_a), False, z_a > z_threshold).sum(1)
+        n_agree_z = criteria.n_models_above(np.nan_to_num(z_a, nan=-np.inf), np.zeros_like(z_a), z_threshold)
     else:
         cols["rotation_z"] = np.full(N, np.nan)
         cols["rotation_p"] = np.full(N, np.nan)
         n_agree_z = np.zeros(N, dtype=np.int64)
     dead_a = np.zeros(N, dtype=bool) if dead is None else arr(dead).astype(bool).reshape(N)
-    cols["n_models_agree"] = ((maxc_a - base_a) > universal_threshold).sum(1)
+    cols["n_models_agree"] = criteria.n_models_above(maxc_a, base_a, universal_threshold)
     cols["n_models_agree_z"] = n_agree_z
-    cols["is_universal"] = (cols["excess_corr"] > universal_threshold) & (cols["n_models_agree"] >= min_models) & ~dead_a
-    with np.errstate(invalid="ignore"):
-        z_ok = np.nan_to_num(cols["rotation_z"], nan=-np.inf) > z_threshold
-    cols["is_universal_z"] = z_ok & (n_agree_z >= min_models) & ~dead_a
+    cols["is_universal"] = criteria.universal(cols["excess_corr"], cols["n_models_agree"], dead_a, universal_threshold,
+                                              min_models)
+    cols["is_universal_z"] = criteria.universal_z(cols["rotation_z"], n_agree_z, dead_a, z_threshold, min_models)
     cols["dead"] = dead_a
     return pd.DataFrame(cols)
 
 
-def universal_share_by_layer(df) -> "Any":
+def universal_share_by_layer(df) -> Any:
     """Share of universal neurons per layer, both criteria (a pandas DataFrame)."""
     return df.groupby("layer")[["is_universal", "is_universal_z"]].mean()
 
@@ -959,7 +921,7 @@ class _Engine:
                 continue
             for k in range(self.cfg.n_rotations):
                 if self.method == "covariance":
-                    rot = lambda l, k=k: random_rotation(pair.d_mlp, rotation_seed(self.cfg.seed, pair.name, k, l), self.device)  # noqa: E731
+                    rot = lambda l, k=k, p=pair: random_rotation(p.d_mlp, rotation_seed(self.cfg.seed, p.name, k, l), self.device)  # noqa: E731
                     corr, dead_other = real.finalize_rotated(rot)
                     sc = real
                 else:
@@ -1050,24 +1012,6 @@ def _table_baseline(cfg: CorrelationConfig) -> str | None:
     return None
 
 
-def _folder_state(folder: Path, fingerprint: str, overwrite: bool) -> str:
-    """'done' (same config finished), 'todo' (absent/unfinished/overwritable); raises on a different config."""
-    path = folder / MANIFEST_NAME
-    if not path.exists():
-        return "todo"
-    try:
-        found = read_json(path).get("config_fingerprint")
-    except NeuronLibError:
-        found = None
-    if found == fingerprint:
-        return "done"
-    if overwrite:
-        return "todo"
-    raise ManifestMismatch(
-        f"{folder} holds results of a different configuration (fingerprint {found}, this run {fingerprint}). "
-        "Pass --overwrite to replace them, or choose another RESULTS_DIR/DATAFRAMES_DIR.")
-
-
 def _ckpt_paths(ckpt_dir: Path) -> Path:
     return ckpt_dir / "state.json"
 
@@ -1083,25 +1027,40 @@ def _save_checkpoint(ckpt_dir: Path, engine: _Engine, position: dict, in_block: 
             old.unlink(missing_ok=True)
 
 
-def run_correlations(cfg: CorrelationConfig, *, models: Mapping[str, Any] | None = None) -> dict:
-    """Run (or resume, or skip when finished) a correlation job; return the paths of its outputs.
+@dataclass
+class _Run:
+    """What the parts of one run share: names, data, and the identity of every output folder."""
 
-    ``models``: optional preloaded models by the names used in ``cfg`` (tests use this to avoid reloading).
-    """
-    from neuron_lib.models import load_model, load_tokenizer, model_info
-    from neuron_lib.streaming import TokenFilter, iter_mlp_activations, n_rows_for_tokens
+    cfg: CorrelationConfig
+    ref_name: str
+    other_names: list[str]
+    dataset: Any
+    dataset_desc: dict
+    drop_ids: list[int]
+    n_rows: int
+    ctx: int
+    out_dirs: dict[tuple[str, str], Path]  # (other, baseline kind) -> pair folder
+    fps: dict[str, str]  # "other/kind" -> fingerprint
+    table_dir: Path
+    table_conf: dict
+    table_fp: str
 
-    cfg.validate()
-    t_start = time.time()
-    device = pick_device(cfg.device)
+    @property
+    def kinds(self) -> list[str]:
+        return ["none"] + self.cfg.baseline
+
+
+def _open_run(cfg: CorrelationConfig) -> _Run:
+    """Dataset, tokenizers (the models must share one; the dataset must be tokenized with it) and the identity of
+    every output folder: cheap, before any model is loaded."""
+    from neuron_lib.corpus import load_token_dataset, tokenizer_fingerprint
+    from neuron_lib.models import load_tokenizer
+    from neuron_lib.streaming import TokenFilter, n_rows_for_tokens
+
     ref_name = model_output_name(cfg.reference_model)
     other_names = [model_output_name(m) for m in cfg.other_models]
     if len({ref_name, *other_names}) != 1 + len(other_names):
         raise NeuronLibError(f"models resolve to clashing output names {[ref_name] + other_names}; rename the folders")
-
-    # ---- dataset and tokenizers (cheap; before any model is loaded)
-    dataset, ds_manifest = load_token_dataset(cfg.token_dataset)
-    dataset_name = Path(cfg.token_dataset).resolve().name
     tok_ref = load_tokenizer(cfg.reference_model)
     fp_ref = tokenizer_fingerprint(tok_ref)
     for spec, name in zip(cfg.other_models, other_names):
@@ -1110,241 +1069,272 @@ def run_correlations(cfg: CorrelationConfig, *, models: Mapping[str, Any] | None
             raise NeuronLibError(
                 f"{name} does not share {ref_name}'s tokenizer (vocabulary fingerprints {fp} vs {fp_ref}): correlations "
                 "over the same tokens need models with the same vocabulary")
-    if ds_manifest.get("tokenizer_fingerprint") not in (None, fp_ref):
-        raise ManifestMismatch(f"{cfg.token_dataset} was tokenized with another tokenizer "
-                               f"({ds_manifest['tokenizer_fingerprint']} vs {fp_ref}); re-tokenize it with the models' tokenizer")
+    dataset, _ = load_token_dataset(cfg.token_dataset, tok_ref)
+    dataset_name = artifacts.dataset_name(cfg.token_dataset)
     drop_ids = TokenFilter().drop_ids(tok_ref)
     n_rows = n_rows_for_tokens(dataset, cfg.max_tokens)
     ctx = len(dataset[0]["tokens"])
     dataset_desc = {"name": dataset_name, "path": str(Path(cfg.token_dataset).resolve()), "n_rows_used": n_rows,
                     "ctx_len": ctx, "tokenizer_fingerprint": fp_ref}
-
-    # ---- output folders: finished? different config?
-    results_root = Path(cfg.results_dir) if cfg.results_dir else output_root("RESULTS_DIR")
-    frames_root = Path(cfg.dataframes_dir) if cfg.dataframes_dir else output_root("DATAFRAMES_DIR")
-    folders_kinds = ["none"] + cfg.baseline
-    out_dirs: dict[tuple[str, str], Path] = {}
-    fps: dict[str, str] = {}
-    states = []
+    out_dirs, fps = {}, {}
     for other in other_names:
-        for kind in folders_kinds:
-            folder = results_root / f"{ref_name}+{other}" / dataset_name / f"{cfg.simtype}.{kind}"
-            conf = _folder_config(cfg, ref_name, other, kind, dataset_desc, drop_ids)
-            fp = config_fingerprint(conf)
-            out_dirs[other, kind] = folder
-            fps[f"{other}/{kind}"] = fp
-            states.append(_folder_state(folder, fp, cfg.overwrite))
-    table_dir = frames_root / "correlations" / ref_name / dataset_name
+        for kind in ["none"] + cfg.baseline:
+            out_dirs[other, kind] = artifacts.correlation_run(ref_name, other, dataset_name, cfg.simtype, kind)
+            fps[f"{other}/{kind}"] = config_fingerprint(_folder_config(cfg, ref_name, other, kind, dataset_desc, drop_ids))
     table_conf = _table_config(cfg, ref_name, other_names, dataset_desc, fps)
-    table_fp = config_fingerprint(table_conf)
-    table_state = _folder_state(table_dir, table_fp, cfg.overwrite)
-    result: dict[str, Any] = {
-        "pairs": {o: {k: str(out_dirs[o, k]) for k in folders_kinds} for o in other_names},
-        "table": str(table_dir / f"{TABLE_STEM}.csv"), "table_parquet": str(table_dir / f"{TABLE_STEM}.parquet"),
-        "table_dir": str(table_dir), "skipped": False, "resumed_from": None,
-    }
-    if all(s == "done" for s in states):
-        if table_state == "done":
-            print(f"correlations for {ref_name} vs {', '.join(other_names)} on {dataset_name} are complete; nothing to do")
-            result["skipped"] = True
-            return result
-        _write_table(cfg, ref_name, other_names, out_dirs, table_dir, table_conf, table_fp)
-        result["table_only"] = True
-        return result
+    return _Run(cfg, ref_name, other_names, dataset, dataset_desc, drop_ids, n_rows, ctx, out_dirs, fps,
+                artifacts.correlation_table_dir(ref_name, dataset_name), table_conf, config_fingerprint(table_conf))
 
-    # ---- models
-    def get_model(spec: str):
-        if models is not None and spec in models:
-            return models[spec]
-        return load_model(spec, device=device)
 
-    ref_model = get_model(cfg.reference_model)
-    other_models = [get_model(m) for m in cfg.other_models]
-    L1, d1 = ref_model.cfg.n_layers, ref_model.cfg.d_mlp
-    for name, m in zip(other_names, other_models):
-        if m.cfg.d_vocab != ref_model.cfg.d_vocab:
-            raise NeuronLibError(f"{name} has d_vocab={m.cfg.d_vocab}, {ref_name} has {ref_model.cfg.d_vocab}: "
-                                 "models must share the vocabulary")
-    others = [(n, m.cfg.n_layers, m.cfg.d_mlp) for n, m in zip(other_names, other_models)]
-    N1 = L1 * d1
+def _pair_files(manifest: dict) -> list[str]:
+    return [artifacts.CORRELATION_SUMMARY_FILE, artifacts.CORRELATION_SUMMARY_T_FILE, artifacts.CORRELATION_STATS_FILE]
 
-    # ---- plan
+
+def _table_files(manifest: dict) -> list[str]:
+    return [artifacts.correlation_table_file("", f).name for f in ("csv", "parquet")]
+
+
+def _plan(cfg: CorrelationConfig, run: _Run, n_ref: int, others: list[tuple[str, int, int]], device: torch.device,
+          ckpt: dict | None) -> Plan:
+    """Memory model → reference rows per pass (an interrupted run keeps its blocking), FLOPs, matmul probe."""
     method = cfg.resolved_rotation_method if "rotation" in cfg.baseline else None
     streams = 1 + sum(b in cfg.baseline for b in ("gaussian", "permutation")) + (cfg.n_rotations if method == "activations" else 0)
-    batch_tokens = cfg.batch_size * ctx
-    fixed, per_row = memory_model(N1, [(L, d) for _, L, d in others], streams_per_pair=streams,
-                                  folders_per_pair=len(folders_kinds), cov_rotation=method == "covariance",
+    batch_tokens = cfg.batch_size * run.ctx
+    fixed, per_row = memory_model(n_ref, [(L, d) for _, L, d in others], streams_per_pair=streams,
+                                  folders_per_pair=len(run.kinds), cov_rotation=method == "covariance",
                                   literal_rotations=cfg.n_rotations if method == "activations" else 0,
                                   n_rotations=cfg.n_rotations if method else 0, batch_tokens=batch_tokens,
                                   matmul_bytes=4 if cfg.matmul_dtype == "float32" else 8)
     budget = parse_memory(cfg.max_memory) or _auto_budget(device)
     n2max = max(L * d for _, L, d in others)
-    ckpt_dir = results_root / "_checkpoints" / ref_name / dataset_name / config_fingerprint(
-        {"folders": fps, "others": other_names})
-    ckpt = read_json(_ckpt_paths(ckpt_dir)) if _ckpt_paths(ckpt_dir).exists() else None
-    if ckpt is not None and ckpt.get("n_ref") == N1:
+    if ckpt is not None and ckpt.get("n_ref") == n_ref:
         block_rows = int(ckpt["block_rows"])  # keep the interrupted run's blocking: results stay bit-identical
     elif cfg.block_rows:
-        block_rows = min(cfg.block_rows, N1)
+        block_rows = min(cfg.block_rows, n_ref)
     else:
         if _bytes_for_rows(1, fixed, per_row, n2max) > budget:
             raise NeuronLibError(
                 f"--max-memory {human_bytes(budget)} is too small: one reference row needs "
-                f"{human_bytes(_bytes_for_rows(1, fixed, per_row, n2max))} (fixed {human_bytes(fixed)}); raise it or lower --batch-size")
-        lo, hi = 1, N1
+                f"{human_bytes(_bytes_for_rows(1, fixed, per_row, n2max))} (fixed {human_bytes(fixed)}); raise it or "
+                "lower --batch-size")
+        lo, hi = 1, n_ref
         while lo < hi:  # largest r that fits
             mid = (lo + hi + 1) // 2
             lo, hi = (mid, hi) if _bytes_for_rows(mid, fixed, per_row, n2max) <= budget else (lo, mid - 1)
         block_rows = lo
-    plan = Plan(N1, others, streams, len(folders_kinds), cfg.n_rotations, method, batch_tokens, n_rows * ctx, budget,
-                block_rows, fixed, per_row, probe_gflops=_matmul_probe(device, getattr(torch, cfg.matmul_dtype)))
-    shapes = {ref_name: (L1, d1), **{n: (L, d) for n, L, d in others}}
-    print(plan.describe(shapes), flush=True)
-    blocks = [(r, min(r + block_rows, N1)) for r in range(0, N1, block_rows)]
+    return Plan(n_ref, others, streams, len(run.kinds), cfg.n_rotations, method, batch_tokens, run.n_rows * run.ctx,
+                budget, block_rows, fixed, per_row, probe_gflops=_matmul_probe(device, getattr(torch, cfg.matmul_dtype)))
 
-    # ---- engine, resume
-    engine = _Engine(cfg, N1, others, device)
-    block_i, next_row, seq, batches_done = 0, 0, 0, 0
-    if ckpt is not None and ckpt.get("n_ref") == N1:
-        state = load_tensors(ckpt_dir / ckpt["tensors"])
-        block_i, next_row, seq, batches_done = ckpt["block"], ckpt["next_row"], ckpt["seq"], ckpt["batches_done"]
-        if block_i < len(blocks):
-            engine.start_block(blocks[block_i])
-        engine.load_state_dict(state, in_block=bool(ckpt["in_block"]) and block_i < len(blocks))
-        result["resumed_from"] = {"block": block_i, "row": next_row, "batches_done": batches_done}
-        print(f"resuming from checkpoint: block {block_i + 1}/{len(blocks)}, dataset row {next_row}", flush=True)
-    else:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        for folder in out_dirs.values():  # stale full-matrix pieces of an unfinished or overwritten run
-            for f in folder.glob("correlation.rows*.safetensors"):
-                f.unlink()
 
-    def position(in_block_row: int, blk: int) -> dict:
-        return {"config": fps, "n_ref": N1, "block_rows": block_rows, "block": blk, "next_row": in_block_row,
-                "seq": seq, "batches_done": batches_done, "n_rows": n_rows,
+def _full_matrix_writer(run: _Run, others: list[tuple[str, int, int]]):
+    """The ``--save-full-matrix`` callback: one safetensors file per block of reference rows and pair folder."""
+    if not run.cfg.save_full_matrix:
+        return None
+
+    def save_full(i: int, kind: str, rows: tuple[int, int], corr: torch.Tensor) -> None:
+        q, meta = _quantise(corr, run.cfg.save_precision)
+        meta.update(rows=f"{rows[0]}-{rows[1]}")
+        name = artifacts.CORRELATION_FULL_GLOB.replace("*", f"{rows[0]:09d}-{rows[1]:09d}")
+        save_tensors_atomic(run.out_dirs[others[i][0], kind] / name, {"correlation": q}, meta)
+
+    return save_full
+
+
+@dataclass
+class _Position:
+    """Where a run is: block, next dataset row, checkpoint sequence number, batches done (checkpointed)."""
+
+    block: int = 0
+    next_row: int = 0
+    seq: int = 0
+    batches_done: int = 0
+
+    def record(self, run: _Run, n_ref: int, block_rows: int) -> dict:
+        return {"config": run.fps, "n_ref": n_ref, "block_rows": block_rows, "block": self.block,
+                "next_row": self.next_row, "seq": self.seq, "batches_done": self.batches_done, "n_rows": run.n_rows,
                 "rng": {"scheme": "per-batch generators seeded by derive_seed(seed, kind, other, batch start row); "
-                                  "rotations by derive_seed(seed, 'rotation', other, k, layer)", "seed": cfg.seed}}
+                                  "rotations by derive_seed(seed, 'rotation', other, k, layer)", "seed": run.cfg.seed}}
 
-    save_full = None
-    if cfg.save_full_matrix:
-        kinds = {i: n for i, (n, _, _) in enumerate(others)}
 
-        def save_full(i: int, folder: str, rows: tuple[int, int], corr: torch.Tensor) -> None:
-            q, meta = _quantise(corr, cfg.save_precision)
-            meta.update(rows=f"{rows[0]}-{rows[1]}")
-            save_tensors_atomic(out_dirs[kinds[i], folder] / f"correlation.rows{rows[0]:09d}-{rows[1]:09d}.safetensors",
-                                {"correlation": q}, meta)
-
-    # ---- passes
+def _passes(run: _Run, engine: _Engine, all_models: list, blocks: list[tuple[int, int]], pos: _Position,
+            ckpt_dir: Path, save_full) -> None:
+    """One data pass per block of reference rows, every model forwarded once per batch; checkpoints as it goes."""
     from tqdm.auto import tqdm
 
-    all_models = [ref_model] + other_models
-    total_raw = n_rows * ctx * len(blocks)
-    done_raw = (block_i * n_rows + next_row) * ctx
-    bar = tqdm(total=total_raw, initial=min(done_raw, total_raw), unit="tok", unit_scale=True,
-               desc=f"correlations {ref_name}", disable=not cfg.progress, dynamic_ncols=True)
+    from neuron_lib.streaming import iter_mlp_activations
+
+    cfg, ctx, n_ref = run.cfg, run.ctx, engine.n_ref
+    block_rows = blocks[0][1] - blocks[0][0]
+    total_raw = run.n_rows * ctx * len(blocks)
+    bar = tqdm(total=total_raw, initial=min((pos.block * run.n_rows + pos.next_row) * ctx, total_raw), unit="tok",
+               unit_scale=True, desc=f"correlations {run.ref_name}", disable=not cfg.progress, dynamic_ncols=True)
     tokens_used = 0
     try:
-        while block_i < len(blocks):
-            if not engine.pairs or engine.rows != blocks[block_i]:
-                engine.start_block(blocks[block_i])
-            iters = [iter_mlp_activations(m, dataset, cfg.batch_size, drop_ids=drop_ids, want_pre=False, want_post=True,
-                                          start_row=next_row, end_row=n_rows) for m in all_models]
+        while pos.block < len(blocks):
+            if not engine.pairs or engine.rows != blocks[pos.block]:
+                engine.start_block(blocks[pos.block])
+            iters = [iter_mlp_activations(m, run.dataset, cfg.batch_size, drop_ids=run.drop_ids, want_pre=False,
+                                          want_post=True, start_row=pos.next_row, end_row=run.n_rows) for m in all_models]
             for batches in zip(*iters):
                 rb = batches[0]
-                for ob in batches[1:]:
-                    if not torch.equal(ob.keep, rb.keep):
-                        raise NeuronLibError("models disagree on the token filter; they must share the tokenizer")
+                if any(not torch.equal(ob.keep, rb.keep) for ob in batches[1:]):
+                    raise NeuronLibError("models disagree on the token filter; they must share the tokenizer")
                 T = rb.post.shape[-1]
-                a = rb.post.reshape(N1, T)
-                engine.update(a, [ob.post.reshape(-1, T) for ob in batches[1:]], batch_key=rb.rows[0])
-                next_row = rb.rows[1]
-                batches_done += 1
-                tokens_used += T
+                engine.update(rb.post.reshape(n_ref, T), [ob.post.reshape(-1, T) for ob in batches[1:]],
+                              batch_key=rb.rows[0])
+                pos.next_row, pos.batches_done, tokens_used = rb.rows[1], pos.batches_done + 1, tokens_used + T
                 bar.update((rb.rows[1] - rb.rows[0]) * ctx)
-                bar.set_postfix(block=f"{block_i + 1}/{len(blocks)}", kept=f"{tokens_used:,}", refresh=False)
-                if cfg.checkpoint_every and batches_done % cfg.checkpoint_every == 0 and next_row < n_rows:
-                    seq += 1
-                    _save_checkpoint(ckpt_dir, engine, position(next_row, block_i), in_block=True)
+                bar.set_postfix(block=f"{pos.block + 1}/{len(blocks)}", kept=f"{tokens_used:,}", refresh=False)
+                if cfg.checkpoint_every and pos.batches_done % cfg.checkpoint_every == 0 and pos.next_row < run.n_rows:
+                    pos.seq += 1
+                    _save_checkpoint(ckpt_dir, engine, pos.record(run, n_ref, block_rows), in_block=True)
             engine.finish_block(save_full)
-            block_i, next_row = block_i + 1, 0
+            pos.block, pos.next_row = pos.block + 1, 0
             if cfg.checkpoint_every:
-                seq += 1
-                _save_checkpoint(ckpt_dir, engine, position(0, block_i), in_block=False)
+                pos.seq += 1
+                _save_checkpoint(ckpt_dir, engine, pos.record(run, n_ref, block_rows), in_block=False)
     finally:
         bar.close()
 
-    # ---- outputs
-    elapsed = time.time() - t_start
-    for i, (other, L2, d2) in enumerate(others):
-        for kind in folders_kinds:
-            folder = out_dirs[other, kind]
-            folder.mkdir(parents=True, exist_ok=True)
-            save_tensors_atomic(folder / SUMMARY_FILE, engine.row_acc[i, kind].finalize())
-            save_tensors_atomic(folder / SUMMARY_T_FILE, engine.col_acc[i, kind].finalize())
+
+def _write_pair_folders(run: _Run, engine: _Engine, plan: Plan, models: list, elapsed: float) -> None:
+    """Every (other model, baseline) folder: row and column summaries, neuron stats, manifest last."""
+    from neuron_lib.models import model_info
+
+    cfg, ref_model = run.cfg, models[0]
+    for i, (other, L2, d2) in enumerate(engine.others):
+        for kind in run.kinds:
             st = dict(engine.folder_stats[i, kind])
             st["dead_ref"], st["dead_other"] = st["dead_ref"].to(torch.bool), st["dead_other"].to(torch.bool)
             if kind == "rotation":
                 st["rotation_null_max"] = engine.null_max[i]
                 st["rotation_seeds"] = torch.tensor([[rotation_seed(cfg.seed, other, k, l) for l in range(L2)]
                                                      for k in range(cfg.n_rotations)], dtype=torch.int64)
-            save_tensors_atomic(folder / STATS_FILE, st)
-            n_tok = int(st["n_tokens"][0])
-            conf = _folder_config(cfg, ref_name, other, kind, dataset_desc, drop_ids)
-            write_manifest(folder, make_manifest(
-                STAGE, conf, config_fingerprint=fps[f"{other}/{kind}"], model=ref_name, other_model=other,
-                dataset=dataset_name, n_tokens=n_tok, similarity=cfg.simtype, baseline=kind,
-                ref_shape=[L1, d1], other_shape=[L2, d2],
-                files={"summary": SUMMARY_FILE, "summary_T": SUMMARY_T_FILE, "stats": STATS_FILE,
-                       "full_matrix": "correlation.rows*.safetensors" if cfg.save_full_matrix else None},
+            conf = _folder_config(cfg, run.ref_name, other, kind, run.dataset_desc, run.drop_ids)
+            manifest = make_manifest(
+                STAGE, conf, config_fingerprint=run.fps[f"{other}/{kind}"], model=run.ref_name, other_model=other,
+                dataset=run.dataset_desc["name"], n_tokens=int(st["n_tokens"][0]), similarity=cfg.simtype,
+                baseline=kind, ref_shape=[ref_model.cfg.n_layers, ref_model.cfg.d_mlp], other_shape=[L2, d2],
+                files={"summary": artifacts.CORRELATION_SUMMARY_FILE, "summary_T": artifacts.CORRELATION_SUMMARY_T_FILE,
+                       "stats": artifacts.CORRELATION_STATS_FILE,
+                       "full_matrix": artifacts.CORRELATION_FULL_GLOB if cfg.save_full_matrix else None},
                 n_dead_ref=int(st["dead_ref"].sum()), n_dead_other=int(st["dead_other"].sum()),
                 plan=plan.as_dict(), elapsed_s=elapsed,
-                ref_model_info=model_info(ref_model), other_model_info=model_info(other_models[i]),
-            ))
-    df = _write_table(cfg, ref_name, other_names, out_dirs, table_dir, table_conf, table_fp)
-    result["n_tokens"] = int(engine.folder_stats[0, "none"]["n_tokens"][0])
-    result["plan"] = plan.as_dict()
-    result["n_universal"] = int(df["is_universal"].sum())
+                ref_model_info=model_info(ref_model), other_model_info=model_info(models[i + 1]),
+            )
+            stage.write_folder(run.out_dirs[other, kind], {
+                artifacts.CORRELATION_SUMMARY_FILE: engine.row_acc[i, kind].finalize(),
+                artifacts.CORRELATION_SUMMARY_T_FILE: engine.col_acc[i, kind].finalize(),
+                artifacts.CORRELATION_STATS_FILE: st}, manifest, fresh=False)
+
+
+def run_correlations(cfg: CorrelationConfig, *, models: Mapping[str, Any] | None = None) -> stage.StageResult:
+    """Run (or resume, or skip when finished) a correlation job.
+
+    ``models``: optional preloaded models by the names used in ``cfg`` (tests use this to avoid reloading).
+    """
+    from neuron_lib.models import load_model
+
+    cfg.validate()
+    t_start = time.time()
+    device = pick_device(cfg.device)
+    run = _open_run(cfg)
+    outputs = {"table_dir": str(run.table_dir), "table": str(artifacts.correlation_table_file(run.table_dir, "csv")),
+               **{f"{o}/{k}": str(d) for (o, k), d in run.out_dirs.items()}}
+    todo = [d for (o, k), d in run.out_dirs.items()
+            if stage.must_run(d, stage.folder_state(d, STAGE, run.fps[f"{o}/{k}"], _pair_files), cfg.overwrite, STAGE)]
+    table_state = stage.folder_state(run.table_dir, f"{STAGE}.table", run.table_fp, _table_files)
+    table_todo = stage.must_run(run.table_dir, table_state, cfg.overwrite, f"{STAGE}.table")
+    if not todo:
+        if not table_todo:
+            stage.log(STAGE, f"{run.ref_name} vs {', '.join(run.other_names)} on {run.dataset_desc['name']} is "
+                             "complete; nothing to do")
+            return stage.StageResult(STAGE, "skipped", outputs)
+        df = _write_table(run)
+        return stage.StageResult(STAGE, "done", outputs, details={"table_only": True,
+                                                                  "n_universal": int(df["is_universal"].sum())})
+
+    all_models = [models[m] if models is not None and m in models else load_model(m, device=device)
+                  for m in [cfg.reference_model] + cfg.other_models]
+    ref_model = all_models[0]
+    for name, m in zip(run.other_names, all_models[1:]):
+        if m.cfg.d_vocab != ref_model.cfg.d_vocab:
+            raise NeuronLibError(f"{name} has d_vocab={m.cfg.d_vocab}, {run.ref_name} has {ref_model.cfg.d_vocab}: "
+                                 "models must share the vocabulary")
+    others = [(n, m.cfg.n_layers, m.cfg.d_mlp) for n, m in zip(run.other_names, all_models[1:])]
+    n_ref = ref_model.cfg.n_layers * ref_model.cfg.d_mlp
+
+    ckpt_dir = artifacts.correlation_checkpoint(run.ref_name, run.dataset_desc["name"],
+                                                config_fingerprint({"folders": run.fps, "others": run.other_names}))
+    ckpt = read_json(_ckpt_paths(ckpt_dir)) if _ckpt_paths(ckpt_dir).exists() else None
+    plan = _plan(cfg, run, n_ref, others, device, ckpt)
+    shapes = {run.ref_name: (ref_model.cfg.n_layers, ref_model.cfg.d_mlp), **{n: (L, d) for n, L, d in others}}
+    print(plan.describe(shapes), flush=True)
+    blocks = [(r, min(r + plan.block_rows, n_ref)) for r in range(0, n_ref, plan.block_rows)]
+
+    engine, pos, resumed = _Engine(cfg, n_ref, others, device), _Position(), None
+    if ckpt is not None and ckpt.get("n_ref") == n_ref:
+        pos = _Position(ckpt["block"], ckpt["next_row"], ckpt["seq"], ckpt["batches_done"])
+        if pos.block < len(blocks):
+            engine.start_block(blocks[pos.block])
+        engine.load_state_dict(load_tensors(ckpt_dir / ckpt["tensors"]),
+                               in_block=bool(ckpt["in_block"]) and pos.block < len(blocks))
+        resumed = {"block": pos.block, "row": pos.next_row, "batches_done": pos.batches_done}
+        stage.log(STAGE, f"resuming from checkpoint: block {pos.block + 1}/{len(blocks)}, dataset row {pos.next_row}")
+    else:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        for folder in run.out_dirs.values():  # stale full-matrix pieces of an unfinished or overwritten run
+            for f in folder.glob(artifacts.CORRELATION_FULL_GLOB):
+                f.unlink()
+
+    _passes(run, engine, all_models, blocks, pos, ckpt_dir, _full_matrix_writer(run, others))
+    _write_pair_folders(run, engine, plan, all_models, time.time() - t_start)
+    df = _write_table(run)
     if not cfg.keep_checkpoint:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return result
+    return stage.StageResult(STAGE, "done", outputs, int(engine.folder_stats[0, "none"]["n_tokens"][0]),
+                             time.time() - t_start, details={"plan": plan.as_dict(), "resumed_from": resumed,
+                                                             "n_universal": int(df["is_universal"].sum())})
 
 
-def _write_table(cfg: CorrelationConfig, ref: str, others: list[str], out_dirs: Mapping[tuple[str, str], Path],
-                 table_dir: Path, table_conf: dict, table_fp: str):
+def _write_table(run: _Run):
     """Build the universal-neuron table from the pair folders on disk, save it, print per-layer shares."""
+    cfg = run.cfg
     per_model = {}
     dead = None
     n_layers = d_mlp = None
     table_baseline = _table_baseline(cfg)
-    for other in others:
-        none_dir = out_dirs[other, "none"]
-        man = read_json(none_dir / MANIFEST_NAME)
+    for other in run.other_names:
+        none_dir = run.out_dirs[other, "none"]
+        man = read_json(artifacts.manifest_path(none_dir))
         n_layers, d_mlp = man["ref_shape"]
-        summ = load_tensors(none_dir / SUMMARY_FILE)
-        stats = load_tensors(none_dir / STATS_FILE)
+        summ = load_tensors(none_dir / artifacts.CORRELATION_SUMMARY_FILE)
+        stats = load_tensors(none_dir / artifacts.CORRELATION_STATS_FILE)
         dead = stats["dead_ref"] if dead is None else dead | stats["dead_ref"]
         rec = {"max_corr": summ["max_corr"], "max_corr_ix": summ["max_corr_ix"], "d_mlp": man["other_shape"][1]}
         if table_baseline == "rotation":
-            null = load_tensors(out_dirs[other, "rotation"] / STATS_FILE)["rotation_null_max"]
+            null = load_tensors(run.out_dirs[other, "rotation"] / artifacts.CORRELATION_STATS_FILE)["rotation_null_max"]
             rec["baseline"] = null.double().mean(1)  # = the paper's baseline when n_rotations == 1
             rec["null_max"] = null
         elif table_baseline is not None:
-            rec["baseline"] = load_tensors(out_dirs[other, table_baseline] / SUMMARY_FILE)["max_corr"]
+            rec["baseline"] = load_tensors(run.out_dirs[other, table_baseline]
+                                           / artifacts.CORRELATION_SUMMARY_FILE)["max_corr"]
         else:
             rec["baseline"] = torch.zeros_like(summ["max_corr"])
         per_model[other] = rec
     df = build_universal_table(per_model, n_layers, d_mlp, dead=dead, universal_threshold=cfg.universal_threshold,
                                min_models=cfg.min_models, z_threshold=cfg.z_threshold)
-    save_dataframe_atomic(df, table_dir / TABLE_STEM)
+    save_dataframe_atomic(df, artifacts.correlation_table_file(run.table_dir, "csv").with_suffix(""))
     share = universal_share_by_layer(df)
-    write_manifest(table_dir, make_manifest(
-        f"{STAGE}.table", table_conf, config_fingerprint=table_fp, model=ref, other_models=others,
-        n_neurons=len(df), n_universal=int(df["is_universal"].sum()), n_universal_z=int(df["is_universal_z"].sum()),
-        share_by_layer=share.to_dict(orient="index"), files=[f"{TABLE_STEM}.csv", f"{TABLE_STEM}.parquet"]))
-    print(f"universal neurons of {ref} (excess_corr > {cfg.universal_threshold}, >= {cfg.min_models} model(s); "
-          f"z > {cfg.z_threshold}): {int(df['is_universal'].sum())} / {len(df)}, z-criterion {int(df['is_universal_z'].sum())}")
-    print("share per layer:\n" + share.to_string(float_format=lambda v: f"{100 * v:.2f}%"))
+    write_manifest(run.table_dir, make_manifest(
+        f"{STAGE}.table", run.table_conf, config_fingerprint=run.table_fp, model=run.ref_name,
+        other_models=run.other_names, n_neurons=len(df), n_universal=int(df["is_universal"].sum()),
+        n_universal_z=int(df["is_universal_z"].sum()), share_by_layer=share.to_dict(orient="index"),
+        files=_table_files({})))
+    stage.log(STAGE, f"universal neurons of {run.ref_name} (excess_corr > {cfg.universal_threshold}, >= {cfg.min_models} "
+                     f"model(s); z > {cfg.z_threshold}): {int(df['is_universal'].sum())} / {len(df)}, z-criterion "
+                     f"{int(df['is_universal_z'].sum())}")
+    print("share per layer:\n" + share.to_string(float_format=lambda v: f"{100 * v:.2f}%"), flush=True)
     return df
 
 
@@ -1354,10 +1344,10 @@ def _cli_parser():
                          "Streaming cross-seed neuron correlations with baselines.")
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> stage.StageResult:
     cfg = config_from_args(CorrelationConfig, _cli_parser().parse_args(argv))
     result = run_correlations(cfg)
-    print(json.dumps({k: v for k, v in result.items() if k != "plan"}, indent=2, default=str))
+    print(json.dumps({k: v for k, v in dataclasses.asdict(result).items() if k != "details"}, indent=2, default=str))
     return result
 
 

@@ -29,8 +29,9 @@ import html
 import json
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,8 +42,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-UNIVERSAL_THRESHOLD = 0.5  # paper eq. 3: universal iff excess_corr > 0.5 (strict)
-PREDICTION_KURTOSIS = 10.0  # paper §5.1: vocab_kurt > 10 → prediction (skew > 0) / suppression (skew < 0)
+from neuron_lib import artifacts, criteria
+from neuron_lib.stats import within_layer_percentiles
+
+UNIVERSAL_THRESHOLD = criteria.UNIVERSAL_THRESHOLD
+PREDICTION_KURTOSIS = criteria.PREDICTION_KURTOSIS
 
 PROPERTY_LABELS = {
     "sparsity": "act. frequency",
@@ -118,31 +122,11 @@ def _grid(n: int, ncols: int) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------- universality helpers
-def excess_correlation(df: pd.DataFrame) -> pd.Series:
-    """``excess_corr`` if present, else mean_corr − mean_baseline (paper eq. 3)."""
-    if "excess_corr" in df:
-        return df["excess_corr"].astype(float)
-    if {"mean_corr", "mean_baseline"} <= set(df.columns):
-        return (df["mean_corr"] - df["mean_baseline"]).astype(float)
-    raise KeyError("the table has neither excess_corr nor mean_corr and mean_baseline")
-
-
-def universal_mask(df: pd.DataFrame, threshold: float = UNIVERSAL_THRESHOLD) -> pd.Series:
-    """Universal iff excess_corr > threshold (strict, NaN → not universal); falls back to ``is_universal``."""
-    try:
-        excess = excess_correlation(df)
-    except KeyError:
-        if "is_universal" in df:
-            return df["is_universal"].fillna(False).astype(bool)
-        raise KeyError("cannot tell universal neurons apart: no excess_corr, mean_corr/mean_baseline or is_universal")
-    return (excess > threshold).fillna(False).astype(bool)
-
-
 def is_only_universal(df: pd.DataFrame, threshold: float = UNIVERSAL_THRESHOLD) -> bool:
     """True when the table holds universal neurons only (``attrs["only_universal"]`` or no other rows)."""
     if df.attrs.get("only_universal"):
         return True
-    return len(df) > 0 and bool(universal_mask(df, threshold).all())
+    return len(df) > 0 and bool(criteria.universal_mask(df, threshold).all())
 
 
 def _as_model_dict(dfs) -> dict[str, pd.DataFrame]:
@@ -170,7 +154,7 @@ def universal_share_by_layer(df: pd.DataFrame, threshold: float = UNIVERSAL_THRE
     counts are drawn instead and ``share_universal`` is NaN.
     """
     only = is_only_universal(df, threshold)
-    uni = universal_mask(df, threshold)
+    uni = criteria.universal_mask(df, threshold)
     layers = _layers(df, n_layers)
     counts = df.groupby("layer").size().reindex(layers, fill_value=0)
     n_uni = uni.groupby(df["layer"]).sum().reindex(layers, fill_value=0)
@@ -220,8 +204,8 @@ def correlation_vs_baseline(df: pd.DataFrame, threshold: float = UNIVERSAL_THRES
     if missing:
         return FigureResult(None, None, f"the table lacks {missing}; cannot draw correlation against baseline")
     data = df[cols].copy()
-    data["excess_corr"] = excess_correlation(df).to_numpy()
-    data["is_universal"] = universal_mask(df, threshold).to_numpy()
+    data["excess_corr"] = criteria.excess_correlation(df).to_numpy()
+    data["is_universal"] = criteria.universal_mask(df, threshold).to_numpy()
     data = data.dropna(subset=["mean_baseline", "mean_corr"]).reset_index(drop=True)
     layers = _layers(data) if len(data) else []
     if not layers:
@@ -279,7 +263,7 @@ def correlation_densities(dfs, columns: Sequence[str] = ("mean_corr", "mean_base
         for name, df in models.items():
             if col == "excess_corr":
                 try:
-                    v = excess_correlation(df)
+                    v = criteria.excess_correlation(df)
                 except KeyError:
                     continue
             elif col in df:
@@ -325,33 +309,6 @@ def correlation_densities(dfs, columns: Sequence[str] = ("mean_corr", "mean_base
     return FigureResult(fig, data, note)
 
 
-def percentile_of_score(population, scores) -> np.ndarray:
-    """scipy ``percentileofscore(population, score, kind='rank')`` for many scores at once.
-
-    NaNs are left out of the population and give NaN percentiles.
-    """
-    pop = np.asarray(population, dtype=float)
-    pop = np.sort(pop[~np.isnan(pop)])
-    scores = np.asarray(scores, dtype=float)
-    if len(pop) == 0:
-        return np.full(scores.shape, np.nan)
-    left = np.searchsorted(pop, scores, side="left")
-    right = np.searchsorted(pop, scores, side="right")
-    pct = (left + right + (right > left)) * (50.0 / len(pop))
-    return np.where(np.isnan(scores), np.nan, pct)
-
-
-def within_layer_percentiles(df: pd.DataFrame, metrics: Iterable[str]) -> pd.DataFrame:
-    """Each neuron's percentile (0–100) on each metric among all neurons of its layer (paper Fig 3)."""
-    metrics = [m for m in metrics if m in df]
-    out = pd.DataFrame(index=df.index, columns=metrics, dtype=float)
-    for _, idx in df.groupby("layer").groups.items():
-        for m in metrics:
-            values = df.loc[idx, m].to_numpy(dtype=float)
-            out.loc[idx, m] = percentile_of_score(values, values)
-    return out
-
-
 def universal_property_percentiles(dfs, metrics: Sequence[str] = FIG3_METRICS,
                                    threshold: float = UNIVERSAL_THRESHOLD) -> FigureResult:
     """Fig 3: universal neurons' within-layer percentiles (over ALL neurons of the layer) on each property.
@@ -365,7 +322,7 @@ def universal_property_percentiles(dfs, metrics: Sequence[str] = FIG3_METRICS,
         if is_only_universal(df, threshold):
             only.append(name)
             continue
-        uni = universal_mask(df, threshold).to_numpy()
+        uni = criteria.universal_mask(df, threshold).to_numpy()
         if not uni.any():
             empty.append(name)
             continue
@@ -409,7 +366,7 @@ def universal_property_distributions(df: pd.DataFrame, metrics: Sequence[str] = 
                                      threshold: float = UNIVERSAL_THRESHOLD, bins: int = 40,
                                      ncols: int = 5) -> FigureResult:
     """Raw distributions of universal neurons' properties (what a universal-only table supports)."""
-    uni = df[universal_mask(df, threshold).to_numpy()]
+    uni = df[criteria.universal_mask(df, threshold).to_numpy()]
     metrics = [m for m in metrics if m in uni]
     if not len(uni) or not metrics:
         return FigureResult(None, None, "no universal neurons or none of the metrics present")
@@ -447,7 +404,7 @@ def properties_by_layer(df: pd.DataFrame, metrics: Sequence[str] = FIG14_METRICS
     if not metrics:
         return FigureResult(None, None, "none of the metrics is in the table")
     only = is_only_universal(df, threshold)
-    group = np.where(universal_mask(df, threshold).to_numpy(), "universal", "other")
+    group = np.where(criteria.universal_mask(df, threshold).to_numpy(), "universal", "other")
     frame = df[["layer", *metrics]].assign(group=group)
     stats = []
     for m in metrics:
@@ -486,7 +443,7 @@ def properties_by_layer(df: pd.DataFrame, metrics: Sequence[str] = FIG14_METRICS
 
 def universal_summary_table(df: pd.DataFrame, threshold: float = UNIVERSAL_THRESHOLD) -> pd.DataFrame:
     """Column medians and a few shares for universal (and, if present, other) neurons (spec §13 table)."""
-    uni = universal_mask(df, threshold).to_numpy()
+    uni = criteria.universal_mask(df, threshold).to_numpy()
     groups = {"universal": df[uni]}
     if not is_only_universal(df, threshold):
         groups["other"] = df[~uni]
@@ -505,10 +462,9 @@ def universal_summary_table(df: pd.DataFrame, threshold: float = UNIVERSAL_THRES
 
 # ---------------------------------------------------------------- prediction / suppression neurons (§5.1, Fig 6)
 def classify_vocab_neurons(df: pd.DataFrame, kurt_threshold: float = PREDICTION_KURTOSIS) -> pd.Series:
-    """'prediction' (vocab_kurt > t, vocab_skew > 0), 'suppression' (vocab_kurt > t, vocab_skew < 0), else 'other'."""
-    high = df["vocab_kurt"] > kurt_threshold
-    kind = np.where(high & (df["vocab_skew"] > 0), "prediction", np.where(high & (df["vocab_skew"] < 0), "suppression", "other"))
-    return pd.Series(kind, index=df.index, name="vocab_class")
+    """'prediction' / 'suppression' / 'other' per neuron (``criteria.vocab_kind``)."""
+    return pd.Series(criteria.vocab_kind(df["vocab_kurt"], df["vocab_skew"], kurt_threshold), index=df.index,
+                     name="vocab_class")
 
 
 def vocab_percentiles_by_layer(dfs, columns: Sequence[str] = ("vocab_kurt", "vocab_skew"),
@@ -596,13 +552,16 @@ def prediction_suppression_by_layer(df: pd.DataFrame, kurt_threshold: float = PR
         return FigureResult(None, None, "the table lacks vocab_kurt / vocab_skew")
     only = is_only_universal(df, threshold)
     cls = classify_vocab_neurons(df, kurt_threshold)
-    uni = universal_mask(df, threshold).to_numpy()
+    uni = criteria.universal_mask(df, threshold).to_numpy()
     layers = _layers(df, n_layers)
     groups = {"universal neurons": uni} if only else {"all neurons": np.ones(len(df), bool), "universal neurons": uni}
     parts = []
     for gname, mask in groups.items():
         sub_cls, sub_layer = cls[mask], df.loc[mask, "layer"]
-        count = lambda k: (sub_cls == k).groupby(sub_layer).sum().reindex(layers, fill_value=0).to_numpy().astype(int)  # noqa: E731
+        def count(k, sub_cls=sub_cls, sub_layer=sub_layer):
+            return (sub_cls == k).groupby(sub_layer).sum().reindex(layers, fill_value=0).to_numpy().astype(int)
+
+
         n = sub_layer.groupby(sub_layer).size().reindex(layers, fill_value=0).to_numpy().astype(int)
         high = (df.loc[mask, "vocab_kurt"] > kurt_threshold).groupby(sub_layer).sum().reindex(layers, fill_value=0)
         part = pd.DataFrame({"group": gname, "layer": layers, "n_neurons": n, "n_high_kurtosis": high.to_numpy().astype(int),
@@ -877,7 +836,6 @@ def plot_highlighted_examples(examples: pd.DataFrame, max_examples: int = 6, wid
 
 
 # ---------------------------------------------------------------- saving
-FIGURES_JSON = "figures.json"
 
 
 class SavedFigure:
@@ -918,7 +876,7 @@ class FigureWriter:
     def _write(self) -> None:
         from neuron_lib.common import atomic_write_json
 
-        atomic_write_json(self.folder / FIGURES_JSON, self.record)
+        atomic_write_json(self.folder / artifacts.FIGURES_JSON, self.record)
 
     def _add(self, entry: dict) -> None:
         self.record["figures"] = [f for f in self.record["figures"] if f["name"] != entry["name"]] + [entry]
@@ -957,5 +915,5 @@ class FigureWriter:
 
 
 def read_figures_json(folder: str | Path) -> dict | None:
-    path = Path(folder) / FIGURES_JSON
+    path = Path(folder) / artifacts.FIGURES_JSON
     return json.loads(path.read_text()) if path.exists() else None

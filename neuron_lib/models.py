@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from neuron_lib.common import NeuronLibError, output_root
+from neuron_lib import artifacts
+from neuron_lib.common import NeuronLibError
 
 _STANFORD_SMALL = ["alias", "battlestar", "caprica", "darkmatter", "expanse"]
 _STANFORD_MEDIUM = ["arwen", "beren", "celebrimbor", "durin", "eowyn"]
@@ -35,6 +36,10 @@ HUB_ALIASES: dict[str, str] = {
 }
 
 
+#: model dtypes a stage's ``--dtype`` accepts (statistics always use float32 activations and float64 sums)
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSource:
     name: str  # the name the user gave (used in output paths)
@@ -42,12 +47,8 @@ class ModelSource:
     is_local: bool
 
 
-def zoo_dir() -> Path:
-    return output_root("MODELS_DIR") / "zoo"
-
-
 def known_model_names() -> list[str]:
-    zoo = sorted(p.name for p in zoo_dir().glob("*") if (p / "config.json").exists()) if zoo_dir().exists() else []
+    zoo = sorted(p.name for p in artifacts.zoo_root().glob("*") if (p / "config.json").exists()) if artifacts.zoo_root().exists() else []
     return zoo + sorted(HUB_ALIASES)
 
 
@@ -58,8 +59,8 @@ def _is_model_folder(path: Path) -> bool:
 def resolve_model(name: str) -> ModelSource:
     """Map a user-facing name to a local folder or a hub id, with an error that lists the options."""
     name = str(name)
-    zoo_path = zoo_dir() / name
-    # only bare names are zoo names: joining an absolute path onto zoo_dir() would return the path itself
+    zoo_path = artifacts.zoo_model(name)
+    # only bare names are zoo names: joining an absolute path onto artifacts.zoo_root() would return the path itself
     if "/" not in name and _is_model_folder(zoo_path):
         return ModelSource(name, str(zoo_path.resolve()), True)
     path = Path(name).expanduser()

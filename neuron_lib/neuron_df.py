@@ -36,17 +36,16 @@ old column names), :func:`load_weights_summary`, :func:`load_activation_summarie
 from __future__ import annotations
 
 import dataclasses
-import logging
-import math
 import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
+from neuron_lib import artifacts, criteria, stage
 from neuron_lib.common import (
-    MANIFEST_NAME,
     ManifestMismatch,
     NeuronLibError,
     atomic_write_json,
@@ -55,16 +54,20 @@ from neuron_lib.common import (
     config_parser,
     load_tensors,
     make_manifest,
-    output_root,
     read_json,
     run_cli,
     save_dataframe_atomic,
     write_manifest,
 )
 from neuron_lib.models import model_output_name
-from neuron_lib.weights import weights_dir
-
-log = logging.getLogger(__name__)
+from neuron_lib.stats import (
+    activation_frequency,
+    binned_moments,
+    binned_sparsity,
+    moments_from_power_sums,
+    pool_power_sums,
+    within_layer_percentiles,
+)
 
 STAGE = "neuron_df"
 CORR_COLUMNS = ["max_corr", "mean_corr", "min_corr", "max_baseline", "min_baseline", "mean_baseline"]
@@ -78,8 +81,6 @@ PAPER_COLUMNS = (["layer", "neuron"] + CORR_COLUMNS + WEIGHT_COLUMNS + ACTIVATIO
 #: old names in high_excess_correlation.csv and the original's neuron_stats.csv (spec §18.17)
 OLD_COLUMN_NAMES = {"input_weight_norm": "w_in_norm", "output_weight_norm": "w_out_norm",
                     "weight_norm_penalty": "l2_penalty", "neuron_ix": "neuron", "excess_correlation": "excess_corr"}
-UNIVERSAL_THRESHOLD = 0.5
-SPARSE_THRESHOLD = 0.02
 #: tables that hold only (old- or new-definition) universal neurons
 UNIVERSAL_ONLY_TABLES = {"universal", "high_excess_correlation"}
 
@@ -89,103 +90,16 @@ class MissingInputWarning(UserWarning):
 
 
 def _warn(msg: str) -> None:
-    log.warning(msg)
     warnings.warn(msg, MissingInputWarning, stacklevel=3)
 
 
-# ====================================================================== activation histogram helpers
-def paper_activation_edges() -> torch.Tensor:
-    """The paper's pre-activation histogram edges: float32 linspace(−10, 15, 256) (257 bins)."""
-    return torch.linspace(-10.0, 15.0, 256, dtype=torch.float32)
-
-
-def padded_bin_centres(edges: torch.Tensor) -> torch.Tensor:
-    """Bin centres of the paper's binned moments (spec §5.3), float64 [E+1].
-
-    The E edges are padded with one step on each side (edge₀ − step, …, edge_{E−1} + step): E+2 edges
-    and E+1 centres, one per histogram bin (the end bins' centres lie half a step outside the range).
-    """
-    e = edges.to(torch.float64)
-    step = e[1] - e[0]
-    padded = torch.cat([e[:1] - step, e, e[-1:] + step])
-    return (padded[:-1] + padded[1:]) / 2
-
-
-def binned_moments(counts: torch.Tensor, edges: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Mean, variance, skew and NON-excess kurtosis from histogram counts [..., E+1] (paper, spec §5.3).
-
-    μ = Σ c_k f_k / F, var = Σ (c_k − μ)² f_k / F, skew = Σ (c_k − μ)³ f_k / (F var^1.5),
-    kurt = Σ (c_k − μ)⁴ f_k / (F var²), with c_k the padded bin centres. float64; NaN for empty rows.
-    """
-    edges = paper_activation_edges() if edges is None else edges
-    c = padded_bin_centres(edges)
-    if counts.shape[-1] != c.numel():
-        raise NeuronLibError(f"histogram has {counts.shape[-1]} bins but the edges give {c.numel()}")
-    f = counts.to(torch.float64)
-    F = f.sum(-1)
-    mean = (f * c).sum(-1) / F
-    d = c - mean[..., None]
-    var = (f * d ** 2).sum(-1) / F
-    skew = (f * d ** 3).sum(-1) / (F * var ** 1.5)
-    kurt = (f * d ** 4).sum(-1) / (F * var ** 2)
-    return {"mean": mean, "var": var, "skew": skew, "kurt": kurt}
-
-
-def first_nonnegative_edge(edges: torch.Tensor) -> int:
-    """Index z of the first edge ≥ 0 (an edge that is 0 up to float rounding counts as 0).
-
-    For the paper's edges z = 102 (edge 102 is 0.0 in float32 numpy, +1.6e−7 in float32 torch and
-    −1.4e−16 in float64; the tolerance makes all three agree with the paper).
-    """
-    e = edges.to(torch.float64)
-    tol = 1e-4 * float((e[1:] - e[:-1]).abs().min())
-    nonneg = torch.nonzero(e >= -tol).flatten()
-    if nonneg.numel() == 0:
-        raise NeuronLibError("no histogram edge is ≥ 0: the paper's sparsity is undefined for these edges")
-    return int(nonneg[0])
-
-
-def binned_sparsity(counts: torch.Tensor, edges: torch.Tensor | None = None) -> torch.Tensor:
-    """The paper's ``sparsity`` (spec §5.4): Σ_{k ≥ z} counts_k / Σ_k counts_k, z = first edge ≥ 0.
-
-    Really an activation *frequency*; bin z holds edges[z−1] < v ≤ edges[z], so it counts values above
-    edges[z−1] ≈ −0.098 (the paper's one-bin bias). float64.
-    """
-    edges = paper_activation_edges() if edges is None else edges
-    z = first_nonnegative_edge(edges)
-    f = counts.to(torch.float64)
-    return f[..., z:].sum(-1) / f.sum(-1)
-
-
-# ====================================================================== power-sum helpers
-def shift_power_sums(sums: Mapping[int, torch.Tensor], from_shift, to_shift) -> dict[int, torch.Tensor]:
-    """Re-centre power sums: {k: Σ (x − s)^k} for k = 0..4 → {k: Σ (x − t)^k} (binomial expansion)."""
-    d = torch.as_tensor(from_shift, dtype=torch.float64) - torch.as_tensor(to_shift, dtype=torch.float64)
-    out = {}
-    for k in range(5):
-        out[k] = sum(math.comb(k, j) * sums[j] * d ** (k - j) for j in range(k + 1))
-    return out
-
-
-def exact_moments(sums: Mapping[int, torch.Tensor], shift=0.0) -> dict[str, torch.Tensor]:
-    """Mean, variance, skew, NON-excess kurtosis from power sums {k: Σ (x − shift)^k}, k = 0..4 (S₀ = count)."""
-    n = sums[0].to(torch.float64)
-    m1, m2, m3, m4 = (sums[k].to(torch.float64) / n for k in (1, 2, 3, 4))
-    var = m2 - m1 ** 2
-    mu3 = m3 - 3 * m1 * m2 + 2 * m1 ** 3
-    mu4 = m4 - 4 * m1 * m3 + 6 * m1 ** 2 * m2 - 3 * m1 ** 4
-    return {"mean": torch.as_tensor(shift, dtype=torch.float64) + m1, "var": var,
-            "skew": mu3 / var ** 1.5, "kurt": mu4 / var ** 2}
-
-
-def _power_sums(t: Mapping[str, torch.Tensor], shape) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-    n = t["pre_count"].to(torch.float64)
-    sums = {0: n.expand(shape) if n.ndim == 0 else n}
+# ====================================================================== activation columns
+def _power_sums(t: Mapping[str, torch.Tensor]) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    shape = t["pre_sum"].shape
+    sums = {0: t["pre_count"].to(torch.float64).expand(shape)}
     for k, key in ((1, "pre_sum"), (2, "pre_sum_sq"), (3, "pre_sum_cube"), (4, "pre_sum_quad")):
         sums[k] = t[key].to(torch.float64)
-    shift = t.get("pre_shift")
-    shift = torch.zeros(shape, dtype=torch.float64) if shift is None else shift.to(torch.float64).expand(shape)
-    return sums, shift
+    return sums, t["pre_shift"].to(torch.float64).expand(shape)
 
 
 def aggregate_activation_summaries(summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -194,54 +108,25 @@ def aggregate_activation_summaries(summaries: Mapping[str, Mapping[str, Any]]) -
     Returns ``{"counts": int64 [L,N,E+1] | None, "edges": float32 [E], "sums": {k: [L,N]} | None,
     "shift": [L,N] | None, "n_positive": [L,N] | None, "subsets": [...]}``.
     """
-    counts = edges = None
-    power: list[tuple[dict[int, torch.Tensor], torch.Tensor]] = []
-    n_pos = None
-    have_moments = have_positive = True
+    counts = edges = n_pos = None
+    power = []
     for subset, t in summaries.items():
-        c = t.get("pre_bin_counts")
-        if c is not None:
-            e = _summary_edges(t)
-            if edges is not None and not torch.allclose(edges.double(), e.double()):
+        if "pre_bin_counts" in t:
+            e = t["pre_bin_edges"].to(torch.float32)
+            if edges is not None and not torch.equal(edges, e):
                 raise NeuronLibError(f"activation subset {subset!r} uses other histogram edges than the others; "
-                                     "re-run neuron_lib.summary with the same --n-bins for all subsets")
+                                     "re-run neuron_lib.summary for all subsets with the same version")
             edges = e
-            counts = c.to(torch.int64) if counts is None else counts + c.to(torch.int64)
-        if all(k in t for k in ("pre_sum", "pre_sum_sq", "pre_sum_cube", "pre_sum_quad", "pre_count")):
-            power.append(_power_sums(t, t["pre_sum"].shape))
-            if "pre_n_positive" in t:
-                p = t["pre_n_positive"].to(torch.int64)
-                n_pos = p if n_pos is None else n_pos + p
-            else:
-                have_positive = False
-        else:
-            have_moments = False
-    sums = shift = None
-    if power and have_moments:
-        total_n = sum(s[0] for s, _ in power)
-        pooled = sum(s[0] * (sh + s[1] / s[0]) for s, sh in power) / total_n
-        pooled = torch.nan_to_num(pooled)
-        sums = {k: torch.zeros_like(pooled) for k in range(5)}
-        for s, sh in power:
-            moved = shift_power_sums(s, sh, pooled)
-            for k in range(5):
-                sums[k] = sums[k] + moved[k]
-        shift = pooled
-    if not (have_moments and have_positive):
-        n_pos = None
-    return {"counts": counts, "edges": edges if edges is not None else paper_activation_edges(), "sums": sums,
-            "shift": shift, "n_positive": n_pos, "subsets": list(summaries)}
-
-
-def _summary_edges(t: Mapping[str, Any]) -> torch.Tensor:
-    for key in ("pre_bin_edges", "bin_edges", "edges"):
-        if key in t and isinstance(t[key], torch.Tensor):
-            return t[key].to(torch.float32)
-    manifest = t.get("manifest") or {}
-    for src in (manifest, manifest.get("config", {}) if isinstance(manifest.get("config"), dict) else {}):
-        if "hist_edges" in src and isinstance(src["hist_edges"], list):
-            return torch.tensor(src["hist_edges"], dtype=torch.float32)
-    return paper_activation_edges()
+            c = t["pre_bin_counts"].to(torch.int64)
+            counts = c if counts is None else counts + c
+        if "pre_sum" in t:
+            power.append(_power_sums(t))
+            p = t["pre_n_positive"].to(torch.int64)
+            n_pos = p if n_pos is None else n_pos + p
+    complete = len(power) == len(summaries)
+    sums, shift = pool_power_sums(power) if power and complete else (None, None)
+    return {"counts": counts, "edges": edges, "sums": sums, "shift": shift,
+            "n_positive": n_pos if complete else None, "subsets": list(summaries)}
 
 
 def activation_columns(agg: Mapping[str, Any], n_layers: int, d_mlp: int) -> dict[str, np.ndarray]:
@@ -261,51 +146,44 @@ def activation_columns(agg: Mapping[str, Any], n_layers: int, d_mlp: int) -> dic
                 cols[k] = flat(v, "pre_bin_counts")
             cols["sparsity"] = flat(binned_sparsity(agg["counts"], agg["edges"]), "pre_bin_counts")
     if agg.get("sums") is not None:
-        for k, v in exact_moments(agg["sums"], agg["shift"]).items():
+        for k, v in moments_from_power_sums(agg["sums"], agg["shift"]).items():
             cols[f"{k}_exact"] = flat(v, "moments")
         if agg.get("n_positive") is not None:
-            cols["act_freq_exact"] = flat(agg["n_positive"].to(torch.float64) / agg["sums"][0], "pre_n_positive")
+            cols["act_freq_exact"] = flat(activation_frequency(agg["n_positive"], agg["sums"][0]), "pre_n_positive")
     return cols
 
 
 # ====================================================================== loaders of the inputs
-def activations_dir(model: str) -> Path:
-    return output_root("SUMMARY_DIR") / model_output_name(model) / "activations"
-
-
 def load_activation_summaries(model: str, subsets: Iterable[str] | None = None,
                               files: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
-    """``{subset: {"manifest": dict, "path": Path, <tensor name>: tensor, ...}}`` from ``$SUMMARY_DIR/{model}/activations``.
+    """``{subset: {"manifest": dict, "path": Path, <tensor name>: tensor, ...}}`` of ``model``'s activation summaries.
 
-    ``files`` limits which ``*.safetensors`` stems are read (default: all); keys of later files that
-    collide with earlier ones are prefixed ``{stem}.``. A folder named ``all`` is skipped when other
-    subsets exist (the table sums the subsets itself). Folders without a manifest (unfinished) are skipped
-    with a warning. Returns ``{}`` when nothing is there.
+    ``files`` limits which summary parts are read (default: all of ``artifacts.SUMMARY_PARTS``). A folder named
+    ``all`` is skipped when other subsets exist (the table sums the subsets itself). Unfinished folders
+    (no manifest) are skipped with a warning. Returns ``{}`` when nothing is there.
     """
-    root = activations_dir(model_output_name(model))
+    root = artifacts.activation_summary_root(model)
     if not root.exists():
         return {}
     wanted = set(subsets) if subsets else None
     folders = sorted(p for p in root.iterdir() if p.is_dir())
     if wanted is None and len(folders) > 1:
         folders = [p for p in folders if p.name != "all"]
+    parts = list(files) if files is not None else list(artifacts.SUMMARY_PARTS)
     out: dict[str, dict[str, Any]] = {}
     for folder in folders:
         if wanted is not None and folder.name not in wanted:
             continue
-        if not (folder / MANIFEST_NAME).exists():
+        if not artifacts.manifest_path(folder).exists():
             _warn(f"activation summary {folder} has no manifest (unfinished?); skipped")
             continue
-        entry: dict[str, Any] = {"manifest": read_json(folder / MANIFEST_NAME), "path": folder}
-        for f in sorted(folder.glob("*.safetensors")):
-            if files is not None and f.stem not in set(files):
-                continue
-            for key, val in load_tensors(f).items():
-                entry[key if key not in entry else f"{f.stem}.{key}"] = val
+        entry: dict[str, Any] = {"manifest": read_json(artifacts.manifest_path(folder)), "path": folder}
+        for part in parts:
+            if artifacts.summary_part(folder, part).exists():
+                entry.update(load_tensors(artifacts.summary_part(folder, part)))
         out[folder.name] = entry
     if wanted is not None and set(out) != wanted:
-        missing = sorted(wanted - set(out))
-        raise NeuronLibError(f"activation subsets {missing} of {model!r} are missing under {root}; "
+        raise NeuronLibError(f"activation subsets {sorted(wanted - set(out))} of {model!r} are missing under {root}; "
                              f"present: {sorted(p.name for p in root.iterdir() if p.is_dir())}")
     return out
 
@@ -318,14 +196,15 @@ def load_weights_summary(model: str, raw: bool = False, tensors: bool = True) ->
     """
     import pandas as pd
 
-    folder = weights_dir(model_output_name(model), raw)
+    folder = artifacts.weights_summary(model, raw)
     manifest = _read_manifest_or_none(folder)
-    if manifest is None or not (folder / "neuron_stats.csv").exists():
+    if manifest is None or not (folder / artifacts.WEIGHT_STATS_FILE).exists():
         raise NeuronLibError(f"no finished weight summary in {folder}; run `python -m neuron_lib.weights --model {model}`")
-    out: dict[str, Any] = {"manifest": manifest, "path": folder, "neuron_stats": pd.read_csv(folder / "neuron_stats.csv")}
+    out: dict[str, Any] = {"manifest": manifest, "path": folder,
+                           "neuron_stats": pd.read_csv(folder / artifacts.WEIGHT_STATS_FILE)}
     if tensors:
-        for part, fname in (("vocab", "vocab_composition"), ("neurons", "neuron_composition")):
-            f = folder / f"{fname}.safetensors"
+        for part, fname in (("vocab", artifacts.WEIGHT_VOCAB_FILE), ("neurons", artifacts.WEIGHT_NEURON_FILE)):
+            f = folder / fname
             if f.exists():
                 nested: dict[str, dict[str, torch.Tensor]] = {}
                 for key, val in load_tensors(f).items():
@@ -335,34 +214,16 @@ def load_weights_summary(model: str, raw: bool = False, tensors: bool = True) ->
                     else:
                         nested[key] = val  # hist_edges
                 out[part] = nested
-        f = folder / "head_composition.safetensors"
+        f = folder / artifacts.WEIGHT_HEAD_FILE
         if f.exists():
             out["heads"] = load_tensors(f)
     return out
 
 
-def correlations_root(model: str) -> Path:
-    return output_root("DATAFRAMES_DIR") / "correlations" / model_output_name(model)
-
-
-def find_correlation_table(model: str, dataset: str = "") -> Path | None:
-    """The folder holding ``neuron_correlations.{csv,parquet}`` for ``model`` (and ``dataset``), or None."""
-    root = correlations_root(model)
-    has_table = lambda p: (p / "neuron_correlations.csv").exists() or (p / "neuron_correlations.parquet").exists()  # noqa: E731
-    if dataset:
-        folder = root / Path(dataset).name
-        return folder if has_table(folder) else None
-    found = sorted(p for p in root.iterdir() if p.is_dir() and has_table(p)) if root.exists() else []
-    if len(found) > 1:
-        raise NeuronLibError(f"{model!r} has correlation tables for several datasets ({', '.join(p.name for p in found)}); "
-                             "choose one with --dataset")
-    return found[0] if found else None
-
-
 def load_correlation_table(folder: Path):
     import pandas as pd
 
-    parquet, csv = folder / "neuron_correlations.parquet", folder / "neuron_correlations.csv"
+    parquet, csv = artifacts.correlation_table_file(folder, "parquet"), artifacts.correlation_table_file(folder, "csv")
     df = pd.read_parquet(parquet) if parquet.exists() else pd.read_csv(csv)
     missing = [c for c in ("layer", "neuron") if c not in df.columns]
     if missing:
@@ -371,17 +232,13 @@ def load_correlation_table(folder: Path):
 
 
 def _read_manifest_or_none(folder: Path) -> dict | None:
-    path = Path(folder) / MANIFEST_NAME
+    path = artifacts.manifest_path(folder)
     return read_json(path) if path.exists() else None
 
 
 def _manifest_models(manifest: Mapping[str, Any]) -> list[str]:
-    """Model names a manifest claims (``model``, or a correlation run's reference model)."""
-    names = []
-    for key in ("model", "reference_model", "ref_model", "ref", "reference"):
-        v = manifest.get(key)
-        if isinstance(v, str) and v:
-            names.append(model_output_name(v))
+    """Model names a manifest claims (``model``, or the config's ``model`` / ``reference_model``)."""
+    names = [model_output_name(manifest["model"])] if isinstance(manifest.get("model"), str) and manifest["model"] else []
     cfg = manifest.get("config")
     if not names and isinstance(cfg, dict):
         for key in ("model", "reference_model"):
@@ -415,11 +272,11 @@ class NeuronDfConfig:
     model: str = config_field("", "model name as used by the other stages")
     dataset: str = config_field("", "correlation dataset folder name ('' = the only one present)")
     subsets: str = config_field("", "comma-separated activation subsets ('' = all)")
-    universal_threshold: float = config_field(UNIVERSAL_THRESHOLD, "excess_corr threshold, used only when the "
-                                        "correlation table has no is_universal column")
+    universal_threshold: float = config_field(criteria.UNIVERSAL_THRESHOLD, "excess_corr threshold, used only when "
+                                              "the correlation table has no is_universal column")
     formats: str = config_field("csv,parquet", "comma list of csv, parquet")
 
-    def validate(self) -> "NeuronDfConfig":
+    def validate(self) -> NeuronDfConfig:
         if not self.model:
             raise NeuronLibError("--model is required")
         bad = [f for f in self.format_list() if f not in ("csv", "parquet")]
@@ -453,7 +310,7 @@ def _model_shape(weights: dict | None, acts: dict, corr_df) -> tuple[int, int]:
 
 
 def make_neuron_df(model: str, dataset: str = "", subsets: list[str] | None = None,
-                   universal_threshold: float = UNIVERSAL_THRESHOLD):
+                   universal_threshold: float = criteria.UNIVERSAL_THRESHOLD):
     """Assemble the per-neuron table; returns ``(df, inputs)`` with ``inputs`` the input records for the manifest."""
     import pandas as pd
 
@@ -473,18 +330,18 @@ def make_neuron_df(model: str, dataset: str = "", subsets: list[str] | None = No
     # ---- activations
     acts = load_activation_summaries(name, subsets, files=("histogram", "moments"))
     if not acts:
-        _warn(f"no activation summary under {activations_dir(name)}; activation columns are NaN "
+        _warn(f"no activation summary under {artifacts.activation_summary_root(name)}; activation columns are NaN "
               f"(run `python -m neuron_lib.summary --model {model} ...`)")
-    for subset, t in acts.items():
+    for t in acts.values():
         check_same_model(name, t["manifest"], f"activation summary {t['path']}")
     inputs["activations"] = {s: _input_record(t["path"], t["manifest"]) for s, t in acts.items()}
 
     # ---- correlations
-    corr_folder = find_correlation_table(name, dataset)
+    corr_folder = artifacts.find_correlation_table(name, dataset)
     corr_df = None
     if corr_folder is None:
         _warn(f"no correlation table for {name!r}{' on ' + dataset if dataset else ''} under "
-              f"{correlations_root(name)}; correlation columns are NaN")
+              f"{artifacts.correlation_tables_root(name)}; correlation columns are NaN")
     else:
         corr_manifest = _read_manifest_or_none(corr_folder)
         check_same_model(name, corr_manifest, f"correlation table {corr_folder}")
@@ -539,28 +396,21 @@ def make_neuron_df(model: str, dataset: str = "", subsets: list[str] | None = No
 
     # computed flags
     if "is_universal" not in df.columns:
-        df["is_universal"] = (df["excess_corr"] > universal_threshold).to_numpy()
-    df["is_sparse"] = (df["sparsity"] < SPARSE_THRESHOLD).to_numpy()
+        df["is_universal"] = criteria.universal(df["excess_corr"], threshold=universal_threshold)
+    df["is_sparse"] = criteria.sparse(df["sparsity"])
 
     ordered = PAPER_COLUMNS + [c for c in EXACT_COLUMNS if c in df.columns]
     df = df[ordered + [c for c in df.columns if c not in ordered]]
     return df, inputs
 
 
-def neuron_df_paths(model: str) -> dict[str, Path]:
-    root = output_root("DATAFRAMES_DIR")
-    name = model_output_name(model)
-    return {"stem": root / "neuron_dfs" / name, "manifest": root / "neuron_dfs" / f"{name}.manifest.json",
-            "universal_dir": root / "interpretable_neurons" / name}
-
-
-def run_neuron_df(cfg: NeuronDfConfig) -> Path:
-    """Build and write the table (and universal.csv when correlations exist); returns the CSV/parquet stem."""
+def run_neuron_df(cfg: NeuronDfConfig) -> stage.StageResult:
+    """Build and write the table (and universal.csv when correlations exist) at ``artifacts.neuron_df``."""
     cfg.validate()
     name = model_output_name(cfg.model)
     df, inputs = make_neuron_df(name, cfg.dataset, cfg.subset_list(), cfg.universal_threshold)
-    paths = neuron_df_paths(name)
-    written = save_dataframe_atomic(df, paths["stem"], cfg.format_list())
+    stem = artifacts.neuron_df(name)
+    written = save_dataframe_atomic(df, stem, cfg.format_list())
     n_tokens = sum((r.get("n_tokens") or 0) for r in inputs.get("activations", {}).values()) or None
     has_corr = "correlations" in inputs
     manifest = make_manifest(STAGE, cfg, model=name, dataset=cfg.dataset or None, n_tokens=n_tokens,
@@ -572,19 +422,23 @@ def run_neuron_df(cfg: NeuronDfConfig) -> Path:
                                  "sparsity": "paper's activation frequency from the histogram (first edge >= 0 onward)",
                                  "*_exact": "from float64 power sums; act_freq_exact = fraction of pre-activations > 0",
                                  "excess_corr": "mean_corr - mean_baseline",
-                                 "is_sparse": f"sparsity < {SPARSE_THRESHOLD}",
+                                 "is_sparse": f"sparsity < {criteria.SPARSE_THRESHOLD}",
                              })
-    atomic_write_json(paths["manifest"], manifest)
+    atomic_write_json(artifacts.neuron_df_manifest(name), manifest)
+    outputs = {"table": str(stem), **{p.suffix.lstrip("."): str(p) for p in written}}
     if has_corr:
         universal = df.loc[df["is_universal"].astype(bool), PAPER_COLUMNS]
-        udir = paths["universal_dir"]
-        save_dataframe_atomic(universal, udir / "universal", ("csv",))
+        udir = artifacts.interpretable_neurons(name)
+        save_dataframe_atomic(universal, artifacts.universal_table(name).with_suffix(""), ("csv",))
         write_manifest(udir, make_manifest(STAGE, cfg, model=name, dataset=cfg.dataset or None, n_tokens=n_tokens,
-                                           inputs={"neuron_df": str(paths["manifest"]), **inputs},
-                                           n_rows=len(universal), columns=PAPER_COLUMNS, files=["universal.csv"]))
+                                           inputs={"neuron_df": str(artifacts.neuron_df_manifest(name)), **inputs},
+                                           n_rows=len(universal), columns=PAPER_COLUMNS,
+                                           files=[artifacts.universal_table(name).name]))
+        outputs["universal"] = str(artifacts.universal_table(name))
     else:
-        _warn(f"no correlation table: {paths['universal_dir'] / 'universal.csv'} not written")
-    return paths["stem"]
+        _warn(f"no correlation table: {artifacts.universal_table(name)} not written")
+    stage.log(STAGE, f"wrote {stem}.{{{cfg.formats}}}")
+    return stage.StageResult(STAGE, "done", outputs, n_tokens)
 
 
 # ====================================================================== loaders for notebooks
@@ -603,7 +457,7 @@ def _as_bool(series):
     return (series.fillna(0) != 0).astype(bool)
 
 
-def load_neuron_df(model_or_csv_path: str | Path, universal_threshold: float = UNIVERSAL_THRESHOLD):
+def load_neuron_df(model_or_csv_path: str | Path, universal_threshold: float = criteria.UNIVERSAL_THRESHOLD):
     """A neuron table as a DataFrame: ours (by model name or path) or one of the paper's published CSVs.
 
     Normalises the paper's old names (input_weight_norm → w_in_norm, output_weight_norm → w_out_norm,
@@ -623,13 +477,10 @@ def load_neuron_df(model_or_csv_path: str | Path, universal_threshold: float = U
         model_guess = path.parent.name
     else:
         name = model_output_name(str(model_or_csv_path))
-        stem = output_root("DATAFRAMES_DIR") / "neuron_dfs" / name
-        candidates = [stem.with_suffix(".parquet"), stem.with_suffix(".csv")]
-        found = [p for p in candidates if p.exists()]
-        if not found:
-            raise NeuronLibError(f"no neuron table for {model_or_csv_path!r} (looked for {candidates[0]} and .csv); "
+        path, model_guess = artifacts.neuron_df_file(name), name
+        if not path.exists():
+            raise NeuronLibError(f"no neuron table for {model_or_csv_path!r} (looked for {path} and .parquet); "
                                  f"run `python -m neuron_lib.neuron_df --model {model_or_csv_path}` or give a CSV path")
-        path, model_guess = found[0], name
     if path.suffix == ".parquet":
         df = pd.read_parquet(path)
     else:
@@ -647,8 +498,8 @@ def load_neuron_df(model_or_csv_path: str | Path, universal_threshold: float = U
     if "is_universal" in df.columns:
         df["is_universal"] = _as_bool(df["is_universal"])
     else:
-        df["is_universal"] = (df["excess_corr"] > universal_threshold).to_numpy()
-    df["is_sparse"] = (df["sparsity"] < SPARSE_THRESHOLD).to_numpy() if "sparsity" in df.columns else False
+        df["is_universal"] = criteria.universal(df["excess_corr"], threshold=universal_threshold)
+    df["is_sparse"] = criteria.sparse(df["sparsity"]) if "sparsity" in df.columns else False
     if "is_universal_z" in df.columns:
         df["is_universal_z"] = _as_bool(df["is_universal_z"])
     df.attrs.update({"source": str(path), "table": path.stem, "model": model_guess,
@@ -677,7 +528,8 @@ PAPER_FIG3_EXPECTATION = {"kurt": "higher", "skew": "higher", "input_bias": "low
 def compare_universal(df, properties: Iterable[str] | None = None):
     """Median within-layer percentile of universal vs other neurons per property (paper Fig. 3).
 
-    Each neuron's value is ranked within its layer (percentile in (0, 1]); the table gives the median
+    Each neuron's value is ranked within its layer (``stats.within_layer_percentiles``, 0–100, the same
+    percentiles as the Fig. 3 figure); the table gives the median
     percentile of universal and of non-universal neurons, their raw medians, the counts, the paper's
     expected direction and whether the data agree. Needs the full table (both groups).
     """
@@ -697,7 +549,7 @@ def compare_universal(df, properties: Iterable[str] | None = None):
     for p in props:
         if p not in df.columns or df[p].isna().all():
             continue
-        pct = df.groupby("layer")[p].rank(pct=True)
+        pct = within_layer_percentiles(df, [p])[p]
         u_pct, o_pct = pct[uni].median(), pct[~uni].median()
         expected = PAPER_FIG3_EXPECTATION.get(p)
         agrees = None if expected is None else bool((u_pct > o_pct) if expected == "higher" else (u_pct < o_pct))
@@ -712,9 +564,7 @@ def compare_universal(df, properties: Iterable[str] | None = None):
 def main(argv: list[str] | None = None) -> None:
     parser = config_parser(NeuronDfConfig, "python -m neuron_lib.neuron_df", __doc__.split("\n\n")[0])
     cfg = config_from_args(NeuronDfConfig, parser.parse_args(argv)).validate()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    stem = run_neuron_df(cfg)
-    print(f"neuron_df: wrote {stem}.{{{cfg.formats}}}")
+    run_neuron_df(cfg)
 
 
 if __name__ == "__main__":

@@ -26,12 +26,14 @@ import html
 import json
 import os
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from neuron_lib.common import ManifestMismatch, NeuronLibError, output_root, read_json, run_cli
+from neuron_lib import artifacts
+from neuron_lib.common import ManifestMismatch, NeuronLibError, read_json, run_cli
 
 NOTEBOOKS: dict[str, str] = {
     "properties_of_universal_neurons": "Properties of universal neurons (paper Fig 2-4, 11, 14)",
@@ -44,7 +46,6 @@ PAPER_TABLE_NOTEBOOKS = ("properties_of_universal_neurons", "prediction_neurons"
 # neurons per layer of the paper's models, for shares from universal-only tables
 KNOWN_D_MLP = {"stanford-gpt2-small": 3072, "stanford-gpt2-medium": 4096, "pythia-160m": 3072, "pythia-70m": 2048,
                "gpt2": 3072}
-INDEX_NAME = "index.html"
 
 
 def neuron_df_command(model: str) -> str:
@@ -56,32 +57,13 @@ def summary_command(model: str) -> str:
 
 
 # ---------------------------------------------------------------- locations
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[1]
-
-
 def notebook_dir() -> Path:
-    return repo_root() / "paper_notebooks"
-
-
-def default_shared_dir() -> Path:
-    """``$SHARED_DIR`` or ``shared/`` beside the repository (where CI puts it)."""
-    return Path(os.environ.get("SHARED_DIR", repo_root().parent / "shared"))
-
-
-def paper_table_path(model: str = "stanford-gpt2-small-a", shared_dir: str | Path | None = None) -> Path:
-    return Path(shared_dir or default_shared_dir()) / "data" / "paper" / model / "universal.csv"
+    return artifacts.repo_root() / "paper_notebooks"
 
 
 def figures_out(figures_dir: str | Path | None, notebook: str) -> Path:
-    """The notebook's figure folder: the given one, else ``$FIGURES_DIR/<notebook>``."""
-    return Path(figures_dir) if figures_dir else output_root("FIGURES_DIR") / notebook
-
-
-def default_neuron_df_path(model: str) -> Path:
-    stem = output_root("DATAFRAMES_DIR") / "neuron_dfs" / model
-    csv, parquet = stem.with_suffix(".csv"), stem.with_suffix(".parquet")
-    return parquet if parquet.exists() else csv  # the same preference as neuron_df.load_neuron_df
+    """The notebook's figure folder: the given one, else ``artifacts.figures_dir(notebook)``."""
+    return Path(figures_dir) if figures_dir else artifacts.figures_dir(notebook)
 
 
 def d_mlp_for(model: str) -> int | None:
@@ -161,7 +143,7 @@ def _check_manifest(manifest: Mapping, model: str, dataset: str | None, where: s
 def validate_neuron_df(model: str, path: str | Path | None = None, dataset: str | None = None) -> InputTable:
     """Check that the per-neuron table exists and that its manifest (if any) names ``model`` (and ``dataset``)."""
     command = neuron_df_command(model)
-    path = Path(path) if path else default_neuron_df_path(model)
+    path = Path(path) if path else artifacts.neuron_df_file(model)
     if not path.exists():
         raise NeuronLibError(f"no per-neuron dataframe for model {model!r} at {path}. Produce it with {command}.")
     manifest_path = find_table_manifest(path)
@@ -202,8 +184,7 @@ class SummaryInputs:
                     return Path(m[key])
             name = m.get("dataset")
             if name:
-                found = sorted(output_root("DATASET_DIR").glob(f"*/{Path(name).name}"))
-                return found[0] if found else Path(m.get("dataset_path") or name)
+                return artifacts.find_token_dataset(name) or Path(m.get("dataset_path") or name)
         return None
 
     def source(self) -> dict:
@@ -221,22 +202,22 @@ def validate_summary(model: str, summary_dir: str | Path | None = None, subsets:
                      dataset: str | None = None, need_dataset: bool = True) -> SummaryInputs:
     """Check the activation summaries of ``model`` (histogram.safetensors per subset) and their manifests."""
     command = summary_command(model)
-    root = Path(summary_dir or output_root("SUMMARY_DIR")) / model / "activations"
+    root = artifacts.activation_summary_root(model, summary_dir)
     if not root.is_dir():
         raise NeuronLibError(f"no activation summaries for model {model!r} at {root}. Produce them with {command}.")
-    available = {d.name: d for d in sorted(root.iterdir()) if (d / "histogram.safetensors").exists()}
+    # a subset is finished when its manifest is there (written last) and names every part it holds
+    available = {d.name: d for d in sorted(root.iterdir()) if artifacts.manifest_path(d).exists()
+                 and all(artifacts.summary_part(d, p).exists() for p in artifacts.SUMMARY_PARTS)}
     if not available:
-        raise NeuronLibError(f"{root} holds no finished summary (no */histogram.safetensors). Produce it with {command}.")
+        raise NeuronLibError(f"{root} holds no finished summary (no subset folder with a manifest). Produce it with "
+                             f"{command}.")
     if subsets:
         missing = [s for s in subsets if s not in available]
         if missing:
             raise NeuronLibError(f"no summary for subsets {missing} in {root}; available: {sorted(available)}.")
         available = {s: available[s] for s in subsets}
-    manifests = {}
-    for subset, folder in available.items():
-        mpath = folder / "manifest.json"
-        manifests[subset] = (_check_manifest(read_json(mpath), model, dataset, f"summary {folder}", command)
-                             if mpath.exists() else None)
+    manifests = {subset: _check_manifest(read_json(artifacts.manifest_path(folder)), model, dataset,
+                                         f"summary {folder}", command) for subset, folder in available.items()}
     inputs = SummaryInputs(model, root, available, manifests)
     if need_dataset:
         ds = inputs.dataset_path()
@@ -262,14 +243,14 @@ def load_activation_summary(folder: str | Path) -> dict:
     from neuron_lib.common import load_tensors
 
     folder = Path(folder)
-    hist = load_tensors(folder / "histogram.safetensors")
+    hist = load_tensors(artifacts.summary_part(folder, "histogram"))
     out = {"counts": hist["pre_bin_counts"].numpy(), "edges": hist["pre_bin_edges"].numpy(), "folder": folder}
-    top_path = folder / "top_examples.safetensors"
+    top_path = artifacts.summary_part(folder, "top_examples")
     if top_path.exists():  # token-level top-k (summary.py: top_values / top_index; unfilled slots -inf / -1)
         top = load_tensors(top_path)
         out["top_values"] = top[_pick_key(top, ("top_values", "values"), top_path)].float().numpy()
         out["top_indices"] = top[_pick_key(top, ("top_index", "top_indices", "indices", "index"), top_path)].long().numpy()
-    mpath = folder / "manifest.json"
+    mpath = artifacts.manifest_path(folder)
     out["manifest"] = read_json(mpath) if mpath.exists() else None
     return out
 
@@ -401,7 +382,7 @@ class NotebookFailed(NeuronLibError):
 def _kernel_env():
     """The kernel inherits this process's environment; make sure it can import neuron_lib from this checkout."""
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "TQDM_DISABLE")}
-    os.environ["PYTHONPATH"] = str(repo_root()) + (os.pathsep + saved["PYTHONPATH"] if saved["PYTHONPATH"] else "")
+    os.environ["PYTHONPATH"] = str(artifacts.repo_root()) + (os.pathsep + saved["PYTHONPATH"] if saved["PYTHONPATH"] else "")
     os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in the executed notebooks
     try:
         yield
@@ -430,7 +411,7 @@ def execute_notebook(name: str, out_dir: str | Path, parameters: Mapping[str, An
     params = {**parameters, "figures_dir": str(out_dir)}
     with _kernel_env():
         try:
-            pm.execute_notebook(str(src), str(out), parameters=params, kernel_name=kernel_name, cwd=str(repo_root()),
+            pm.execute_notebook(str(src), str(out), parameters=params, kernel_name=kernel_name, cwd=str(artifacts.repo_root()),
                                 progress_bar=False, log_output=False, request_save_on_cell_execute=False,
                                 execution_timeout=timeout,
                                 # the kernel's start-up warnings (e.g. about TCP transport) are noise here
@@ -454,7 +435,7 @@ def run_notebooks(model: str, neuron_df: str | Path | None = None, summary_dir: 
     unknown = [n for n in names if n not in NOTEBOOKS]
     if unknown:
         raise NeuronLibError(f"unknown notebooks {unknown}; known: {', '.join(NOTEBOOKS)}")
-    root = Path(out) if out else output_root("FIGURES_DIR")
+    root = Path(out) if out else artifacts.figures_root()
     table = validate_neuron_df(model, neuron_df, dataset) if any(n in NEEDS_NEURON_DF for n in names) else None
     if any(n in NEEDS_SUMMARY for n in names):
         validate_summary(model, summary_dir, dataset=dataset)
@@ -465,9 +446,9 @@ def run_notebooks(model: str, neuron_df: str | Path | None = None, summary_dir: 
         except NeuronLibError:
             table = None
     common = {"model": model, "neuron_df_path": _abs(table.path) if table else None,
-              "summary_dir": _abs(summary_dir or output_root("SUMMARY_DIR")), "dataset": dataset}
+              "summary_dir": _abs(summary_dir or artifacts.root("SUMMARY_DIR")), "dataset": dataset}
     _check_extra(names, extra)
-    jobs = [(name, name, root / name, {**common, **(extra or {})}) for name in names]
+    jobs = [(name, name, artifacts.figures_dir(name, root), {**common, **(extra or {})}) for name in names]
     return _execute_all(jobs, root, kernel_name, timeout, log)
 
 
@@ -507,11 +488,11 @@ def run_paper_table(table: str | Path, out: str | Path | None = None, model: str
                              "(pass --shared-dir or the table's path)")
     model = model or table.parent.name
     d_mlp = d_mlp or d_mlp_for(model)
-    root = Path(out) if out else output_root("FIGURES_DIR")
+    root = Path(out) if out else artifacts.figures_root()
     names = list(only or PAPER_TABLE_NOTEBOOKS)
     _check_extra(names, extra)
     params = {"model": model, "neuron_df_path": _abs(table), "d_mlp": d_mlp, **(extra or {})}
-    jobs = [(f"{name} on {table}", name, root / "paper" / model / name, params) for name in names]
+    jobs = [(f"{name} on {table}", name, artifacts.paper_figures_dir(model, name, root), params) for name in names]
     return _execute_all(jobs, root, kernel_name, timeout, log)
 
 
@@ -536,12 +517,11 @@ def notebook_parameters(name: str) -> dict[str, Any]:
 def write_index(figures_root: str | Path) -> Path:
     """``index.html`` under ``figures_root`` linking every figure listed in a ``figures.json`` below it."""
     from neuron_lib.common import atomic_write_text
-    from neuron_lib.figures import FIGURES_JSON
 
     root = Path(figures_root)
     root.mkdir(parents=True, exist_ok=True)
     records = []
-    for path in root.rglob(FIGURES_JSON):
+    for path in root.rglob(artifacts.FIGURES_JSON):
         try:
             records.append((path.parent, json.loads(path.read_text())))
         except (OSError, ValueError):
@@ -562,7 +542,7 @@ def write_index(figures_root: str | Path) -> Path:
                                   for folder, rec in records) + "</ul>")
     for folder, rec in records:
         rel = folder.relative_to(root).as_posix()
-        link = lambda name: esc(f"{rel}/{name}")  # noqa: E731
+        link = lambda name, rel=rel: esc(f"{rel}/{name}")  # noqa: E731
         parts.append(f"<h2 id='{esc(rel)}'>{esc(rec.get('title', folder.name))}</h2>")
         executed = sorted(folder.glob("*.ipynb"))
         if executed:
@@ -591,7 +571,7 @@ def write_index(figures_root: str | Path) -> Path:
                 parts.append("<br>" + " · ".join(others))
             parts.append("</figcaption></figure>")
     parts.append("</body></html>")
-    return atomic_write_text(root / INDEX_NAME, "\n".join(parts))
+    return atomic_write_text(artifacts.figures_index(root), "\n".join(parts))
 
 
 # ---------------------------------------------------------------- CLI
@@ -628,10 +608,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.d_mlp:
         extra["d_mlp"] = args.d_mlp
     if args.index_only:
-        print(write_index(Path(args.out) if args.out else output_root("FIGURES_DIR")))
+        print(write_index(Path(args.out) if args.out else artifacts.figures_root()))
         return
     if args.paper_table is not None:
-        table = args.paper_table or paper_table_path(shared_dir=args.shared_dir)
+        if args.shared_dir:
+            os.environ["SHARED_DIR"] = str(Path(args.shared_dir).resolve())
+        table = args.paper_table or artifacts.paper_table()
         _, failed = run_paper_table(table, out=args.out, model=args.model, d_mlp=args.d_mlp, only=args.only,
                                     extra=extra, kernel_name=args.kernel, timeout=args.timeout)
     else:

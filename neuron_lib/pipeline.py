@@ -1,10 +1,12 @@
-"""The main job (``make all``): every stage of the replication on the embedded default, in order.
+"""The main job (``make all``) and the one stage table: every stage of the replication on the embedded default.
 
-    corpus -> zoo -> correlations -> statistics (weights, summary) -> dataframes -> figures
+    corpus -> zoo -> correlations, weights, summary -> neuron_df -> figures
 
-Each stage is the same ``python -m neuron_lib.<name>`` command a user (or a Slurm job) runs, so
-a local run, a Slurm run and a by-hand run produce the same files. Stages skip themselves when
-their manifest says they already ran with the same configuration, so re-running is cheap.
+:data:`STAGES` is the pipeline's source of truth: names, order, dependencies, whether ``make all`` runs a stage,
+and which ``slurm/<script>.sbatch`` runs it on a cluster (``neuron_lib.slurm`` derives its jobs from this table).
+Each stage is the same ``python -m neuron_lib.<name>`` command a user (or a Slurm job) runs, so a local run, a
+Slurm run and a by-hand run produce the same files. Stages skip themselves when their manifest says they already
+ran with the same configuration, so re-running is cheap.
 
     python -m neuron_lib.pipeline all
     python -m neuron_lib.pipeline correlations      # one stage
@@ -14,74 +16,113 @@ their manifest says they already ran with the same configuration, so re-running 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import subprocess
 import sys
 import time
 
+from neuron_lib import criteria
 from neuron_lib.common import NeuronLibError, run_cli
 
-STAGE_ORDER = ["corpus", "zoo", "correlations", "statistics", "dataframes", "figures"]
 
-# The paper's excess-correlation threshold (0.5) is calibrated on GPT-2 small, whose rotation baseline is
-# ~0.15; the zoo's is ~0.3-0.4, so 0.5 selects almost nothing (docs/zoo.md). The zoo's figures therefore use
-# the threshold at which the zoo has the paper's universal share (4.16 % of GPT-2 small-a): 0.3. The tables
-# keep the paper's 0.5 in `is_universal`, and the figures draw the rotation z-criterion alongside.
-ZOO_FIGURE_THRESHOLD = 0.3
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One row of the stage table."""
+
+    name: str
+    what: str  # one line: what the stage computes
+    after: tuple[str, ...]  # stages whose outputs it reads
+    sbatch: str | None  # slurm/<sbatch>: the cluster job; None = light, runs where `slurm submit` runs
+    items: tuple[str, ...] = ("NL_MODELS",)  # env lists a Slurm array runs over (one task per combination)
+    default: bool = True  # part of `make all` and of a plain `slurm submit`
 
 
-def stage_commands(stage: str, zoo_preset: str = "default", zoo_jobs: int = 1) -> list[list[str]]:
+STAGES: tuple[Stage, ...] = (
+    Stage("corpus", "embedded English corpus, BPE tokenizer, token datasets", (), None, ()),
+    Stage("zoo", "the seed zoo: GPT-2-architecture models trained from five seeds", ("corpus",), "zoo_train.sbatch"),
+    Stage("correlations", "cross-seed neuron correlations with rotation baselines; universal-neuron table",
+          ("zoo",), "correlations.sbatch", ("NL_REFERENCE_MODELS",)),
+    Stage("weights", "weight statistics on processed weights", ("zoo",), "weights.sbatch"),
+    Stage("summary", "activation summaries per dataset subset", ("zoo",), "summary.sbatch",
+          ("NL_MODELS", "NL_DATASETS")),
+    Stage("neuron_df", "per-neuron dataframes and the paper's universal.csv", ("correlations", "weights", "summary"),
+          "neuron_df.sbatch"),
+    Stage("figures", "the paper notebooks executed with papermill; figures/index.html", ("neuron_df",),
+          "figures.sbatch", ("NL_REFERENCE_MODELS",)),
+    Stage("activations", "cached activations of chosen neurons (not in `make all`: needs --neurons)", ("zoo",),
+          "activations.sbatch", default=False),
+)
+STAGE_NAMES = [s.name for s in STAGES]
+STAGE_ORDER = [s.name for s in STAGES if s.default]  # what `make all` runs, in order
+
+
+def stage(name: str) -> Stage:
+    for s in STAGES:
+        if s.name == name:
+            return s
+    raise NeuronLibError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)} or all")
+
+
+def stage_commands(name: str, zoo_preset: str = "default", zoo_jobs: int = 1) -> list[list[str]]:
     """The CLI invocations that make up one stage, for the embedded default zoo."""
     from neuron_lib.zoo import make_config
 
+    stage(name)
     cfg = make_config(zoo_preset)
     models = cfg.model_names()
     _, analysis = cfg.resolved_datasets()
     reference, others = models[0], models[1:]
-    if stage == "corpus":
+    if name == "corpus":
         return [["neuron_lib.corpus", "build"]]
-    if stage == "zoo":
+    if name == "zoo":
         return [["neuron_lib.zoo", "train", "--preset", zoo_preset, "--jobs", str(zoo_jobs)]]
-    if stage == "correlations":
+    if name == "correlations":
         return [["neuron_lib.correlations_fast", "--reference-model", reference, "--other-models", ",".join(others),
                  "--token-dataset", str(analysis), "--baseline", "rotation", "--n-rotations", "3"]]
-    if stage == "statistics":
-        return [cmd for m in models for cmd in (["neuron_lib.weights", "--model", m],
-                                                ["neuron_lib.summary", "--model", m, "--token-dataset", str(analysis)])]
-    if stage == "dataframes":
+    if name == "weights":
+        return [["neuron_lib.weights", "--model", m] for m in models]
+    if name == "summary":
+        return [["neuron_lib.summary", "--model", m, "--token-dataset", str(analysis)] for m in models]
+    if name == "neuron_df":
         return [["neuron_lib.neuron_df", "--model", m, "--dataset", analysis.name] for m in models]
-    if stage == "figures":
-        return [["neuron_lib.notebooks", "--model", reference, "-p", f"universal_threshold={ZOO_FIGURE_THRESHOLD}"]]
-    raise NeuronLibError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_ORDER)} or all")
+    if name == "figures":
+        threshold = criteria.figure_threshold(all_zoo=True)
+        return [["neuron_lib.notebooks", "--model", reference, "-p", f"universal_threshold={threshold}"]]
+    raise NeuronLibError(f"stage {name!r} is not part of the embedded pipeline: run `python -m neuron_lib.{name} "
+                         "--help` for its options (or `python -m neuron_lib.slurm submit --stages {name}`)")
 
 
-def run_stage(stage: str, dry_run: bool = False, **kwargs) -> None:
-    for cmd in stage_commands(stage, **kwargs):
+def run_stage(name: str, dry_run: bool = False, **kwargs) -> None:
+    t0 = time.time()
+    for cmd in stage_commands(name, **kwargs):
         argv = [sys.executable, "-m", *cmd]
-        print(f"\n==> [{stage}] {' '.join(shlex.quote(a) for a in argv[1:])}", flush=True)
+        print(f"\n==> [{name}] {' '.join(shlex.quote(a) for a in argv[1:])}", flush=True)
         if dry_run:
             continue
-        t0 = time.time()
+        t1 = time.time()
         result = subprocess.run(argv, env=os.environ.copy())
         if result.returncode != 0:
-            raise NeuronLibError(f"stage {stage!r} failed (exit {result.returncode}) running: {' '.join(cmd)}")
-        print(f"<== [{stage}] done in {time.time() - t0:.0f} s", flush=True)
+            raise NeuronLibError(f"stage {name!r} failed (exit {result.returncode}) running: {' '.join(cmd)}")
+        print(f"<== [{name}] done in {time.time() - t1:.0f} s", flush=True)
+    if not dry_run:
+        print(f"=== stage {name}: {time.time() - t0:.0f} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m neuron_lib.pipeline", description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=STAGE_ORDER + ["all"])
+    parser.add_argument("stage", choices=STAGE_NAMES + ["all"], help="a stage of the table, or all (the default ones)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
-    parser.add_argument("--zoo-preset", default="default")
+    parser.add_argument("--zoo-preset", default="default", help="zoo preset (neuron_lib.zoo PRESETS; default: default)")
     parser.add_argument("--zoo-jobs", type=int, default=int(os.environ.get("ZOO_JOBS", "1")),
                         help="zoo models trained at once (each with cores/jobs threads; 1 is as fast as 2 on 2 cores)")
     args = parser.parse_args(argv)
-    stages = STAGE_ORDER if args.stage == "all" else [args.stage]
+    names = STAGE_ORDER if args.stage == "all" else [args.stage]
     t0 = time.time()
-    for stage in stages:
-        run_stage(stage, dry_run=args.dry_run, zoo_preset=args.zoo_preset, zoo_jobs=args.zoo_jobs)
-    print(f"\npipeline: {', '.join(stages)} finished in {(time.time() - t0) / 60:.1f} min")
+    for name in names:
+        run_stage(name, dry_run=args.dry_run, zoo_preset=args.zoo_preset, zoo_jobs=args.zoo_jobs)
+    print(f"\npipeline: {', '.join(names)} finished in {(time.time() - t0) / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
 """Run the pipeline on a Slurm cluster: one sbatch array job per heavy stage, chained with afterok.
 
     python -m neuron_lib.slurm submit --dry-run          # print the sbatch commands (a shell script)
-    python -m neuron_lib.slurm submit --preset gpu       # submit zoo -> statistics/correlations -> dataframes -> figures
+    python -m neuron_lib.slurm submit --preset gpu       # submit zoo -> correlations/weights/summary -> neuron_df -> figures
     python -m neuron_lib.slurm wait                      # poll until the last submission ends; report failures
     python -m neuron_lib.slurm status [JOBID ...]        # one look: states, exit codes, failed tasks and their logs
 
-Every stage is a script ``slurm/<stage>.sbatch`` that runs the same ``python -m neuron_lib.<name>``
-command as a local run, so both write the same files. A script declares its place in the pipeline in
-one ``#NL-STAGE`` line (``name=``, ``items=`` the env list its array runs over, ``after=`` the stages
-it needs, ``default=`` whether a plain ``submit`` includes it); adding a stage is adding a script.
+The stages, their order, dependencies, array items and which a plain ``submit`` includes come from the
+pipeline's stage table (``neuron_lib.pipeline.STAGES``); each heavy stage names its script ``slurm/<script>.sbatch``,
+which runs the same ``python -m neuron_lib.<name>`` command as a local run, so both write the same files. A script
+confirms which stage it runs in one ``#NL-STAGE name=<stage>`` line; adding a stage is a row in the table plus
+its script.
 
 Resources come from the environment, per stage first: ``NL_<STAGE>_<KEY>`` then ``NL_<KEY>``
 (``NL_PARTITION``, ``NL_ACCOUNT``, ``NL_QOS``, ``NL_GPUS`` (1), ``NL_GPU_TYPE``, ``NL_CPUS`` (8),
@@ -29,16 +30,14 @@ import sys
 import time
 from pathlib import Path
 
-from neuron_lib.pipeline import ZOO_FIGURE_THRESHOLD
+from neuron_lib import artifacts, criteria
 from neuron_lib.common import NeuronLibError, atomic_write_json, run_cli
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-ROOT_VARS = ("CORPUS_DIR", "DATASET_DIR", "MODELS_DIR", "RESULTS_DIR", "SUMMARY_DIR", "DATAFRAMES_DIR",
-             "CACHED_ACTIVATIONS_DIR", "FIGURES_DIR")
+REPO_ROOT = artifacts.repo_root()
+ROOT_VARS = tuple(artifacts.ROOTS)
 RESOURCE_DEFAULTS = {"PARTITION": "", "ACCOUNT": "", "QOS": "", "GPUS": "1", "GPU_TYPE": "", "CPUS": "8",
                      "MEM": "32G", "TIME": "12:00:00", "SBATCH_ARGS": "", "ARRAY_LIMIT": "", "SIGNAL_SECONDS": "90"}
 SBATCH_RESOURCES = ("PARTITION", "ACCOUNT", "QOS", "GPUS", "GPU_TYPE", "CPUS", "MEM", "TIME", "SBATCH_ARGS")
-PREFERRED_ORDER = ["zoo", "correlations", "summary", "weights", "activations", "neuron_df", "figures"]
 LAST_SUBMIT = "last_submit.json"
 
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
@@ -47,7 +46,7 @@ TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "
 STUCK_REASONS = {"DependencyNeverSatisfied"}
 
 
-# ---------------------------------------------------------------- stages (declared by the scripts)
+# ---------------------------------------------------------------- stages (from the pipeline's table)
 @dataclasses.dataclass(frozen=True)
 class Stage:
     name: str
@@ -65,37 +64,34 @@ def repo_root() -> Path:
     return root
 
 
-def discover_stages(root: Path | None = None) -> dict[str, Stage]:
-    """The stages declared by ``slurm/*.sbatch``, in dependency order."""
+def script_stage_name(script: Path) -> str | None:
+    """The stage a script says it runs: its ``#NL-STAGE name=...`` line (checked against the table)."""
+    match = re.search(r"^#NL-STAGE\s+name=(\S+)", script.read_text(), re.M)
+    return match.group(1) if match else None
+
+
+def cluster_stages(root: Path | None = None) -> dict[str, Stage]:
+    """The pipeline's stages that have an sbatch script, in the table's order (``pipeline.STAGES``).
+
+    Dependencies on stages without a script (the corpus, built where ``submit`` runs) are dropped.
+    """
+    from neuron_lib.pipeline import STAGES
+
     root = root or repo_root()
-    found: dict[str, Stage] = {}
-    for script in sorted((root / "slurm").glob("*.sbatch")):
-        match = re.search(r"^#NL-STAGE\s+(.*)$", script.read_text(), re.M)
-        if not match:
+    with_script = {s.name for s in STAGES if s.sbatch}
+    out: dict[str, Stage] = {}
+    for s in STAGES:
+        if not s.sbatch:
             continue
-        fields = dict(kv.split("=", 1) for kv in match.group(1).split() if "=" in kv)
-        name = fields.get("name") or script.stem
-        found[name] = Stage(name, script, tuple(x for x in fields.get("items", "NL_MODELS").split("*") if x),
-                            tuple(x for x in fields.get("after", "").split(",") if x), fields.get("default", "yes") == "yes")
-    for stage in found.values():
-        unknown = [a for a in stage.after if a not in found]
-        if unknown:
-            raise NeuronLibError(f"{stage.script}: after={','.join(unknown)} names no stage script in {root / 'slurm'}")
-    ordered: dict[str, Stage] = {}
-    rank = {n: (PREFERRED_ORDER.index(n) if n in PREFERRED_ORDER else len(PREFERRED_ORDER), n) for n in found}
-
-    def visit(name: str, path: tuple[str, ...] = ()) -> None:
-        if name in path:
-            raise NeuronLibError(f"stage dependency cycle: {' -> '.join(path + (name,))}")
-        if name in ordered:
-            return
-        for dep in sorted(found[name].after, key=rank.get):
-            visit(dep, path + (name,))
-        ordered[name] = found[name]
-
-    for name in sorted(found, key=rank.get):
-        visit(name)
-    return ordered
+        script = root / "slurm" / s.sbatch
+        if not script.exists():
+            raise NeuronLibError(f"stage {s.name}: its sbatch script {script} is missing")
+        declared = script_stage_name(script)
+        if declared != s.name:
+            raise NeuronLibError(f"{script} declares stage {declared!r}, but the pipeline's table runs stage {s.name!r} "
+                                 "with it; fix its #NL-STAGE line")
+        out[s.name] = Stage(s.name, script, s.items, tuple(a for a in s.after if a in with_script), s.default)
+    return out
 
 
 # ---------------------------------------------------------------- what to submit
@@ -180,9 +176,9 @@ def job_environment(cfg: SubmitConfig, selected: list[str]) -> dict[str, str]:
         "NL_ANALYSIS_DATASET": _abs(cfg.analysis_dataset),
         "NL_NEURONS": cfg.neurons,
         "NL_BATCH_SIZE": str(cfg.batch_size) if cfg.batch_size else "",
-        # zoo models are drawn with the share-matched threshold, any other model with the paper's 0.5 (pipeline.py)
+        # the figures' threshold, as the local pipeline draws them (criteria.figure_threshold)
         "NL_UNIVERSAL_THRESHOLD": os.environ.get("NL_UNIVERSAL_THRESHOLD") or
-        str(ZOO_FIGURE_THRESHOLD if all(m in zoo_names for m in models) else 0.5),
+        str(criteria.figure_threshold(all_zoo=all(m in zoo_names for m in models))),
     }
     # the jobs cd to NL_REPO: pin output roots given relative to where `submit` ran
     for var in ROOT_VARS:
@@ -248,7 +244,7 @@ class PlannedJob:
 
 
 def plan(cfg: SubmitConfig) -> tuple[list[PlannedJob], dict[str, str]]:
-    stages = discover_stages()
+    stages = cluster_stages()
     selected = select_stages(cfg, stages)
     env = job_environment(cfg, selected)
     jobs = []

@@ -8,7 +8,7 @@ pass stops after the last block.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -37,14 +37,19 @@ class TokenFilter:
         return sorted(ids)
 
 
+def drop_ids_for(tokenizer, keep_bos: bool, drop_newline: bool) -> list[int]:
+    """Token ids a statistics stage drops: BOS/EOS/pad unless ``keep_bos``, plus the newline if ``drop_newline``."""
+    return TokenFilter(drop_bos=not keep_bos, drop_newline=drop_newline).drop_ids(tokenizer)
+
+
 @dataclasses.dataclass
 class ActivationBatch:
     """One batch of filtered activations. ``flat_index`` = row·ctx + pos in the dataset (paper's layout)."""
 
     pre: Float[torch.Tensor, "layers d_mlp tokens"] | None
     post: Float[torch.Tensor, "layers d_mlp tokens"] | None
-    token_ids: Int[torch.Tensor, "tokens"]
-    flat_index: Int[torch.Tensor, "tokens"]
+    token_ids: Int[torch.Tensor, " tokens"]
+    flat_index: Int[torch.Tensor, " tokens"]
     keep: Bool[torch.Tensor, "batch pos"]
     rows: tuple[int, int]  # [start, end) dataset rows of this batch
 
@@ -105,7 +110,7 @@ def iter_mlp_activations(
         pre, post = mlp_activations(model, tokens, want_pre, want_post)
         keep_dev = keep.to(pre.device if pre is not None else post.device)
         # [L, B, P, N] -> [L, N, kept tokens], sequence-major token order as in the paper
-        select = lambda acts: acts[:, keep_dev].transpose(1, 2).to(dtype) if acts is not None else None  # noqa: E731
+        select = lambda acts, keep=keep_dev: acts[:, keep].transpose(1, 2).to(dtype) if acts is not None else None  # noqa: E731
         ctx = tokens.shape[1]
         flat = (torch.arange(start, end)[:, None] * ctx + torch.arange(ctx)[None, :])[keep]
         yield ActivationBatch(select(pre), select(post), tokens[keep], flat, keep, (start, end))

@@ -59,171 +59,51 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import shutil
 import sys
 import time
-from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
-import warnings
 
+from neuron_lib import artifacts, stage
 from neuron_lib.common import (
-    MANIFEST_NAME,
-    ManifestMismatch,
+    REQUIRED,
     NeuronLibError,
+    config_field,
     config_fingerprint,
     config_from_args,
+    config_identity,
     config_parser,
     human_bytes,
     load_tensors,
     make_manifest,
-    output_folder_state,
-    output_root,
     parse_memory,
     pick_device,
     read_json,
     run_cli,
-    save_tensors_atomic,
-    write_manifest,
 )
-from neuron_lib.corpus import load_token_dataset, tokenizer_fingerprint
-from neuron_lib.models import model_output_name
+from neuron_lib.models import DTYPES, model_output_name
+from neuron_lib.stats import histogram_counts, moments_from_power_sums, post_bin_edges, pre_bin_edges
 
 STAGE = "summary"
 NEG_INF = float("-inf")
 _M32 = 0xFFFFFFFF
 _M31 = 0x7FFFFFFF
-_FILES = ("histogram", "moments", "top_examples", "vocab")
-
-
-def pre_bin_edges(n_bins: int = 256) -> torch.Tensor:
-    """The paper's pre-activation edges: float32 linspace(−10, 15, n_bins) → n_bins + 1 histogram bins."""
-    return torch.linspace(-10.0, 15.0, n_bins, dtype=torch.float32)
-
-
-def post_bin_edges(n_bins: int = 256) -> torch.Tensor:
-    """Post-activation edges: float32 linspace(−0.2, 10, n_bins) (GELU ≥ −0.17; > 10 goes to the last bin)."""
-    return torch.linspace(-0.2, 10.0, n_bins, dtype=torch.float32)
 
 
 # =============================================================== numeric helpers
-def bin_index(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """Bin of each float32 value under the paper's rule = ``searchsorted(edges, v, right=False)``.
-
-    For uniform edges (linspace) the bin is estimated arithmetically and corrected by one exact float32
-    comparison on each side, which gives the same bins as the binary search at a fraction of its cost;
-    other edges fall back to ``torch.searchsorted``. NaN goes to the last bin.
-    """
-    values = values.to(torch.float32)
-    edges = edges.to(device=values.device, dtype=torch.float32).contiguous()
-    E = edges.numel()
-    step = (edges[-1] - edges[0]) / (E - 1) if E > 1 else None
-    if step is None or step <= 0 or not torch.allclose(edges[1:] - edges[:-1], step.expand(E - 1), rtol=1e-3, atol=0):
-        return torch.searchsorted(edges, values.contiguous(), right=False)
-    inf = torch.tensor([float("inf")], device=values.device)
-    ext = torch.cat([-inf, edges, inf])  # bin i holds ext[i] < v <= ext[i + 1]
-    est = (values - edges[0]).mul_(1.0 / step).ceil_()
-    idx = est.nan_to_num_(nan=float(E), posinf=float(E), neginf=0.0).clamp_(0, E).to(torch.long)
-    idx += (values > torch.take(ext, idx + 1)).to(torch.long)
-    idx -= ((values <= torch.take(ext, idx)) & (idx > 0)).to(torch.long)
-    return idx
-
-
-def histogram_counts(values: torch.Tensor, edges: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """int64 [R, E+1] counts of ``values`` with the paper's left-searchsorted rule, in float32.
-
-    ``dim`` is the dimension that is counted over: values [R, C] with dim=1 (default) or [C, R] with dim=0.
-    """
-    n_bins = edges.numel() + 1
-    idx = bin_index(values, edges)
-    R = values.shape[1 - dim]
-    offsets = torch.arange(R, device=values.device) * n_bins
-    offsets = offsets.unsqueeze(1) if dim == 1 else offsets.unsqueeze(0)
-    return torch.bincount((idx + offsets).reshape(-1), minlength=R * n_bins).view(R, n_bins)
-
-
-def moments_from_power_sums(sum, sum_sq, sum_cube, sum_quad, count, shift=0.0) -> dict[str, torch.Tensor]:
-    """Population mean, variance, skew and NON-excess kurtosis from Σd, Σd², Σd³, Σd⁴ with d = x − shift.
-
-    Works on the ``{pre,post}_*`` tensors of ``moments.safetensors`` (pass ``shift=pre_shift``).
-    Neurons with zero variance get NaN skew/kurt; zero count gives NaN everywhere.
-    """
-    n = torch.as_tensor(count).to(torch.float64)
-    m1, m2, m3, m4 = (torch.as_tensor(s).to(torch.float64) / n for s in (sum, sum_sq, sum_cube, sum_quad))
-    var = m2 - m1 ** 2
-    mu3 = m3 - 3 * m1 * m2 + 2 * m1 ** 3
-    mu4 = m4 - 4 * m1 * m3 + 6 * m1 ** 2 * m2 - 3 * m1 ** 4
-    var = torch.clamp(var, min=0.0)
-    with torch.no_grad():
-        skew = mu3 / var ** 1.5
-        kurt = mu4 / var ** 2
-    return {"mean": torch.as_tensor(shift, dtype=torch.float64) + m1, "var": var, "skew": skew, "kurt": kurt}
-
-
-def activation_frequency(n_positive, count) -> torch.Tensor:
-    """Exact fraction of activations > 0 (the paper's 'sparsity', without its one-bin offset)."""
-    return torch.as_tensor(n_positive).to(torch.float64) / torch.as_tensor(count).to(torch.float64)
-
-
-act_freq = activation_frequency
-
-
 def moments_from_file(tensors: Mapping[str, torch.Tensor], which: str = "pre") -> dict[str, torch.Tensor]:
-    """mean/var/skew/kurt/act_freq from one ``moments.safetensors`` dict (``which`` = 'pre' or 'post')."""
+    """mean/var/skew/kurt and ``act_freq`` (fraction > 0) from one ``moments.safetensors`` dict (``which``: pre/post)."""
+    from neuron_lib.stats import activation_frequency
+
     t = tensors
-    out = moments_from_power_sums(t[f"{which}_sum"], t[f"{which}_sum_sq"], t[f"{which}_sum_cube"], t[f"{which}_sum_quad"],
-                                  t[f"{which}_count"], t[f"{which}_shift"])
+    sums = {0: t[f"{which}_count"], 1: t[f"{which}_sum"], 2: t[f"{which}_sum_sq"], 3: t[f"{which}_sum_cube"],
+            4: t[f"{which}_sum_quad"]}
+    out = moments_from_power_sums(sums, t[f"{which}_shift"])
     out["act_freq"] = activation_frequency(t[f"{which}_n_positive"], t[f"{which}_count"])
     return out
-
-
-def shift_power_sums(sums: Mapping[int, torch.Tensor], old_shift, new_shift) -> dict[int, torch.Tensor]:
-    """Re-centre power sums {k: Σ(x−a)^k, k=0..4} from shift a to shift c (binomial expansion, exact algebra)."""
-    d = torch.as_tensor(old_shift, dtype=torch.float64) - torch.as_tensor(new_shift, dtype=torch.float64)
-    return {k: sum(math.comb(k, j) * sums[j].to(torch.float64) * d ** (k - j) for j in range(k + 1)) for k in range(5)}
-
-
-def combine_moment_files(files: Iterable[Mapping[str, torch.Tensor]], which: str = "pre") -> dict[str, torch.Tensor]:
-    """Pool several subsets' ``moments.safetensors`` (possibly with different shifts) into one set of power sums."""
-    files = list(files)
-    if not files:
-        raise NeuronLibError("no moment files to combine")
-    target = files[0][f"{which}_shift"].to(torch.float64)
-    keys = ("count", "sum", "sum_sq", "sum_cube", "sum_quad")
-    total = {k: torch.zeros_like(target) for k in range(5)}
-    n_pos = torch.zeros(target.shape, dtype=torch.int64)
-    for t in files:
-        sums = {k: t[f"{which}_{key}"].to(torch.float64) for k, key in enumerate(keys)}
-        moved = shift_power_sums(sums, t[f"{which}_shift"], target)
-        for k in range(5):
-            total[k] = total[k] + moved[k]
-        n_pos = n_pos + t[f"{which}_n_positive"].to(torch.int64)
-    return {f"{which}_shift": target, f"{which}_count": total[0].round().to(torch.int64),
-            **{f"{which}_{key}": total[k] for k, key in enumerate(keys) if k},
-            f"{which}_n_positive": n_pos}
-
-
-def moments_from_histogram(counts: torch.Tensor, edges: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The paper's *binned* moments (spec §5.3): edges padded by one step each side, bin centres, non-excess kurt."""
-    e = edges.to(torch.float64)
-    step = e[1] - e[0]
-    padded = torch.cat([e[:1] - step, e, e[-1:] + step])
-    centres = (padded[:-1] + padded[1:]) / 2
-    f = counts.to(torch.float64)
-    total = f.sum(-1)
-    mean = (f * centres).sum(-1) / total
-    dev = centres - mean.unsqueeze(-1)
-    var = (f * dev ** 2).sum(-1) / total
-    return {"mean": mean, "var": var, "skew": (f * dev ** 3).sum(-1) / (total * var ** 1.5),
-            "kurt": (f * dev ** 4).sum(-1) / (total * var ** 2)}
-
-
-def sparsity_from_histogram(counts: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """The paper's 'sparsity' (spec §5.4): share of counts in bins from the first edge ≥ 0 on (one bin low)."""
-    z = int(torch.nonzero(edges.to(torch.float32) >= 0)[0])
-    f = counts.to(torch.float64)
-    return f[..., z:].sum(-1) / f.sum(-1)
 
 
 def index_reduce(target: torch.Tensor, dim: int, index: torch.Tensor, source: torch.Tensor, reduce: str) -> torch.Tensor:
@@ -283,33 +163,32 @@ def _smallest_priority(prio: torch.Tensor, flat: torch.Tensor, k: int):
 
 
 # =============================================================== config and CLI
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
 @dataclasses.dataclass
 class SummaryConfig:
     """Activation summary of one model over a token dataset (one output folder per dataset subset)."""
 
-    model: str
-    token_dataset: str
-    batch_size: int = 32
-    max_tokens: Optional[int] = None  # raw tokens (before the filter) from the start of the dataset; None = all
-    top_k: int = 50  # token-level and text-level max-activating examples per neuron
-    vocab_top_k: int = 100
-    min_token_count: int = 1  # tokens seen fewer times are excluded from the mean-by-token ranking
-    n_random: int = 20  # random token positions (shared by all neurons)
-    quantile_probs: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
-    n_per_quantile: int = 5  # random examples per quantile bin and neuron (0 disables)
-    subsets: Optional[str] = None  # comma-separated subset names to summarise; None = all
-    device: str = "auto"
-    dtype: str = "float32"  # model dtype; statistics always use float32 activations, float64 sums
-    max_memory: str = "4GiB"  # budget for the accumulators (the per-token mean sums take what is left)
-    keep_bos: bool = False  # keep BOS/EOS/pad positions (the original did)
-    drop_newline: bool = False  # also drop the single-token newline (the correlation stage's filter)
-    seed: int = 0  # random / quantile samples
-    overwrite: bool = False
+    model: str = config_field(REQUIRED, "model name: zoo name, paper alias, local model folder or hub id")
+    token_dataset: str = config_field(REQUIRED, "token dataset folder (neuron_lib.corpus layout)")
+    batch_size: int = config_field(32, "dataset rows per forward pass")
+    max_tokens: int | None = config_field(None, "raw tokens (before the filter) from the start of the dataset; "
+                                                "none = all")
+    top_k: int = config_field(50, "token-level and text-level max-activating examples per neuron")
+    vocab_top_k: int = config_field(100, "tokens kept per neuron by max and by mean activation")
+    min_token_count: int = config_field(1, "tokens seen fewer times are left out of the mean-by-token ranking")
+    n_random: int = config_field(20, "random token positions (shared by all neurons)")
+    quantile_probs: tuple[float, ...] = config_field((0.5, 0.9, 0.99, 0.999), "quantiles that cut the bins of "
+                                                     "the quantile samples")
+    n_per_quantile: int = config_field(5, "random examples per quantile bin and neuron (0 disables)")
+    subsets: str | None = config_field(None, "comma-separated subset names to summarise; none = all")
+    device: str = config_field("auto", "auto | cpu | cuda[:i]")
+    dtype: str = config_field("float32", "model dtype; statistics always use float32 activations, float64 sums")
+    max_memory: str = config_field("4GiB", "budget for the accumulators (the per-token mean sums take what is left)")
+    keep_bos: bool = config_field(False, "keep BOS/EOS/pad positions in every statistic (the original did)")
+    drop_newline: bool = config_field(False, "also drop the single-token newline (the correlation stage's filter)")
+    seed: int = config_field(0, "seed of the random and quantile samples")
+    overwrite: bool = config_field(False, "replace a summary of another configuration (or a corrupt one)")
 
-    def validate(self) -> "SummaryConfig":
+    def validate(self) -> SummaryConfig:
         if not self.model:
             raise NeuronLibError("--model is required")
         if not self.token_dataset:
@@ -326,81 +205,32 @@ class SummaryConfig:
         if any(not 0 < p < 1 for p in probs) or any(b <= a for a, b in zip(probs, probs[1:])):
             raise NeuronLibError(f"--quantile-probs must be increasing values in (0, 1), got {probs}")
         self.quantile_probs = tuple(probs)
-        if self.dtype not in _DTYPES:
-            raise NeuronLibError(f"--dtype must be one of {sorted(_DTYPES)}")
+        if self.dtype not in DTYPES:
+            raise NeuronLibError(f"--dtype must be one of {sorted(DTYPES)}")
         parse_memory(self.max_memory)
         return self
 
     def identity(self) -> dict[str, Any]:
         """The fields that determine the results (not batch size, device, subset selection or --overwrite)."""
-        d = dataclasses.asdict(self)
-        for k in ("batch_size", "device", "overwrite", "subsets"):  # a subset's results do not depend on these
-            d.pop(k)
-        d["token_dataset"] = str(Path(self.token_dataset).expanduser().resolve())
-        d["quantile_probs"] = list(self.quantile_probs)
-        return d
+        return config_identity(self, exclude=("batch_size", "device", "overwrite", "subsets"), paths=("token_dataset",))
 
 
-# =============================================================== helpers shared with activations.py
-def open_run_inputs(cfg):
-    """What a streaming stage (summary, activations) opens first: validated config identity, the model's
-    tokenizer, the token dataset (tokenizer fingerprint checked), its context length, the rows to read."""
-    from neuron_lib.models import load_tokenizer
-    from neuron_lib.streaming import n_rows_for_tokens
-
-    cfg.validate()
-    identity = cfg.identity()
-    tokenizer = load_tokenizer(cfg.model)
-    ds, ds_manifest = open_token_dataset(cfg.token_dataset, tokenizer)
-    if len(ds) == 0:
-        raise NeuronLibError(f"token dataset {cfg.token_dataset} is empty")
-    ctx = int(ds_manifest.get("ctx_len") or len(ds[0]["tokens"]))
-    n_rows = n_rows_for_tokens(ds, cfg.max_tokens)
-    dataset_name = Path(cfg.token_dataset).expanduser().resolve().name
-    return identity, config_fingerprint(identity), tokenizer, ds, ds_manifest, ctx, n_rows, dataset_name
+# =============================================================== reading summaries
+def subset_folder_name(subset: str) -> str:
+    """A dataset subset's value as a folder name (``artifacts.activation_summary(model, name)``)."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", str(subset)).strip("._") or "subset"
 
 
-def open_token_dataset(path: str, tokenizer):
-    """``(dataset, manifest)`` of a token dataset, refusing one tokenized with another tokenizer."""
-    ds, manifest = load_token_dataset(path)
-    fp = tokenizer_fingerprint(tokenizer)
-    if manifest.get("tokenizer_fingerprint") != fp:
-        raise ManifestMismatch(
-            f"token dataset {path} was tokenized with another tokenizer (fingerprint "
-            f"{manifest.get('tokenizer_fingerprint')!r}) than the model's ({fp!r}); tokenize the data with the "
-            "model's tokenizer (python -m neuron_lib.corpus tokenize --model ...)")
-    return ds, manifest
-
-
-def drop_ids_for(tokenizer, keep_bos: bool, drop_newline: bool) -> list[int]:
-    from neuron_lib.streaming import TokenFilter
-
-    return TokenFilter(drop_bos=not keep_bos, drop_newline=drop_newline).drop_ids(tokenizer)
-
-
-def _safe_name(text: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("._") or "subset"
-    return name
-
-
-def summary_dir(model: str) -> Path:
-    return output_root("SUMMARY_DIR") / model_output_name(model) / "activations"
-
-
-def list_summary_subsets(model: str) -> list[str]:
-    root = summary_dir(model)
-    return sorted(p.name for p in root.iterdir() if (p / MANIFEST_NAME).exists()) if root.exists() else []
-
-
-def load_summary(model: str, subset: str, parts: Iterable[str] = _FILES) -> dict[str, Any]:
+def load_summary(model: str, subset: str, parts: Iterable[str] = artifacts.SUMMARY_PARTS) -> dict[str, Any]:
     """``{"manifest": ..., "histogram": {...}, "moments": {...}, "top_examples": {...}, "vocab": {...}}``."""
-    folder = summary_dir(model) / subset
-    if not (folder / MANIFEST_NAME).exists():
+    folder = artifacts.activation_summary(model, subset)
+    if not artifacts.manifest_path(folder).exists():
         raise NeuronLibError(f"no finished activation summary at {folder}; run `python -m neuron_lib.summary "
-                             f"--model {model} --token-dataset ...` (finished subsets: {list_summary_subsets(model)})")
-    out: dict[str, Any] = {"manifest": read_json(folder / MANIFEST_NAME)}
+                             f"--model {model} --token-dataset ...` (finished subsets: "
+                             f"{artifacts.list_summary_subsets(model)})")
+    out: dict[str, Any] = {"manifest": read_json(artifacts.manifest_path(folder))}
     for part in parts:
-        out[part] = load_tensors(folder / f"{part}.safetensors")
+        out[part] = load_tensors(artifacts.summary_part(folder, part))
     return out
 
 
@@ -760,10 +590,6 @@ def _count_tokens(ds, rows: list[int], drop: torch.Tensor, V: int, chunk: int = 
     return counts
 
 
-def _folder_state(folder: Path, identity_fp: str) -> str:
-    return output_folder_state(folder, STAGE, identity_fp, lambda manifest: [f"{f}.safetensors" for f in _FILES])
-
-
 def _estimate_seconds(model, ctx: int, n_rows: int) -> float:
     """Rough run time: one timed single-row forward pass (after a warm-up) x rows x 3 (statistics ≈ 2 forwards)."""
     from neuron_lib.streaming import mlp_activations
@@ -775,133 +601,144 @@ def _estimate_seconds(model, ctx: int, n_rows: int) -> float:
     return (time.perf_counter() - t0) * n_rows * 3.0
 
 
-def run_summary(cfg: SummaryConfig) -> dict[str, Any]:
-    """Summarise ``cfg.model`` over ``cfg.token_dataset``; returns {"status", "folders", "n_tokens", ...}."""
-    from tqdm import tqdm
-
-    from neuron_lib.models import load_model, model_info
-    from neuron_lib.streaming import iter_mlp_activations
-
-    identity, identity_fp, tokenizer, ds, ds_manifest, ctx, n_rows, dataset_name = open_run_inputs(cfg)
-    groups = _subset_rows(ds, n_rows, dataset_name)
+def _select_subsets(cfg: SummaryConfig, inputs: stage.StageInputs) -> dict[str, list[int]]:
+    """Dataset rows of each subset to summarise (``--subsets`` or all), checked."""
+    groups = _subset_rows(inputs.dataset, inputs.n_rows, inputs.dataset_name)
     if cfg.subsets:
         wanted = [s.strip() for s in cfg.subsets.split(",") if s.strip()]
         missing = [s for s in wanted if s not in groups]
         if missing:
-            raise NeuronLibError(f"subsets {missing} are not in the first {n_rows} rows of {cfg.token_dataset}; "
+            raise NeuronLibError(f"subsets {missing} are not in the first {inputs.n_rows} rows of {cfg.token_dataset}; "
                                  f"present: {sorted(groups)}")
         groups = {s: groups[s] for s in wanted}
-    out_root = summary_dir(cfg.model)
-    folders = {s: out_root / _safe_name(s) for s in groups}
-    if len(set(folders.values())) != len(folders):
-        raise NeuronLibError(f"subset names {sorted(groups)} collide after making them folder names")
+    return groups
 
-    states = {s: _folder_state(f, identity_fp) for s, f in folders.items()}
-    foreign = [str(folders[s]) for s, st in states.items() if st == "foreign"]
-    if foreign and not cfg.overwrite:
-        raise ManifestMismatch(f"{', '.join(foreign)} hold(s) a summary of another configuration; pass --overwrite "
-                               "to replace it, or set SUMMARY_DIR elsewhere")
-    todo = [s for s in groups if cfg.overwrite or states[s] != "valid"]
-    if not todo:
-        print(f"summary: {len(groups)} subset(s) of {model_output_name(cfg.model)} already done in {out_root} (skipped; "
-              "--overwrite recomputes)")
-        return {"status": "skipped", "folders": {s: str(f) for s, f in folders.items()}}
 
-    device = pick_device(cfg.device)
-    model = load_model(cfg.model, device=device, dtype=_DTYPES[cfg.dtype])
+def _plan(cfg: SummaryConfig, model, inputs: stage.StageInputs, groups: Mapping[str, list[int]], todo: list[str],
+          drop_list: list[int]) -> tuple[dict[str, tuple[torch.Tensor, int]], int]:
+    """Print the plan (memory, tokens, time); return each subset's mean-by-token plan (token ids, count threshold)
+    and the number of tokens the run keeps."""
     L, N, V = model.cfg.n_layers, model.cfg.d_mlp, model.cfg.d_vocab
-    drop_list = drop_ids_for(tokenizer, cfg.keep_bos, cfg.drop_newline)
     drop = torch.tensor(drop_list, dtype=torch.long)
-
-    # ---- plan
     fixed = accumulator_bytes(L, N, cfg)
     fixed_total = sum(fixed.values())
     budget = parse_memory(cfg.max_memory)
     if fixed_total > budget:
         raise NeuronLibError(f"the fixed accumulators need {human_bytes(fixed_total)} > --max-memory {cfg.max_memory}; "
                              "raise --max-memory or lower --top-k/--vocab-top-k")
-    counts = {s: _count_tokens(ds, groups[s], drop, V) for s in todo}
+    counts = {s: _count_tokens(inputs.dataset, groups[s], drop, V) for s in todo}
     mean_plan = {s: choose_mean_tokens(counts[s], cfg.min_token_count, budget - fixed_total, L * N * 8) for s in todo}
-    kept = {s: int(counts[s].sum()) for s in todo}
-    empty = [s for s in todo if kept[s] == 0]
+    empty = [s for s in todo if int(counts[s].sum()) == 0]
     if empty:
         raise NeuronLibError(f"subsets {empty} have no tokens left after the token filter (dropped ids {drop_list})")
-    eta = _estimate_seconds(model, ctx, sum(len(groups[s]) for s in todo))
-    act_bytes = 2 * L * N * cfg.batch_size * ctx * 4
-    print(f"summary plan: model {model_output_name(cfg.model)} ({L} layers x {N} neurons, vocab {V}) on {device}; "
-          f"dataset {dataset_name}, {n_rows} rows x {ctx} = {n_rows * ctx:,} tokens; dropping token ids {drop_list}")
-    print(f"  accumulators: {', '.join(f'{k} {human_bytes(v)}' for k, v in fixed.items())}; activations per batch "
-          f"≈ {human_bytes(act_bytes)}; budget --max-memory {cfg.max_memory}")
+    ctx = inputs.ctx
+    stage.log(STAGE, f"plan: model {model_output_name(cfg.model)} ({L} layers x {N} neurons, vocab {V}) on "
+                     f"{model.cfg.device}; dataset {inputs.dataset_name}, {inputs.n_rows} rows x {ctx} = "
+                     f"{inputs.n_rows * ctx:,} tokens; dropping token ids {drop_list}")
+    stage.log(STAGE, f"  accumulators: {', '.join(f'{k} {human_bytes(v)}' for k, v in fixed.items())}; activations per "
+                     f"batch ≈ {human_bytes(2 * L * N * cfg.batch_size * ctx * 4)}; budget --max-memory {cfg.max_memory}")
     for s in todo:
         ids, thr = mean_plan[s]
-        seen = int((counts[s] > 0).sum())
-        covered = float(counts[s][ids].sum()) / max(1, kept[s])
-        print(f"  subset {s!r}: {len(groups[s])} rows, {kept[s]:,} kept tokens, {seen:,} distinct; mean-by-token over "
-              f"{len(ids):,} tokens with count ≥ {thr} ({100 * covered:.1f}% of tokens), sums "
-              f"{human_bytes(len(ids) * L * N * 8)}" + ("" if thr == cfg.min_token_count else
-                                                       f"  [threshold raised from {cfg.min_token_count} to fit the budget]"))
-    print(f"  estimated time ≈ {eta:.0f} s (rough, from one probe forward pass)")
+        kept = int(counts[s].sum())
+        covered = float(counts[s][ids].sum()) / max(1, kept)
+        raised = "" if thr == cfg.min_token_count else f"  [threshold raised from {cfg.min_token_count} to fit the budget]"
+        stage.log(STAGE, f"  subset {s!r}: {len(groups[s])} rows, {kept:,} kept tokens, {int((counts[s] > 0).sum()):,} "
+                         f"distinct; mean-by-token over {len(ids):,} tokens with count ≥ {thr} ({100 * covered:.1f}% of "
+                         f"tokens), sums {human_bytes(len(ids) * L * N * 8)}{raised}")
+    eta = _estimate_seconds(model, ctx, sum(len(groups[s]) for s in todo))
+    stage.log(STAGE, f"  estimated time ≈ {eta:.0f} s (rough, from one probe forward pass)")
+    return mean_plan, sum(int(counts[s].sum()) for s in todo)
 
-    pilot: _Pilot | None = None
-    written = {}
-    total_kept = sum(kept.values())
+
+def _summarise_subset(model, inputs: stage.StageInputs, rows: list[int], cfg: SummaryConfig, drop_list: list[int],
+                      mean_ids: torch.Tensor, pilot: _Pilot | None, bar) -> tuple[SubsetStats, _Pilot]:
+    """Stream one subset's rows through the model into a :class:`SubsetStats`."""
+    from neuron_lib.streaming import iter_mlp_activations
+
+    L, N, V, ctx = model.cfg.n_layers, model.cfg.d_mlp, model.cfg.d_vocab, inputs.ctx
+    row_ids = torch.tensor(rows, dtype=torch.long)
+    sub = inputs.dataset.select(rows) if len(rows) != len(inputs.dataset) else inputs.dataset
+    stats: SubsetStats | None = None
+    for batch in iter_mlp_activations(model, sub, cfg.batch_size, drop_list, want_pre=True, want_post=True):
+        if batch.flat_index.shape[0] == 0:
+            continue
+        if pilot is None:
+            pilot = _make_pilot(batch.pre, batch.post, cfg.quantile_probs)
+        if stats is None:
+            stats = SubsetStats(L, N, V, cfg, pilot, mean_ids, torch.device(batch.post.device))
+        start, end = batch.rows
+        global_rows = row_ids[start:end]
+        flat = global_rows[batch.flat_index // ctx - start] * ctx + batch.flat_index % ctx
+        # the streamed [L, N, T] is a view of the model's token-major [L, T, N]: use that layout
+        stats.update(batch.pre.transpose(1, 2), batch.post.transpose(1, 2), batch.token_ids, flat, batch.keep,
+                     global_rows)
+        bar.update(batch.flat_index.shape[0])
+    return stats, pilot
+
+
+def run_summary(cfg: SummaryConfig) -> stage.StageResult:
+    """Summarise ``cfg.model`` over ``cfg.token_dataset``, one output folder per dataset subset."""
+    from tqdm import tqdm
+
+    from neuron_lib.models import load_model, model_info
+    from neuron_lib.streaming import drop_ids_for
+
+    cfg.validate()
+    identity = cfg.identity()
+    fingerprint = config_fingerprint(identity)
+    inputs = stage.open_inputs(cfg.model, cfg.token_dataset, cfg.max_tokens)
+    groups = _select_subsets(cfg, inputs)
+    folders = {s: artifacts.activation_summary(cfg.model, subset_folder_name(s)) for s in groups}
+    if len(set(folders.values())) != len(folders):
+        raise NeuronLibError(f"subset names {sorted(groups)} collide after making them folder names")
+    files = [artifacts.summary_part("", p).name for p in artifacts.SUMMARY_PARTS]
+    todo = [s for s, f in folders.items() if stage.must_run(f, stage.folder_state(f, STAGE, fingerprint, files),
+                                                             cfg.overwrite, STAGE)]
+    outputs = {s: str(f) for s, f in folders.items()}
+    if not todo:
+        stage.log(STAGE, f"{len(groups)} subset(s) of {model_output_name(cfg.model)} already done in "
+                         f"{artifacts.activation_summary_root(cfg.model)} (skipped: same configuration)")
+        return stage.StageResult(STAGE, "skipped", outputs)
+
+    device = pick_device(cfg.device)
+    model = load_model(cfg.model, device=device, dtype=DTYPES[cfg.dtype])
+    drop_list = drop_ids_for(inputs.tokenizer, cfg.keep_bos, cfg.drop_newline)
+    mean_plan, total_kept = _plan(cfg, model, inputs, groups, todo, drop_list)
+
+    pilot, n_tokens = None, 0
     bar = tqdm(total=total_kept, unit="tok", unit_scale=True, desc="summary", file=sys.stderr, mininterval=1.0)
     t_start = time.perf_counter()
     try:
         for s in todo:
-            rows = torch.tensor(groups[s], dtype=torch.long)
-            sub = ds.select(groups[s]) if len(groups[s]) != len(ds) else ds
-            stats: SubsetStats | None = None
-            for batch in iter_mlp_activations(model, sub, cfg.batch_size, drop_list, want_pre=True, want_post=True):
-                T = batch.flat_index.shape[0]
-                if T == 0:
-                    continue
-                if pilot is None:
-                    pilot = _make_pilot(batch.pre, batch.post, cfg.quantile_probs)
-                if stats is None:
-                    stats = SubsetStats(L, N, V, cfg, pilot, mean_plan[s][0], torch.device(batch.post.device))
-                local_row, pos = batch.flat_index // ctx, batch.flat_index % ctx
-                start, end = batch.rows
-                global_rows = rows[start:end]
-                flat = global_rows[local_row - start] * ctx + pos
-                # the streamed [L, N, T] is a view of the model's token-major [L, T, N]: use that layout
-                stats.update(batch.pre.transpose(1, 2), batch.post.transpose(1, 2), batch.token_ids, flat, batch.keep,
-                             global_rows)
-                bar.update(T)
-            results = stats.finalize(mean_plan[s][1])
-            folder = folders[s]
-            if folder.exists():
-                shutil.rmtree(folder)
-            folder.mkdir(parents=True, exist_ok=True)
-            for name, tensors in results.items():
-                save_tensors_atomic(folder / f"{name}.safetensors", tensors,
-                                    metadata={"stage": STAGE, "subset": s, "ctx_len": str(ctx)})
+            stats, pilot = _summarise_subset(model, inputs, groups[s], cfg, drop_list, mean_plan[s][0], pilot, bar)
+            n_tokens += int(stats.count)
             manifest = make_manifest(
-                STAGE, identity, config_fingerprint=identity_fp, model=model_output_name(cfg.model), model_info=model_info(model),
-                dataset=dataset_name, dataset_path=identity["token_dataset"], subset=s, ctx_len=ctx,
-                tokenizer_fingerprint=ds_manifest["tokenizer_fingerprint"], n_rows=len(groups[s]),
-                n_tokens=int(stats.count), n_tokens_raw=len(groups[s]) * ctx,
+                STAGE, identity, config_fingerprint=fingerprint, model=model_output_name(cfg.model),
+                model_info=model_info(model), dataset=inputs.dataset_name, dataset_path=inputs.dataset_path, subset=s,
+                ctx_len=inputs.ctx, tokenizer_fingerprint=inputs.tokenizer_fingerprint, n_rows=len(groups[s]),
+                n_tokens=int(stats.count), n_tokens_raw=len(groups[s]) * inputs.ctx,
                 token_filter={"keep_bos": cfg.keep_bos, "drop_newline": cfg.drop_newline, "dropped_ids": drop_list},
                 vocab_mean_min_count=int(mean_plan[s][1]), vocab_mean_n_tokens=int(len(mean_plan[s][0])),
                 batch_size=cfg.batch_size, device=str(device), dtype=cfg.dtype,
                 bins={"pre": "float32 linspace(-10, 15, 256), left searchsorted",
                       "post": "float32 linspace(-0.2, 10, 256), left searchsorted"},
             )
-            write_manifest(folder, manifest)
-            written[s] = str(folder)
+            parts = stats.finalize(mean_plan[s][1])
+            stage.write_folder(folders[s], {artifacts.summary_part(folders[s], p): t for p, t in parts.items()},
+                               manifest, metadata={"stage": STAGE, "subset": s, "ctx_len": str(inputs.ctx)})
     finally:
         bar.close()
     seconds = time.perf_counter() - t_start
-    print(f"summary: {total_kept:,} tokens in {seconds:.1f} s ({total_kept / max(seconds, 1e-9):,.0f} tokens/s) -> {out_root}")
-    return {"status": "done", "folders": {s: str(f) for s, f in folders.items()}, "written": written,
-            "n_tokens": total_kept, "seconds": seconds}
+    stage.log(STAGE, f"{n_tokens:,} tokens in {seconds:.1f} s ({n_tokens / max(seconds, 1e-9):,.0f} tokens/s) -> "
+                     f"{artifacts.activation_summary_root(cfg.model)}")
+    return stage.StageResult(STAGE, "done", outputs, n_tokens, seconds, details={"written": todo})
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = config_parser(SummaryConfig, "python -m neuron_lib.summary",
-                          "Activation summaries (histograms, exact moments, top-k examples, vocab stats) per dataset subset.")
-    cfg = config_from_args(SummaryConfig, parser.parse_args(argv))
-    run_summary(cfg.validate())
+                           "Activation summaries (histograms, exact moments, top-k examples, vocab stats) per dataset "
+                           "subset.")
+    run_summary(config_from_args(SummaryConfig, parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -70,32 +70,29 @@ GPT-2-small's 3072 × 50257 cosines per layer never sit in memory at once.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import sys
-from pathlib import Path
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
+from neuron_lib import artifacts, stage
 from neuron_lib.common import (
-    MANIFEST_NAME,
     NeuronLibError,
     config_field,
     config_fingerprint,
     config_from_args,
+    config_identity,
     config_parser,
     make_manifest,
-    output_root,
     pick_device,
-    read_json,
     run_cli,
     save_dataframe_atomic,
     save_tensors_atomic,
     write_manifest,
 )
 from neuron_lib.models import model_output_name
-
-log = logging.getLogger(__name__)
+from neuron_lib.stats import cosine_edges, histogram_counts, row_moments
 
 VOCAB_TYPES = ("E_in", "U_in", "E_out", "U_out")
 NEURON_TYPES = ("in_in", "in_out", "out_in", "out_out")
@@ -108,11 +105,6 @@ VOCAB_MOMENT_COLUMNS = ["vocab_mean", "vocab_var", "vocab_skew", "vocab_kurt"]
 SELF_PAIR_POLICY = "excluded"
 STAGE = "weights"
 _CENTRE_TOL = 1e-5  # relative residual above which a matrix counts as not centred
-
-
-def cosine_edges(dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """The paper's cosine histogram edges, linspace(−1, 1, 100) (101 bins)."""
-    return torch.linspace(-1.0, 1.0, 100, dtype=dtype)
 
 
 # ====================================================================== configuration
@@ -129,10 +121,10 @@ class WeightsConfig:
     neuron_top_k: int = config_field(20, "top/bottom partner neurons kept per neuron")
     chunk_size: int = config_field(256, "neurons processed at once (memory ~ chunk_size x d_vocab x 8 B x 6)")
     device: str = config_field("cpu", "cpu, cuda or auto")
-    overwrite: bool = config_field(False, "recompute even when a finished run with the same config exists")
+    overwrite: bool = config_field(False, "replace a weight summary of another configuration")
     progress: bool = config_field(True, "progress bars")
 
-    def validate(self) -> "WeightsConfig":
+    def validate(self) -> WeightsConfig:
         if not self.model:
             raise NeuronLibError("--model is required (a zoo name, paper alias, local model folder or hub id)")
         if self.vocab_top_k < 1 or self.neuron_top_k < 1:
@@ -141,12 +133,9 @@ class WeightsConfig:
             raise NeuronLibError("--chunk-size must be ≥ 1")
         return self
 
-    def result_fields(self) -> dict[str, Any]:
+    def identity(self) -> dict[str, Any]:
         """The fields that change the results (a finished run with the same ones is reused)."""
-        d = dataclasses.asdict(self)
-        for k in ("device", "overwrite", "progress", "chunk_size"):
-            d.pop(k)
-        return d
+        return config_identity(self, exclude=("device", "overwrite", "progress", "chunk_size"))
 
 
 # ====================================================================== weight extraction
@@ -177,7 +166,7 @@ class ModelWeights:
     def d_vocab(self) -> int:
         return self.W_E.shape[0]
 
-    def to(self, device) -> "ModelWeights":
+    def to(self, device) -> ModelWeights:
         kw = {f.name: (getattr(self, f.name).to(device) if isinstance(getattr(self, f.name), torch.Tensor)
                        else getattr(self, f.name)) for f in dataclasses.fields(self)}
         return ModelWeights(**kw)
@@ -272,40 +261,6 @@ def extract_weights(model, processed: bool | None = None, dtype: torch.dtype = t
 
 
 # ====================================================================== numeric helpers
-def paper_histogram(values: torch.Tensor, edges: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
-    """Row histograms with the paper's binning (spec §0.4): [R, C] → int64 [R, E+1].
-
-    Bin i holds edges[i−1] < v ≤ edges[i]; bin 0 holds v ≤ edges[0]; bin E holds v > edges[E−1]
-    (a left-sided searchsorted). ``exclude`` (bool [R, C]) drops entries.
-    """
-    R, C = values.shape
-    n_bins = edges.numel() + 1
-    idx = torch.bucketize(values, edges.to(values.device, values.dtype), right=False)
-    if exclude is not None:
-        idx = idx.masked_fill(exclude, n_bins)  # an overflow bin, dropped below
-    offsets = torch.arange(R, device=values.device)[:, None] * (n_bins + 1)
-    counts = torch.bincount((idx + offsets).flatten(), minlength=R * (n_bins + 1))
-    return counts.view(R, n_bins + 1)[:, :n_bins]
-
-
-def row_moments(values: torch.Tensor, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-    """Population mean, variance, skew = mean(z³) and NON-excess kurtosis = mean(z⁴) of each row."""
-    if exclude is None:
-        n = torch.full((values.shape[0],), values.shape[1], dtype=values.dtype, device=values.device)
-        mean = values.mean(1)
-        d = values - mean[:, None]
-    else:
-        keep = ~exclude
-        n = keep.sum(1).to(values.dtype)
-        mean = torch.where(keep, values, 0).sum(1) / n
-        d = torch.where(keep, values - mean[:, None], 0)
-    d2 = d * d
-    var = d2.sum(1) / n
-    skew = (d2 * d).sum(1) / n / var.pow(1.5)
-    kurt = (d2 * d2).sum(1) / n / var.pow(2)
-    return mean, var, skew, kurt
-
-
 def unit_rows(x: torch.Tensor) -> torch.Tensor:
     """Rows scaled to unit norm (a zero row stays zero, so its cosines are 0)."""
     norm = x.norm(dim=-1, keepdim=True)
@@ -357,7 +312,7 @@ def cosine_summary(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk_size
         tv, ti = torch.topk(top_src, k, dim=1, largest=True, sorted=True)
         bv, bi = torch.topk(bot_src, k, dim=1, largest=False, sorted=True)
         mean, var, skew, kurt = row_moments(cos, exclude)
-        hist = paper_histogram(cos, edges, exclude)
+        hist = histogram_counts(cos, edges, exclude=exclude)
         for key, val in (("top_value", tv), ("top_index", ti), ("bottom_value", bv), ("bottom_index", bi),
                          ("hist", hist), ("mean", mean), ("var", var), ("skew", skew), ("kurt", kurt)):
             out[key].append(val.cpu())
@@ -371,7 +326,7 @@ def cosine_summary(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk_size
 
 
 # ====================================================================== the four statistics
-def neuron_stats(weights: ModelWeights) -> "pandas.DataFrame":  # noqa: F821
+def neuron_stats(weights: ModelWeights) -> pandas.DataFrame:  # noqa: F821
     """Per-neuron weight columns (flat order): layer, neuron, w_in_norm, input_bias, w_out_norm, in_out_sim, l2_penalty."""
     import pandas as pd
 
@@ -462,59 +417,45 @@ def head_composition(weights: ModelWeights, chunk_size: int = 1024, progress: bo
 
 
 # ====================================================================== runner
-def weights_dir(model_name: str, raw: bool = False) -> Path:
-    return output_root("SUMMARY_DIR") / model_name / ("weights_raw" if raw else "weights")
-
-
 def _expected_files(cfg: WeightsConfig) -> list[str]:
-    files = ["neuron_stats.csv"]
-    if cfg.vocab:
-        files.append("vocab_composition.safetensors")
-    if cfg.neurons:
-        files.append("neuron_composition.safetensors")
-    if cfg.heads:
-        files.append("head_composition.safetensors")
+    files = [artifacts.WEIGHT_STATS_FILE]
+    for wanted, name in ((cfg.vocab, artifacts.WEIGHT_VOCAB_FILE), (cfg.neurons, artifacts.WEIGHT_NEURON_FILE),
+                         (cfg.heads, artifacts.WEIGHT_HEAD_FILE)):
+        if wanted:
+            files.append(name)
     return files
-
-
-def _is_up_to_date(out_dir: Path, cfg: WeightsConfig) -> bool:
-    manifest_path = out_dir / MANIFEST_NAME
-    if cfg.overwrite or not manifest_path.exists():
-        return False
-    try:
-        manifest = read_json(manifest_path)
-    except NeuronLibError:
-        return False
-    return (manifest.get("config_fingerprint") == config_fingerprint(cfg.result_fields())
-            and all((out_dir / f).exists() for f in manifest.get("files", [])))
 
 
 def _flatten(prefix_dict: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {f"{t}.{key}": v for t, d in prefix_dict.items() for key, v in d.items()}
 
 
-def run_weights(cfg: WeightsConfig, model=None) -> Path:
-    """Compute and write every weight statistic for ``cfg.model``; returns the output folder.
+def run_weights(cfg: WeightsConfig, model=None) -> stage.StageResult:
+    """Compute and write every weight statistic for ``cfg.model`` into ``artifacts.weights_summary``.
 
-    ``model`` may be passed (already loaded with the matching ``process_weights``) to avoid reloading.
-    A finished run with the same result-affecting config is reused unless ``cfg.overwrite``.
+    ``model`` may be passed (already loaded with the matching ``process_weights``) to avoid reloading; then the
+    statistics are always recomputed. Otherwise a finished run with the same identity is reused unless
+    ``cfg.overwrite``.
     """
     from neuron_lib.models import load_model, model_info
 
     cfg.validate()
     source_name = getattr(getattr(model, "neuron_lib_source", None), "name", None)
     name = model_output_name(source_name or cfg.model)
-    out_dir = weights_dir(name, cfg.raw_weights)
-    if model is None and _is_up_to_date(out_dir, cfg):
-        log.info("weights of %s are up to date in %s", name, out_dir)
-        print(f"weights: {out_dir} is up to date (same config); use --overwrite to recompute", file=sys.stderr)
-        return out_dir
+    out_dir = artifacts.weights_summary(name, cfg.raw_weights)
+    fingerprint = config_fingerprint(cfg.identity())
+    state = stage.folder_state(out_dir, STAGE, fingerprint, lambda manifest: manifest.get("files", []))
+    if not stage.must_run(out_dir, state, cfg.overwrite, STAGE) and model is None:
+        stage.log(STAGE, f"{out_dir} is up to date (skipped: same configuration)")
+        return stage.StageResult(STAGE, "skipped", {"folder": str(out_dir)})
     device = pick_device(cfg.device)
     if model is None:
         model = load_model(cfg.model, device="cpu", process_weights=not cfg.raw_weights)
     info = {**model_info(model), "model": name}
     weights = extract_weights(model, processed=not cfg.raw_weights)
     L, N = weights.n_layers, weights.d_mlp
+    stage.log(STAGE, f"plan: {name} ({L} layers x {N} neurons, vocab {weights.d_vocab}); parts: "
+                     f"{', '.join(_expected_files(cfg))}; float64 in chunks of {cfg.chunk_size} neurons")
 
     stats = neuron_stats(weights)
     tensors_meta = {"self_pair": SELF_PAIR_POLICY, "model": info["model"]}
@@ -522,22 +463,22 @@ def run_weights(cfg: WeightsConfig, model=None) -> Path:
         vocab = vocab_composition(weights, cfg.vocab_top_k, cfg.chunk_size, cfg.progress, device)
         for col, key in zip(VOCAB_MOMENT_COLUMNS, ("mean", "var", "skew", "kurt")):
             stats[col] = vocab["U_out"][key].reshape(-1).numpy()
-        save_tensors_atomic(out_dir / "vocab_composition.safetensors",
-                            {**_flatten(vocab), "hist_edges": cosine_edges()}, tensors_meta)
+        save_tensors_atomic(out_dir / artifacts.WEIGHT_VOCAB_FILE, {**_flatten(vocab), "hist_edges": cosine_edges()},
+                            tensors_meta)
         del vocab
     if cfg.neurons:
         comp = neuron_composition(weights, cfg.neuron_top_k, cfg.chunk_size, cfg.progress, device)
-        save_tensors_atomic(out_dir / "neuron_composition.safetensors",
-                            {**_flatten(comp), "hist_edges": cosine_edges()}, tensors_meta)
+        save_tensors_atomic(out_dir / artifacts.WEIGHT_NEURON_FILE, {**_flatten(comp), "hist_edges": cosine_edges()},
+                            tensors_meta)
         del comp
     if cfg.heads:
         heads = head_composition(weights, max(cfg.chunk_size, 256), cfg.progress, device)
-        save_tensors_atomic(out_dir / "head_composition.safetensors", heads, tensors_meta)
-    save_dataframe_atomic(stats, out_dir / "neuron_stats", formats=("csv",))
+        save_tensors_atomic(out_dir / artifacts.WEIGHT_HEAD_FILE, heads, tensors_meta)
+    save_dataframe_atomic(stats, (out_dir / artifacts.WEIGHT_STATS_FILE).with_suffix(""), formats=("csv",))
 
     manifest = make_manifest(
         STAGE, cfg, **info,
-        config_fingerprint=config_fingerprint(cfg.result_fields()),
+        config_fingerprint=fingerprint,
         weight_processing={
             "processed": not cfg.raw_weights,
             "options": ({"fold_ln": True, "center_writing_weights": True, "center_unembed": True,
@@ -554,16 +495,13 @@ def run_weights(cfg: WeightsConfig, model=None) -> Path:
         files=_expected_files(cfg),
     )
     write_manifest(out_dir, manifest)
-    return out_dir
+    stage.log(STAGE, f"wrote {out_dir}")
+    return stage.StageResult(STAGE, "done", {"folder": str(out_dir), **{f: str(out_dir / f) for f in _expected_files(cfg)}})
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = config_parser(WeightsConfig, "python -m neuron_lib.weights", __doc__.split("\n\n")[0])
-    args = parser.parse_args(argv)
-    cfg = config_from_args(WeightsConfig, args).validate()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = run_weights(cfg)
-    print(f"weights: wrote {out}")
+    run_weights(config_from_args(WeightsConfig, parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

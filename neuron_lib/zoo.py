@@ -29,13 +29,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from neuron_lib import artifacts
 from neuron_lib.common import (
     NeuronLibError,
     atomic_write_json,
     atomic_write_text,
     load_tensors,
     make_manifest,
-    output_root,
     read_json,
     read_manifest,
     run_cli,
@@ -79,7 +79,7 @@ class ZooConfig:
     device: str = "auto"
     jobs: int = 1  # models trained concurrently (each with cores/jobs threads)
 
-    def validate(self) -> "ZooConfig":
+    def validate(self) -> ZooConfig:
         if self.d_model % self.n_head:
             raise NeuronLibError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -100,9 +100,8 @@ class ZooConfig:
         from neuron_lib.corpus import CorpusConfig
 
         ctx = CorpusConfig().ctx_len
-        root = output_root("DATASET_DIR") / "zoo"
-        train = Path(self.train_dataset) if self.train_dataset else root / f"embedded.train.{ctx}"
-        analysis = Path(self.analysis_dataset) if self.analysis_dataset else root / f"embedded.analysis.{ctx}"
+        train = Path(self.train_dataset) if self.train_dataset else artifacts.embedded_dataset("train", ctx)
+        analysis = Path(self.analysis_dataset) if self.analysis_dataset else artifacts.embedded_dataset("analysis", ctx)
         return train, analysis
 
 
@@ -245,7 +244,7 @@ def train_one(cfg: ZooConfig, index: int, show_progress: bool = True) -> dict:
     from neuron_lib.corpus import load_token_dataset
 
     seed, name = cfg.seeds[index], cfg.model_names()[index]
-    out_dir = output_root("MODELS_DIR") / "zoo" / name
+    out_dir = artifacts.zoo_model(name)
     train_path, analysis_path = cfg.resolved_datasets()
     train_ds, train_manifest = load_token_dataset(train_path)
     analysis_ds, analysis_manifest = load_token_dataset(analysis_path)
@@ -259,7 +258,7 @@ def train_one(cfg: ZooConfig, index: int, show_progress: bool = True) -> dict:
     train_tokens: torch.Tensor = train_ds[:]["tokens"]
     eval_tokens: torch.Tensor = analysis_ds[: min(cfg.eval_rows, len(analysis_ds))]["tokens"]
     n_rows, ctx_len = train_tokens.shape
-    tokenizer_dir = Path(train_manifest.get("tokenizer_dir") or output_root("CORPUS_DIR") / "tokenizer")
+    tokenizer_dir = Path(train_manifest.get("tokenizer_dir") or artifacts.tokenizer_dir())
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -267,7 +266,7 @@ def train_one(cfg: ZooConfig, index: int, show_progress: bool = True) -> dict:
     model.config.bos_token_id = model.config.eos_token_id = tokenizer.bos_token_id
     optimizer = _optimizer(model, cfg)
 
-    ckpt_dir = out_dir / "checkpoint"
+    ckpt_dir = artifacts.zoo_checkpoint(name)
     start_step, curve, seconds = 0, [], 0.0
     if (ckpt_dir / "progress.json").exists():
         ckpt_record = read_json(ckpt_dir / "record.json") if (ckpt_dir / "record.json").exists() else None
@@ -367,7 +366,7 @@ def zoo_report(cfg: ZooConfig, only: list[str] | None = None) -> str:
     for seed, name in zip(cfg.seeds, cfg.model_names()):
         if only and name not in only and name[-1] not in only:
             continue
-        path = output_root("MODELS_DIR") / "zoo" / name
+        path = artifacts.zoo_model(name)
         if not (path / "manifest.json").exists():
             lines.append(f"{name:<14} {seed:>5}   (not trained yet: python -m neuron_lib.zoo train --models {name})")
             continue

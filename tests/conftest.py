@@ -6,12 +6,13 @@ Every output root is redirected to a session temp dir so tests never touch the u
 from __future__ import annotations
 
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+
+from helpers import synthetic_documents
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -20,25 +21,6 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 _ROOTS = ["CORPUS_DIR", "DATASET_DIR", "MODELS_DIR", "RESULTS_DIR", "SUMMARY_DIR", "DATAFRAMES_DIR",
           "CACHED_ACTIVATIONS_DIR", "FIGURES_DIR"]
-
-_SUBJECTS = ["the cat", "a dog", "the old king", "my friend", "the river", "a small bird", "the teacher", "our city"]
-_VERBS = ["sees", "likes", "follows", "finds", "remembers", "builds", "carries", "watches"]
-_OBJECTS = ["the house", "a red apple", "the long road", "the sea", "a quiet garden", "the night", "an old book"]
-_TAILS = ["", " in the morning", " after the rain", " with great care", " near the bridge", " again"]
-
-
-def synthetic_documents(n_docs: int, seed: int) -> list[str]:
-    """Language-like documents from a tiny grammar: deterministic, offline, with real regularities."""
-    rng = random.Random(seed)
-    docs = []
-    for _ in range(n_docs):
-        sentences = []
-        for _ in range(rng.randint(3, 8)):
-            s = f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)}{rng.choice(_TAILS)}."
-            sentences.append(s[0].upper() + s[1:])
-        docs.append(" ".join(sentences) + ("\n" if rng.random() < 0.5 else ""))
-    return docs
-
 
 @dataclass
 class MicroZoo:

@@ -86,7 +86,7 @@ class LocalSlurm:
         self.start_seconds = 0.0
 
     # ------------------------------------------------------------ lifecycle
-    def __enter__(self) -> "LocalSlurm":
+    def __enter__(self) -> LocalSlurm:
         try:
             self.start()
         except BaseException:

@@ -14,11 +14,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from test_summary import BOS, CTX, build_tiny_model, make_rows, reference_activations, save_dataset  # noqa: E402
-
+from helpers import BOS, CTX, build_tiny_model, make_rows, reference_activations, save_dataset  # noqa: E402
 from neuron_lib import activations as A  # noqa: E402
-from neuron_lib.corpus import tokenizer_fingerprint  # noqa: E402
+from neuron_lib import artifacts  # noqa: E402
 from neuron_lib.common import ManifestMismatch, NeuronLibError, load_tensors, read_json  # noqa: E402
+from neuron_lib.corpus import tokenizer_fingerprint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +71,12 @@ def test_neuron_subset_8bit_pre_and_metrics(env, tmp_path):
     csv = tmp_path / "neurons.csv"
     csv.write_text("layer,neuron,extra\n1,7,a\n0,5,b\n")
     out = A.run_activations(cfg(env, neurons="1.23,0.5", neuron_csv=str(csv)))
-    assert out["status"] == "done" and out["neurons"] == [(0, 5), (1, 7), (1, 23)]
-    folder = A.cache_dir(str(env["model_dir"]), "acts.16")
+    assert out.status == "done" and out.details["neurons"] == [(0, 5), (1, 7), (1, 23)]
+    folder = artifacts.activation_cache(str(env["model_dir"]), "acts.16")
+    assert out.outputs["folder"] == str(folder) and out.n_tokens == 7 * 16
     man = read_json(folder / "manifest.json")
     assert man["tokenizer_fingerprint"] == env["fp"] and man["rows_cached"] == len(env["rows"]) * CTX
-    for col, (l, n) in enumerate(out["neurons"]):
+    for col, (l, n) in enumerate(out.details["neurons"]):
         ref = env["pre"][l, :, :, n].reshape(-1)  # flat index row*ctx + pos, nothing dropped
         got = load(env, f"{l}.{n}", location="pre", aggregation="none")
         assert got.shape == ref.shape
@@ -106,8 +107,8 @@ def test_neuron_subset_8bit_pre_and_metrics(env, tmp_path):
 
 def test_layers_fp16_post_and_rerun(env):
     out = A.run_activations(cfg(env, layers="0", location="post", precision=16, skip_metrics=True))
-    folder = A.cache_dir(str(env["model_dir"]), "acts.16")
-    assert out["files"] == ["layer0.safetensors"] and out["metrics_file"] is None
+    folder = artifacts.activation_cache(str(env["model_dir"]), "acts.16")
+    assert out.details["files"] == ["layer0.safetensors"] and out.details["metrics_file"] is None
     t = load_tensors(folder / "layer0.safetensors")
     assert t["values"].dtype == torch.float16 and t["values"].shape == (len(env["rows"]) * CTX, 64)
     ref = env["post"][0].reshape(-1, 64)
@@ -116,11 +117,11 @@ def test_layers_fp16_post_and_rerun(env):
     with pytest.raises(NeuronLibError, match="no per-token metrics"):
         A.load_cached_metrics(str(env["model_dir"]), "acts.16")
     # same config → skipped; another config → refused; --overwrite recomputes
-    assert A.run_activations(cfg(env, layers="0", location="post", precision=16, skip_metrics=True, batch_size=5))["status"] == "skipped"
+    assert A.run_activations(cfg(env, layers="0", location="post", precision=16, skip_metrics=True, batch_size=5)).status == "skipped"
     with pytest.raises(ManifestMismatch, match="another configuration"):
         A.run_activations(cfg(env, layers="0", location="post", precision=8, skip_metrics=True))
     out = A.run_activations(cfg(env, layers="0,1", precision=8, skip_metrics=True, overwrite=True))
-    assert out["files"] == ["layer0.safetensors", "layer1.safetensors"]
+    assert out.details["files"] == ["layer0.safetensors", "layer1.safetensors"]
     for l in (0, 1):
         for n in (0, 17, 63):
             ref = env["pre"][l, :, :, n].reshape(-1)

@@ -6,6 +6,7 @@ Pure-tensor tests run on synthetic activations; the integration tests build thei
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,9 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from neuron_lib.corpus import load_token_dataset, tokenizer_fingerprint
+from neuron_lib import artifacts
 from neuron_lib import correlations_fast as cf
 from neuron_lib.common import ManifestMismatch, NeuronLibError, load_tensors, read_json
+from neuron_lib.corpus import load_token_dataset, tokenizer_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -172,7 +174,7 @@ def test_rotation_baseline_equals_float64_correlation_with_rotated_activations(m
     cfg = make_cfg(baseline="rotation", n_rotations=3, rotation_method=method, seed=11)
     eng = cf._Engine(cfg, n1, [("b", L, d)], torch.device("cpu"))
     eng.start_block((0, n1))
-    for i, s in enumerate(range(0, T, 200)):
+    for s in range(0, T, 200):
         eng.update(a[:, s:s + 200], [b[:, s:s + 200]], batch_key=s)
     eng.finish_block(None)
     A, B = a.double().numpy(), b.double().numpy()
@@ -409,19 +411,48 @@ def zoo(tmp_path_factory):
     return dict(root=root, names=names, alt=alt, wide=wide, data=str(data), models=models, tok=tok)
 
 
-def _cfg(zoo, out: Path, **kw):
+PAIR_FILES = (artifacts.CORRELATION_SUMMARY_FILE, artifacts.CORRELATION_SUMMARY_T_FILE, artifacts.CORRELATION_STATS_FILE)
+
+
+@contextlib.contextmanager
+def output_roots(out: Path):
+    """RESULTS_DIR and DATAFRAMES_DIR under ``out`` for the duration (the module's fixtures outlive monkeypatch)."""
+    saved = {k: os.environ.get(k) for k in ("RESULTS_DIR", "DATAFRAMES_DIR")}
+    os.environ.update(RESULTS_DIR=str(out / "results"), DATAFRAMES_DIR=str(out / "frames"))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def _cfg(zoo, **kw):
     base = dict(reference_model=zoo["names"][0], other_models=zoo["names"][1:], token_dataset=zoo["data"],
-                baseline="rotation", n_rotations=3, batch_size=8, seed=1, progress=False,
-                results_dir=str(out / "results"), dataframes_dir=str(out / "frames"), max_memory="1GB")
+                baseline="rotation", n_rotations=3, batch_size=8, seed=1, progress=False, max_memory="1GB")
     base.update(kw)
     return cf.CorrelationConfig(**base)
 
 
+def _run(zoo, out: Path, **kw):
+    with output_roots(out):
+        return cf.run_correlations(_cfg(zoo, **kw), models=zoo["models"])
+
+
+def _pairs(result) -> dict[str, dict[str, str]]:
+    """{other: {baseline: folder}} from a StageResult's outputs."""
+    pairs: dict[str, dict[str, str]] = {}
+    for key, folder in result.outputs.items():
+        if "/" in key:
+            other, kind = key.split("/")
+            pairs.setdefault(other, {})[kind] = folder
+    return pairs
+
+
 def _all_outputs(result) -> dict[str, torch.Tensor]:
     out = {}
-    for other, kinds in result["pairs"].items():
+    for other, kinds in _pairs(result).items():
         for kind, folder in kinds.items():
-            for f in (cf.SUMMARY_FILE, cf.SUMMARY_T_FILE, cf.STATS_FILE):
+            for f in PAIR_FILES:
                 for k, v in load_tensors(Path(folder) / f).items():
                     out[f"{Path(other).name}/{kind}/{f}/{k}"] = v
     return out
@@ -439,31 +470,31 @@ def _activations(zoo, name, dataset_path):
 @pytest.fixture(scope="module")
 def reference_run(zoo, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref_run")
-    cfg = _cfg(zoo, out, baseline="rotation,gaussian,permutation")
-    return out, cfg, cf.run_correlations(cfg, models=zoo["models"])
+    cfg = _cfg(zoo, baseline="rotation,gaussian,permutation")
+    return out, cfg, _run(zoo, out, baseline="rotation,gaussian,permutation")
 
 
 def test_run_matches_float64_and_writes_layout(zoo, reference_run, capsys):
     out, cfg, result = reference_run
     ref_name, others = Path(zoo["names"][0]).name, [Path(n).name for n in zoo["names"][1:]]
-    assert set(result["pairs"]) == set(others)
+    assert set(_pairs(result)) == set(others) and result.status == "done" and result.n_tokens > 0
     A = _activations(zoo, zoo["names"][0], zoo["data"])
     for other_path, other in zip(zoo["names"][1:], others):
         folder = out / "results" / f"{ref_name}+{other}" / "tiny.analysis.32" / "pearson.none"
-        assert Path(result["pairs"][other]["none"]) == folder
+        assert Path(_pairs(result)[other]["none"]) == folder
         man = read_json(folder / "manifest.json")
         assert man["n_tokens"] == A.shape[1] and man["baseline"] == "none"
         B = _activations(zoo, other_path, zoo["data"])
         C = np_pearson(A, B)
-        s = load_tensors(folder / cf.SUMMARY_FILE)
-        sT = load_tensors(folder / cf.SUMMARY_T_FILE)
+        s = load_tensors(folder / artifacts.CORRELATION_SUMMARY_FILE)
+        sT = load_tensors(folder / artifacts.CORRELATION_SUMMARY_T_FILE)
         assert np.abs(s["max_corr"].numpy() - C.max(1)).max() <= 1e-4
         assert np.abs(sT["max_corr"].numpy() - C.max(0)).max() <= 1e-4
         assert np.abs(s["corr_mean"].numpy() - C.mean(1)).max() <= 1e-4
         assert s["max_corr"].dtype == torch.float32 and s["bin_counts"].sum(1).eq(C.shape[1]).all()
         # rotation folder: rotation 0 summary + K null maxima, all against float64 rotated activations
         rot = out / "results" / f"{ref_name}+{other}" / "tiny.analysis.32" / "pearson.rotation"
-        st = load_tensors(rot / cf.STATS_FILE)
+        st = load_tensors(rot / artifacts.CORRELATION_STATS_FILE)
         assert st["rotation_null_max"].shape == (128, 3)
         for k in range(3):
             Bk = np.concatenate([cf.random_rotation(64, cf.rotation_seed(1, other, k, l)).numpy() @ B[l * 64:(l + 1) * 64]
@@ -472,43 +503,43 @@ def test_run_matches_float64_and_writes_layout(zoo, reference_run, capsys):
         assert (rot / "manifest.json").exists() and (rot.parent / "pearson.gaussian" / "manifest.json").exists()
     import pandas as pd
 
-    df = pd.read_parquet(result["table_parquet"])
+    df = pd.read_parquet(artifacts.correlation_table_file(Path(result.outputs["table_dir"]), "parquet"))
     assert len(df) == 128 and {f"max_corr_{o}" for o in others} <= set(df.columns)
     assert np.allclose(df["excess_corr"], df["mean_corr"] - df["mean_baseline"])
-    assert Path(result["table"]).exists() and (Path(result["table_dir"]) / "manifest.json").exists()
+    table_manifest = read_json(Path(result.outputs["table_dir"]) / "manifest.json")
+    assert table_manifest["n_universal"] == int(df["is_universal"].sum()) == result.details["n_universal"]
+    assert table_manifest["stage"] == "correlations.table" and table_manifest["model"] == ref_name
+    assert pd.read_csv(result.outputs["table"])["excess_corr"].to_numpy() == pytest.approx(df["excess_corr"].to_numpy())
 
 
 def test_finished_run_is_not_recomputed_and_other_config_refused(zoo, reference_run, capsys):
     out, cfg, result = reference_run
     stamp = {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*") if p.is_file()}
-    again = cf.run_correlations(_cfg(zoo, out, baseline="rotation,gaussian,permutation"), models=zoo["models"])
-    assert again["skipped"] is True
+    again = _run(zoo, out, baseline="rotation,gaussian,permutation")
+    assert again.skipped is True
     assert stamp == {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*") if p.is_file()}
     with pytest.raises(ManifestMismatch, match="--overwrite"):
-        cf.run_correlations(_cfg(zoo, out, baseline="rotation,gaussian,permutation", seed=2), models=zoo["models"])
+        _run(zoo, out, baseline="rotation,gaussian,permutation", seed=2)
     # a table-only change rebuilds just the table (pairs untouched), refused without --overwrite
     with pytest.raises(ManifestMismatch):
-        cf.run_correlations(_cfg(zoo, out, baseline="rotation,gaussian,permutation", universal_threshold=0.3),
-                            models=zoo["models"])
-    redo = cf.run_correlations(_cfg(zoo, out, baseline="rotation,gaussian,permutation", universal_threshold=0.3,
-                                    overwrite=True), models=zoo["models"])
-    assert redo.get("table_only") and stamp == {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*") if p.is_file()}
+        _run(zoo, out, baseline="rotation,gaussian,permutation", universal_threshold=0.3)
+    redo = _run(zoo, out, baseline="rotation,gaussian,permutation", universal_threshold=0.3, overwrite=True)
+    assert redo.details.get("table_only") and stamp == {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*") if p.is_file()}
 
 
 @pytest.fixture(scope="module")
 def blocked_run(zoo, reference_run, tmp_path_factory):
     """The reference run again with a max-memory budget that fits only 64 of the 128 reference rows."""
-    plan = reference_run[2]["plan"]
+    plan = reference_run[2].details["plan"]
     budget = cf._bytes_for_rows(64, plan["fixed_bytes"], plan["per_row_bytes"], 128)
     out = tmp_path_factory.mktemp("blocked")
-    return cf.run_correlations(_cfg(zoo, out, baseline="rotation,gaussian,permutation", max_memory=str(budget)),
-                               models=zoo["models"])
+    return _run(zoo, out, baseline="rotation,gaussian,permutation", max_memory=str(budget))
 
 
 def test_blocking_with_tiny_max_memory_matches_unblocked(reference_run, blocked_run):
     result = reference_run[2]
-    assert blocked_run["plan"]["n_blocks"] == 2 and blocked_run["plan"]["block_rows"] == 64
-    assert result["plan"]["n_blocks"] == 1
+    assert blocked_run.details["plan"]["n_blocks"] == 2 and blocked_run.details["plan"]["block_rows"] == 64
+    assert result.details["plan"]["n_blocks"] == 1
     a, b = _all_outputs(result), _all_outputs(blocked_run)
     assert a.keys() == b.keys()
     for k in a:
@@ -528,14 +559,14 @@ def test_interrupted_run_resumes_identically(zoo, blocked_run, tmp_path, monkeyp
             raise KeyboardInterrupt
         return original(self, *args, **kw)
 
-    cfg = lambda: _cfg(zoo, tmp_path, baseline="rotation,gaussian,permutation", checkpoint_every=1, block_rows=64)  # noqa: E731
+    kw = dict(baseline="rotation,gaussian,permutation", checkpoint_every=1, block_rows=64)
     monkeypatch.setattr(cf._Engine, "update", flaky)
     with pytest.raises(KeyboardInterrupt):
-        cf.run_correlations(cfg(), models=zoo["models"])
+        _run(zoo, tmp_path, **kw)
     monkeypatch.setattr(cf._Engine, "update", original)
     assert not list((tmp_path / "results").glob("*/*/pearson.none/manifest.json"))
-    resumed = cf.run_correlations(cfg(), models=zoo["models"])
-    assert resumed["resumed_from"] == {"block": 1, "row": 8, "batches_done": 3}
+    resumed = _run(zoo, tmp_path, **kw)
+    assert resumed.details["resumed_from"] == {"block": 1, "row": 8, "batches_done": 3}
     a, b = _all_outputs(blocked_run), _all_outputs(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not list((tmp_path / "results" / "_checkpoints").rglob("*.safetensors"))  # cleaned up after success
@@ -559,9 +590,9 @@ def test_sigkilled_run_resumes_identically(zoo, reference_run, tmp_path):
     out = tmp_path / "killed"
     args = ["--reference-model", zoo["names"][0], "--other-models", ",".join(zoo["names"][1:]), "--token-dataset",
             zoo["data"], "--baseline", "rotation,gaussian,permutation", "--n-rotations", "3", "--batch-size", "8",
-            "--seed", "1", "--checkpoint-every", "1", "--results-dir", str(out / "results"),
-            "--dataframes-dir", str(out / "frames"), "--max-memory", "1GB", "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+            "--seed", "1", "--checkpoint-every", "1", "--max-memory", "1GB", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "RESULTS_DIR": str(out / "results"), "DATAFRAMES_DIR": str(out / "frames")}
     proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, *args], env=env, cwd=str(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     killed = False
@@ -587,14 +618,16 @@ def test_sigkilled_run_resumes_identically(zoo, reference_run, tmp_path):
     log = proc.stdout.read().decode(errors="replace")
     assert killed and proc.returncode == -signal.SIGKILL, log[-3000:]
     assert not list((out / "results").glob("*/*/pearson.none/manifest.json")), "the run finished before the kill"
-    resumed = cf.run_correlations(cf.config_from_args(cf.CorrelationConfig, cf._cli_parser().parse_args(args)), models=zoo["models"])
-    assert resumed["resumed_from"] is not None and resumed["resumed_from"]["row"] >= 8
+    with output_roots(out):
+        resumed = cf.run_correlations(cf.config_from_args(cf.CorrelationConfig, cf._cli_parser().parse_args(args)),
+                                      models=zoo["models"])
+    assert resumed.details["resumed_from"] is not None and resumed.details["resumed_from"]["row"] >= 8
     a, b = _all_outputs(reference_run[2]), _all_outputs(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_mismatched_tokenizer_and_vocab_refused(zoo, tmp_path):
     with pytest.raises(NeuronLibError, match="tokenizer"):
-        cf.run_correlations(_cfg(zoo, tmp_path, other_models=[zoo["names"][1], zoo["alt"]]), models=zoo["models"])
+        _run(zoo, tmp_path, other_models=[zoo["names"][1], zoo["alt"]])
     with pytest.raises(NeuronLibError, match="d_vocab"):
-        cf.run_correlations(_cfg(zoo, tmp_path, other_models=[zoo["wide"]]), models=zoo["models"])
+        _run(zoo, tmp_path, other_models=[zoo["wide"]])

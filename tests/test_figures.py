@@ -3,50 +3,16 @@
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
+from helpers import paper_csv, synthetic_neuron_df
+from neuron_lib import criteria
 from neuron_lib import figures as F
-
-PAPER_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "paper" / "stanford-gpt2-small-a"
-
-
-def synthetic_neuron_df(n_layers: int = 4, d_mlp: int = 48, seed: int = 0) -> pd.DataFrame:
-    """A per-neuron table in our schema (paper columns + extras) with a realistic universal minority."""
-    rng = np.random.default_rng(seed)
-    n = n_layers * d_mlp
-    layer = np.repeat(np.arange(n_layers), d_mlp)
-    neuron = np.tile(np.arange(d_mlp), n_layers)
-    uni = rng.random(n) < 0.15
-    mean_baseline = rng.uniform(0.1, 0.3, n)
-    mean_corr = np.where(uni, mean_baseline + rng.uniform(0.51, 0.65, n), mean_baseline + rng.uniform(0.0, 0.45, n))
-    w_in, w_out = rng.uniform(0.3, 0.8, n) + 0.2 * uni, rng.uniform(0.3, 0.7, n) + 0.2 * uni
-    df = pd.DataFrame({
-        "layer": layer, "neuron": neuron,
-        "max_corr": mean_corr + 0.03, "mean_corr": mean_corr, "min_corr": mean_corr - 0.03,
-        "max_baseline": mean_baseline + 0.01, "min_baseline": mean_baseline - 0.01, "mean_baseline": mean_baseline,
-        "w_in_norm": w_in, "input_bias": rng.normal(-0.2, 0.2, n) - 0.6 * uni, "w_out_norm": w_out,
-        "in_out_sim": rng.uniform(-0.5, 0.5, n), "l2_penalty": w_in ** 2 + w_out ** 2,
-        "mean": rng.normal(-0.5, 0.3, n) - 0.8 * uni, "var": rng.uniform(0.2, 1.0, n),
-        "skew": rng.normal(0, 0.2, n) + 1.0 * uni, "kurt": 3 + np.abs(rng.normal(0, 0.5, n)) + 4 * uni,
-        "vocab_mean": rng.normal(0, 1e-3, n), "vocab_var": rng.uniform(5e-4, 2e-3, n),
-        "vocab_skew": rng.normal(0, 0.5, n) * (1 + layer), "vocab_kurt": 3 + rng.exponential(1.0, n) * (1 + 3 * layer),
-        "sparsity": rng.uniform(0.05, 0.5, n) * np.where(uni, 0.3, 1.0),
-    })
-    df["excess_corr"] = df["mean_corr"] - df["mean_baseline"]
-    df["is_universal"] = df["excess_corr"] > 0.5
-    df["is_universal_z"] = df["is_universal"] & (rng.random(n) < 0.8)
-    df["is_sparse"] = df["sparsity"] < 0.02
-    df["rotation_z"] = rng.normal(5, 1, n)
-    for c in ("mean", "var", "skew", "kurt"):
-        df[f"{c}_exact"] = df[c] + rng.normal(0, 1e-3, n)
-    df["act_freq_exact"] = df["sparsity"]
-    df.attrs["model"] = "synthetic"
-    return df
+from neuron_lib import stats as St
 
 
 def universal_only(df: pd.DataFrame) -> pd.DataFrame:
@@ -56,9 +22,7 @@ def universal_only(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def paper_table() -> pd.DataFrame:
-    path = PAPER_DIR / "universal.csv"
-    assert path.exists(), f"the paper's table is missing at {path}: tests need a copy of shared/ beside the repository"
-    df = pd.read_csv(path)
+    df = pd.read_csv(paper_csv("universal"))
     df.attrs["only_universal"] = True
     return df
 
@@ -84,7 +48,7 @@ def test_universal_share_by_layer_matches_hand_count(df):
 def test_universal_threshold_is_strict():
     tiny = pd.DataFrame({"layer": [0, 0, 0, 1], "neuron": [0, 1, 2, 0], "mean_corr": [0.75, 0.9, 0.2, 0.9],
                          "mean_baseline": [0.25, 0.1, 0.1, np.nan]})
-    assert F.universal_mask(tiny).tolist() == [False, True, False, False]  # 0.5 is not > 0.5; NaN is not universal
+    assert criteria.universal_mask(tiny).tolist() == [False, True, False, False]  # 0.5 is not > 0.5; NaN is not universal
     _, data = F.universal_share_by_layer(tiny)
     assert data["n_universal"].tolist() == [1, 0]
 
@@ -117,7 +81,7 @@ def test_correlation_densities_integrate_to_one(df):
 
 
 def test_percentiles_equal_scipy(df):
-    pct = F.within_layer_percentiles(df, ["kurt", "input_bias"])
+    pct = St.within_layer_percentiles(df, ["kurt", "input_bias"])
     for layer in (0, 3):
         sub = df[df["layer"] == layer]
         for m in ("kurt", "input_bias"):
@@ -125,19 +89,11 @@ def test_percentiles_equal_scipy(df):
             np.testing.assert_allclose(pct.loc[sub.index, m], expected)
 
 
-def test_percentile_of_score_ties_and_nan():
-    pop = np.array([1.0, 2.0, 2.0, 3.0, np.nan])
-    got = F.percentile_of_score(pop, [2.0, 0.0, 5.0, np.nan])
-    clean = pop[~np.isnan(pop)]
-    np.testing.assert_allclose(got[:3], [stats.percentileofscore(clean, s) for s in (2.0, 0.0, 5.0)])
-    assert np.isnan(got[3])
-
-
 def test_universal_property_percentiles_draws_universal_neurons(df):
     fig, data = F.universal_property_percentiles(df, metrics=("kurt", "sparsity"))
     n_uni = int(df["is_universal"].sum())
     assert len(data) == 2 * n_uni
-    pct = F.within_layer_percentiles(df, ["kurt"])
+    pct = St.within_layer_percentiles(df, ["kurt"])
     got = data[data["metric"] == "kurt"].set_index(["layer", "neuron"])["percentile"]
     exp = pct.loc[df["is_universal"], "kurt"].set_axis(pd.MultiIndex.from_frame(df.loc[df["is_universal"], ["layer", "neuron"]]))
     np.testing.assert_allclose(got.sort_index(), exp.sort_index())
@@ -271,8 +227,11 @@ def test_plot_highlighted_examples():
 
 def test_figure_writer(tmp_path, df):
     w = F.FigureWriter(tmp_path, "nb", source={"path": "x.csv"})
-    saved = w.save(F.universal_share_by_layer(df), "share", "caption A")
-    assert (tmp_path / "share.png").exists() and (tmp_path / "share.svg").exists() and (tmp_path / "share.csv").exists()
+    result = F.universal_share_by_layer(df)
+    saved = w.save(result, "share", "caption A")
+    assert (tmp_path / "share.png").read_bytes().startswith(b"\x89PNG") and "<svg" in (tmp_path / "share.svg").read_text()
+    written = pd.read_csv(tmp_path / "share.csv")
+    pd.testing.assert_frame_equal(written, result.data.reset_index(drop=True), check_dtype=False)
     assert saved._repr_png_().startswith(b"\x89PNG")
     none = w.save(F.universal_property_percentiles(universal_only(df)), "pct", "caption B")
     assert none.files == {} and "not drawn" in none._repr_markdown_()

@@ -15,10 +15,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from helpers import paper_csv  # noqa: E402
 from neuron_lib import neuron_df as ND  # noqa: E402
+from neuron_lib import stats as St  # noqa: E402
 from neuron_lib.common import ManifestMismatch, NeuronLibError, make_manifest, save_tensors_atomic, write_manifest  # noqa: E402
 
-PAPER_DIR = Path("/work/shared/data/paper/stanford-gpt2-small-a")
 MODEL = "fake-model"
 L, N = 2, 5
 EDGES = np.linspace(-10, 15, 256, dtype=np.float32)  # the paper's edges (float32)
@@ -83,7 +84,8 @@ def write_activation_subset(root: Path, subset: str, x: np.ndarray, shift: np.nd
     s = np.broadcast_to(np.asarray(shift, dtype=np.float64), x.shape[:2])
     d = x - s[..., None]
     T = x.shape[-1]
-    save_tensors_atomic(folder / "histogram.safetensors", {"pre_bin_counts": torch.tensor(counts, dtype=torch.int64)})
+    save_tensors_atomic(folder / "histogram.safetensors", {"pre_bin_counts": torch.tensor(counts, dtype=torch.int64),
+                                                          "pre_bin_edges": St.pre_bin_edges()})
     save_tensors_atomic(folder / "moments.safetensors", {
         "pre_sum": torch.tensor(d.sum(-1)), "pre_sum_sq": torch.tensor((d ** 2).sum(-1)),
         "pre_sum_cube": torch.tensor((d ** 3).sum(-1)), "pre_sum_quad": torch.tensor((d ** 4).sum(-1)),
@@ -153,24 +155,24 @@ def fake_inputs(roots):
 
 # ---------------------------------------------------------------- helpers vs references
 def test_padded_centres_and_first_nonnegative_edge():
-    c = ND.padded_bin_centres(ND.paper_activation_edges())
+    c = St.padded_bin_centres(St.pre_bin_edges())
     assert c.shape == (257,)
     step = 25 / 255
     assert c[0].item() == pytest.approx(-10 - step / 2, abs=1e-6) and c[-1].item() == pytest.approx(15 + step / 2, abs=1e-6)
-    for edges in (ND.paper_activation_edges(), torch.linspace(-10, 15, 256, dtype=torch.float64), torch.tensor(EDGES)):
-        assert ND.first_nonnegative_edge(edges) == 102
+    for edges in (St.pre_bin_edges(), torch.linspace(-10, 15, 256, dtype=torch.float64), torch.tensor(EDGES)):
+        assert St.first_nonnegative_edge(edges) == 102
 
 
 def test_binned_moments_and_sparsity_against_reference():
     x = fake_samples(7, 2500)
     counts = ref_hist(x)
-    got = ND.binned_moments(torch.tensor(counts))
+    got = St.binned_moments(torch.tensor(counts))
     for key, want in zip(("mean", "var", "skew", "kurt"), ref_binned_moments(counts)):
         np.testing.assert_allclose(got[key].numpy(), want, rtol=1e-6, err_msg=key)
-    np.testing.assert_allclose(ND.binned_sparsity(torch.tensor(counts)).numpy(), ref_sparsity(counts), rtol=1e-12)
+    np.testing.assert_allclose(St.binned_sparsity(torch.tensor(counts)).numpy(), ref_sparsity(counts), rtol=1e-12)
     # the one-bin bias: a value in (edges[101], 0] counts as "active"; exactly edges[101] does not
     c = ref_hist(np.array([[[-0.05, float(EDGES[101]), -1.0, 1.0]]]))
-    assert ND.binned_sparsity(torch.tensor(c)).item() == pytest.approx(0.5)
+    assert St.binned_sparsity(torch.tensor(c)).item() == pytest.approx(0.5)
     # the Gaussian-ish neuron's binned moments are close to the exact ones (bin width ≈ 0.098)
     assert abs(got["mean"][0, 0].item() - x[0, 0].mean()) < 0.01
 
@@ -181,10 +183,10 @@ def test_exact_moments_and_shift_against_numpy():
     d = x - s
     sums = {0: torch.full((L, N), float(x.shape[-1]), dtype=torch.float64)}
     sums.update({k: torch.tensor((d ** k).sum(-1)) for k in (1, 2, 3, 4)})
-    got = ND.exact_moments(sums, s)
+    got = St.moments_from_power_sums(sums, s)
     for key, want in zip(("mean", "var", "skew", "kurt"), np_moments(x)):
         np.testing.assert_allclose(got[key].numpy(), want, rtol=1e-9, err_msg=key)
-    moved = ND.shift_power_sums(sums, s, -0.3)
+    moved = St.shift_power_sums(sums, s, -0.3)
     for k in range(1, 5):
         np.testing.assert_allclose(moved[k].numpy(), ((x + 0.3) ** k).sum(-1), rtol=1e-9)
 
@@ -192,7 +194,7 @@ def test_exact_moments_and_shift_against_numpy():
 # ---------------------------------------------------------------- table assembly
 def test_neuron_df_from_fake_inputs(fake_inputs):
     x, st, corr = fake_inputs["x"], fake_inputs["weights"], fake_inputs["corr"]
-    stem = ND.run_neuron_df(ND.NeuronDfConfig(model=MODEL))
+    stem = Path(ND.run_neuron_df(ND.NeuronDfConfig(model=MODEL)).outputs["table"])
     df = pd.read_csv(stem.with_suffix(".csv"))
     pq = pd.read_parquet(stem.with_suffix(".parquet"))
     assert len(df) == len(pq) == L * N
@@ -250,7 +252,7 @@ def test_missing_inputs_give_nan_columns_not_a_crash(roots):
     summary, frames = roots
     write_weights(summary)
     with pytest.warns(ND.MissingInputWarning):
-        stem = ND.run_neuron_df(ND.NeuronDfConfig(model=MODEL, dataset="not-computed"))
+        stem = Path(ND.run_neuron_df(ND.NeuronDfConfig(model=MODEL, dataset="not-computed")).outputs["table"])
     df = pd.read_csv(stem.with_suffix(".csv"))
     assert len(df) == L * N
     for c in ND.CORR_COLUMNS + ["excess_corr"] + ND.ACTIVATION_COLUMNS + ["sparsity"] + ND.EXACT_COLUMNS:
@@ -309,8 +311,14 @@ def test_several_correlation_datasets_need_a_choice(roots):
 
 def test_cli(fake_inputs, capsys):
     ND.main(["--model", MODEL, "--formats", "csv"])
-    assert (fake_inputs["frames"] / "neuron_dfs" / f"{MODEL}.csv").exists()
+    csv = fake_inputs["frames"] / "neuron_dfs" / f"{MODEL}.csv"
+    df = pd.read_csv(csv)
+    assert list(df.columns[:23]) == ND.PAPER_COLUMNS and len(df) == L * N
+    np.testing.assert_allclose(df["w_in_norm"], fake_inputs["weights"]["w_in_norm"])  # the weights joined in flat order
+    manifest = json.loads((csv.parent / f"{MODEL}.manifest.json").read_text())
+    assert manifest["files"] == [csv.name] and manifest["n_rows"] == L * N and manifest["model"] == MODEL
     assert not (fake_inputs["frames"] / "neuron_dfs" / f"{MODEL}.parquet").exists()
+    assert f"neuron_df: wrote {csv.with_suffix('')}" in capsys.readouterr().out
     with pytest.raises(NeuronLibError):
         ND.main(["--model", MODEL, "--formats", "xlsx"])
 
@@ -354,16 +362,17 @@ def test_compare_universal():
     cmp = ND.compare_universal(df)
     assert set(cmp.index) == {"kurt", "skew", "input_bias", "sparsity", "l2_penalty", "vocab_kurt"}
     assert cmp.agrees_with_paper.all()
-    # reference for one property: within-layer percentile, median over the universal neurons
-    pct = df.groupby("layer")["kurt"].rank(pct=True)
+    # reference for one property: scipy's within-layer percentile (0-100, as Fig. 3), median over universal neurons
+    import scipy.stats
+
+    pct = df.groupby("layer")["kurt"].transform(lambda v: [scipy.stats.percentileofscore(v, x, kind="rank") for x in v])
     assert cmp.loc["kurt", "universal_percentile"] == pytest.approx(pct[df.is_universal].median())
     assert cmp.loc["kurt", "n_universal"] == df.is_universal.sum()
 
 
 # ---------------------------------------------------------------- the paper's CSVs
-@pytest.mark.skipif(not PAPER_DIR.exists(), reason="paper CSVs not available")
 def test_paper_universal_csv():
-    df = ND.load_neuron_df(PAPER_DIR / "universal.csv")
+    df = ND.load_neuron_df(paper_csv("universal"))
     assert len(df) == 1533 and list(df.columns[:23]) == ND.PAPER_COLUMNS
     assert df.attrs["only_universal"] and df.attrs["model"] == "stanford-gpt2-small-a"
     assert df.is_universal.all() and df.excess_corr.min() > 0.5
@@ -377,9 +386,8 @@ def test_paper_universal_csv():
         ND.compare_universal(df)
 
 
-@pytest.mark.skipif(not PAPER_DIR.exists(), reason="paper CSVs not available")
 def test_paper_sub_gaussian_csv():
-    df = ND.load_neuron_df(PAPER_DIR / "sub_gaussian_activation_kurtosis.csv")
+    df = ND.load_neuron_df(paper_csv("sub_gaussian_activation_kurtosis"))
     assert len(df) == 194 and not df.attrs["only_universal"]
     assert "excess_corr" in df.columns  # computed: the file has no excess_corr column
     np.testing.assert_allclose(df.excess_corr, df.mean_corr - df.mean_baseline)
@@ -388,9 +396,9 @@ def test_paper_sub_gaussian_csv():
     assert df.is_universal.sum() == (df.mean_corr - df.mean_baseline > 0.5).sum() == 30
 
 
-@pytest.mark.skipif(not PAPER_DIR.exists(), reason="paper CSVs not available")
 def test_paper_high_excess_csv_old_names():
-    df = ND.load_neuron_df(PAPER_DIR / "high_excess_correlation.csv")
+    path = paper_csv("high_excess_correlation")
+    df = ND.load_neuron_df(path)
     assert len(df) == 497 and df.attrs["only_universal"]
     for old in ("input_weight_norm", "output_weight_norm", "weight_norm_penalty", "Unnamed: 0"):
         assert old not in df.columns
@@ -400,7 +408,7 @@ def test_paper_high_excess_csv_old_names():
     np.testing.assert_allclose(df.l2_penalty, df.w_in_norm ** 2 + df.w_out_norm ** 2, rtol=1e-6)
     assert df.is_universal.all() and "old" in df.attrs["excess_corr_definition"]
     # the dropped unnamed index was the flat index
-    raw = pd.read_csv(PAPER_DIR / "high_excess_correlation.csv", index_col=0)
+    raw = pd.read_csv(path, index_col=0)
     np.testing.assert_array_equal(raw.index, df.layer * 3072 + df.neuron)
 
 
@@ -412,14 +420,13 @@ def test_load_neuron_df_missing_is_a_clear_error(roots):
 @pytest.mark.filterwarnings("ignore::neuron_lib.neuron_df.MissingInputWarning")
 def test_real_weight_summary_joins(roots, tmp_path):
     """neuron_lib.weights output of a tiny model (built as in test_weights) lands in the table unchanged."""
-    from test_weights import make_tiny_model
-
+    from helpers import make_tiny_model
     from neuron_lib.weights import WeightsConfig, run_weights
 
     folder = make_tiny_model(tmp_path / "tiny-join")
     run_weights(WeightsConfig(model=str(folder), neurons=False, heads=False, progress=False))
     stats = ND.load_weights_summary("tiny-join")["neuron_stats"]
-    stem = ND.run_neuron_df(ND.NeuronDfConfig(model="tiny-join", formats="parquet"))
+    stem = Path(ND.run_neuron_df(ND.NeuronDfConfig(model="tiny-join", formats="parquet")).outputs["table"])
     df = ND.load_neuron_df(stem.with_suffix(".parquet"))
     assert len(df) == 2 * 64 and df.attrs["table"] == "tiny-join"
     for c in ND.WEIGHT_COLUMNS + ND.VOCAB_COLUMNS:

@@ -11,21 +11,20 @@ default parameters point at the main job's outputs (``zoo-gpt2-a``), which CI do
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
 import nbformat
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from helpers import paper_csv, synthetic_documents, synthetic_neuron_df
 from neuron_lib import notebooks as nb
 from neuron_lib.common import ManifestMismatch, NeuronLibError
 
-from conftest import synthetic_documents
-from test_figures import synthetic_neuron_df
-
-PAPER_TABLE = Path(__file__).resolve().parents[1].parent / "shared/data/paper/stanford-gpt2-small-a/universal.csv"
 MODEL = "synth-a"
 N_LAYERS, D_MLP, CTX, TOP_K = 2, 64, 24, 8
 ROOTS = ("MODELS_DIR", "DATASET_DIR", "SUMMARY_DIR", "DATAFRAMES_DIR", "FIGURES_DIR")
@@ -117,22 +116,25 @@ def test_notebooks_on_synthetic_inputs(inputs, tmp_path):
     }
     index = (out / "index.html").read_text()
     for name, figs in expected.items():
+        record = {f["name"]: f for f in json.loads((out / name / "figures.json").read_text())["figures"]}
         for fig in figs:
-            for ext in ("png", "svg", "csv"):
-                assert (out / name / f"{fig}.{ext}").stat().st_size > 0, (name, fig, ext)
-            assert f"{name}/{fig}.png" in index
+            assert (out / name / f"{fig}.png").read_bytes().startswith(b"\x89PNG"), (name, fig)
+            assert "<svg" in (out / name / f"{fig}.svg").read_text()[:2000], (name, fig)
+            data = pd.read_csv(out / name / f"{fig}.csv")
+            assert len(data) > 0 and not data.isna().all().any(), (name, fig)  # the data the figure drew
+            assert record[fig]["files"]["png"] == f"{fig}.png" and record[fig]["caption"]
+            # the index links the figure and shows its caption
+            assert f"{name}/{fig}.png" in index and html.escape(record[fig]["caption"]) in index
         record = json.loads((out / name / "figures.json").read_text())
         assert all(f["caption"] for f in record["figures"])
         assert record["source"]["model"] == MODEL and record["source"]["manifest"]["model"] == MODEL
-    html = (out / "dataset_summary" / "top_examples.html").read_text()
-    assert "background-color" in html and "<h3>L" in html
+    page = (out / "dataset_summary" / "top_examples.html").read_text()
+    assert "background-color" in page and "<h3>L" in page
     assert "manifest of the data" in index
 
 
 def test_properties_notebook_on_paper_table(tmp_path):
-    assert PAPER_TABLE.exists(), (f"the paper's table is missing at {PAPER_TABLE}: a copy of the project's shared/ "
-                                  "folder must sit beside the repository")
-    done, failed = nb.run_paper_table(PAPER_TABLE, out=tmp_path, only=["properties_of_universal_neurons"])
+    done, failed = nb.run_paper_table(paper_csv("universal"), out=tmp_path, only=["properties_of_universal_neurons"])
     assert not failed, failed
     path = done[0]
     assert not _errors(path)
@@ -142,11 +144,13 @@ def test_properties_notebook_on_paper_table(tmp_path):
     assert "holds only universal neurons" in text and "1,533 universal" in text
     for fig in ("universal_share_by_layer", "correlation_vs_baseline", "universal_neurons_prop_raw",
                 "appendix_neuron_metrics_by_layer"):
-        assert (folder / f"{fig}.png").exists() and (folder / f"{fig}.svg").exists()
+        assert (folder / f"{fig}.png").read_bytes().startswith(b"\x89PNG") and "<svg" in (folder / f"{fig}.svg").read_text()
+        assert len(pd.read_csv(folder / f"{fig}.csv")) > 0
     assert not (folder / "universal_neurons_prop.png").exists()  # percentiles need the whole population
     share = np.loadtxt(folder / "universal_share_by_layer.csv", delimiter=",", skiprows=1, usecols=(0, 1))
     assert share[:, 1].astype(int).tolist() == [222, 244, 101, 110, 71, 72, 56, 112, 101, 142, 125, 177]
-    assert "figure" in (tmp_path / "index.html").read_text()
+    index = (tmp_path / "index.html").read_text()
+    assert "paper/stanford-gpt2-small-a/properties_of_universal_neurons/universal_share_by_layer.png" in index
 
 
 def test_missing_or_mismatched_inputs_name_the_command(inputs, tmp_path):
@@ -171,7 +175,7 @@ def test_missing_or_mismatched_inputs_name_the_command(inputs, tmp_path):
 
 def test_cli(inputs, tmp_path, capsys):
     nb.main(["--index-only", "--out", str(tmp_path)])
-    assert (tmp_path / "index.html").exists()
+    assert "No figures yet" in (tmp_path / "index.html").read_text()  # an empty root says how to make figures
     with pytest.raises(NeuronLibError, match="neuron_lib.neuron_df --model ghost"):
         nb.main(["--model", "ghost", "--neuron-df", str(tmp_path / "none.csv"), "--out", str(tmp_path)])
     with pytest.raises(NeuronLibError, match="takes the parameters"):

@@ -75,7 +75,7 @@ def stage_module(stage: S.Stage) -> str:
 def runnable_stages() -> list[str]:
     """Default stages whose module exists (others are still being written) and whose inputs are produced."""
     chosen: list[str] = []
-    for name, stage in S.discover_stages().items():
+    for name, stage in S.cluster_stages().items():
         if stage.default and importlib.util.find_spec(f"neuron_lib.{stage_module(stage)}") and all(
                 a in chosen for a in stage.after):
             chosen.append(name)
@@ -151,7 +151,7 @@ def test_pipeline_through_slurm_equals_local_run(cluster, micro_zoo, tmp_path):
     # meanwhile, a local run of the same commands (array task 0: model a) outside Slurm
     local_env = job_env(micro_zoo, tmp_path / "local")
     submitted = json.loads((tmp_path / "slurm" / "logs" / S.LAST_SUBMIT).read_text())["env"]
-    all_stages = S.discover_stages()
+    all_stages = S.cluster_stages()
     local_errors: list[str] = []
 
     def run_local():
@@ -238,7 +238,7 @@ def test_usr1_requeues_and_training_resumes_from_checkpoint(cluster, micro_zoo, 
     # an uninterrupted local run of the same command, for comparison
     local_env = job_env(micro_zoo, tmp_path / "local", NL_ZOO_ARGS=zoo_args)
     submitted = json.loads((tmp_path / "slurm" / "logs" / S.LAST_SUBMIT).read_text())["env"]
-    cmd = script_command(S.discover_stages()["zoo"], {**submitted, **local_env}, 0)
+    cmd = script_command(S.cluster_stages()["zoo"], {**submitted, **local_env}, 0)
     local_log = tmp_path / "local.log"
     with open(local_log, "w") as log:  # a file, not a pipe: tqdm's output would fill a pipe and block the run
         local = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **local_env}, stdout=log, stderr=subprocess.STDOUT)
@@ -293,11 +293,11 @@ def test_dry_run_prints_sbatch_commands_with_dependency_edges(tmp_path):
                           "--preset", "micro"], env=env, capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
     lines = {m.group(1): m.group(2) for m in re.finditer(r"^(\w+)_JOB=\$\((sbatch .*)\)", out.stdout, re.M)}
-    assert list(lines) == ["ZOO", "CORRELATIONS", "SUMMARY", "WEIGHTS", "NEURON_DF", "FIGURES"]
+    assert list(lines) == ["ZOO", "CORRELATIONS", "WEIGHTS", "SUMMARY", "NEURON_DF", "FIGURES"]  # the table's order
     assert "--dependency" not in lines["ZOO"] and "--array=0-2 " in lines["ZOO"]
     for stage in ("CORRELATIONS", "SUMMARY", "WEIGHTS"):
         assert '"--dependency=afterok:${ZOO_JOB}"' in lines[stage]
-    assert '"--dependency=afterok:${SUMMARY_JOB}:${WEIGHTS_JOB}:${CORRELATIONS_JOB}"' in lines["NEURON_DF"]
+    assert '"--dependency=afterok:${CORRELATIONS_JOB}:${WEIGHTS_JOB}:${SUMMARY_JOB}"' in lines["NEURON_DF"]
     assert '"--dependency=afterok:${NEURON_DF_JOB}"' in lines["FIGURES"]
     assert "--array=0-0 " in lines["CORRELATIONS"] and "--array=0-0 " in lines["FIGURES"]
     for stage, line in lines.items():
@@ -322,24 +322,23 @@ def test_submit_refuses_models_outside_the_zoo(tmp_path):
 
 def test_scripts_run_the_same_commands_as_the_local_pipeline():
     """For the default zoo, each sbatch array task runs exactly a command of `python -m neuron_lib.pipeline`."""
-    from neuron_lib import pipeline, zoo
+    from neuron_lib import criteria, pipeline, zoo
 
     cfg = zoo.make_config("default")
     models = cfg.model_names()
     _, analysis = cfg.resolved_datasets()
     env = {"NL_MODELS": ",".join(models), "NL_REFERENCE_MODELS": models[0], "NL_DATASETS": str(analysis),
            "NL_TOKEN_DATASET": str(analysis), "NL_PRESET": "default", "NL_PYTHON": "python", "NL_REPO": str(REPO),
-           "NL_UNIVERSAL_THRESHOLD": str(pipeline.ZOO_FIGURE_THRESHOLD)}
+           "NL_UNIVERSAL_THRESHOLD": str(criteria.figure_threshold(all_zoo=True))}
     for var in ("NL_NAME_PREFIX", "NL_TRAIN_DATASET", "NL_ANALYSIS_DATASET", "NL_BATCH_SIZE", "NL_ZOO_ARGS"):
         env[var] = ""
-    stages = S.discover_stages()
+    stages = S.cluster_stages()
 
     def commands(*names):
         return sorted(script_command(stages[n], env, i)[2:] for n in names for i in range(S.array_size(stages[n], env)))
 
-    for pipe_stage, slurm_stages in (("correlations", ["correlations"]), ("statistics", ["weights", "summary"]),
-                                     ("dataframes", ["neuron_df"]), ("figures", ["figures"])):
-        assert commands(*slurm_stages) == sorted(pipeline.stage_commands(pipe_stage)), pipe_stage
+    for name in ("correlations", "weights", "summary", "neuron_df", "figures"):  # one table: the same stage names
+        assert commands(name) == sorted(pipeline.stage_commands(name)), name
     # zoo: the pipeline trains all models in one process, Slurm one per task, with the same preset
     (pipe_zoo,) = pipeline.stage_commands("zoo")
     per_task = commands("zoo")
@@ -350,7 +349,7 @@ def test_scripts_run_the_same_commands_as_the_local_pipeline():
 
 def test_array_items_and_log_names():
     env = {"NL_MODELS": "m0,m1,m2", "NL_DATASETS": "/d/x,/d/y", "NL_PYTHON": "python", "NL_REPO": str(REPO)}
-    summary = S.discover_stages()["summary"]
+    summary = S.cluster_stages()["summary"]
     assert S.array_size(summary, env) == 6
     got = [script_command(summary, env, i)[3:7] for i in range(6)]
     assert got == [["--model", m, "--token-dataset", d] for m in ("m0", "m1", "m2") for d in ("/d/x", "/d/y")]

@@ -17,83 +17,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from helpers import BOS, CTX, VOCAB, build_tiny_model, make_rows, reference_activations, save_dataset  # noqa: E402
+from neuron_lib import stats as St  # noqa: E402
 from neuron_lib import summary as S  # noqa: E402
-from neuron_lib.corpus import tokenizer_fingerprint  # noqa: E402
 from neuron_lib.common import ManifestMismatch, NeuronLibError, load_tensors, read_json, run_cli  # noqa: E402
-
-CTX = 16
-VOCAB = 300
-BOS = 0
-
-
-# ------------------------------------------------------------------ fixtures: tiny model + datasets
-def build_tiny_model(folder: Path, seed: int = 0, vocab_text: str | None = None) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    text = vocab_text or "the quick brown fox jumps over the lazy dog\nhello world, this is a tiny test corpus. "
-    tok.train_from_iterator([text] * 40, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                   unk_token="<|endoftext|>")
-    torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=len(fast), n_positions=32, n_embd=32, n_layer=2, n_head=2, n_inner=64,
-                     activation_function="gelu_new", bos_token_id=BOS, eos_token_id=BOS)
-    model = GPT2LMHeadModel(cfg)
-    with torch.no_grad():  # larger weights → a wider spread of pre-activations over the histogram range
-        for blk in model.transformer.h:
-            blk.mlp.c_fc.weight.mul_(8.0)
-            blk.mlp.c_fc.bias.normal_(0, 1.0)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return folder
-
-
-def make_rows(n_rows: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    rows = rng.integers(1, VOCAB, size=(n_rows, CTX))
-    rows[:, 0] = BOS
-    rows[:, 9] = np.where(rng.random(n_rows) < 0.5, BOS, rows[:, 9])  # EOS (= BOS id) inside some rows
-    rows[:, 5:8] = [7, 8, 7]  # frequent tokens
-    rows[1] = rows[0]  # identical rows → tied activations inside the first batch (subset a)
-    rows[7] = rows[3]  # ... and across batches (a: batches (0, 1), (3, 6), (7, 9))
-    rows[4] = rows[2]  # subset b: (2, 4) in one batch, 8 in the next
-    rows[8] = rows[2]
-    return rows
-
-
-def save_dataset(folder: Path, rows: np.ndarray, subsets: list[str], fingerprint: str) -> Path:
-    import datasets
-
-    from neuron_lib.corpus import save_token_dataset
-
-    features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("int64"), length=rows.shape[1]),
-                                  "subset": datasets.Value("string")})
-    ds = datasets.Dataset.from_dict({"tokens": rows.tolist(), "subset": subsets}, features=features)
-    return save_token_dataset(ds, folder, {"tokenizer_fingerprint": fingerprint, "split": "test", "split_seed": 0,
-                                           "sources": ["synthetic"]})
-
-
-def reference_activations(model_dir: Path, rows: np.ndarray):
-    """float32-rounded pre/post activations [L, rows, ctx, N] from plain HF in float64."""
-    from transformers import GPT2LMHeadModel
-
-    model = GPT2LMHeadModel.from_pretrained(model_dir).double().eval()
-    acts: dict[int, tuple] = {}
-    hooks = [blk.mlp.act.register_forward_hook(lambda m, i, o, l=l: acts.__setitem__(l, (i[0], o)))
-             for l, blk in enumerate(model.transformer.h)]
-    with torch.no_grad():
-        model(torch.tensor(rows))
-    for h in hooks:
-        h.remove()
-    pre = np.stack([acts[l][0].float().numpy() for l in range(len(acts))]).astype(np.float32)
-    post = np.stack([acts[l][1].float().numpy() for l in range(len(acts))]).astype(np.float32)
-    return pre, post
+from neuron_lib.corpus import tokenizer_fingerprint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -147,11 +75,11 @@ def ref_topk(values: np.ndarray, ids: np.ndarray, k: int):
 
 
 def test_histogram_rule_edges_and_outside():
-    edges = S.pre_bin_edges()
+    edges = St.pre_bin_edges()
     e = edges.numpy()
     vals = np.array([e[0], e[0] - 1e-3, -100.0, e[255], e[255] + 1e-3, 1e6, e[102], e[102] + 1e-6, e[101], np.float32(0.0),
                      np.nextafter(e[50], np.float32(-np.inf)), np.nextafter(e[50], np.float32(np.inf))], dtype=np.float32)
-    counts = S.histogram_counts(torch.tensor(vals).view(1, -1), edges)[0].numpy()
+    counts = St.histogram_counts(torch.tensor(vals).view(1, -1), edges)[0].numpy()
     expected = np.zeros(257, dtype=np.int64)
     for v in vals:  # independent rule: bin i holds edges[i-1] < v <= edges[i]
         i = 0
@@ -177,25 +105,6 @@ def test_topk_helper_ties_and_padding():
     assert v.tolist() == [[-1.0, -3.0, -5.0, float("-inf")]] and i.tolist() == [[1, 3, 0, -1]]
 
 
-def test_moment_formulas():
-    rng = np.random.default_rng(0)
-    x = rng.gamma(2.0, 2.0, size=(3, 1000)) + 1e4  # large offset: the shift avoids cancellation
-    shift = x[:, :50].mean(1)
-    d = x - shift[:, None]
-    m = S.moments_from_power_sums(*(torch.tensor((d ** k).sum(1)) for k in (1, 2, 3, 4)), torch.tensor([1000] * 3),
-                                  torch.tensor(shift))
-    c = x - x.mean(1, keepdims=True)
-    var = (c ** 2).mean(1)
-    np.testing.assert_allclose(m["mean"].numpy(), x.mean(1), rtol=1e-12)
-    np.testing.assert_allclose(m["var"].numpy(), var, rtol=1e-9)
-    np.testing.assert_allclose(m["skew"].numpy(), (c ** 3).mean(1) / var ** 1.5, rtol=1e-7)
-    np.testing.assert_allclose(m["kurt"].numpy(), (c ** 4).mean(1) / var ** 2, rtol=1e-7)
-    # re-centring power sums to another shift is exact algebra
-    sums = {0: torch.full((3,), 1000.0), **{k: torch.tensor((d ** k).sum(1)) for k in (1, 2, 3, 4)}}
-    moved = S.shift_power_sums(sums, torch.tensor(shift), torch.zeros(3))
-    np.testing.assert_allclose(moved[2].numpy(), (x ** 2).sum(1), rtol=1e-12)
-
-
 def check_subset(env, folder: Path, subset: str, cfg: S.SummaryConfig, keep_bos: bool = False):
     ref = subset_ref(env, subset, keep_bos)
     files = {f: load_tensors(folder / f"{f}.safetensors") for f in ("histogram", "moments", "top_examples", "vocab")}
@@ -212,7 +121,7 @@ def check_stats(ref, files, cfg, V, inner_bins: bool = True):
     hist, mom, top, voc = (files[f] for f in ("histogram", "moments", "top_examples", "vocab"))
 
     # histograms: numpy float32 searchsorted (left) on float32 edges
-    for which, edges_fn in (("pre", S.pre_bin_edges), ("post", S.post_bin_edges)):
+    for which, edges_fn in (("pre", St.pre_bin_edges), ("post", St.post_bin_edges)):
         edges = edges_fn().numpy()
         np.testing.assert_array_equal(hist[f"{which}_bin_edges"].numpy(), edges)
         idx = np.searchsorted(edges, ref[which], side="left")
@@ -246,7 +155,7 @@ def check_stats(ref, files, cfg, V, inner_bins: bool = True):
         mu = (f * centres).sum(-1) / f.sum(-1)
         bvar = (f * (centres - mu[..., None]) ** 2).sum(-1) / f.sum(-1)
         bkurt = (f * (centres - mu[..., None]) ** 4).sum(-1) / f.sum(-1) / bvar ** 2
-        bm = S.moments_from_histogram(counts, hist[f"{which}_bin_edges"])
+        bm = St.binned_moments(counts, hist[f"{which}_bin_edges"])
         np.testing.assert_allclose(bm["mean"].numpy(), mu, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(bm["var"].numpy(), bvar, rtol=1e-6)
         np.testing.assert_allclose(bm["kurt"].numpy(), bkurt, rtol=1e-6)
@@ -326,19 +235,6 @@ def check_stats(ref, files, cfg, V, inner_bins: bool = True):
             np.testing.assert_array_equal(voc["vocab_max_top_values"][l, n].numpy(), xv)
 
 
-def test_bin_index_matches_searchsorted():
-    for edges in (S.pre_bin_edges(), S.post_bin_edges(), torch.linspace(-1, 1, 100)):
-        e = edges.numpy()
-        vals = np.concatenate([e, np.nextafter(e, np.float32(np.inf)), np.nextafter(e, np.float32(-np.inf)),
-                               np.random.default_rng(0).normal(0, 8, 20000).astype(np.float32),
-                               np.array([-np.inf, np.inf, -1e30, 1e30, 0.0, -0.0], dtype=np.float32)]).astype(np.float32)
-        got = S.bin_index(torch.tensor(vals), edges).numpy()
-        np.testing.assert_array_equal(got, np.searchsorted(e, vals, side="left"))
-    uneven = torch.tensor([-1.0, 0.0, 0.5, 3.0])
-    v = torch.tensor([-2.0, -1.0, 0.2, 0.5, 2.0, 9.0])
-    assert S.bin_index(v, uneven).tolist() == torch.searchsorted(uneven, v).tolist() == [0, 0, 2, 2, 3, 4]
-
-
 @pytest.mark.parametrize("dense_fraction", [0.0, 0.125, 2.0])  # always dense / default / always sparse merges
 def test_stream_with_many_ties(dense_fraction, monkeypatch):
     """Synthetic activations on a coarse grid (ties everywhere: tokens, rows, within rows, per-token max/mean),
@@ -380,7 +276,7 @@ def test_stream_with_many_ties(dense_fraction, monkeypatch):
 def test_summary_matches_reference(env, summary_root):
     cfg = config(env)
     out = S.run_summary(cfg)
-    assert out["status"] == "done" and sorted(out["folders"]) == ["a", "b"]
+    assert out.status == "done" and sorted(out.outputs) == ["a", "b"] and out.n_tokens > 0
     root = summary_root / "tinygpt" / "activations"
     assert sorted(p.name for p in root.iterdir()) == ["a", "b"]  # no 'all' folder
     for subset in ("a", "b"):
@@ -390,7 +286,9 @@ def test_summary_matches_reference(env, summary_root):
     # both subsets share one shift (the run's first batch), so their power sums add directly
     a, b = (load_tensors(root / s / "moments.safetensors") for s in ("a", "b"))
     assert torch.equal(a["pre_shift"], b["pre_shift"])
-    pooled = S.moments_from_file(S.combine_moment_files([a, b], "pre"), "pre")
+    parts = [({0: t["pre_count"], 1: t["pre_sum"], 2: t["pre_sum_sq"], 3: t["pre_sum_cube"], 4: t["pre_sum_quad"]},
+              t["pre_shift"]) for t in (a, b)]
+    pooled = St.moments_from_power_sums(*St.pool_power_sums(parts))
     allx = np.concatenate([subset_ref(env, s)["pre"] for s in ("a", "b")], -1).astype(np.float64)
     np.testing.assert_allclose(pooled["var"].numpy(), allx.var(-1), rtol=1e-8)
     # the summary's loader and context recovery
@@ -432,18 +330,18 @@ def test_vocab_mean_threshold_under_memory_budget(env, summary_root):
 
 def test_rerun_skip_refuse_overwrite(env, summary_root, capsys):
     cfg = config(env, subsets="a")
-    assert S.run_summary(cfg)["status"] == "done"
-    assert S.run_summary(config(env, subsets="a", batch_size=4))["status"] == "skipped"  # batch size is not identity
+    assert S.run_summary(cfg).status == "done"
+    assert S.run_summary(config(env, subsets="a", batch_size=4)).status == "skipped"  # batch size is not identity
     with pytest.raises(ManifestMismatch, match="another configuration"):
         S.run_summary(config(env, subsets="a", top_k=3))
     out = S.run_summary(config(env, subsets="a", top_k=3, overwrite=True))
-    assert out["status"] == "done"
+    assert out.status == "done"
     assert load_tensors(summary_root / "tinygpt" / "activations" / "a" / "top_examples.safetensors")["top_values"].shape[-1] == 3
     # the subset selection is not part of a subset's identity: a full run computes only what is missing
     out = S.run_summary(config(env, top_k=3))
-    assert out["status"] == "done" and sorted(out["written"]) == ["b"]
-    assert S.run_summary(config(env, top_k=3))["status"] == "skipped"
-    assert "summary plan" in capsys.readouterr().out
+    assert out.status == "done" and sorted(out.details["written"]) == ["b"]
+    assert S.run_summary(config(env, top_k=3)).status == "skipped"
+    assert "summary: plan:" in capsys.readouterr().out
 
 
 def test_mismatched_tokenizer_refused(env, summary_root, tmp_path):

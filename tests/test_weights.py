@@ -14,49 +14,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from neuron_lib.common import NeuronLibError
 import torch
+
+from helpers import D_HEAD, D_MLP, D_MODEL, N_HEADS, N_LAYERS, make_tiny_model
+from neuron_lib.common import ManifestMismatch, NeuronLibError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from neuron_lib import stats as St  # noqa: E402
 from neuron_lib import weights as W  # noqa: E402
 from neuron_lib.common import load_tensors  # noqa: E402
 from neuron_lib.models import load_model  # noqa: E402
-
-N_LAYERS, D_MODEL, N_HEADS, D_MLP = 2, 32, 2, 64
-D_HEAD = D_MODEL // N_HEADS
-
-
-def make_tiny_model(folder: Path, seed: int = 0) -> Path:
-    """A 2-layer GPT-2 (vocab ≈ 280) with a tiny byte-level BPE tokenizer, in the hub's format.
-
-    LayerNorm gains/biases and all biases are randomised so that folding them actually matters.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    torch.manual_seed(seed)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["the cat sat on the mat. a dog saw the old king near the river."] * 20, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                   unk_token="<|endoftext|>")
-    cfg = GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=32, n_embd=D_MODEL, n_layer=N_LAYERS,
-                     n_head=N_HEADS, n_inner=D_MLP, activation_function="gelu_new", bos_token_id=0, eos_token_id=0)
-    model = GPT2LMHeadModel(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "ln" in name and name.endswith("weight"):
-                p.copy_(1 + 0.3 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn_like(p))
-    model.save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -178,11 +146,11 @@ def test_name_and_folder_give_the_same_weights(tiny_dir, monkeypatch, tmp_path):
 
 # ---------------------------------------------------------------- numeric helpers
 def test_histogram_binning_with_values_on_edges():
-    edges = W.cosine_edges()
+    edges = St.cosine_edges()
     e = edges.numpy()
     values = torch.tensor([[-1.5, -1.0, e[1], (e[1] + e[2]) / 2, 0.999999, 1.0, 1.2, e[50], np.nextafter(e[50], 2)]],
                           dtype=torch.float64)
-    hist = W.paper_histogram(values, edges)[0].numpy()
+    hist = St.histogram_counts(values, edges)[0].numpy()
     assert hist.shape == (101,) and hist.sum() == values.shape[1]
     # bin 0: v ≤ edges[0] (−1.5, −1.0); bin i: edges[i−1] < v ≤ edges[i]; bin 100: v > edges[99]
     expected = np.zeros(101, int)
@@ -193,25 +161,7 @@ def test_histogram_binning_with_values_on_edges():
     # excluded entries are dropped
     excl = torch.zeros_like(values, dtype=torch.bool)
     excl[0, 0] = True
-    assert W.paper_histogram(values, edges, excl)[0, 0].item() == 1
-
-
-def test_row_moments_match_numpy_and_exclusion():
-    rng = np.random.default_rng(0)
-    v = rng.gamma(2.0, size=(5, 400))
-    m = W.row_moments(torch.tensor(v))
-    for got, want in zip(m, np_moments(v)):
-        np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
-    excl = np.zeros_like(v, bool)
-    excl[np.arange(5), [0, 10, 20, 30, 399]] = True
-    m = W.row_moments(torch.tensor(v), torch.tensor(excl))
-    want = [np_moments(v[i][~excl[i]]) for i in range(5)]
-    for j in range(4):
-        np.testing.assert_allclose(m[j].numpy(), [w[j] for w in want], rtol=1e-12)
-    # scipy's definitions agree (population, non-excess kurtosis)
-    from scipy import stats
-
-    np.testing.assert_allclose(W.row_moments(torch.tensor(v))[3].numpy(), stats.kurtosis(v, axis=1, fisher=False), rtol=1e-10)
+    assert St.histogram_counts(values, edges, exclude=excl)[0, 0].item() == 1
 
 
 # ---------------------------------------------------------------- statistics vs references
@@ -225,7 +175,8 @@ def weights_run(processed_model, tmp_path_factory):
         out = W.run_weights(cfg, model=processed_model)
     finally:
         mp.undo()
-    return out
+    assert out.status == "done"
+    return Path(out.outputs["folder"])
 
 
 def test_outputs_and_manifest(weights_run):
@@ -374,8 +325,14 @@ def test_up_to_date_run_is_reused_and_cli(tiny_dir, tmp_path, monkeypatch, capsy
     assert t["U_out.top_index"].shape[-1] == manifest["d_vocab"]  # capped at d_vocab
     mtime = (out / "manifest.json").stat().st_mtime_ns
     W.main(argv)
-    assert "up to date" in capsys.readouterr().err
+    assert "up to date" in capsys.readouterr().out
     assert (out / "manifest.json").stat().st_mtime_ns == mtime
+    # another configuration in the same folder is refused (the one folder rule), replaced with --overwrite
+    other = [a if a != "1000" else "5" for a in argv]
+    with pytest.raises(ManifestMismatch, match="--overwrite"):
+        W.main(other)
+    W.main(other + ["--overwrite"])
+    assert json.loads((out / "manifest.json").read_text())["config"]["vocab_top_k"] == 5
     W.main(["--model", str(tiny_dir), "--raw-weights", "--no-vocab", "--no-neurons", "--no-heads", "--no-progress"])
     raw = json.loads((tmp_path / "tiny-gpt2" / "weights_raw" / "manifest.json").read_text())
     assert raw["weight_processing"]["processed"] is False

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import pandas as pd
 import torch
 from safetensors.torch import load_file
 
@@ -53,7 +54,12 @@ def test_micro_zoo_models_differ_only_in_seed(micro_env):
     assert not torch.equal(w[0], w[1])
     for m, d in zip(manifests, micro_env.model_dirs):
         assert m["held_out_loss"] < math.log(320)  # learned something beyond uniform
-        assert (d / "tokenizer.json").exists() and (d / "loss_curve.csv").exists()
+        from transformers import AutoTokenizer
+
+        assert len(AutoTokenizer.from_pretrained(d)) == 320  # the model folder carries the zoo's tokenizer
+        curve = pd.read_csv(d / "loss_curve.csv")
+        assert curve["step"].is_monotonic_increasing and curve["step"].iloc[-1] == micro_env.config.max_steps
+        assert curve.filter(like="loss").iloc[-1].min() < curve.filter(like="loss").iloc[0].max()  # it learned
         assert not (d / "checkpoint").exists()
 
 

@@ -1,0 +1,274 @@
+"""Where every artifact lives: one function per artifact kind, the only place a file or folder name is spelled.
+
+Producers write to these paths and every consumer (neuron_df, notebooks, slurm, the browser) reads through
+them; docs/DESIGN.md's artifact table lists kind → path → producer → consumers → checked manifest fields.
+
+Roots (environment variable → default, relative to the working directory) can be moved one by one, so
+tests and clusters redirect everything with environment variables:
+
+    CORPUS_DIR → corpus/          DATASET_DIR → token_datasets/      MODELS_DIR → models/
+    RESULTS_DIR → correlation_results/   SUMMARY_DIR → summary_data/   DATAFRAMES_DIR → dataframes/
+    CACHED_ACTIVATIONS_DIR → cached_activations/   FIGURES_DIR → figures/   SHARED_DIR → ../shared
+
+Model arguments are model names as users give them (zoo name, alias, folder, hub id); the path component is
+``models.model_output_name(name)``. Dataset arguments are token-dataset folders or their names; the path
+component is the folder's name (:func:`dataset_name`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+MANIFEST_NAME = "manifest.json"
+
+ROOTS: dict[str, str] = {
+    "CORPUS_DIR": "corpus",
+    "DATASET_DIR": "token_datasets",
+    "MODELS_DIR": "models",
+    "RESULTS_DIR": "correlation_results",
+    "SUMMARY_DIR": "summary_data",
+    "DATAFRAMES_DIR": "dataframes",
+    "CACHED_ACTIVATIONS_DIR": "cached_activations",
+    "FIGURES_DIR": "figures",
+}
+
+# ---------------------------------------------------------------- file names inside artifact folders
+#: activation summary parts: ``{part}.safetensors`` in each subset folder (summary.py's file contract)
+SUMMARY_PARTS = ("histogram", "moments", "top_examples", "vocab")
+#: weight summary files (weights.py's file contract)
+WEIGHT_STATS_FILE = "neuron_stats.csv"
+WEIGHT_VOCAB_FILE = "vocab_composition.safetensors"
+WEIGHT_NEURON_FILE = "neuron_composition.safetensors"
+WEIGHT_HEAD_FILE = "head_composition.safetensors"
+#: correlation pair folder files (correlations_fast.py's file contract)
+CORRELATION_SUMMARY_FILE = "correlation_summary.safetensors"
+CORRELATION_SUMMARY_T_FILE = "correlation_summary_T.safetensors"
+CORRELATION_STATS_FILE = "neuron_stats.safetensors"
+CORRELATION_FULL_GLOB = "correlation.rows*.safetensors"
+CORRELATION_TABLE_STEM = "neuron_correlations"
+#: activation cache files (activations.py's file contract)
+CACHE_NEURONS_FILE = "neurons.safetensors"
+CACHE_METRICS_FILE = "metrics.safetensors"
+#: figures
+FIGURES_JSON = "figures.json"
+FIGURES_INDEX = "index.html"
+
+
+def root(kind: str) -> Path:
+    """Folder for one kind of generated output, e.g. ``root("DATASET_DIR")``."""
+    if kind not in ROOTS:
+        raise KeyError(f"unknown output root {kind!r}; known: {sorted(ROOTS)}")
+    return Path(os.environ.get(kind, ROOTS[kind]))
+
+
+def model_name(model: str) -> str:
+    """The single path component a model's outputs are filed under."""
+    from neuron_lib.models import model_output_name
+
+    return model_output_name(str(model))
+
+
+def dataset_name(dataset: str | Path) -> str:
+    """The path component of a token dataset: its folder's name (a bare name stays as it is)."""
+    path = Path(str(dataset)).expanduser()
+    return path.resolve().name if path.exists() else path.name
+
+
+def manifest_path(folder: str | Path) -> Path:
+    return Path(folder) / MANIFEST_NAME
+
+
+# ---------------------------------------------------------------- corpus and token datasets (corpus.py)
+def corpus_downloads() -> Path:
+    return root("CORPUS_DIR") / "downloads"
+
+
+def corpus_documents() -> Path:
+    return root("CORPUS_DIR") / "documents"
+
+
+def tokenizer_dir() -> Path:
+    """The embedded default's tokenizer (``tokenizer.json`` + HF config; ``AutoTokenizer`` loads it)."""
+    return root("CORPUS_DIR") / "tokenizer"
+
+
+def token_dataset(family: str, name: str) -> Path:
+    """A token dataset (HF ``save_to_disk`` folder + manifest): ``$DATASET_DIR/{family}/{name}``."""
+    return root("DATASET_DIR") / family / name
+
+
+def embedded_dataset(split: str, ctx_len: int) -> Path:
+    """The embedded default's token dataset of one split (``train`` / ``analysis``)."""
+    return token_dataset("zoo", f"embedded.{split}.{ctx_len}")
+
+
+def find_token_dataset(name: str) -> Path | None:
+    """A token dataset by folder name under any family of ``$DATASET_DIR`` (None when there is none)."""
+    found = sorted(root("DATASET_DIR").glob(f"*/{Path(name).name}"))
+    return found[0] if found else None
+
+
+# ---------------------------------------------------------------- models (zoo.py, models.py)
+def zoo_root() -> Path:
+    return root("MODELS_DIR") / "zoo"
+
+
+def zoo_model(name: str) -> Path:
+    """A zoo model in the hub's format (+ manifest, loss curve)."""
+    return zoo_root() / name
+
+
+def zoo_checkpoint(name: str) -> Path:
+    """A zoo model's resumable training checkpoint (removed when training finishes)."""
+    return zoo_model(name) / "checkpoint"
+
+
+# ---------------------------------------------------------------- correlations (correlations_fast.py)
+def correlation_run(reference: str, other: str, dataset: str | Path, simtype: str, baseline: str) -> Path:
+    """One (reference, other, baseline) pair folder: row/column summaries, neuron stats, manifest."""
+    return (root("RESULTS_DIR") / f"{model_name(reference)}+{model_name(other)}" / dataset_name(dataset)
+            / f"{simtype}.{baseline}")
+
+
+def correlation_checkpoint(reference: str, dataset: str | Path, key: str) -> Path:
+    return root("RESULTS_DIR") / "_checkpoints" / model_name(reference) / dataset_name(dataset) / key
+
+
+def correlation_tables_root(model: str) -> Path:
+    return root("DATAFRAMES_DIR") / "correlations" / model_name(model)
+
+
+def correlation_table_dir(model: str, dataset: str | Path) -> Path:
+    """The universal-neuron table of a reference model: ``neuron_correlations.{csv,parquet}`` + manifest."""
+    return correlation_tables_root(model) / dataset_name(dataset)
+
+
+def correlation_table_file(folder: Path, fmt: str) -> Path:
+    return Path(folder) / f"{CORRELATION_TABLE_STEM}.{fmt}"
+
+
+def find_correlation_table(model: str, dataset: str = "") -> Path | None:
+    """The folder holding the correlation table of ``model`` (on ``dataset``, or the only one), or None."""
+    from neuron_lib.common import NeuronLibError
+
+    def has_table(p: Path) -> bool:
+        return any(correlation_table_file(p, f).exists() for f in ("csv", "parquet"))
+
+    if dataset:
+        folder = correlation_table_dir(model, dataset)
+        return folder if has_table(folder) else None
+    base = correlation_tables_root(model)
+    found = sorted(p for p in base.iterdir() if p.is_dir() and has_table(p)) if base.exists() else []
+    if len(found) > 1:
+        raise NeuronLibError(f"{model!r} has correlation tables for several datasets "
+                             f"({', '.join(p.name for p in found)}); choose one with --dataset")
+    return found[0] if found else None
+
+
+# ---------------------------------------------------------------- statistics (weights.py, summary.py)
+def weights_summary(model: str, raw: bool = False) -> Path:
+    """Weight statistics: neuron_stats.csv, vocab/neuron/head composition safetensors, manifest."""
+    return root("SUMMARY_DIR") / model_name(model) / ("weights_raw" if raw else "weights")
+
+
+def activation_summary_root(model: str, base: str | Path | None = None) -> Path:
+    """A model's activation summaries (``base`` replaces ``$SUMMARY_DIR``)."""
+    return Path(base or root("SUMMARY_DIR")) / model_name(model) / "activations"
+
+
+def activation_summary(model: str, subset: str) -> Path:
+    """One dataset subset's summary folder: ``{part}.safetensors`` for each of :data:`SUMMARY_PARTS` + manifest."""
+    return activation_summary_root(model) / subset
+
+
+def summary_part(folder: str | Path, part: str) -> Path:
+    return Path(folder) / f"{part}.safetensors"
+
+
+def list_summary_subsets(model: str) -> list[str]:
+    """Subsets with a finished (manifest-bearing) activation summary."""
+    base = activation_summary_root(model)
+    return sorted(p.name for p in base.iterdir() if manifest_path(p).exists()) if base.exists() else []
+
+
+def activation_cache(model: str, dataset: str | Path) -> Path:
+    """Cached activations of chosen neurons or layers, plus per-token metrics."""
+    return root("CACHED_ACTIVATIONS_DIR") / model_name(model) / dataset_name(dataset)
+
+
+def cache_layer_file(layer: int) -> str:
+    return f"layer{int(layer)}.safetensors"
+
+
+# ---------------------------------------------------------------- neuron dataframes (neuron_df.py)
+def neuron_df(model: str) -> Path:
+    """Stem of the per-neuron table: ``.csv`` and ``.parquet`` beside ``.manifest.json``."""
+    return root("DATAFRAMES_DIR") / "neuron_dfs" / model_name(model)
+
+
+def neuron_df_manifest(model: str) -> Path:
+    stem = neuron_df(model)
+    return stem.with_name(f"{stem.name}.manifest.json")
+
+
+def neuron_df_file(model: str) -> Path:
+    """The table a reader opens: the parquet when present, else the CSV (which may not exist yet)."""
+    stem = neuron_df(model)
+    parquet = stem.with_name(f"{stem.name}.parquet")
+    return parquet if parquet.exists() else stem.with_name(f"{stem.name}.csv")
+
+
+def interpretable_neurons(model: str) -> Path:
+    """Folder of the paper-schema tables of interesting neurons (``universal.csv`` + manifest)."""
+    return root("DATAFRAMES_DIR") / "interpretable_neurons" / model_name(model)
+
+
+def universal_table(model: str) -> Path:
+    return interpretable_neurons(model) / "universal.csv"
+
+
+# ---------------------------------------------------------------- figures (notebooks.py, figures.py)
+def figures_root() -> Path:
+    return root("FIGURES_DIR")
+
+
+def figures_dir(notebook: str, base: str | Path | None = None) -> Path:
+    """A notebook's executed copy and figure files."""
+    return Path(base or figures_root()) / notebook
+
+
+def paper_figures_dir(model: str, notebook: str, base: str | Path | None = None) -> Path:
+    """Figures drawn from the paper's published table of ``model``."""
+    return Path(base or figures_root()) / "paper" / model / notebook
+
+
+def figures_index(base: str | Path | None = None) -> Path:
+    return Path(base or figures_root()) / FIGURES_INDEX
+
+
+# ---------------------------------------------------------------- the paper's published tables (shared/)
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    """``$SHARED_DIR``, else ``shared/`` beside the repository (where CI puts it)."""
+    return Path(os.environ.get("SHARED_DIR") or repo_root().parent / "shared")
+
+
+def paper_data_dir(model: str | None = None) -> Path:
+    """``shared/data/paper[/model]``: the per-neuron tables published with the paper. Missing → a clear error."""
+    from neuron_lib.common import NeuronLibError
+
+    folder = shared_dir() / "data" / "paper"
+    if model:
+        folder = folder / model
+    if not folder.is_dir():
+        raise NeuronLibError(f"the paper's published tables are missing at {folder}: put a copy of the project's "
+                             "shared/ folder beside the repository, or set SHARED_DIR to it")
+    return folder
+
+
+def paper_table(model: str = "stanford-gpt2-small-a", table: str = "universal") -> Path:
+    return paper_data_dir(model) / f"{table}.csv"

@@ -1,0 +1,238 @@
+"""The paper's numerics, once: histogram edges and binning, binned and exact moments, sparsity, percentiles.
+
+Every stage and figure that needs one of these calls it from here (tests check each against an
+independent float64 reference in tests/test_stats.py).
+
+Binning rule (spec §0.4, a left-sided ``searchsorted``): with E edges there are E + 1 bins; bin 0 holds
+v ≤ edges[0], bin i holds edges[i−1] < v ≤ edges[i], bin E holds v > edges[E−1]; NaN goes to the last bin.
+
+Moments are population moments; kurtosis is NOT excess (a Gaussian gives 3), as in the paper.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+
+from neuron_lib.common import NeuronLibError
+
+# ---------------------------------------------------------------- histogram edges
+N_HIST_EDGES = 256  # the paper's activation histogram: 256 edges → 257 bins
+N_COSINE_EDGES = 100  # the paper's cosine / correlation histogram: 100 edges → 101 bins
+
+
+def pre_bin_edges(n_edges: int = N_HIST_EDGES) -> Float[torch.Tensor, " edges"]:
+    """The paper's pre-activation edges: float32 linspace(−10, 15, n_edges)."""
+    return torch.linspace(-10.0, 15.0, n_edges, dtype=torch.float32)
+
+
+def post_bin_edges(n_edges: int = N_HIST_EDGES) -> Float[torch.Tensor, " edges"]:
+    """Post-activation edges: float32 linspace(−0.2, 10, n_edges) (GELU ≥ −0.17; > 10 lands in the last bin)."""
+    return torch.linspace(-0.2, 10.0, n_edges, dtype=torch.float32)
+
+
+def cosine_edges(dtype: torch.dtype = torch.float64) -> Float[torch.Tensor, " edges"]:
+    """The paper's cosine / correlation edges: linspace(−1, 1, 100) computed in float64, cast to ``dtype``."""
+    return torch.linspace(-1.0, 1.0, N_COSINE_EDGES, dtype=torch.float64).to(dtype)
+
+
+# ---------------------------------------------------------------- binning
+def bin_index(values: torch.Tensor, edges: Float[torch.Tensor, " edges"]) -> torch.Tensor:
+    """Bin of each value under the paper's rule = ``searchsorted(edges, v, right=False)``.
+
+    Computed in float64 for float64 values and in float32 otherwise (edges cast to the same dtype). For
+    uniform edges (linspace) the bin is estimated arithmetically and corrected by one exact comparison on
+    each side, which gives the binary search's bins at a fraction of its cost; other edges use
+    ``torch.searchsorted``. NaN goes to the last bin.
+    """
+    dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
+    values = values.to(dtype)
+    edges = edges.to(device=values.device, dtype=dtype).contiguous()
+    E = edges.numel()
+    step = (edges[-1] - edges[0]) / (E - 1) if E > 1 else None
+    if step is None or step <= 0 or not torch.allclose(edges[1:] - edges[:-1], step.expand(E - 1), rtol=1e-3, atol=0):
+        idx = torch.searchsorted(edges, values.contiguous(), right=False)
+        return torch.where(torch.isnan(values), torch.full_like(idx, E), idx)
+    inf = torch.tensor([float("inf")], device=values.device, dtype=dtype)
+    ext = torch.cat([-inf, edges, inf])  # bin i holds ext[i] < v <= ext[i + 1]
+    est = (values - edges[0]).mul_(1.0 / step).ceil_()
+    idx = est.nan_to_num_(nan=float(E), posinf=float(E), neginf=0.0).clamp_(0, E).to(torch.long)
+    idx += (values > torch.take(ext, idx + 1)).to(torch.long)
+    idx -= ((values <= torch.take(ext, idx)) & (idx > 0)).to(torch.long)
+    return idx
+
+
+def histogram_counts(values: torch.Tensor, edges: torch.Tensor, dim: int = 1,
+                     exclude: torch.Tensor | None = None) -> Int[torch.Tensor, "rows bins"]:
+    """int64 [R, E+1] counts of ``values`` under the paper's rule, counted along ``dim``.
+
+    ``values`` is [R, C] with dim=1 (default) or [C, R] with dim=0; ``exclude`` (bool, same shape) drops entries.
+    """
+    n_bins = edges.numel() + 1
+    idx = bin_index(values, edges)
+    if exclude is not None:
+        idx = idx.masked_fill(exclude, n_bins)  # an overflow bin, cut off below
+    R = values.shape[1 - dim]
+    width = n_bins + (exclude is not None)
+    offsets = torch.arange(R, device=values.device) * width
+    offsets = offsets.unsqueeze(1) if dim == 1 else offsets.unsqueeze(0)
+    counts = torch.bincount((idx + offsets).reshape(-1), minlength=R * width).view(R, width)
+    return counts[:, :n_bins] if exclude is not None else counts
+
+
+# ---------------------------------------------------------------- binned statistics (the paper's columns)
+def padded_bin_centres(edges: torch.Tensor) -> Float[torch.Tensor, " bins"]:
+    """Bin centres of the paper's binned moments (spec §5.3), float64 [E+1].
+
+    The E edges are padded with one step on each side (edge₀ − step, …, edge_{E−1} + step): E+2 edges and
+    E+1 centres, one per histogram bin (the end bins' centres lie half a step outside the range).
+    """
+    e = edges.to(torch.float64)
+    step = e[1] - e[0]
+    padded = torch.cat([e[:1] - step, e, e[-1:] + step])
+    return (padded[:-1] + padded[1:]) / 2
+
+
+def binned_moments(counts: torch.Tensor, edges: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Mean, variance, skew and NON-excess kurtosis from histogram counts [..., E+1] (paper, spec §5.3).
+
+    μ = Σ c_k f_k / F, var = Σ (c_k − μ)² f_k / F, skew = Σ (c_k − μ)³ f_k / (F var^1.5),
+    kurt = Σ (c_k − μ)⁴ f_k / (F var²), with c_k the padded bin centres. float64; NaN for empty rows.
+    """
+    edges = pre_bin_edges() if edges is None else edges
+    c = padded_bin_centres(edges)
+    if counts.shape[-1] != c.numel():
+        raise NeuronLibError(f"histogram has {counts.shape[-1]} bins but the edges give {c.numel()}")
+    f = counts.to(torch.float64)
+    F = f.sum(-1)
+    mean = (f * c).sum(-1) / F
+    d = c - mean[..., None]
+    var = (f * d ** 2).sum(-1) / F
+    skew = (f * d ** 3).sum(-1) / (F * var ** 1.5)
+    kurt = (f * d ** 4).sum(-1) / (F * var ** 2)
+    return {"mean": mean, "var": var, "skew": skew, "kurt": kurt}
+
+
+def first_nonnegative_edge(edges: torch.Tensor) -> int:
+    """Index z of the first edge ≥ 0 (an edge that is 0 up to float rounding counts as 0).
+
+    For the paper's edges z = 102 (edge 102 is 0.0 in float32 numpy, +1.6e−7 in float32 torch and
+    −1.4e−16 in float64; the tolerance makes all three agree with the paper).
+    """
+    e = edges.to(torch.float64)
+    tol = 1e-4 * float((e[1:] - e[:-1]).abs().min())
+    nonneg = torch.nonzero(e >= -tol).flatten()
+    if nonneg.numel() == 0:
+        raise NeuronLibError("no histogram edge is ≥ 0: the paper's sparsity is undefined for these edges")
+    return int(nonneg[0])
+
+
+def binned_sparsity(counts: torch.Tensor, edges: torch.Tensor | None = None) -> torch.Tensor:
+    """The paper's ``sparsity`` (spec §5.4): Σ_{k ≥ z} counts_k / Σ_k counts_k, z = first edge ≥ 0.
+
+    Really an activation *frequency*; bin z holds edges[z−1] < v ≤ edges[z], so it counts values above
+    edges[z−1] ≈ −0.098 (the paper's one-bin bias). float64.
+    """
+    edges = pre_bin_edges() if edges is None else edges
+    z = first_nonnegative_edge(edges)
+    f = counts.to(torch.float64)
+    return f[..., z:].sum(-1) / f.sum(-1)
+
+
+# ---------------------------------------------------------------- exact moments from power sums
+PowerSums = Mapping[int, torch.Tensor]  # {k: Σ (x − shift)^k} for k = 0..4 (S₀ = count)
+
+
+def moments_from_power_sums(sums: PowerSums, shift=0.0) -> dict[str, torch.Tensor]:
+    """Population mean, variance, skew and NON-excess kurtosis from power sums {k: Σ (x − shift)^k}, k = 0..4.
+
+    The variance is clamped at 0 (rounding can make it slightly negative for constant inputs); a zero
+    variance gives NaN skew/kurt and a zero count NaN everywhere. float64.
+    """
+    n = torch.as_tensor(sums[0]).to(torch.float64)
+    m1, m2, m3, m4 = (torch.as_tensor(sums[k]).to(torch.float64) / n for k in (1, 2, 3, 4))
+    var = torch.clamp(m2 - m1 ** 2, min=0.0)
+    mu3 = m3 - 3 * m1 * m2 + 2 * m1 ** 3
+    mu4 = m4 - 4 * m1 * m3 + 6 * m1 ** 2 * m2 - 3 * m1 ** 4
+    return {"mean": torch.as_tensor(shift, dtype=torch.float64) + m1, "var": var,
+            "skew": mu3 / var ** 1.5, "kurt": mu4 / var ** 2}
+
+
+def shift_power_sums(sums: PowerSums, from_shift, to_shift) -> dict[int, torch.Tensor]:
+    """Re-centre power sums: {k: Σ (x − s)^k} → {k: Σ (x − t)^k}, k = 0..4 (binomial expansion, exact algebra)."""
+    d = torch.as_tensor(from_shift, dtype=torch.float64) - torch.as_tensor(to_shift, dtype=torch.float64)
+    return {k: sum(math.comb(k, j) * sums[j].to(torch.float64) * d ** (k - j) for j in range(k + 1)) for k in range(5)}
+
+
+def pool_power_sums(parts: Sequence[tuple[PowerSums, torch.Tensor]]) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """Pool several (power sums, shift) pairs into power sums about their pooled mean (NaN-free)."""
+    if not parts:
+        raise NeuronLibError("no power sums to pool")
+    total_n = sum(s[0].to(torch.float64) for s, _ in parts)
+    pooled = torch.nan_to_num(sum(s[0] * (sh + s[1] / s[0]) for s, sh in parts) / total_n)
+    out = {k: torch.zeros_like(pooled) for k in range(5)}
+    for s, sh in parts:
+        moved = shift_power_sums(s, sh, pooled)
+        for k in range(5):
+            out[k] = out[k] + moved[k]
+    return out, pooled
+
+
+def activation_frequency(n_positive, count) -> torch.Tensor:
+    """Exact fraction of activations > 0 (the paper's 'sparsity', without its one-bin offset)."""
+    return torch.as_tensor(n_positive).to(torch.float64) / torch.as_tensor(count).to(torch.float64)
+
+
+def row_moments(values: Float[torch.Tensor, "rows cols"], exclude: torch.Tensor | None = None):
+    """Two-pass population mean, variance, skew = mean(z³) and NON-excess kurtosis = mean(z⁴) of each row.
+
+    ``exclude`` (bool [R, C]) drops entries. Returns ``(mean, var, skew, kurt)``, each [R].
+    """
+    if exclude is None:
+        n = torch.full((values.shape[0],), values.shape[1], dtype=values.dtype, device=values.device)
+        mean = values.mean(1)
+        d = values - mean[:, None]
+    else:
+        keep = ~exclude
+        n = keep.sum(1).to(values.dtype)
+        mean = torch.where(keep, values, 0).sum(1) / n
+        d = torch.where(keep, values - mean[:, None], 0)
+    d2 = d * d
+    var = d2.sum(1) / n
+    skew = (d2 * d).sum(1) / n / var.pow(1.5)
+    kurt = (d2 * d2).sum(1) / n / var.pow(2)
+    return mean, var, skew, kurt
+
+
+# ---------------------------------------------------------------- percentiles (Fig. 3)
+def percentile_of_score(population, scores) -> np.ndarray:
+    """scipy ``percentileofscore(population, score, kind='rank')`` (0–100) for many scores at once.
+
+    NaNs are left out of the population and give NaN percentiles.
+    """
+    pop = np.asarray(population, dtype=float)
+    pop = np.sort(pop[~np.isnan(pop)])
+    scores = np.asarray(scores, dtype=float)
+    if len(pop) == 0:
+        return np.full(scores.shape, np.nan)
+    left = np.searchsorted(pop, scores, side="left")
+    right = np.searchsorted(pop, scores, side="right")
+    pct = (left + right + (right > left)) * (50.0 / len(pop))
+    return np.where(np.isnan(scores), np.nan, pct)
+
+
+def within_layer_percentiles(df, metrics):
+    """Each neuron's percentile (0–100, :func:`percentile_of_score`) on each metric among its layer's neurons."""
+    import pandas as pd
+
+    metrics = [m for m in metrics if m in df]
+    out = pd.DataFrame(index=df.index, columns=metrics, dtype=float)
+    for _, idx in df.groupby("layer").groups.items():
+        for m in metrics:
+            values = df.loc[idx, m].to_numpy(dtype=float)
+            out.loc[idx, m] = percentile_of_score(values, values)
+    return out

@@ -1,0 +1,75 @@
+"""neuron_lib.criteria on synthetic tables with planted answers (recall and false positives asserted)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from neuron_lib import criteria as C
+
+
+def planted_table(n: int = 400, n_universal: int = 40, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """Per-model max correlations and baselines; planted universal neurons match in every one of 4 models."""
+    rng = np.random.default_rng(seed)
+    truth = np.zeros(n, dtype=bool)
+    truth[rng.choice(n, n_universal, replace=False)] = True
+    cols = {"layer": np.arange(n) // 100, "neuron": np.arange(n) % 100}
+    maxc, base = [], []
+    for m in "bcde":
+        b = rng.uniform(0.1, 0.3, n)
+        c = b + np.where(truth, rng.uniform(0.55, 0.8, n), rng.uniform(0.0, 0.35, n))
+        cols[f"max_corr_{m}"], cols[f"baseline_{m}"] = c, b
+        maxc.append(c), base.append(b)
+    df = pd.DataFrame(cols)
+    df["mean_corr"], df["mean_baseline"] = np.mean(maxc, 0), np.mean(base, 0)
+    df["excess_corr"] = df["mean_corr"] - df["mean_baseline"]
+    return df, truth
+
+
+def test_universal_recovers_planted_neurons_without_false_positives():
+    df, truth = planted_table()
+    got = C.universal_mask(df).to_numpy()
+    assert got[truth].mean() == 1.0  # recall
+    assert got[~truth].mean() == 0.0  # false-positive rate
+    # a dead neuron is never universal, even with a high excess; NaN excess is not universal
+    df.loc[0, "excess_corr"], df["dead"] = 0.9, False
+    df.loc[0, "dead"] = True
+    df.loc[1, "excess_corr"] = np.nan
+    got = C.universal_mask(df).to_numpy()
+    assert not got[0] and not got[1]
+
+
+def test_min_models_uses_per_model_columns():
+    df, truth = planted_table()
+    # neuron 5: huge excess against one model only; the mean passes, 2-of-4 does not
+    i = 5
+    for m in "cde":
+        df.loc[i, f"max_corr_{m}"] = df.loc[i, f"baseline_{m}"] + 0.1
+    df.loc[i, "max_corr_b"] = df.loc[i, "baseline_b"] + 3.0
+    df["excess_corr"] = df[[f"max_corr_{m}" for m in "bcde"]].mean(1) - df[[f"baseline_{m}" for m in "bcde"]].mean(1)
+    assert C.universal_mask(df, min_models=1)[i]
+    assert not C.universal_mask(df, min_models=2)[i]
+    maxc = df[[f"max_corr_{m}" for m in "bcde"]].to_numpy()
+    base = df[[f"baseline_{m}" for m in "bcde"]].to_numpy()
+    assert C.n_models_above(maxc, base)[i] == 1
+    np.testing.assert_array_equal(C.universal(df["excess_corr"], C.n_models_above(maxc, base), None, 0.5, 2),
+                                  C.universal_mask(df, min_models=2).to_numpy())
+
+
+def test_threshold_is_strict_and_table_fallback():
+    tiny = pd.DataFrame({"excess_corr": [0.5, 0.5000001, np.nan, 0.1]})
+    assert C.universal_mask(tiny).tolist() == [False, True, False, False]
+    only_flag = pd.DataFrame({"is_universal": [True, None, False]})
+    assert C.universal_mask(only_flag).tolist() == [True, False, False]
+    assert C.universal_mask(tiny, threshold=0.05).tolist() == [True, True, False, True]
+
+
+def test_z_criterion_sparse_and_vocab_kind():
+    z = np.array([5.0, 5.0, 2.0, np.nan])
+    n_z = np.array([4, 0, 4, 4])
+    assert C.universal_z(z, n_z, dead=[False, False, False, False]).tolist() == [True, False, False, False]
+    assert C.sparse([0.01, 0.02, np.nan, 0.5]).tolist() == [True, False, False, False]
+    kinds = C.vocab_kind([12, 12, 3, 50, np.nan], [1.0, -1.0, 5.0, 0.0, 1.0])
+    assert kinds.tolist() == ["prediction", "suppression", "other", "other", "other"]
+    assert C.figure_threshold(all_zoo=False) == C.UNIVERSAL_THRESHOLD == 0.5
+    assert C.figure_threshold(all_zoo=True) == C.ZOO_FIGURE_THRESHOLD
