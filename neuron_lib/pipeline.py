@@ -42,17 +42,37 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("corpus", "embedded English corpus, BPE tokenizer, token datasets", (), None, ()),
     Stage("zoo", "the seed zoo: GPT-2-architecture models trained from five seeds", ("corpus",), "zoo_train.sbatch"),
-    Stage("correlations", "cross-seed neuron correlations with rotation baselines; universal-neuron table",
-          ("zoo",), "correlations.sbatch", ("NL_REFERENCE_MODELS",)),
+    Stage(
+        "correlations",
+        "cross-seed neuron correlations with rotation baselines; universal-neuron table",
+        ("zoo",),
+        "correlations.sbatch",
+        ("NL_REFERENCE_MODELS",),
+    ),
     Stage("weights", "weight statistics on processed weights", ("zoo",), "weights.sbatch"),
-    Stage("summary", "activation summaries per dataset subset", ("zoo",), "summary.sbatch",
-          ("NL_MODELS", "NL_DATASETS")),
-    Stage("neuron_df", "per-neuron dataframes and the paper's universal.csv", ("correlations", "weights", "summary"),
-          "neuron_df.sbatch"),
-    Stage("figures", "the paper notebooks executed with papermill; figures/index.html", ("neuron_df",),
-          "figures.sbatch", ("NL_REFERENCE_MODELS",)),
-    Stage("activations", "cached activations of chosen neurons (not in `make all`: needs --neurons)", ("zoo",),
-          "activations.sbatch", default=False),
+    Stage(
+        "summary", "activation summaries per dataset subset", ("zoo",), "summary.sbatch", ("NL_MODELS", "NL_DATASETS")
+    ),
+    Stage(
+        "neuron_df",
+        "per-neuron dataframes and the paper's universal.csv",
+        ("correlations", "weights", "summary"),
+        "neuron_df.sbatch",
+    ),
+    Stage(
+        "figures",
+        "the paper notebooks executed with papermill; figures/index.html",
+        ("neuron_df",),
+        "figures.sbatch",
+        ("NL_REFERENCE_MODELS",),
+    ),
+    Stage(
+        "activations",
+        "cached activations of chosen neurons (not in `make all`: needs --neurons)",
+        ("zoo",),
+        "activations.sbatch",
+        default=False,
+    ),
 )
 STAGE_NAMES = [s.name for s in STAGES]
 STAGE_ORDER = [s.name for s in STAGES if s.default]  # what `make all` runs, in order
@@ -79,8 +99,21 @@ def stage_commands(name: str, zoo_preset: str = "default", zoo_jobs: int = 1) ->
     if name == "zoo":
         return [["neuron_lib.zoo", "train", "--preset", zoo_preset, "--jobs", str(zoo_jobs)]]
     if name == "correlations":
-        return [["neuron_lib.correlations_fast", "--reference-model", reference, "--other-models", ",".join(others),
-                 "--token-dataset", str(analysis), "--baseline", "rotation", "--n-rotations", "3"]]
+        return [
+            [
+                "neuron_lib.correlations_fast",
+                "--reference-model",
+                reference,
+                "--other-models",
+                ",".join(others),
+                "--token-dataset",
+                str(analysis),
+                "--baseline",
+                "rotation",
+                "--n-rotations",
+                "3",
+            ]
+        ]
     if name == "weights":
         return [["neuron_lib.weights", "--model", m] for m in models]
     if name == "summary":
@@ -90,8 +123,10 @@ def stage_commands(name: str, zoo_preset: str = "default", zoo_jobs: int = 1) ->
     if name == "figures":
         threshold = criteria.figure_threshold(all_zoo=True)
         return [["neuron_lib.notebooks", "--model", reference, "-p", f"universal_threshold={threshold}"]]
-    raise NeuronLibError(f"stage {name!r} is not part of the embedded pipeline: run `python -m neuron_lib.{name} "
-                         "--help` for its options (or `python -m neuron_lib.slurm submit --stages {name}`)")
+    raise NeuronLibError(
+        f"stage {name!r} is not part of the embedded pipeline: run `python -m neuron_lib.{name} "
+        "--help` for its options (or `python -m neuron_lib.slurm submit --stages {name}`)"
+    )
 
 
 def run_stage(name: str, dry_run: bool = False, **kwargs) -> None:
@@ -115,8 +150,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("stage", choices=STAGE_NAMES + ["all"], help="a stage of the table, or all (the default ones)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     parser.add_argument("--zoo-preset", default="default", help="zoo preset (neuron_lib.zoo PRESETS; default: default)")
-    parser.add_argument("--zoo-jobs", type=int, default=int(os.environ.get("ZOO_JOBS", "1")),
-                        help="zoo models trained at once (each with cores/jobs threads; 1 is as fast as 2 on 2 cores)")
+    parser.add_argument(
+        "--zoo-jobs",
+        type=int,
+        default=int(os.environ.get("ZOO_JOBS", "1")),
+        help="zoo models trained at once (each with cores/jobs threads; 1 is as fast as 2 on 2 cores)",
+    )
     args = parser.parse_args(argv)
     names = STAGE_ORDER if args.stage == "all" else [args.stage]
     t0 = time.time()

@@ -35,13 +35,35 @@ from neuron_lib.common import NeuronLibError, atomic_write_json, run_cli
 
 REPO_ROOT = artifacts.repo_root()
 ROOT_VARS = tuple(artifacts.ROOTS)
-RESOURCE_DEFAULTS = {"PARTITION": "", "ACCOUNT": "", "QOS": "", "GPUS": "1", "GPU_TYPE": "", "CPUS": "8",
-                     "MEM": "32G", "TIME": "12:00:00", "SBATCH_ARGS": "", "ARRAY_LIMIT": "", "SIGNAL_SECONDS": "90"}
+RESOURCE_DEFAULTS = {
+    "PARTITION": "",
+    "ACCOUNT": "",
+    "QOS": "",
+    "GPUS": "1",
+    "GPU_TYPE": "",
+    "CPUS": "8",
+    "MEM": "32G",
+    "TIME": "12:00:00",
+    "SBATCH_ARGS": "",
+    "ARRAY_LIMIT": "",
+    "SIGNAL_SECONDS": "90",
+}
 SBATCH_RESOURCES = ("PARTITION", "ACCOUNT", "QOS", "GPUS", "GPU_TYPE", "CPUS", "MEM", "TIME", "SBATCH_ARGS")
 LAST_SUBMIT = "last_submit.json"
 
-TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-                   "DEADLINE", "PREEMPTED", "REVOKED", "SPECIAL_EXIT"}
+TERMINAL_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+    "REVOKED",
+    "SPECIAL_EXIT",
+}
 # a pending job that can never start (when the cluster does not honour --kill-on-invalid-dep)
 STUCK_REASONS = {"DependencyNeverSatisfied"}
 
@@ -59,8 +81,9 @@ class Stage:
 def repo_root() -> Path:
     root = Path(os.environ.get("NL_REPO") or REPO_ROOT).resolve()
     if not (root / "slurm" / "common.sh").exists():
-        raise NeuronLibError(f"{root} has no slurm/common.sh; set NL_REPO to the neuron_lib checkout (the folder "
-                             "with slurm/ and .venv/)")
+        raise NeuronLibError(
+            f"{root} has no slurm/common.sh; set NL_REPO to the neuron_lib checkout (the folder with slurm/ and .venv/)"
+        )
     return root
 
 
@@ -88,8 +111,10 @@ def cluster_stages(root: Path | None = None) -> dict[str, Stage]:
             raise NeuronLibError(f"stage {s.name}: its sbatch script {script} is missing")
         declared = script_stage_name(script)
         if declared != s.name:
-            raise NeuronLibError(f"{script} declares stage {declared!r}, but the pipeline's table runs stage {s.name!r} "
-                                 "with it; fix its #NL-STAGE line")
+            raise NeuronLibError(
+                f"{script} declares stage {declared!r}, but the pipeline's table runs stage {s.name!r} "
+                "with it; fix its #NL-STAGE line"
+            )
         out[s.name] = Stage(s.name, script, s.items, tuple(a for a in s.after if a in with_script), s.default)
     return out
 
@@ -150,12 +175,15 @@ def job_environment(cfg: SubmitConfig, selected: list[str]) -> dict[str, str]:
         if len(m) == 1 and m.isalpha():  # a zoo letter
             matches = [n for n in zoo_names if n.endswith(f"-{m}")]
             if not matches:
-                raise NeuronLibError(f"zoo letter {m!r} is beyond this zoo ({', '.join(zoo_names)}); add seeds or pick "
-                                     "another letter")
+                raise NeuronLibError(
+                    f"zoo letter {m!r} is beyond this zoo ({', '.join(zoo_names)}); add seeds or pick another letter"
+                )
             m = matches[0]
         elif "zoo" in selected and m not in zoo_names:
-            raise NeuronLibError(f"{m!r} is not a model of this zoo (preset {cfg.preset}: {', '.join(zoo_names)}); "
-                                 "pass zoo letters or names, or --skip zoo for models that exist already")
+            raise NeuronLibError(
+                f"{m!r} is not a model of this zoo (preset {cfg.preset}: {', '.join(zoo_names)}); "
+                "pass zoo letters or names, or --skip zoo for models that exist already"
+            )
         models.append(m)
     if len(set(models)) != len(models):
         raise NeuronLibError(f"models repeat: {models}")
@@ -177,8 +205,8 @@ def job_environment(cfg: SubmitConfig, selected: list[str]) -> dict[str, str]:
         "NL_NEURONS": cfg.neurons,
         "NL_BATCH_SIZE": str(cfg.batch_size) if cfg.batch_size else "",
         # the figures' threshold, as the local pipeline draws them (criteria.figure_threshold)
-        "NL_UNIVERSAL_THRESHOLD": os.environ.get("NL_UNIVERSAL_THRESHOLD") or
-        str(criteria.figure_threshold(all_zoo=all(m in zoo_names for m in models))),
+        "NL_UNIVERSAL_THRESHOLD": os.environ.get("NL_UNIVERSAL_THRESHOLD")
+        or str(criteria.figure_threshold(all_zoo=all(m in zoo_names for m in models))),
     }
     # the jobs cd to NL_REPO: pin output roots given relative to where `submit` ran
     for var in ROOT_VARS:
@@ -199,8 +227,14 @@ def resource_options(stage: str, env: dict[str, str] | None = None) -> list[str]
     """sbatch options for one stage's resources (empty values are left out)."""
     r = {k: resource(stage, k, env).strip() for k in SBATCH_RESOURCES}
     opts = []
-    for key, flag in (("PARTITION", "--partition"), ("ACCOUNT", "--account"), ("QOS", "--qos"),
-                      ("CPUS", "--cpus-per-task"), ("MEM", "--mem"), ("TIME", "--time")):
+    for key, flag in (
+        ("PARTITION", "--partition"),
+        ("ACCOUNT", "--account"),
+        ("QOS", "--qos"),
+        ("CPUS", "--cpus-per-task"),
+        ("MEM", "--mem"),
+        ("TIME", "--time"),
+    ):
         if r[key]:
             opts.append(f"{flag}={r[key]}")
     if r["GPUS"] and r["GPUS"] != "0":
@@ -220,15 +254,24 @@ def log_dir(cfg_dir: str = "") -> Path:
     return Path(cfg_dir or os.environ.get("NL_LOG_DIR") or repo_root() / "slurm" / "logs").absolute()
 
 
-def sbatch_argv(stage: Stage, n_tasks: int, dependencies: list[str], logs: Path, job_prefix: str,
-                env: dict[str, str] | None = None) -> list[str]:
+def sbatch_argv(
+    stage: Stage, n_tasks: int, dependencies: list[str], logs: Path, job_prefix: str, env: dict[str, str] | None = None
+) -> list[str]:
     env = os.environ if env is None else env
     limit = resource(stage.name, "ARRAY_LIMIT", env)  # at most this many tasks at once
-    argv = ["sbatch", "--parsable", f"--job-name={job_prefix}-{stage.name}",
-            f"--array=0-{n_tasks - 1}" + (f"%{limit}" if limit else ""),
-            f"--output={logs}/%x-%A_%a.out", "--open-mode=append", "--requeue",
-            f"--signal=B:USR1@{resource(stage.name, 'SIGNAL_SECONDS', env)}", "--kill-on-invalid-dep=yes",
-            "--export=ALL", f"--chdir={repo_root()}"]
+    argv = [
+        "sbatch",
+        "--parsable",
+        f"--job-name={job_prefix}-{stage.name}",
+        f"--array=0-{n_tasks - 1}" + (f"%{limit}" if limit else ""),
+        f"--output={logs}/%x-%A_%a.out",
+        "--open-mode=append",
+        "--requeue",
+        f"--signal=B:USR1@{resource(stage.name, 'SIGNAL_SECONDS', env)}",
+        "--kill-on-invalid-dep=yes",
+        "--export=ALL",
+        f"--chdir={repo_root()}",
+    ]
     argv += resource_options(stage.name, env)
     if dependencies:
         argv.append("--dependency=afterok:" + ":".join(dependencies))
@@ -269,8 +312,10 @@ def submit(cfg: SubmitConfig, out=sys.stdout) -> dict[str, str]:
     external = _split(cfg.after)
     sub_env = {**os.environ, **job_env}
     if cfg.dry_run:
-        print("#!/usr/bin/env bash\n# neuron_lib pipeline on Slurm (dry run: these are the commands `submit` runs)",
-              file=out)
+        print(
+            "#!/usr/bin/env bash\n# neuron_lib pipeline on Slurm (dry run: these are the commands `submit` runs)",
+            file=out,
+        )
         print(f"mkdir -p {shlex.quote(str(logs))}", file=out)
         for k, v in job_env.items():
             print(f"export {k}={shlex.quote(v)}", file=out)
@@ -295,11 +340,18 @@ def submit(cfg: SubmitConfig, out=sys.stdout) -> dict[str, str]:
             raise NeuronLibError(msg)
         ids[job.stage.name] = result.stdout.strip().split(";")[0]
         edge = f" after {','.join(deps)}" if deps else ""
-        print(f"{prefix}-{job.stage.name}: job {ids[job.stage.name]} ({job.n_tasks} task(s)){edge}", file=out, flush=True)
-    atomic_write_json(logs / LAST_SUBMIT, {"jobs": ids, "log_dir": str(logs), "submitted_unix": time.time(),
-                                           "env": job_env})
-    print(f"jobs: {' '.join(f'{k}={v}' for k, v in ids.items())}\nlogs: {logs}\n"
-          f"follow with: python -m neuron_lib.slurm wait {' '.join(ids.values())}", file=out, flush=True)
+        print(
+            f"{prefix}-{job.stage.name}: job {ids[job.stage.name]} ({job.n_tasks} task(s)){edge}", file=out, flush=True
+        )
+    atomic_write_json(
+        logs / LAST_SUBMIT, {"jobs": ids, "log_dir": str(logs), "submitted_unix": time.time(), "env": job_env}
+    )
+    print(
+        f"jobs: {' '.join(f'{k}={v}' for k, v in ids.items())}\nlogs: {logs}\n"
+        f"follow with: python -m neuron_lib.slurm wait {' '.join(ids.values())}",
+        file=out,
+        flush=True,
+    )
     return ids
 
 
@@ -342,8 +394,12 @@ def log_path(record: dict[str, str]) -> str:
     path = record.get("StdOut", "")
     if "%" in path:
         task = record.get("ArrayTaskId", "")
-        path = (path.replace("%x", record.get("JobName", "")).replace("%A", record.get("ArrayJobId", record.get("JobId", "")))
-                .replace("%a", task).replace("%j", record.get("JobId", "")))
+        path = (
+            path.replace("%x", record.get("JobName", ""))
+            .replace("%A", record.get("ArrayJobId", record.get("JobId", "")))
+            .replace("%a", task)
+            .replace("%j", record.get("JobId", ""))
+        )
     return path
 
 
@@ -369,7 +425,16 @@ class JobReport:
         if self.records is None:
             return "UNKNOWN"
         states = [r.get("JobState", "?") for r in self.records]
-        for bad in ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "CANCELLED", "PREEMPTED"):
+        for bad in (
+            "FAILED",
+            "TIMEOUT",
+            "OUT_OF_MEMORY",
+            "NODE_FAIL",
+            "BOOT_FAIL",
+            "DEADLINE",
+            "CANCELLED",
+            "PREEMPTED",
+        ):
             if bad in states:
                 return bad
         if any(r.get("Reason") in STUCK_REASONS for r in self.records):
@@ -391,12 +456,16 @@ class JobReport:
         for r in sorted(self.failed_tasks(), key=lambda r: r.get("ArrayTaskId", "")):
             reason = r.get("Reason", "None")
             if reason in STUCK_REASONS or (r.get("JobState") == "CANCELLED" and "Dependency" in reason):
-                out.append(f"    task {r.get('ArrayTaskId', '-')}: {r.get('JobState')} ({reason}): never ran because a job "
-                           f"it depends on ({r.get('Dependency', '?')}) failed")
+                out.append(
+                    f"    task {r.get('ArrayTaskId', '-')}: {r.get('JobState')} ({reason}): never ran because a job "
+                    f"it depends on ({r.get('Dependency', '?')}) failed"
+                )
             else:
                 restarts = f", restarts {r['Restarts']}" if r.get("Restarts", "0") != "0" else ""
-                out.append(f"    task {r.get('ArrayTaskId', '-')} (job {r.get('JobId')}): {r.get('JobState')} exit "
-                           f"{r.get('ExitCode', '?')} ({reason}{restarts})  log: {log_path(r)}")
+                out.append(
+                    f"    task {r.get('ArrayTaskId', '-')} (job {r.get('JobId')}): {r.get('JobState')} exit "
+                    f"{r.get('ExitCode', '?')} ({reason}{restarts})  log: {log_path(r)}"
+                )
         return out
 
 
@@ -443,13 +512,26 @@ def print_report(reports: dict[str, JobReport], tail_lines: int = 0, out=sys.std
                 for text in tail(log_path(r), tail_lines):
                     print(f"      | {text}", file=out)
     all_ok = all(r.ok for r in reports.values())
-    print("all jobs completed" if all_ok else "some jobs did not complete" if all(r.finished for r in reports.values())
-          else "jobs still pending or running", file=out, flush=True)
+    print(
+        "all jobs completed"
+        if all_ok
+        else "some jobs did not complete"
+        if all(r.finished for r in reports.values())
+        else "jobs still pending or running",
+        file=out,
+        flush=True,
+    )
     return all_ok
 
 
-def wait(job_ids: list[str], poll: float = 10.0, timeout: float | None = None, tail_lines: int = 5,
-         logs: Path | None = None, out=sys.stdout) -> bool:
+def wait(
+    job_ids: list[str],
+    poll: float = 10.0,
+    timeout: float | None = None,
+    tail_lines: int = 5,
+    logs: Path | None = None,
+    out=sys.stdout,
+) -> bool:
     """Poll until every job has ended; print state changes and a final report. True if all completed."""
     named = _named_ids(job_ids, logs)
     start, seen, reports = time.time(), {}, {}
@@ -485,10 +567,16 @@ def main(argv: list[str] | None = None) -> None:
         if field.type in (bool, "bool"):
             p_submit.add_argument(flag, action="store_true", help=field.metadata.get("help"))
         else:
-            p_submit.add_argument(flag, type=int if field.type in (int, "int") else str, default=field.default,
-                                  help=field.metadata.get("help"))
-    for name, helptext in (("wait", "poll until the jobs end; report failed tasks with their logs"),
-                           ("status", "report the jobs' states once")):
+            p_submit.add_argument(
+                flag,
+                type=int if field.type in (int, "int") else str,
+                default=field.default,
+                help=field.metadata.get("help"),
+            )
+    for name, helptext in (
+        ("wait", "poll until the jobs end; report failed tasks with their logs"),
+        ("status", "report the jobs' states once"),
+    ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("job_ids", nargs="*", help="job ids; default: the last submission (slurm/logs/last_submit.json)")
         p.add_argument("--log-dir", default="")

@@ -45,8 +45,12 @@ def log(stage: str, message: str) -> None:
 
 
 # ---------------------------------------------------------------- output folders
-def folder_state(folder: str | Path, stage: str, fingerprint: str,
-                 required_files: Iterable[str] | Callable[[dict], Iterable[str]] = ()) -> FolderState:
+def folder_state(
+    folder: str | Path,
+    stage: str,
+    fingerprint: str,
+    required_files: Iterable[str] | Callable[[dict], Iterable[str]] = (),
+) -> FolderState:
     """What an output folder holds, judged by its manifest (see the module docstring for the four states)."""
     path = artifacts.manifest_path(folder)
     if not path.exists():
@@ -55,7 +59,11 @@ def folder_state(folder: str | Path, stage: str, fingerprint: str,
         manifest = read_json(path)
     except NeuronLibError:
         return "corrupt"
-    if not isinstance(manifest, dict) or manifest.get("stage") != stage or manifest.get("config_fingerprint") != fingerprint:
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("stage") != stage
+        or manifest.get("config_fingerprint") != fingerprint
+    ):
         return "other" if isinstance(manifest, dict) else "corrupt"
     files = required_files(manifest) if callable(required_files) else required_files
     return "finished" if all((Path(folder) / f).exists() for f in files) else "corrupt"
@@ -69,13 +77,20 @@ def must_run(folder: str | Path, state: FolderState, overwrite: bool, stage: str
         return False
     if state in ("other", "corrupt") and not overwrite:
         what = "results of another configuration" if state == "other" else "a corrupt or incomplete result"
-        raise ManifestMismatch(f"{folder} holds {what} of stage {stage!r}; pass --overwrite to replace it, or move the "
-                               "output root elsewhere (its environment variable, docs/DESIGN.md)")
+        raise ManifestMismatch(
+            f"{folder} holds {what} of stage {stage!r}; pass --overwrite to replace it, or move the "
+            "output root elsewhere (its environment variable, docs/DESIGN.md)"
+        )
     return True
 
 
-def write_folder(folder: str | Path, tensors: Mapping[str, Mapping[str, torch.Tensor]], manifest: Mapping[str, Any],
-                 metadata: Mapping[str, str] | None = None, fresh: bool = True) -> Path:
+def write_folder(
+    folder: str | Path,
+    tensors: Mapping[str, Mapping[str, torch.Tensor]],
+    manifest: Mapping[str, Any],
+    metadata: Mapping[str, str] | None = None,
+    fresh: bool = True,
+) -> Path:
     """Write ``{file name: tensors}`` as safetensors into ``folder`` (emptied first when ``fresh``), manifest last."""
     folder = Path(folder)
     if fresh and folder.exists():
@@ -117,8 +132,9 @@ def open_inputs(model: str, token_dataset: str, max_tokens: int | None = None) -
         raise NeuronLibError(f"token dataset {token_dataset} is empty")
     ctx = int(manifest.get("ctx_len") or len(ds[0]["tokens"]))
     path = str(Path(token_dataset).expanduser().resolve())
-    return StageInputs(tokenizer, ds, manifest, path, artifacts.dataset_name(token_dataset), ctx,
-                       n_rows_for_tokens(ds, max_tokens))
+    return StageInputs(
+        tokenizer, ds, manifest, path, artifacts.dataset_name(token_dataset), ctx, n_rows_for_tokens(ds, max_tokens)
+    )
 
 
 # ---------------------------------------------------------------- results

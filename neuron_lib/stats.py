@@ -66,8 +66,9 @@ def bin_index(values: torch.Tensor, edges: Float[torch.Tensor, " edges"]) -> tor
     return idx
 
 
-def histogram_counts(values: torch.Tensor, edges: torch.Tensor, dim: int = 1,
-                     exclude: torch.Tensor | None = None) -> Int[torch.Tensor, "rows bins"]:
+def histogram_counts(
+    values: torch.Tensor, edges: torch.Tensor, dim: int = 1, exclude: torch.Tensor | None = None
+) -> Int[torch.Tensor, "rows bins"]:
     """int64 [R, E+1] counts of ``values`` under the paper's rule, counted along ``dim``.
 
     ``values`` is [R, C] with dim=1 (default) or [C, R] with dim=0; ``exclude`` (bool, same shape) drops entries.
@@ -111,9 +112,9 @@ def binned_moments(counts: torch.Tensor, edges: torch.Tensor | None = None) -> d
     F = f.sum(-1)
     mean = (f * c).sum(-1) / F
     d = c - mean[..., None]
-    var = (f * d ** 2).sum(-1) / F
-    skew = (f * d ** 3).sum(-1) / (F * var ** 1.5)
-    kurt = (f * d ** 4).sum(-1) / (F * var ** 2)
+    var = (f * d**2).sum(-1) / F
+    skew = (f * d**3).sum(-1) / (F * var**1.5)
+    kurt = (f * d**4).sum(-1) / (F * var**2)
     return {"mean": mean, "var": var, "skew": skew, "kurt": kurt}
 
 
@@ -155,11 +156,15 @@ def moments_from_power_sums(sums: PowerSums, shift=0.0) -> dict[str, torch.Tenso
     """
     n = torch.as_tensor(sums[0]).to(torch.float64)
     m1, m2, m3, m4 = (torch.as_tensor(sums[k]).to(torch.float64) / n for k in (1, 2, 3, 4))
-    var = torch.clamp(m2 - m1 ** 2, min=0.0)
-    mu3 = m3 - 3 * m1 * m2 + 2 * m1 ** 3
-    mu4 = m4 - 4 * m1 * m3 + 6 * m1 ** 2 * m2 - 3 * m1 ** 4
-    return {"mean": torch.as_tensor(shift, dtype=torch.float64) + m1, "var": var,
-            "skew": mu3 / var ** 1.5, "kurt": mu4 / var ** 2}
+    var = torch.clamp(m2 - m1**2, min=0.0)
+    mu3 = m3 - 3 * m1 * m2 + 2 * m1**3
+    mu4 = m4 - 4 * m1 * m3 + 6 * m1**2 * m2 - 3 * m1**4
+    return {
+        "mean": torch.as_tensor(shift, dtype=torch.float64) + m1,
+        "var": var,
+        "skew": mu3 / var**1.5,
+        "kurt": mu4 / var**2,
+    }
 
 
 def shift_power_sums(sums: PowerSums, from_shift, to_shift) -> dict[int, torch.Tensor]:

@@ -99,14 +99,21 @@ def moments_from_file(tensors: Mapping[str, torch.Tensor], which: str = "pre") -
     from neuron_lib.stats import activation_frequency
 
     t = tensors
-    sums = {0: t[f"{which}_count"], 1: t[f"{which}_sum"], 2: t[f"{which}_sum_sq"], 3: t[f"{which}_sum_cube"],
-            4: t[f"{which}_sum_quad"]}
+    sums = {
+        0: t[f"{which}_count"],
+        1: t[f"{which}_sum"],
+        2: t[f"{which}_sum_sq"],
+        3: t[f"{which}_sum_cube"],
+        4: t[f"{which}_sum_quad"],
+    }
     out = moments_from_power_sums(sums, t[f"{which}_shift"])
     out["act_freq"] = activation_frequency(t[f"{which}_n_positive"], t[f"{which}_count"])
     return out
 
 
-def index_reduce(target: torch.Tensor, dim: int, index: torch.Tensor, source: torch.Tensor, reduce: str) -> torch.Tensor:
+def index_reduce(
+    target: torch.Tensor, dim: int, index: torch.Tensor, source: torch.Tensor, reduce: str
+) -> torch.Tensor:
     """``target.index_reduce_`` without torch's 'beta API' warning on every call."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="index_reduce")
@@ -170,14 +177,16 @@ class SummaryConfig:
     model: str = config_field(REQUIRED, "model name: zoo name, paper alias, local model folder or hub id")
     token_dataset: str = config_field(REQUIRED, "token dataset folder (neuron_lib.corpus layout)")
     batch_size: int = config_field(32, "dataset rows per forward pass")
-    max_tokens: int | None = config_field(None, "raw tokens (before the filter) from the start of the dataset; "
-                                                "none = all")
+    max_tokens: int | None = config_field(
+        None, "raw tokens (before the filter) from the start of the dataset; none = all"
+    )
     top_k: int = config_field(50, "token-level and text-level max-activating examples per neuron")
     vocab_top_k: int = config_field(100, "tokens kept per neuron by max and by mean activation")
     min_token_count: int = config_field(1, "tokens seen fewer times are left out of the mean-by-token ranking")
     n_random: int = config_field(20, "random token positions (shared by all neurons)")
-    quantile_probs: tuple[float, ...] = config_field((0.5, 0.9, 0.99, 0.999), "quantiles that cut the bins of "
-                                                     "the quantile samples")
+    quantile_probs: tuple[float, ...] = config_field(
+        (0.5, 0.9, 0.99, 0.999), "quantiles that cut the bins of the quantile samples"
+    )
     n_per_quantile: int = config_field(5, "random examples per quantile bin and neuron (0 disables)")
     subsets: str | None = config_field(None, "comma-separated subset names to summarise; none = all")
     device: str = config_field("auto", "auto | cpu | cuda[:i]")
@@ -225,9 +234,11 @@ def load_summary(model: str, subset: str, parts: Iterable[str] = artifacts.SUMMA
     """``{"manifest": ..., "histogram": {...}, "moments": {...}, "top_examples": {...}, "vocab": {...}}``."""
     folder = artifacts.activation_summary(model, subset)
     if not artifacts.manifest_path(folder).exists():
-        raise NeuronLibError(f"no finished activation summary at {folder}; run `python -m neuron_lib.summary "
-                             f"--model {model} --token-dataset ...` (finished subsets: "
-                             f"{artifacts.list_summary_subsets(model)})")
+        raise NeuronLibError(
+            f"no finished activation summary at {folder}; run `python -m neuron_lib.summary "
+            f"--model {model} --token-dataset ...` (finished subsets: "
+            f"{artifacts.list_summary_subsets(model)})"
+        )
     out: dict[str, Any] = {"manifest": read_json(artifacts.manifest_path(folder))}
     for part in parts:
         out[part] = load_tensors(artifacts.summary_part(folder, part))
@@ -324,8 +335,16 @@ class SubsetStats:
     DENSE_FRACTION = 0.125  # candidates above this share of T·N → dense merge instead of sparse gather
     QUANTILE_DENSE_FACTOR = 4  # more than this·m·N quantile-bin candidates → prune by a cumulative count first
 
-    def __init__(self, n_layers: int, d_mlp: int, d_vocab: int, cfg: SummaryConfig, pilot: _Pilot,
-                 mean_token_ids: torch.Tensor, device: torch.device):
+    def __init__(
+        self,
+        n_layers: int,
+        d_mlp: int,
+        d_vocab: int,
+        cfg: SummaryConfig,
+        pilot: _Pilot,
+        mean_token_ids: torch.Tensor,
+        device: torch.device,
+    ):
         L, N, V = n_layers, d_mlp, d_vocab
         self.L, self.N, self.V, self.cfg, self.pilot, self.device = L, N, V, cfg, pilot, device
         dev = dict(device=device)
@@ -362,8 +381,15 @@ class SubsetStats:
 
     # ------------------------------------------------------------ per batch
     @torch.no_grad()
-    def update(self, pre: torch.Tensor, post: torch.Tensor, token_ids: torch.Tensor, flat: torch.Tensor,
-               keep: torch.Tensor, batch_rows: torch.Tensor) -> None:
+    def update(
+        self,
+        pre: torch.Tensor,
+        post: torch.Tensor,
+        token_ids: torch.Tensor,
+        flat: torch.Tensor,
+        keep: torch.Tensor,
+        batch_rows: torch.Tensor,
+    ) -> None:
         """pre/post [L, T, N] float32 (token-major); token_ids/flat [T]; keep [B, P] (kept positions, row-major
         in the same order as the T tokens); batch_rows [B] dataset row ids of the batch."""
         T = post.shape[1]
@@ -454,21 +480,27 @@ class SubsetStats:
         self.rand_prio, self.rand_flat = all_prio[sel], all_flat[sel]
         self.rand_val = torch.where((self.rand_flat < 0).view(1, -1, 1), torch.full_like(vals, float("nan")), vals)
 
-    def _update_quantiles(self, l: int, x: torch.Tensor, flat: torch.Tensor, order: torch.Tensor,
-                          prio_sorted: torch.Tensor) -> None:
+    def _update_quantiles(
+        self, l: int, x: torch.Tensor, flat: torch.Tensor, order: torch.Tensor, prio_sorted: torch.Tensor
+    ) -> None:
         bnd = self.pilot.quantile_boundaries[l]  # [N, Q]
         Q = bnd.shape[1]
         T, N = x.shape
         above = [(x > bnd[:, j].unsqueeze(0)).sum(0) for j in range(Q)]  # tokens above each boundary
-        edges_count = torch.stack([torch.full_like(above[0], T) if Q else torch.full((N,), T, device=x.device)] + above
-                                  + [torch.zeros(N, dtype=torch.long, device=x.device)], 1)
+        edges_count = torch.stack(
+            [torch.full_like(above[0], T) if Q else torch.full((N,), T, device=x.device)]
+            + above
+            + [torch.zeros(N, dtype=torch.long, device=x.device)],
+            1,
+        )
         self.q_counts[l] += edges_count[:, :-1] - edges_count[:, 1:]
         m = self.cfg.n_per_quantile
         if m == 0:
             return
         # only tokens ranked before a bin's current m-th sample (or any, while a slot is empty) can enter it
-        stored_prio = torch.where(self.q_flat[l, :, :, -1] < 0, torch.full_like(self.q_prio[l, :, :, -1], _M31 + 1),
-                                  self.q_prio[l, :, :, -1])  # [N, Q+1]
+        stored_prio = torch.where(
+            self.q_flat[l, :, :, -1] < 0, torch.full_like(self.q_prio[l, :, :, -1], _M31 + 1), self.q_prio[l, :, :, -1]
+        )  # [N, Q+1]
         width = int(torch.searchsorted(prio_sorted, stored_prio.max()).item()) if T else 0
         if width == 0:
             return
@@ -480,7 +512,9 @@ class SubsetStats:
         ps = prio_sorted[:width].unsqueeze(1)
         for j in range(Q + 1):
             mask = (bins == j) & (ps < stored_prio[:, j].unsqueeze(0))
-            if int(mask.sum()) > self.QUANTILE_DENSE_FACTOR * m * N:  # many candidates: keep each neuron's first m (in priority order) first
+            if (
+                int(mask.sum()) > self.QUANTILE_DENSE_FACTOR * m * N
+            ):  # many candidates: keep each neuron's first m (in priority order) first
                 mask &= mask.cumsum(0, dtype=torch.int32) <= m
             e_idx, n_idx = mask.nonzero(as_tuple=True)
             if e_idx.numel() == 0:
@@ -529,8 +563,17 @@ class SubsetStats:
         moments = {}
         for w, shift in (("pre", self.pilot.pre_shift), ("post", self.pilot.post_shift)):
             s = cpu(self.sums[w])
-            moments.update({f"{w}_shift": cpu(shift), f"{w}_sum": s[0], f"{w}_sum_sq": s[1], f"{w}_sum_cube": s[2],
-                            f"{w}_sum_quad": s[3], f"{w}_count": count.clone(), f"{w}_n_positive": cpu(self.n_pos[w])})
+            moments.update(
+                {
+                    f"{w}_shift": cpu(shift),
+                    f"{w}_sum": s[0],
+                    f"{w}_sum_sq": s[1],
+                    f"{w}_sum_cube": s[2],
+                    f"{w}_sum_quad": s[3],
+                    f"{w}_count": count.clone(),
+                    f"{w}_n_positive": cpu(self.n_pos[w]),
+                }
+            )
         kv = self.cfg.vocab_top_k
         mean_vals = torch.full((self.L, self.N, kv), NEG_INF)
         mean_ix = torch.full((self.L, self.N, kv), -1, dtype=torch.long)
@@ -541,21 +584,33 @@ class SubsetStats:
                 v, i, _ = topk_lowest_id(means, self.mean_ids.unsqueeze(0), kv)
                 mean_vals[l], mean_ix[l] = cpu(v), cpu(i)
         return {
-            "histogram": {"pre_bin_counts": cpu(self.hist["pre"]), "pre_bin_edges": cpu(self.pre_edges),
-                          "post_bin_counts": cpu(self.hist["post"]), "post_bin_edges": cpu(self.post_edges)},
+            "histogram": {
+                "pre_bin_counts": cpu(self.hist["pre"]),
+                "pre_bin_edges": cpu(self.pre_edges),
+                "post_bin_counts": cpu(self.hist["post"]),
+                "post_bin_edges": cpu(self.post_edges),
+            },
             "moments": moments,
             "top_examples": {
-                "top_values": cpu(self.top_val), "top_index": cpu(self.top_ix),
-                "text_top_values": cpu(self.text_val), "text_top_rows": cpu(self.text_row), "text_top_pos": cpu(self.text_pos),
-                "random_index": cpu(self.rand_flat), "random_values": cpu(self.rand_val.transpose(1, 2)),
+                "top_values": cpu(self.top_val),
+                "top_index": cpu(self.top_ix),
+                "text_top_values": cpu(self.text_val),
+                "text_top_rows": cpu(self.text_row),
+                "text_top_pos": cpu(self.text_pos),
+                "random_index": cpu(self.rand_flat),
+                "random_values": cpu(self.rand_val.transpose(1, 2)),
                 "quantile_probs": torch.tensor(self.cfg.quantile_probs, dtype=torch.float64),
-                "quantile_boundaries": cpu(self.pilot.quantile_boundaries), "quantile_bin_counts": cpu(self.q_counts),
-                "quantile_index": cpu(self.q_flat), "quantile_values": cpu(self.q_val),
+                "quantile_boundaries": cpu(self.pilot.quantile_boundaries),
+                "quantile_bin_counts": cpu(self.q_counts),
+                "quantile_index": cpu(self.q_flat),
+                "quantile_values": cpu(self.q_val),
             },
             "vocab": {
                 "vocab_counts": cpu(self.vocab_counts),
-                "vocab_mean_top_values": mean_vals, "vocab_mean_top_ix": mean_ix,
-                "vocab_max_top_values": cpu(self.vmax_val), "vocab_max_top_ix": cpu(self.vmax_tok),
+                "vocab_mean_top_values": mean_vals,
+                "vocab_mean_top_ix": mean_ix,
+                "vocab_max_top_values": cpu(self.vmax_val),
+                "vocab_max_top_ix": cpu(self.vmax_tok),
                 "vocab_mean_token_ids": cpu(self.mean_ids),
                 "vocab_mean_min_count": torch.tensor(int(mean_min_count), dtype=torch.int64),
             },
@@ -584,8 +639,10 @@ def _count_tokens(ds, rows: list[int], drop: torch.Tensor, V: int, chunk: int = 
         if len(drop):
             t = t[~torch.isin(t, drop)]
         if len(t) and int(t.max()) >= V:
-            raise NeuronLibError(f"the token dataset holds token id {int(t.max())} but the model's vocabulary has {V} "
-                                 "entries: the data was tokenized for another model")
+            raise NeuronLibError(
+                f"the token dataset holds token id {int(t.max())} but the model's vocabulary has {V} "
+                "entries: the data was tokenized for another model"
+            )
         counts += torch.bincount(t, minlength=V)
     return counts
 
@@ -608,14 +665,22 @@ def _select_subsets(cfg: SummaryConfig, inputs: stage.StageInputs) -> dict[str, 
         wanted = [s.strip() for s in cfg.subsets.split(",") if s.strip()]
         missing = [s for s in wanted if s not in groups]
         if missing:
-            raise NeuronLibError(f"subsets {missing} are not in the first {inputs.n_rows} rows of {cfg.token_dataset}; "
-                                 f"present: {sorted(groups)}")
+            raise NeuronLibError(
+                f"subsets {missing} are not in the first {inputs.n_rows} rows of {cfg.token_dataset}; "
+                f"present: {sorted(groups)}"
+            )
         groups = {s: groups[s] for s in wanted}
     return groups
 
 
-def _plan(cfg: SummaryConfig, model, inputs: stage.StageInputs, groups: Mapping[str, list[int]], todo: list[str],
-          drop_list: list[int]) -> tuple[dict[str, tuple[torch.Tensor, int]], int]:
+def _plan(
+    cfg: SummaryConfig,
+    model,
+    inputs: stage.StageInputs,
+    groups: Mapping[str, list[int]],
+    todo: list[str],
+    drop_list: list[int],
+) -> tuple[dict[str, tuple[torch.Tensor, int]], int]:
     """Print the plan (memory, tokens, time); return each subset's mean-by-token plan (token ids, count threshold)
     and the number of tokens the run keeps."""
     L, N, V = model.cfg.n_layers, model.cfg.d_mlp, model.cfg.d_vocab
@@ -624,34 +689,55 @@ def _plan(cfg: SummaryConfig, model, inputs: stage.StageInputs, groups: Mapping[
     fixed_total = sum(fixed.values())
     budget = parse_memory(cfg.max_memory)
     if fixed_total > budget:
-        raise NeuronLibError(f"the fixed accumulators need {human_bytes(fixed_total)} > --max-memory {cfg.max_memory}; "
-                             "raise --max-memory or lower --top-k/--vocab-top-k")
+        raise NeuronLibError(
+            f"the fixed accumulators need {human_bytes(fixed_total)} > --max-memory {cfg.max_memory}; "
+            "raise --max-memory or lower --top-k/--vocab-top-k"
+        )
     counts = {s: _count_tokens(inputs.dataset, groups[s], drop, V) for s in todo}
     mean_plan = {s: choose_mean_tokens(counts[s], cfg.min_token_count, budget - fixed_total, L * N * 8) for s in todo}
     empty = [s for s in todo if int(counts[s].sum()) == 0]
     if empty:
         raise NeuronLibError(f"subsets {empty} have no tokens left after the token filter (dropped ids {drop_list})")
     ctx = inputs.ctx
-    stage.log(STAGE, f"plan: model {model_output_name(cfg.model)} ({L} layers x {N} neurons, vocab {V}) on "
-                     f"{model.cfg.device}; dataset {inputs.dataset_name}, {inputs.n_rows} rows x {ctx} = "
-                     f"{inputs.n_rows * ctx:,} tokens; dropping token ids {drop_list}")
-    stage.log(STAGE, f"  accumulators: {', '.join(f'{k} {human_bytes(v)}' for k, v in fixed.items())}; activations per "
-                     f"batch ≈ {human_bytes(2 * L * N * cfg.batch_size * ctx * 4)}; budget --max-memory {cfg.max_memory}")
+    stage.log(
+        STAGE,
+        f"plan: model {model_output_name(cfg.model)} ({L} layers x {N} neurons, vocab {V}) on "
+        f"{model.cfg.device}; dataset {inputs.dataset_name}, {inputs.n_rows} rows x {ctx} = "
+        f"{inputs.n_rows * ctx:,} tokens; dropping token ids {drop_list}",
+    )
+    stage.log(
+        STAGE,
+        f"  accumulators: {', '.join(f'{k} {human_bytes(v)}' for k, v in fixed.items())}; activations per "
+        f"batch ≈ {human_bytes(2 * L * N * cfg.batch_size * ctx * 4)}; budget --max-memory {cfg.max_memory}",
+    )
     for s in todo:
         ids, thr = mean_plan[s]
         kept = int(counts[s].sum())
         covered = float(counts[s][ids].sum()) / max(1, kept)
-        raised = "" if thr == cfg.min_token_count else f"  [threshold raised from {cfg.min_token_count} to fit the budget]"
-        stage.log(STAGE, f"  subset {s!r}: {len(groups[s])} rows, {kept:,} kept tokens, {int((counts[s] > 0).sum()):,} "
-                         f"distinct; mean-by-token over {len(ids):,} tokens with count ≥ {thr} ({100 * covered:.1f}% of "
-                         f"tokens), sums {human_bytes(len(ids) * L * N * 8)}{raised}")
+        raised = (
+            "" if thr == cfg.min_token_count else f"  [threshold raised from {cfg.min_token_count} to fit the budget]"
+        )
+        stage.log(
+            STAGE,
+            f"  subset {s!r}: {len(groups[s])} rows, {kept:,} kept tokens, {int((counts[s] > 0).sum()):,} "
+            f"distinct; mean-by-token over {len(ids):,} tokens with count ≥ {thr} ({100 * covered:.1f}% of "
+            f"tokens), sums {human_bytes(len(ids) * L * N * 8)}{raised}",
+        )
     eta = _estimate_seconds(model, ctx, sum(len(groups[s]) for s in todo))
     stage.log(STAGE, f"  estimated time ≈ {eta:.0f} s (rough, from one probe forward pass)")
     return mean_plan, sum(int(counts[s].sum()) for s in todo)
 
 
-def _summarise_subset(model, inputs: stage.StageInputs, rows: list[int], cfg: SummaryConfig, drop_list: list[int],
-                      mean_ids: torch.Tensor, pilot: _Pilot | None, bar) -> tuple[SubsetStats, _Pilot]:
+def _summarise_subset(
+    model,
+    inputs: stage.StageInputs,
+    rows: list[int],
+    cfg: SummaryConfig,
+    drop_list: list[int],
+    mean_ids: torch.Tensor,
+    pilot: _Pilot | None,
+    bar,
+) -> tuple[SubsetStats, _Pilot]:
     """Stream one subset's rows through the model into a :class:`SubsetStats`."""
     from neuron_lib.streaming import iter_mlp_activations
 
@@ -670,8 +756,9 @@ def _summarise_subset(model, inputs: stage.StageInputs, rows: list[int], cfg: Su
         global_rows = row_ids[start:end]
         flat = global_rows[batch.flat_index // ctx - start] * ctx + batch.flat_index % ctx
         # the streamed [L, N, T] is a view of the model's token-major [L, T, N]: use that layout
-        stats.update(batch.pre.transpose(1, 2), batch.post.transpose(1, 2), batch.token_ids, flat, batch.keep,
-                     global_rows)
+        stats.update(
+            batch.pre.transpose(1, 2), batch.post.transpose(1, 2), batch.token_ids, flat, batch.keep, global_rows
+        )
         bar.update(batch.flat_index.shape[0])
     return stats, pilot
 
@@ -692,12 +779,18 @@ def run_summary(cfg: SummaryConfig) -> stage.StageResult:
     if len(set(folders.values())) != len(folders):
         raise NeuronLibError(f"subset names {sorted(groups)} collide after making them folder names")
     files = [artifacts.summary_part("", p).name for p in artifacts.SUMMARY_PARTS]
-    todo = [s for s, f in folders.items() if stage.must_run(f, stage.folder_state(f, STAGE, fingerprint, files),
-                                                             cfg.overwrite, STAGE)]
+    todo = [
+        s
+        for s, f in folders.items()
+        if stage.must_run(f, stage.folder_state(f, STAGE, fingerprint, files), cfg.overwrite, STAGE)
+    ]
     outputs = {s: str(f) for s, f in folders.items()}
     if not todo:
-        stage.log(STAGE, f"{len(groups)} subset(s) of {model_output_name(cfg.model)} already done in "
-                         f"{artifacts.activation_summary_root(cfg.model)} (skipped: same configuration)")
+        stage.log(
+            STAGE,
+            f"{len(groups)} subset(s) of {model_output_name(cfg.model)} already done in "
+            f"{artifacts.activation_summary_root(cfg.model)} (skipped: same configuration)",
+        )
         return stage.StageResult(STAGE, "skipped", outputs)
 
     device = pick_device(cfg.device)
@@ -713,31 +806,54 @@ def run_summary(cfg: SummaryConfig) -> stage.StageResult:
             stats, pilot = _summarise_subset(model, inputs, groups[s], cfg, drop_list, mean_plan[s][0], pilot, bar)
             n_tokens += int(stats.count)
             manifest = make_manifest(
-                STAGE, identity, config_fingerprint=fingerprint, model=model_output_name(cfg.model),
-                model_info=model_info(model), dataset=inputs.dataset_name, dataset_path=inputs.dataset_path, subset=s,
-                ctx_len=inputs.ctx, tokenizer_fingerprint=inputs.tokenizer_fingerprint, n_rows=len(groups[s]),
-                n_tokens=int(stats.count), n_tokens_raw=len(groups[s]) * inputs.ctx,
+                STAGE,
+                identity,
+                config_fingerprint=fingerprint,
+                model=model_output_name(cfg.model),
+                model_info=model_info(model),
+                dataset=inputs.dataset_name,
+                dataset_path=inputs.dataset_path,
+                subset=s,
+                ctx_len=inputs.ctx,
+                tokenizer_fingerprint=inputs.tokenizer_fingerprint,
+                n_rows=len(groups[s]),
+                n_tokens=int(stats.count),
+                n_tokens_raw=len(groups[s]) * inputs.ctx,
                 token_filter={"keep_bos": cfg.keep_bos, "drop_newline": cfg.drop_newline, "dropped_ids": drop_list},
-                vocab_mean_min_count=int(mean_plan[s][1]), vocab_mean_n_tokens=int(len(mean_plan[s][0])),
-                batch_size=cfg.batch_size, device=str(device), dtype=cfg.dtype,
-                bins={"pre": "float32 linspace(-10, 15, 256), left searchsorted",
-                      "post": "float32 linspace(-0.2, 10, 256), left searchsorted"},
+                vocab_mean_min_count=int(mean_plan[s][1]),
+                vocab_mean_n_tokens=int(len(mean_plan[s][0])),
+                batch_size=cfg.batch_size,
+                device=str(device),
+                dtype=cfg.dtype,
+                bins={
+                    "pre": "float32 linspace(-10, 15, 256), left searchsorted",
+                    "post": "float32 linspace(-0.2, 10, 256), left searchsorted",
+                },
             )
             parts = stats.finalize(mean_plan[s][1])
-            stage.write_folder(folders[s], {artifacts.summary_part(folders[s], p): t for p, t in parts.items()},
-                               manifest, metadata={"stage": STAGE, "subset": s, "ctx_len": str(inputs.ctx)})
+            stage.write_folder(
+                folders[s],
+                {artifacts.summary_part(folders[s], p): t for p, t in parts.items()},
+                manifest,
+                metadata={"stage": STAGE, "subset": s, "ctx_len": str(inputs.ctx)},
+            )
     finally:
         bar.close()
     seconds = time.perf_counter() - t_start
-    stage.log(STAGE, f"{n_tokens:,} tokens in {seconds:.1f} s ({n_tokens / max(seconds, 1e-9):,.0f} tokens/s) -> "
-                     f"{artifacts.activation_summary_root(cfg.model)}")
+    stage.log(
+        STAGE,
+        f"{n_tokens:,} tokens in {seconds:.1f} s ({n_tokens / max(seconds, 1e-9):,.0f} tokens/s) -> "
+        f"{artifacts.activation_summary_root(cfg.model)}",
+    )
     return stage.StageResult(STAGE, "done", outputs, n_tokens, seconds, details={"written": todo})
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = config_parser(SummaryConfig, "python -m neuron_lib.summary",
-                           "Activation summaries (histograms, exact moments, top-k examples, vocab stats) per dataset "
-                           "subset.")
+    parser = config_parser(
+        SummaryConfig,
+        "python -m neuron_lib.summary",
+        "Activation summaries (histograms, exact moments, top-k examples, vocab stats) per dataset subset.",
+    )
     run_summary(config_from_args(SummaryConfig, parser.parse_args(argv)))
 
 

@@ -98,8 +98,12 @@ VOCAB_TYPES = ("E_in", "U_in", "E_out", "U_out")
 NEURON_TYPES = ("in_in", "in_out", "out_in", "out_out")
 HEAD_TYPES = ("neuron_out_to_head_q", "neuron_out_to_head_k", "neuron_out_to_head_v", "head_out_to_neuron_in")
 # the original's file names for the same quantities (spec §4, §18.10)
-ORIGINAL_HEAD_NAMES = {"neuron_out_to_head_q": "k_comp", "neuron_out_to_head_k": "q_comp",
-                       "neuron_out_to_head_v": "v_comp", "head_out_to_neuron_in": "o_comp"}
+ORIGINAL_HEAD_NAMES = {
+    "neuron_out_to_head_q": "k_comp",
+    "neuron_out_to_head_k": "q_comp",
+    "neuron_out_to_head_v": "v_comp",
+    "head_out_to_neuron_in": "o_comp",
+}
 NEURON_STATS_COLUMNS = ["layer", "neuron", "w_in_norm", "input_bias", "w_out_norm", "in_out_sim", "l2_penalty"]
 VOCAB_MOMENT_COLUMNS = ["vocab_mean", "vocab_var", "vocab_skew", "vocab_kurt"]
 SELF_PAIR_POLICY = "excluded"
@@ -167,8 +171,14 @@ class ModelWeights:
         return self.W_E.shape[0]
 
     def to(self, device) -> ModelWeights:
-        kw = {f.name: (getattr(self, f.name).to(device) if isinstance(getattr(self, f.name), torch.Tensor)
-                       else getattr(self, f.name)) for f in dataclasses.fields(self)}
+        kw = {
+            f.name: (
+                getattr(self, f.name).to(device)
+                if isinstance(getattr(self, f.name), torch.Tensor)
+                else getattr(self, f.name)
+            )
+            for f in dataclasses.fields(self)
+        }
         return ModelWeights(**kw)
 
 
@@ -202,22 +212,39 @@ def extract_weights(model, processed: bool | None = None, dtype: torch.dtype = t
         processed = bool(getattr(model, "neuron_lib_processed", False))
     with torch.no_grad():
         get = lambda name: getattr(model, name).detach().to("cpu", dtype).clone()  # noqa: E731
-        w = ModelWeights(W_in=get("W_in"), b_in=get("b_in"), W_out=get("W_out"), W_E=get("W_E"), W_U=get("W_U"),
-                         W_Q=get("W_Q"), W_K=get("W_K"), W_V=get("W_V"), W_O=get("W_O"))
+        w = ModelWeights(
+            W_in=get("W_in"),
+            b_in=get("b_in"),
+            W_out=get("W_out"),
+            W_E=get("W_E"),
+            W_U=get("W_U"),
+            W_Q=get("W_Q"),
+            W_K=get("W_K"),
+            W_V=get("W_V"),
+            W_O=get("W_O"),
+        )
         try:
             W_pos = get("W_pos")
         except Exception:  # rotary models have none
             W_pos = None
         L, D, N = w.W_in.shape
         if w.W_out.shape != (L, N, D) or w.b_in.shape != (L, N) or w.W_U.shape[0] != D or w.W_E.shape[1] != D:
-            raise NeuronLibError(f"unexpected weight shapes W_in {tuple(w.W_in.shape)}, W_out {tuple(w.W_out.shape)}, "
-                                 f"b_in {tuple(w.b_in.shape)}: unsupported architecture (gated MLPs are not supported)")
-        report: dict[str, Any] = {"requested": "processed" if processed else "raw",
-                                  "transformer_lens_processed": bool(getattr(model, "_weights_processed", False)),
-                                  "applied_by_neuron_lib": []}
+            raise NeuronLibError(
+                f"unexpected weight shapes W_in {tuple(w.W_in.shape)}, W_out {tuple(w.W_out.shape)}, "
+                f"b_in {tuple(w.b_in.shape)}: unsupported architecture (gated MLPs are not supported)"
+            )
+        report: dict[str, Any] = {
+            "requested": "processed" if processed else "raw",
+            "transformer_lens_processed": bool(getattr(model, "_weights_processed", False)),
+            "applied_by_neuron_lib": [],
+        }
         if processed:
             ln2 = [_ln_params(getattr(model.blocks[l], "ln2", None)) for l in range(L)]
-            unfolded = [l for l, (g, _) in enumerate(ln2) if g is not None and not torch.allclose(g.double(), torch.ones_like(g, dtype=torch.float64))]
+            unfolded = [
+                l
+                for l, (g, _) in enumerate(ln2)
+                if g is not None and not torch.allclose(g.double(), torch.ones_like(g, dtype=torch.float64))
+            ]
             if unfolded:
                 # TL did not fold ln2 into W_in: do it (W_in ← diag(γ) W_in, b_in ← b_in + β W_in).
                 for l in unfolded:
@@ -227,7 +254,11 @@ def extract_weights(model, processed: bool | None = None, dtype: torch.dtype = t
                     w.W_in[l] = g[:, None] * w.W_in[l]
                 report["applied_by_neuron_lib"].append(f"fold ln2 into W_in/b_in for layers {unfolded}")
             ln1 = [_ln_params(getattr(model.blocks[l], "ln1", None)) for l in range(L)]
-            unfolded1 = [l for l, (g, _) in enumerate(ln1) if g is not None and not torch.allclose(g.double(), torch.ones_like(g, dtype=torch.float64))]
+            unfolded1 = [
+                l
+                for l, (g, _) in enumerate(ln1)
+                if g is not None and not torch.allclose(g.double(), torch.ones_like(g, dtype=torch.float64))
+            ]
             for l in unfolded1:  # W_Q/W_K/W_V ← diag(γ₁) W (their biases are not used here)
                 g = ln1[l][0].to("cpu", dtype)
                 for attr in ("W_Q", "W_K", "W_V"):
@@ -239,11 +270,17 @@ def extract_weights(model, processed: bool | None = None, dtype: torch.dtype = t
                 w.W_U = gf.to("cpu", dtype)[:, None] * w.W_U
                 report["applied_by_neuron_lib"].append("fold ln_final gain into W_U")
             # (matrix, dim to centre along, description); W_U is centred along d_model by LN folding too
-            checks = [("W_in", 1, "W_in along d_model"), ("W_out", -1, "W_out along d_model"),
-                      ("W_E", -1, "W_E along d_model"), ("W_O", -1, "W_O along d_model"),
-                      ("W_Q", 2, "W_Q along d_model"), ("W_K", 2, "W_K along d_model"),
-                      ("W_V", 2, "W_V along d_model"),
-                      ("W_U", 0, "W_U along d_model"), ("W_U", -1, "W_U across vocab")]
+            checks = [
+                ("W_in", 1, "W_in along d_model"),
+                ("W_out", -1, "W_out along d_model"),
+                ("W_E", -1, "W_E along d_model"),
+                ("W_O", -1, "W_O along d_model"),
+                ("W_Q", 2, "W_Q along d_model"),
+                ("W_K", 2, "W_K along d_model"),
+                ("W_V", 2, "W_V along d_model"),
+                ("W_U", 0, "W_U along d_model"),
+                ("W_U", -1, "W_U across vocab"),
+            ]
             residuals = {}
             for attr, dim, desc in checks:
                 t = getattr(w, attr)
@@ -279,9 +316,16 @@ def _chunks(n: int, size: int) -> list[tuple[int, int]]:
     return [(s, min(s + size, n)) for s in range(0, n, size)]
 
 
-def cosine_summary(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk_size: int = 256,
-                   exclude_self: bool = False, progress: bool = False, desc: str = "",
-                   device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+def cosine_summary(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    k: int,
+    chunk_size: int = 256,
+    exclude_self: bool = False,
+    progress: bool = False,
+    desc: str = "",
+    device: torch.device | str = "cpu",
+) -> dict[str, torch.Tensor]:
     """For each query row, summarise its cosines with every key row.
 
     ``queries`` [Q, D], ``keys`` [K, D]. Returns ``top_value/top_index`` and ``bottom_value/bottom_index``
@@ -295,9 +339,10 @@ def cosine_summary(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk_size
     Q, K = q_unit.shape[0], k_unit.shape[0]
     k = min(k, K - (1 if exclude_self else 0))
     edges = cosine_edges().to(device)
-    out: dict[str, list[torch.Tensor]] = {key: [] for key in
-                                          ("top_value", "top_index", "bottom_value", "bottom_index", "hist",
-                                           "mean", "var", "skew", "kurt")}
+    out: dict[str, list[torch.Tensor]] = {
+        key: []
+        for key in ("top_value", "top_index", "bottom_value", "bottom_index", "hist", "mean", "var", "skew", "kurt")
+    }
     for start, end in _progress(_chunks(Q, chunk_size), progress, desc):
         cos = q_unit[start:end].to(device) @ k_unit.T  # [c, K]
         exclude = None
@@ -313,8 +358,17 @@ def cosine_summary(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk_size
         bv, bi = torch.topk(bot_src, k, dim=1, largest=False, sorted=True)
         mean, var, skew, kurt = row_moments(cos, exclude)
         hist = histogram_counts(cos, edges, exclude=exclude)
-        for key, val in (("top_value", tv), ("top_index", ti), ("bottom_value", bv), ("bottom_index", bi),
-                         ("hist", hist), ("mean", mean), ("var", var), ("skew", skew), ("kurt", kurt)):
+        for key, val in (
+            ("top_value", tv),
+            ("top_index", ti),
+            ("bottom_value", bv),
+            ("bottom_index", bi),
+            ("hist", hist),
+            ("mean", mean),
+            ("var", var),
+            ("skew", skew),
+            ("kurt", kurt),
+        ):
             out[key].append(val.cpu())
         del cos, top_src, bot_src, exclude
     res = {key: torch.cat(vals) for key, vals in out.items()}
@@ -335,15 +389,17 @@ def neuron_stats(weights: ModelWeights) -> pandas.DataFrame:  # noqa: F821
     w_out = weights.W_out.reshape(L * N, -1)
     in_norm, out_norm = w_in.norm(dim=1), w_out.norm(dim=1)
     sim = (unit_rows(w_in) * unit_rows(w_out)).sum(1)
-    return pd.DataFrame({
-        "layer": torch.arange(L).repeat_interleave(N).numpy(),
-        "neuron": torch.arange(N).repeat(L).numpy(),
-        "w_in_norm": in_norm.numpy(),
-        "input_bias": weights.b_in.reshape(-1).numpy(),
-        "w_out_norm": out_norm.numpy(),
-        "in_out_sim": sim.numpy(),
-        "l2_penalty": (in_norm.square() + out_norm.square()).numpy(),
-    })
+    return pd.DataFrame(
+        {
+            "layer": torch.arange(L).repeat_interleave(N).numpy(),
+            "neuron": torch.arange(N).repeat(L).numpy(),
+            "w_in_norm": in_norm.numpy(),
+            "input_bias": weights.b_in.reshape(-1).numpy(),
+            "w_out_norm": out_norm.numpy(),
+            "in_out_sim": sim.numpy(),
+            "l2_penalty": (in_norm.square() + out_norm.square()).numpy(),
+        }
+    )
 
 
 def neuron_vectors(weights: ModelWeights) -> dict[str, torch.Tensor]:
@@ -352,8 +408,14 @@ def neuron_vectors(weights: ModelWeights) -> dict[str, torch.Tensor]:
     return {"in": weights.W_in.transpose(1, 2).reshape(L * N, -1), "out": weights.W_out.reshape(L * N, -1)}
 
 
-def vocab_composition(weights: ModelWeights, k: int = 100, chunk_size: int = 256, progress: bool = False,
-                      device="cpu", types_: Iterable[str] = VOCAB_TYPES) -> dict[str, dict[str, torch.Tensor]]:
+def vocab_composition(
+    weights: ModelWeights,
+    k: int = 100,
+    chunk_size: int = 256,
+    progress: bool = False,
+    device="cpu",
+    types_: Iterable[str] = VOCAB_TYPES,
+) -> dict[str, dict[str, torch.Tensor]]:
     """Cosines of w_in / w_out with every token's embedding row W_E[v] (E_*) and unembedding column W_U[:, v] (U_*)."""
     L, N = weights.n_layers, weights.d_mlp
     vecs = neuron_vectors(weights)
@@ -361,28 +423,44 @@ def vocab_composition(weights: ModelWeights, k: int = 100, chunk_size: int = 256
     result = {}
     for t in types_:
         side_tokens, side_neuron = t.split("_")
-        summ = cosine_summary(vecs[side_neuron], tokens[side_tokens], k, chunk_size, progress=progress,
-                              desc=f"vocab {t}", device=device)
+        summ = cosine_summary(
+            vecs[side_neuron], tokens[side_tokens], k, chunk_size, progress=progress, desc=f"vocab {t}", device=device
+        )
         result[t] = {key: v.reshape(L, N, *v.shape[1:]) for key, v in summ.items()}
     return result
 
 
-def neuron_composition(weights: ModelWeights, k: int = 20, chunk_size: int = 256, progress: bool = False,
-                       device="cpu", types_: Iterable[str] = NEURON_TYPES) -> dict[str, dict[str, torch.Tensor]]:
+def neuron_composition(
+    weights: ModelWeights,
+    k: int = 20,
+    chunk_size: int = 256,
+    progress: bool = False,
+    device="cpu",
+    types_: Iterable[str] = NEURON_TYPES,
+) -> dict[str, dict[str, torch.Tensor]]:
     """Cosines of each neuron's w_in/w_out with every neuron's w_in/w_out (all layers), self pair excluded."""
     L, N = weights.n_layers, weights.d_mlp
     vecs = neuron_vectors(weights)
     result = {}
     for t in types_:
         mine, theirs = t.split("_")
-        summ = cosine_summary(vecs[mine], vecs[theirs], k, chunk_size, exclude_self=True, progress=progress,
-                              desc=f"neurons {t}", device=device)
+        summ = cosine_summary(
+            vecs[mine],
+            vecs[theirs],
+            k,
+            chunk_size,
+            exclude_self=True,
+            progress=progress,
+            desc=f"neurons {t}",
+            device=device,
+        )
         result[t] = {key: v.reshape(L, N, *v.shape[1:]) for key, v in summ.items()}
     return result
 
 
-def head_composition(weights: ModelWeights, chunk_size: int = 1024, progress: bool = False,
-                     device="cpu") -> dict[str, torch.Tensor]:
+def head_composition(
+    weights: ModelWeights, chunk_size: int = 1024, progress: bool = False, device="cpu"
+) -> dict[str, torch.Tensor]:
     """Neuron ↔ attention-head composition scores [L_neuron, N, L_attn, H] (definitions in the module docstring).
 
     Uses ‖M x‖² = yᵀ G y with y the d_head-dimensional factor and G a d_head × d_head Gram matrix, so
@@ -419,8 +497,11 @@ def head_composition(weights: ModelWeights, chunk_size: int = 1024, progress: bo
 # ====================================================================== runner
 def _expected_files(cfg: WeightsConfig) -> list[str]:
     files = [artifacts.WEIGHT_STATS_FILE]
-    for wanted, name in ((cfg.vocab, artifacts.WEIGHT_VOCAB_FILE), (cfg.neurons, artifacts.WEIGHT_NEURON_FILE),
-                         (cfg.heads, artifacts.WEIGHT_HEAD_FILE)):
+    for wanted, name in (
+        (cfg.vocab, artifacts.WEIGHT_VOCAB_FILE),
+        (cfg.neurons, artifacts.WEIGHT_NEURON_FILE),
+        (cfg.heads, artifacts.WEIGHT_HEAD_FILE),
+    ):
         if wanted:
             files.append(name)
     return files
@@ -454,8 +535,11 @@ def run_weights(cfg: WeightsConfig, model=None) -> stage.StageResult:
     info = {**model_info(model), "model": name}
     weights = extract_weights(model, processed=not cfg.raw_weights)
     L, N = weights.n_layers, weights.d_mlp
-    stage.log(STAGE, f"plan: {name} ({L} layers x {N} neurons, vocab {weights.d_vocab}); parts: "
-                     f"{', '.join(_expected_files(cfg))}; float64 in chunks of {cfg.chunk_size} neurons")
+    stage.log(
+        STAGE,
+        f"plan: {name} ({L} layers x {N} neurons, vocab {weights.d_vocab}); parts: "
+        f"{', '.join(_expected_files(cfg))}; float64 in chunks of {cfg.chunk_size} neurons",
+    )
 
     stats = neuron_stats(weights)
     tensors_meta = {"self_pair": SELF_PAIR_POLICY, "model": info["model"]}
@@ -463,13 +547,15 @@ def run_weights(cfg: WeightsConfig, model=None) -> stage.StageResult:
         vocab = vocab_composition(weights, cfg.vocab_top_k, cfg.chunk_size, cfg.progress, device)
         for col, key in zip(VOCAB_MOMENT_COLUMNS, ("mean", "var", "skew", "kurt")):
             stats[col] = vocab["U_out"][key].reshape(-1).numpy()
-        save_tensors_atomic(out_dir / artifacts.WEIGHT_VOCAB_FILE, {**_flatten(vocab), "hist_edges": cosine_edges()},
-                            tensors_meta)
+        save_tensors_atomic(
+            out_dir / artifacts.WEIGHT_VOCAB_FILE, {**_flatten(vocab), "hist_edges": cosine_edges()}, tensors_meta
+        )
         del vocab
     if cfg.neurons:
         comp = neuron_composition(weights, cfg.neuron_top_k, cfg.chunk_size, cfg.progress, device)
-        save_tensors_atomic(out_dir / artifacts.WEIGHT_NEURON_FILE, {**_flatten(comp), "hist_edges": cosine_edges()},
-                            tensors_meta)
+        save_tensors_atomic(
+            out_dir / artifacts.WEIGHT_NEURON_FILE, {**_flatten(comp), "hist_edges": cosine_edges()}, tensors_meta
+        )
         del comp
     if cfg.heads:
         heads = head_composition(weights, max(cfg.chunk_size, 256), cfg.progress, device)
@@ -477,12 +563,17 @@ def run_weights(cfg: WeightsConfig, model=None) -> stage.StageResult:
     save_dataframe_atomic(stats, (out_dir / artifacts.WEIGHT_STATS_FILE).with_suffix(""), formats=("csv",))
 
     manifest = make_manifest(
-        STAGE, cfg, **info,
+        STAGE,
+        cfg,
+        **info,
         config_fingerprint=fingerprint,
         weight_processing={
             "processed": not cfg.raw_weights,
-            "options": ({"fold_ln": True, "center_writing_weights": True, "center_unembed": True,
-                         "fold_value_biases": True} if not cfg.raw_weights else None),
+            "options": (
+                {"fold_ln": True, "center_writing_weights": True, "center_unembed": True, "fold_value_biases": True}
+                if not cfg.raw_weights
+                else None
+            ),
             "via": "TransformerBridge.enable_compatibility_mode()" if not cfg.raw_weights else "none (raw HF weights)",
             **weights.processing,
         },
@@ -496,7 +587,9 @@ def run_weights(cfg: WeightsConfig, model=None) -> stage.StageResult:
     )
     write_manifest(out_dir, manifest)
     stage.log(STAGE, f"wrote {out_dir}")
-    return stage.StageResult(STAGE, "done", {"folder": str(out_dir), **{f: str(out_dir / f) for f in _expected_files(cfg)}})
+    return stage.StageResult(
+        STAGE, "done", {"folder": str(out_dir), **{f: str(out_dir / f) for f in _expected_files(cfg)}}
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

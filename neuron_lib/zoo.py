@@ -108,11 +108,32 @@ class ZooConfig:
 PRESETS: dict[str, dict] = {
     "default": {},
     # ~GPT-2-small-like width for a GPU; one flag away from the CPU default
-    "gpu": dict(n_layer=6, d_model=512, n_head=8, d_mlp=2048, batch_size=64, max_steps=20000, lr=6e-4, warmup_steps=500,
-                eval_every=1000, checkpoint_every=1000),
+    "gpu": dict(
+        n_layer=6,
+        d_model=512,
+        n_head=8,
+        d_mlp=2048,
+        batch_size=64,
+        max_steps=20000,
+        lr=6e-4,
+        warmup_steps=500,
+        eval_every=1000,
+        checkpoint_every=1000,
+    ),
     # seconds on a CPU: the micro zoo that tests train once per session
-    "micro": dict(n_layer=2, d_model=32, n_head=2, d_mlp=64, batch_size=8, max_steps=40, lr=3e-3, warmup_steps=5,
-                  eval_rows=16, eval_every=20, checkpoint_every=10),
+    "micro": dict(
+        n_layer=2,
+        d_model=32,
+        n_head=2,
+        d_mlp=64,
+        batch_size=8,
+        max_steps=40,
+        lr=3e-3,
+        warmup_steps=5,
+        eval_rows=16,
+        eval_every=20,
+        checkpoint_every=10,
+    ),
 }
 
 
@@ -127,9 +148,19 @@ def build_model(cfg: ZooConfig, vocab_size: int, ctx_len: int, seed: int):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
-        vocab_size=vocab_size, n_positions=ctx_len, n_embd=cfg.d_model, n_layer=cfg.n_layer, n_head=cfg.n_head,
-        n_inner=cfg.d_mlp, activation_function="gelu_new", resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
-        attn_pdrop=cfg.dropout, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0,
+        vocab_size=vocab_size,
+        n_positions=ctx_len,
+        n_embd=cfg.d_model,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_inner=cfg.d_mlp,
+        activation_function="gelu_new",
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.dropout,
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=0,
     )
     torch.manual_seed(seed)  # the seed alone decides the initialisation
     return GPT2LMHeadModel(config)
@@ -177,7 +208,9 @@ def _optimizer(model, cfg: ZooConfig):
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, cfg.beta2), eps=1e-8,
+        lr=cfg.lr,
+        betas=(0.9, cfg.beta2),
+        eps=1e-8,
     )
 
 
@@ -222,9 +255,17 @@ def _save_snapshot(path: Path, model, tokenizer, loss: float, tokens: int) -> No
 
 
 def _config_record(cfg: ZooConfig, seed: int, train_manifest: dict) -> dict:
-    arch = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("seeds", "device", "jobs", "name_prefix", "snapshot_steps", "eval_every", "checkpoint_every")}
-    return {"seed": seed, "train": arch, "train_dataset_fingerprint": train_manifest.get("tokenizer_fingerprint"),
-            "train_dataset_tokens": train_manifest.get("n_tokens")}
+    arch = {
+        k: v
+        for k, v in dataclasses.asdict(cfg).items()
+        if k not in ("seeds", "device", "jobs", "name_prefix", "snapshot_steps", "eval_every", "checkpoint_every")
+    }
+    return {
+        "seed": seed,
+        "train": arch,
+        "train_dataset_fingerprint": train_manifest.get("tokenizer_fingerprint"),
+        "train_dataset_tokens": train_manifest.get("n_tokens"),
+    }
 
 
 def model_is_finished(out_dir: Path, record: dict) -> bool:
@@ -249,12 +290,18 @@ def train_one(cfg: ZooConfig, index: int, show_progress: bool = True) -> dict:
     train_ds, train_manifest = load_token_dataset(train_path)
     analysis_ds, analysis_manifest = load_token_dataset(analysis_path)
     if train_manifest.get("tokenizer_fingerprint") != analysis_manifest.get("tokenizer_fingerprint"):
-        raise NeuronLibError(f"{train_path} and {analysis_path} were tokenized with different tokenizers; rebuild the corpus")
+        raise NeuronLibError(
+            f"{train_path} and {analysis_path} were tokenized with different tokenizers; rebuild the corpus"
+        )
     record = _config_record(cfg, seed, train_manifest)
     if model_is_finished(out_dir, record):
         return read_json(out_dir / "manifest.json")
 
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device))
+    device = torch.device(
+        "cuda"
+        if cfg.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if cfg.device == "auto" else cfg.device)
+    )
     train_tokens: torch.Tensor = train_ds[:]["tokens"]
     eval_tokens: torch.Tensor = analysis_ds[: min(cfg.eval_rows, len(analysis_ds))]["tokens"]
     n_rows, ctx_len = train_tokens.shape
@@ -281,7 +328,15 @@ def train_one(cfg: ZooConfig, index: int, show_progress: bool = True) -> dict:
 
     model.train()
     tokens_per_step = cfg.batch_size * (ctx_len - 1)
-    bar = tqdm(total=cfg.max_steps, initial=start_step, desc=name, unit="step", disable=not show_progress, position=index if cfg.jobs > 1 else None, leave=True)
+    bar = tqdm(
+        total=cfg.max_steps,
+        initial=start_step,
+        desc=name,
+        unit="step",
+        disable=not show_progress,
+        position=index if cfg.jobs > 1 else None,
+        leave=True,
+    )
     t0 = time.time()
     for step in range(start_step, cfg.max_steps):
         for group in optimizer.param_groups:
@@ -299,10 +354,19 @@ def train_one(cfg: ZooConfig, index: int, show_progress: bool = True) -> dict:
             point["held_out_loss"] = held_out_loss(model, eval_tokens, cfg.batch_size, device)
         curve.append(point)
         elapsed = seconds + time.time() - t0
-        bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{(done - start_step) * tokens_per_step / max(1e-9, time.time() - t0):,.0f}")
+        bar.set_postfix(
+            loss=f"{loss.item():.3f}",
+            tok_s=f"{(done - start_step) * tokens_per_step / max(1e-9, time.time() - t0):,.0f}",
+        )
         bar.update(1)
         if done in cfg.snapshot_steps and done < cfg.max_steps:
-            _save_snapshot(out_dir / "snapshots" / f"{name}-step{done}", model, tokenizer, held_out_loss(model, eval_tokens, cfg.batch_size, device), done * tokens_per_step)
+            _save_snapshot(
+                out_dir / "snapshots" / f"{name}-step{done}",
+                model,
+                tokenizer,
+                held_out_loss(model, eval_tokens, cfg.batch_size, device),
+                done * tokens_per_step,
+            )
         if done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
             _save_checkpoint(ckpt_dir, model, optimizer, done, curve, elapsed)
             if os.environ.get("NEURON_LIB_KILL_AFTER_CHECKPOINT") == str(done):
@@ -313,13 +377,26 @@ def train_one(cfg: ZooConfig, index: int, show_progress: bool = True) -> dict:
     final_loss = curve[-1]["held_out_loss"]
     model.save_pretrained(out_dir)  # config.json + model.safetensors, the hub's format
     tokenizer.save_pretrained(out_dir)
-    atomic_write_text(out_dir / "loss_curve.csv", "step,tokens,train_loss,held_out_loss\n" + "".join(
-        f"{p['step']},{p['tokens']},{p['train_loss']:.5f},{p.get('held_out_loss', '')}\n" for p in curve))
+    atomic_write_text(
+        out_dir / "loss_curve.csv",
+        "step,tokens,train_loss,held_out_loss\n"
+        + "".join(f"{p['step']},{p['tokens']},{p['train_loss']:.5f},{p.get('held_out_loss', '')}\n" for p in curve),
+    )
     manifest = make_manifest(
-        "zoo", cfg, model=name, seed=seed, record=record, steps=cfg.max_steps, tokens_seen=cfg.max_steps * tokens_per_step,
-        n_params=sum(p.numel() for p in model.parameters()), held_out_loss=final_loss,
-        held_out_tokens=int(eval_tokens[:, 1:].numel()), train_seconds=seconds, device=str(device),
-        train_dataset=str(train_path), analysis_dataset=str(analysis_path),
+        "zoo",
+        cfg,
+        model=name,
+        seed=seed,
+        record=record,
+        steps=cfg.max_steps,
+        tokens_seen=cfg.max_steps * tokens_per_step,
+        n_params=sum(p.numel() for p in model.parameters()),
+        held_out_loss=final_loss,
+        held_out_tokens=int(eval_tokens[:, 1:].numel()),
+        train_seconds=seconds,
+        device=str(device),
+        train_dataset=str(train_path),
+        analysis_dataset=str(analysis_path),
         tokenizer_fingerprint=train_manifest.get("tokenizer_fingerprint"),
     )
     write_manifest(out_dir, manifest)
@@ -341,8 +418,10 @@ def train_zoo(cfg: ZooConfig, only: list[str] | None = None) -> list[dict]:
     train_path, _ = cfg.resolved_datasets()
     if not (Path(train_path) / "manifest.json").exists():
         raise NeuronLibError(f"no training dataset at {train_path}. Run `python -m neuron_lib.corpus build` first.")
-    print(f"zoo plan: {len(indices)} models {[names[i] for i in indices]}, {cfg.n_layer} layers, d_model {cfg.d_model}, "
-          f"d_mlp {cfg.d_mlp}, {cfg.max_steps} steps x {cfg.batch_size} rows, jobs={cfg.jobs}")
+    print(
+        f"zoo plan: {len(indices)} models {[names[i] for i in indices]}, {cfg.n_layer} layers, d_model {cfg.d_model}, "
+        f"d_mlp {cfg.d_mlp}, {cfg.max_steps} steps x {cfg.batch_size} rows, jobs={cfg.jobs}"
+    )
     if cfg.jobs == 1:
         return [train_one(cfg, i) for i in indices]
     import multiprocessing as mp
@@ -362,7 +441,9 @@ def zoo_report(cfg: ZooConfig, only: list[str] | None = None) -> str:
     analysis_manifest = read_manifest(analysis_path, "python -m neuron_lib.corpus build")
     unigram = analysis_manifest.get("unigram_entropy_nats")
     unigram_text = "n/a" if unigram is None else f"{unigram:.3f}"
-    lines = [f"{'model':<14} {'seed':>5} {'steps':>6} {'tokens seen':>12} {'train s':>8} {'held-out loss':>14} {'unigram entropy':>16}"]
+    lines = [
+        f"{'model':<14} {'seed':>5} {'steps':>6} {'tokens seen':>12} {'train s':>8} {'held-out loss':>14} {'unigram entropy':>16}"
+    ]
     for seed, name in zip(cfg.seeds, cfg.model_names()):
         if only and name not in only and name[-1] not in only:
             continue
@@ -371,8 +452,10 @@ def zoo_report(cfg: ZooConfig, only: list[str] | None = None) -> str:
             lines.append(f"{name:<14} {seed:>5}   (not trained yet: python -m neuron_lib.zoo train --models {name})")
             continue
         m = read_json(path / "manifest.json")
-        lines.append(f"{name:<14} {m['seed']:>5} {m['steps']:>6} {m['tokens_seen']:>12,} {m['train_seconds']:>8.0f} "
-                     f"{m['held_out_loss']:>14.3f} {unigram_text:>16}")
+        lines.append(
+            f"{name:<14} {m['seed']:>5} {m['steps']:>6} {m['tokens_seen']:>12,} {m['train_seconds']:>8.0f} "
+            f"{m['held_out_loss']:>14.3f} {unigram_text:>16}"
+        )
     return "\n".join(lines)
 
 
@@ -383,11 +466,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default="", help="comma-separated subset of model names or letters")
     for field in dataclasses.fields(ZooConfig):
         if field.name in ("seeds", "snapshot_steps"):
-            parser.add_argument(f"--{field.name.replace('_', '-')}", type=lambda s: tuple(int(x) for x in s.split(",") if x), default=None)
+            parser.add_argument(
+                f"--{field.name.replace('_', '-')}",
+                type=lambda s: tuple(int(x) for x in s.split(",") if x),
+                default=None,
+            )
         else:
             parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None)
     args = parser.parse_args(argv)
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ZooConfig) if getattr(args, f.name) is not None}
+    overrides = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(ZooConfig) if getattr(args, f.name) is not None
+    }
     cfg = make_config(args.preset, **overrides)
     only = [m for m in args.models.split(",") if m] or None
     if args.command == "train":

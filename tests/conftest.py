@@ -19,8 +19,17 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-_ROOTS = ["CORPUS_DIR", "DATASET_DIR", "MODELS_DIR", "RESULTS_DIR", "SUMMARY_DIR", "DATAFRAMES_DIR",
-          "CACHED_ACTIVATIONS_DIR", "FIGURES_DIR"]
+_ROOTS = [
+    "CORPUS_DIR",
+    "DATASET_DIR",
+    "MODELS_DIR",
+    "RESULTS_DIR",
+    "SUMMARY_DIR",
+    "DATAFRAMES_DIR",
+    "CACHED_ACTIVATIONS_DIR",
+    "FIGURES_DIR",
+]
+
 
 @dataclass
 class MicroZoo:
@@ -45,21 +54,36 @@ def micro_zoo(tmp_path_factory) -> MicroZoo:
         docs = {"grammar": synthetic_documents(240, seed=1), "grammar2": synthetic_documents(120, seed=2)}
         split = corpus.split_documents(docs, analysis_fraction=0.25, seed=0)
         tok_dir = Path(os.environ["CORPUS_DIR"]) / "tokenizer"
-        tokenizer = corpus.train_tokenizer([d for ds in split["train"].values() for d in ds], vocab_size=320, out_dir=tok_dir)
+        tokenizer = corpus.train_tokenizer(
+            [d for ds in split["train"].values() for d in ds], vocab_size=320, out_dir=tok_dir
+        )
         ctx = 32
         paths = {}
         for part in ("train", "analysis"):
             ds = corpus.tokenize_documents(split[part], tokenizer, ctx)
             paths[part] = corpus.save_token_dataset(
-                ds, Path(os.environ["DATASET_DIR"]) / "zoo" / f"micro.{part}.{ctx}",
+                ds,
+                Path(os.environ["DATASET_DIR"]) / "zoo" / f"micro.{part}.{ctx}",
                 {"split": part, "split_seed": 0, "tokenizer_dir": str(tok_dir)},
             )
-        cfg = zoo.make_config("micro", name_prefix="micro", seeds=(21, 49, 81), train_dataset=str(paths["train"]),
-                              analysis_dataset=str(paths["analysis"]))
+        cfg = zoo.make_config(
+            "micro",
+            name_prefix="micro",
+            seeds=(21, 49, 81),
+            train_dataset=str(paths["train"]),
+            analysis_dataset=str(paths["analysis"]),
+        )
         zoo.train_zoo(cfg)
         names = cfg.model_names()
-        yield MicroZoo(root, names, [Path(os.environ["MODELS_DIR"]) / "zoo" / n for n in names], paths["train"],
-                       paths["analysis"], tok_dir, cfg)
+        yield MicroZoo(
+            root,
+            names,
+            [Path(os.environ["MODELS_DIR"]) / "zoo" / n for n in names],
+            paths["train"],
+            paths["analysis"],
+            tok_dir,
+            cfg,
+        )
     finally:
         for k, v in old.items():
             if v is None:

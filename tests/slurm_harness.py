@@ -33,8 +33,11 @@ def _which(name: str) -> str | None:
 
 
 def missing_binaries() -> list[str]:
-    return [b for b in ("sbatch", "scontrol", "squeue", "scancel", "sinfo", "slurmctld", "slurmd", "munged", "munge")
-            if _which(b) is None]
+    return [
+        b
+        for b in ("sbatch", "scontrol", "squeue", "scancel", "sinfo", "slurmctld", "slurmd", "munged", "munge")
+        if _which(b) is None
+    ]
 
 
 def ensure_slurm() -> str | None:
@@ -109,11 +112,17 @@ class LocalSlurm:
         self.conf.write_text(self._slurm_conf(ctld_port, slurmd_port))
         log = self.dir / "log"
         self.procs["slurmctld"] = subprocess.Popen(
-            [_which("slurmctld"), "-D", "-i", "-f", str(self.conf)], env=self.env(),
-            stdout=open(log / "slurmctld.stdout", "w"), stderr=subprocess.STDOUT)
+            [_which("slurmctld"), "-D", "-i", "-f", str(self.conf)],
+            env=self.env(),
+            stdout=open(log / "slurmctld.stdout", "w"),
+            stderr=subprocess.STDOUT,
+        )
         self.procs["slurmd"] = subprocess.Popen(
-            [_which("slurmd"), "-D", "-f", str(self.conf), "-N", self.node], env=self.env(),
-            stdout=open(log / "slurmd.stdout", "w"), stderr=subprocess.STDOUT)
+            [_which("slurmd"), "-D", "-f", str(self.conf), "-N", self.node],
+            env=self.env(),
+            stdout=open(log / "slurmd.stdout", "w"),
+            stderr=subprocess.STDOUT,
+        )
         while True:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
@@ -122,8 +131,10 @@ class LocalSlurm:
             if state.returncode == 0 and state.stdout.strip() == "idle":
                 break
             if time.time() - t0 > timeout:
-                raise RuntimeError(f"the Slurm node did not become idle in {timeout:.0f} s "
-                                   f"(sinfo: {state.stdout.strip() or state.stderr.strip()}):\n{self.logs_tail()}")
+                raise RuntimeError(
+                    f"the Slurm node did not become idle in {timeout:.0f} s "
+                    f"(sinfo: {state.stdout.strip() or state.stderr.strip()}):\n{self.logs_tail()}"
+                )
             time.sleep(0.2)
         self.start_seconds = time.time() - t0
 
@@ -137,9 +148,15 @@ class LocalSlurm:
             os.chown(path, munge.pw_uid, munge.pw_gid)
             os.chmod(path, mode)
         self.munge_socket = run / "munge.socket"
-        cmd = [_which("munged"), "--foreground", f"--socket={self.munge_socket}", f"--key-file={key}",
-               f"--pid-file={run / 'munged.pid'}", f"--log-file={self.munge_dir / 'munged.log'}",
-               f"--seed-file={self.munge_dir / 'munged.seed'}"]
+        cmd = [
+            _which("munged"),
+            "--foreground",
+            f"--socket={self.munge_socket}",
+            f"--key-file={key}",
+            f"--pid-file={run / 'munged.pid'}",
+            f"--log-file={self.munge_dir / 'munged.log'}",
+            f"--seed-file={self.munge_dir / 'munged.seed'}",
+        ]
         # munged refuses to run as root: drop to the munge user (a direct child, so we can reap it)
         as_munge = dict(user=munge.pw_uid, group=munge.pw_gid, extra_groups=[]) if os.geteuid() == 0 else {}
         self.procs["munged"] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **as_munge)
@@ -195,8 +212,12 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
             subprocess.run(["scancel", "--full", "--user", "root"], env=self.env(), capture_output=True)
             deadline = time.time() + 20
             while time.time() < deadline:
-                q = subprocess.run(["squeue", "-h", "-t", "RUNNING,COMPLETING,CONFIGURING", "-o", "%i"],
-                                   env=self.env(), capture_output=True, text=True)
+                q = subprocess.run(
+                    ["squeue", "-h", "-t", "RUNNING,COMPLETING,CONFIGURING", "-o", "%i"],
+                    env=self.env(),
+                    capture_output=True,
+                    text=True,
+                )
                 if q.returncode != 0 or not q.stdout.strip():
                     break
                 time.sleep(0.3)

@@ -91,8 +91,9 @@ def test_neuron_subset_8bit_pre_and_metrics(env, tmp_path):
     m = A.load_cached_metrics(str(env["model_dir"]), "acts.16")
     logits = env["logits"]
     toks = torch.tensor(env["rows"])
-    ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), toks[:, 1:].reshape(-1),
-                                           reduction="none").view(len(toks), -1)
+    ce = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), toks[:, 1:].reshape(-1), reduction="none"
+    ).view(len(toks), -1)
     p = torch.softmax(logits, -1)
     ent = -(p * torch.log(p)).sum(-1)
     order = torch.argsort(logits[:, :-1], dim=-1, descending=True)
@@ -117,7 +118,10 @@ def test_layers_fp16_post_and_rerun(env):
     with pytest.raises(NeuronLibError, match="no per-token metrics"):
         A.load_cached_metrics(str(env["model_dir"]), "acts.16")
     # same config → skipped; another config → refused; --overwrite recomputes
-    assert A.run_activations(cfg(env, layers="0", location="post", precision=16, skip_metrics=True, batch_size=5)).status == "skipped"
+    assert (
+        A.run_activations(cfg(env, layers="0", location="post", precision=16, skip_metrics=True, batch_size=5)).status
+        == "skipped"
+    )
     with pytest.raises(ManifestMismatch, match="another configuration"):
         A.run_activations(cfg(env, layers="0", location="post", precision=8, skip_metrics=True))
     out = A.run_activations(cfg(env, layers="0,1", precision=8, skip_metrics=True, overwrite=True))
@@ -148,8 +152,9 @@ def test_aggregation(env, how):
                 expect.append(x[r, np.nonzero(keep[r])[0][-1]])
         got = load(env, (l, n), aggregation=how)
         assert got.shape == (len(rows),)
-        np.testing.assert_allclose(got, np.array(expect, dtype=np.float16).astype(np.float32), rtol=1e-3, atol=1e-3,
-                                   equal_nan=True)
+        np.testing.assert_allclose(
+            got, np.array(expect, dtype=np.float16).astype(np.float32), rtol=1e-3, atol=1e-3, equal_nan=True
+        )
         assert np.isnan(got[5]) and not np.isnan(got[:5]).any()
     if how == "last":  # row 2 ends with EOS: its 'last' is position 14, not 15
         assert load(env, (0, 3), aggregation="last")[2] == np.float16(env["pre"][0, 2, 14, 3])
@@ -188,6 +193,19 @@ def test_errors(env, tmp_path):
         A.run_activations(cfg(env, layers="0,1", max_memory="1KB"))
     with pytest.raises(NeuronLibError, match="no cached activations"):
         A.load_cached_activations(str(env["model_dir"]), "nothing.16", "0.1")
-    A.main(["--model", str(env["model_dir"]), "--token-dataset", str(env["ds"]), "--neurons", "1.2", "--max-tokens", "32",
-            "--device", "cpu", "--skip-metrics"])
+    A.main(
+        [
+            "--model",
+            str(env["model_dir"]),
+            "--token-dataset",
+            str(env["ds"]),
+            "--neurons",
+            "1.2",
+            "--max-tokens",
+            "32",
+            "--device",
+            "cpu",
+            "--skip-metrics",
+        ]
+    )
     assert load(env, "1.2").shape == (32,)

@@ -35,10 +35,17 @@ def _build_tree(root: Path) -> Path:
     model.mkdir(parents=True)
     w = torch.arange(12, dtype=torch.float32).reshape(3, 4) / 7
     stats = torch.tensor([1.0, float("nan"), 3.0])
-    save_file({"w": w, "stats": stats, "ids": torch.arange(5)}, str(model / "model.safetensors"), metadata={"format": "pt"})
-    manifest = {"stage": "zoo", "config": {"x": 1, "token_dataset": str(root / "token_datasets" / "d")},
-                "created_unix": 1000.0, "versions": {"torch": "2.13"}, "files": ["a", "b"],
-                "plan": {"block_rows": 8, "probe_gflops": 3.5, "estimated_seconds": 1.2}}
+    save_file(
+        {"w": w, "stats": stats, "ids": torch.arange(5)}, str(model / "model.safetensors"), metadata={"format": "pt"}
+    )
+    manifest = {
+        "stage": "zoo",
+        "config": {"x": 1, "token_dataset": str(root / "token_datasets" / "d")},
+        "created_unix": 1000.0,
+        "versions": {"torch": "2.13"},
+        "files": ["a", "b"],
+        "plan": {"block_rows": 8, "probe_gflops": 3.5, "estimated_seconds": 1.2},
+    }
     (model / "manifest.json").write_text(json.dumps(manifest))
     frames = root / "dataframes"
     frames.mkdir()
@@ -83,8 +90,11 @@ def test_changed_tensor_element_is_found_with_its_delta_and_count(trees):
     path = new / "models/zoo/m1/model.safetensors"
     w = torch.arange(12, dtype=torch.float32).reshape(3, 4) / 7
     w[1, 2] += 0.5
-    save_file({"w": w, "stats": torch.tensor([1.0, float("nan"), 3.0]), "ids": torch.arange(5)}, str(path),
-              metadata={"format": "pt"})
+    save_file(
+        {"w": w, "stats": torch.tensor([1.0, float("nan"), 3.0]), "ids": torch.arange(5)},
+        str(path),
+        metadata={"format": "pt"},
+    )
     report = co.compare_trees(old, new)
     result = _result(report, "models/zoo/m1/model.safetensors")
     assert result.kind == "tensors" and len(result.diffs) == 1  # the NaN in `stats` is equal to its twin
@@ -119,7 +129,8 @@ def test_changed_csv_column_is_named_and_nan_equals_nan(trees):
 def test_parquet_column_only_on_one_side_and_row_count(trees):
     old, new = trees
     pd.DataFrame({"layer": [0, 0, 1, 2], "corr": [0.5, float("nan"), 0.25, 0.0]}).to_parquet(
-        new / "dataframes/neuron_stats.parquet")
+        new / "dataframes/neuron_stats.parquet"
+    )
     diffs = _result(co.compare_trees(old, new), "dataframes/neuron_stats.parquet").diffs
     assert "column `name` only in old" in diffs
     assert any(d.startswith("rows: 3 → 4") for d in diffs)
@@ -195,4 +206,6 @@ def test_main_exit_codes_and_out_file(trees, tmp_path, capsys):
 
 def test_volatile_keys_constant():
     assert {"created_unix", "versions", "elapsed_s", "seconds", "probe_gflops", "estimated_seconds"} <= co.VOLATILE_KEYS
-    assert math.isinf(co.array_stats(np.array([1.0, np.nan]), np.array([1.0, 2.0]), co.Context(0, 0, frozenset(), (), ()))[0])
+    assert math.isinf(
+        co.array_stats(np.array([1.0, np.nan]), np.array([1.0, 2.0]), co.Context(0, 0, frozenset(), (), ()))[0]
+    )

@@ -16,7 +16,9 @@ import torch
 from neuron_lib import corpus
 from neuron_lib.common import NeuronLibError
 
-WORDS = "the cat dog king river bird sees likes finds builds house apple road sea garden night book old red long".split()
+WORDS = (
+    "the cat dog king river bird sees likes finds builds house apple road sea garden night book old red long".split()
+)
 
 
 def make_docs(n: int, seed: int) -> list[str]:
@@ -42,7 +44,7 @@ def reference_rows(docs_by_subset, tok, ctx):
             stream.extend(tok.encode(doc, add_special_tokens=False))
         pos = 0
         while len(stream) - pos >= ctx - 1:
-            rows.append([bos] + stream[pos:pos + ctx - 1])
+            rows.append([bos] + stream[pos : pos + ctx - 1])
             subsets.append(subset)
             pos += ctx - 1
     return rows, subsets
@@ -180,8 +182,10 @@ def test_missing_and_corrupt_datasets_are_clear_errors(tmp_path, tokenizer):
 
 # ---------------------------------------------------------------- text preparation
 def test_strip_gutenberg_and_chunking():
-    text = "Title\nThe Project Gutenberg EBook\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\nBody one.\n\nBody two.\n" \
-           "*** END OF THIS PROJECT GUTENBERG EBOOK X ***\nLicence text"
+    text = (
+        "Title\nThe Project Gutenberg EBook\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\nBody one.\n\nBody two.\n"
+        "*** END OF THIS PROJECT GUTENBERG EBOOK X ***\nLicence text"
+    )
     assert corpus.strip_gutenberg(text) == "Body one.\n\nBody two."
     assert corpus.strip_gutenberg("No markers here.\n") == "No markers here."
     paragraphs = [f"Paragraph {i} " + "word " * 50 for i in range(40)]
@@ -197,8 +201,14 @@ def test_brown_detokenize():
 
 def test_config_validation():
     corpus.CorpusConfig().validate()
-    for bad in (dict(analysis_fraction=1.5), dict(subsets=("nope",)), dict(subsets=()), dict(vocab_size=100),
-                dict(ctx_len=1), dict(max_docs_per_subset=1)):
+    for bad in (
+        dict(analysis_fraction=1.5),
+        dict(subsets=("nope",)),
+        dict(subsets=()),
+        dict(vocab_size=100),
+        dict(ctx_len=1),
+        dict(max_docs_per_subset=1),
+    ):
         with pytest.raises(NeuronLibError):
             corpus.CorpusConfig(**bad).validate()
 
@@ -234,8 +244,10 @@ def test_build_embedded_corpus_small_slice(tmp_path, monkeypatch):
     assert not summary["skipped"]
 
     docs_dir = tmp_path / "corpus" / "documents"
-    split = {p: {s: [json.loads(l)["text"] for l in open(docs_dir / f"{p}.{s}.jsonl")] for s in cfg.subsets}
-             for p in ("train", "analysis")}
+    split = {
+        p: {s: [json.loads(l)["text"] for l in open(docs_dir / f"{p}.{s}.jsonl")] for s in cfg.subsets}
+        for p in ("train", "analysis")
+    }
     for s in cfg.subsets:
         train, analysis = split["train"][s], split["analysis"][s]
         assert train and analysis and not set(train) & set(analysis)
@@ -280,7 +292,8 @@ def test_build_embedded_corpus_small_slice(tmp_path, monkeypatch):
     assert corpus.build_embedded_corpus(cfg)["steps_run"] == ["dataset:analysis"]
     # another ctx_len reuses documents and tokenizer
     assert corpus.build_embedded_corpus(corpus.CorpusConfig(max_docs_per_subset=40, vocab_size=1024, ctx_len=32))[
-        "steps_run"] == ["dataset:train", "dataset:analysis"]
+        "steps_run"
+    ] == ["dataset:train", "dataset:analysis"]
     # force rebuilds every step, from the cached downloads, to the same tokenizer
     forced = corpus.build_embedded_corpus(cfg, force=True)
     assert forced["steps_run"] == ["documents", "tokenizer", "dataset:train", "dataset:analysis"]
@@ -307,22 +320,40 @@ def test_tokenize_local_files(tmp_path, monkeypatch, local_model, tokenizer):
     txt = tmp_path / "story.txt"
     txt.write_text(" ".join(make_docs(10, 11)))
     jsonl = tmp_path / "mixed.jsonl"
-    records = [{"text": d, "meta": {"pile_set_name": "Pile-CC" if i % 2 else "Github"}} for i, d in enumerate(make_docs(30, 12))]
+    records = [
+        {"text": d, "meta": {"pile_set_name": "Pile-CC" if i % 2 else "Github"}}
+        for i, d in enumerate(make_docs(30, 12))
+    ]
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
 
     out = corpus.tokenize_hub_or_files(str(local_model), 16, "files", text_files=[txt, jsonl])
     assert out == tmp_path / "datasets" / "gpt2" / "files"  # "gpt2" in the model name
     ds, manifest = corpus.load_token_dataset(out, tokenizer)
-    by_subset = {"story": [txt.read_text()],
-                 "Github": [r["text"] for r in records if r["meta"]["pile_set_name"] == "Github"],
-                 "Pile-CC": [r["text"] for r in records if r["meta"]["pile_set_name"] == "Pile-CC"]}
+    by_subset = {
+        "story": [txt.read_text()],
+        "Github": [r["text"] for r in records if r["meta"]["pile_set_name"] == "Github"],
+        "Pile-CC": [r["text"] for r in records if r["meta"]["pile_set_name"] == "Pile-CC"],
+    }
     rows, subsets = reference_rows(by_subset, tokenizer, 16)
     assert ds[:]["tokens"].tolist() == rows
     assert list(ds.with_format(None)["subset"]) == subsets
     assert manifest["split"] == "files" and manifest["model"] == str(local_model)
 
-    corpus.main(["tokenize", "--model", str(local_model), "--text-files", str(jsonl), "--ctx-len", "8", "--name", "cli",
-                 "--max-docs", "5"])
+    corpus.main(
+        [
+            "tokenize",
+            "--model",
+            str(local_model),
+            "--text-files",
+            str(jsonl),
+            "--ctx-len",
+            "8",
+            "--name",
+            "cli",
+            "--max-docs",
+            "5",
+        ]
+    )
     _, manifest = corpus.load_token_dataset(tmp_path / "datasets" / "gpt2" / "cli", tokenizer)
     assert manifest["ctx_len"] == 8 and sum(manifest["documents"].values()) == 5
 
@@ -353,7 +384,10 @@ def test_hub_dataset_path_uses_pile_set_name(tmp_path, monkeypatch, local_model,
     """The hub branch with `datasets.load_dataset` replaced by an in-memory stand-in shaped like NeelNanda/pile-10k."""
     import datasets
 
-    records = [{"text": d, "meta": {"pile_set_name": ["Wikipedia (en)", "ArXiv"][i % 2]}} for i, d in enumerate(make_docs(40, 13))]
+    records = [
+        {"text": d, "meta": {"pile_set_name": ["Wikipedia (en)", "ArXiv"][i % 2]}}
+        for i, d in enumerate(make_docs(40, 13))
+    ]
     calls = []
 
     def fake_load_dataset(name, split):

@@ -35,7 +35,7 @@ def np_pearson(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     B = np.asarray(B, np.float64)
     Ac = A - A.mean(1, keepdims=True)
     Bc = B - B.mean(1, keepdims=True)
-    na, nb = np.sqrt((Ac ** 2).sum(1)), np.sqrt((Bc ** 2).sum(1))
+    na, nb = np.sqrt((Ac**2).sum(1)), np.sqrt((Bc**2).sum(1))
     with np.errstate(divide="ignore", invalid="ignore"):
         C = (Ac @ Bc.T) / (na[:, None] * nb[None, :])
     C[~np.isfinite(C)] = 0
@@ -44,7 +44,7 @@ def np_pearson(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 def np_cosine(A, B):
     A, B = np.asarray(A, np.float64), np.asarray(B, np.float64)
-    na, nb = np.sqrt((A ** 2).sum(1)), np.sqrt((B ** 2).sum(1))
+    na, nb = np.sqrt((A**2).sum(1)), np.sqrt((B**2).sum(1))
     with np.errstate(divide="ignore", invalid="ignore"):
         C = (A @ B.T) / (na[:, None] * nb[None, :])
     C[~np.isfinite(C)] = 0
@@ -72,7 +72,7 @@ def stream(sc, a, b, sizes=(97, 250, 1, 403, 333)):
     i, k = 0, 0
     while i < a.shape[1]:
         s = sizes[k % len(sizes)]
-        sc.update(a[:, i:i + s], b[:, i:i + s])
+        sc.update(a[:, i : i + s], b[:, i : i + s])
         i, k = i + s, k + 1
     return sc
 
@@ -95,7 +95,7 @@ def test_streaming_pearson_matches_float64_two_pass_with_large_offset():
     T = a.shape[1]
     S1, S2 = a.sum(1), b.sum(1)
     cov = a @ b.T - S1[:, None] * S2[None, :] / T
-    var1, var2 = (a * a).sum(1) - S1 ** 2 / T, (b * b).sum(1) - S2 ** 2 / T
+    var1, var2 = (a * a).sum(1) - S1**2 / T, (b * b).sum(1) - S2**2 / T
     raw = (cov / torch.sqrt(var1[:, None].abs() * var2[None, :].abs())).numpy()
     assert not np.nanmax(np.abs(raw - ref)) <= 1e-2
     # without an offset, fp64 GEMM mode agrees as well
@@ -145,7 +145,9 @@ def test_constant_neurons_give_zero_and_flags_never_nan():
     assert torch.isfinite(Cr).all() and (Cr[2] == 0).all() and (Cr[:, 8:12] == 0).all()
     assert dead_rot[8:12].all() and not dead_rot[:8].any()
     for sim in ("cosine", "jaccard"):
-        s = stream(cf.StreamingCorrelation(12, 16, similarity=sim, jaccard_threshold=100.0 if sim == "jaccard" else 0), a, b)
+        s = stream(
+            cf.StreamingCorrelation(12, 16, similarity=sim, jaccard_threshold=100.0 if sim == "jaccard" else 0), a, b
+        )
         out = s.finalize()
         assert torch.isfinite(out).all()
     # all-never-active for jaccard at threshold 100: every neuron flagged, everything 0
@@ -175,12 +177,12 @@ def test_rotation_baseline_equals_float64_correlation_with_rotated_activations(m
     eng = cf._Engine(cfg, n1, [("b", L, d)], torch.device("cpu"))
     eng.start_block((0, n1))
     for s in range(0, T, 200):
-        eng.update(a[:, s:s + 200], [b[:, s:s + 200]], batch_key=s)
+        eng.update(a[:, s : s + 200], [b[:, s : s + 200]], batch_key=s)
     eng.finish_block(None)
     A, B = a.double().numpy(), b.double().numpy()
     for k in range(3):
         Rs = [cf.random_rotation(d, cf.rotation_seed(11, "b", k, l)).numpy() for l in range(L)]
-        Br = np.concatenate([Rs[l] @ B[l * d:(l + 1) * d] for l in range(L)])
+        Br = np.concatenate([Rs[l] @ B[l * d : (l + 1) * d] for l in range(L)])
         ref = np_pearson(A, Br)
         got_max = eng.null_max[0][:, k].numpy()
         assert np.abs(got_max - ref.max(1)).max() <= 1e-4
@@ -195,7 +197,7 @@ def _run_engine(cfg, a, b, step=150):
     eng = cf._Engine(cfg, a.shape[0], [("b", 1, b.shape[0])], torch.device("cpu"))
     eng.start_block((0, a.shape[0]))
     for s in range(0, a.shape[1], step):
-        eng.update(a[:, s:s + step], [b[:, s:s + step]], batch_key=s)
+        eng.update(a[:, s : s + step], [b[:, s : s + step]], batch_key=s)
     eng.finish_block(None)
     return eng
 
@@ -208,14 +210,16 @@ def test_gaussian_and_permutation_baselines_reproducible_and_correct():
         s1, s2 = e1.row_acc[0, kind].finalize(), e2.row_acc[0, kind].finalize()
         assert all(torch.equal(s1[k], s2[k]) for k in s1)
     other = _run_engine(make_cfg(baseline="gaussian,permutation", seed=4), a, b)
-    assert not torch.equal(other.row_acc[0, "gaussian"].finalize()["max_corr"], e1.row_acc[0, "gaussian"].finalize()["max_corr"])
+    assert not torch.equal(
+        other.row_acc[0, "gaussian"].finalize()["max_corr"], e1.row_acc[0, "gaussian"].finalize()["max_corr"]
+    )
     # independent reconstruction of what the baselines should be
     noise, perm_b = [], []
     for s in range(0, 600, 150):
         g = torch.Generator().manual_seed(cf.derive_seed(3, "gaussian", "b", s))
         noise.append(torch.nn.functional.gelu(torch.randn((12, 150), generator=g), approximate="tanh"))
         g = torch.Generator().manual_seed(cf.derive_seed(3, "permutation", "b", s))
-        perm_b.append(b[:, s:s + 150][:, torch.randperm(150, generator=g)])
+        perm_b.append(b[:, s : s + 150][:, torch.randperm(150, generator=g)])
     for kind, B in (("gaussian", torch.cat(noise, 1)), ("permutation", torch.cat(perm_b, 1))):
         ref = np_pearson(a.numpy(), B.numpy())
         got = e1.row_acc[0, kind].finalize()
@@ -237,8 +241,15 @@ def np_summary(C: np.ndarray, k=50):
     with np.errstate(invalid="ignore", divide="ignore"):
         z = (x - mean[:, None]) / np.sqrt(var)[:, None]
     order = np.argsort(-x, axis=1, kind="stable")
-    return dict(counts=counts, mean=mean, var=var, skew=(z ** 3).mean(1), kurt=(z ** 4).mean(1),
-                top=np.take_along_axis(x, order[:, :k], 1), bot=np.sort(x, 1)[:, :k])
+    return dict(
+        counts=counts,
+        mean=mean,
+        var=var,
+        skew=(z**3).mean(1),
+        kurt=(z**4).mean(1),
+        top=np.take_along_axis(x, order[:, :k], 1),
+        bot=np.sort(x, 1)[:, :k],
+    )
 
 
 def test_summary_matches_numpy_including_edges_and_pieces():
@@ -289,20 +300,50 @@ def test_summary_matches_numpy_including_edges_and_pieces():
 def test_table_columns_excess_and_universal_logic():
     # 2 layers x 2 neurons, 2 other models (d_mlp 2), 3 rotations
     per_model = {  # values exact in binary, so "exactly 0.5" really is 0.5
-        "b": dict(max_corr=[0.875, 0.75, 0.875, 0.0], max_corr_ix=[3, 0, 1, 2], baseline=[0.25, 0.25, 0.125, 0.0],
-                  null_max=[[0.2, 0.25, 0.3], [0.25, 0.25, 0.25], [0.1, 0.125, 0.15], [0, 0, 0]]),
-        "c": dict(max_corr=[0.75, 0.75, 0.875, 0.0], max_corr_ix=[1, 1, 2, 0], baseline=[0.25, 0.25, 0.125, 0.0],
-                  null_max=[[0.2, 0.3, 0.25], [0.2, 0.25, 0.3], [0.125, 0.125, 0.125], [0, 0, 0]]),
+        "b": dict(
+            max_corr=[0.875, 0.75, 0.875, 0.0],
+            max_corr_ix=[3, 0, 1, 2],
+            baseline=[0.25, 0.25, 0.125, 0.0],
+            null_max=[[0.2, 0.25, 0.3], [0.25, 0.25, 0.25], [0.1, 0.125, 0.15], [0, 0, 0]],
+        ),
+        "c": dict(
+            max_corr=[0.75, 0.75, 0.875, 0.0],
+            max_corr_ix=[1, 1, 2, 0],
+            baseline=[0.25, 0.25, 0.125, 0.0],
+            null_max=[[0.2, 0.3, 0.25], [0.2, 0.25, 0.3], [0.125, 0.125, 0.125], [0, 0, 0]],
+        ),
     }
-    df = cf.build_universal_table(per_model, 2, 2, dead=[False, False, False, True], universal_threshold=0.5,
-                                  min_models=2, z_threshold=3.0)
-    for col in ["layer", "neuron", "max_corr_b", "max_corr_layer_b", "max_corr_neuron_b", "baseline_b", "max_corr_c",
-                "max_corr", "mean_corr", "min_corr", "max_baseline", "min_baseline", "mean_baseline", "excess_corr",
-                "rotation_z", "rotation_p", "n_models_agree", "is_universal", "is_universal_z", "dead"]:
+    df = cf.build_universal_table(
+        per_model, 2, 2, dead=[False, False, False, True], universal_threshold=0.5, min_models=2, z_threshold=3.0
+    )
+    for col in [
+        "layer",
+        "neuron",
+        "max_corr_b",
+        "max_corr_layer_b",
+        "max_corr_neuron_b",
+        "baseline_b",
+        "max_corr_c",
+        "max_corr",
+        "mean_corr",
+        "min_corr",
+        "max_baseline",
+        "min_baseline",
+        "mean_baseline",
+        "excess_corr",
+        "rotation_z",
+        "rotation_p",
+        "n_models_agree",
+        "is_universal",
+        "is_universal_z",
+        "dead",
+    ]:
         assert col in df.columns, col
     assert df["layer"].tolist() == [0, 0, 1, 1] and df["neuron"].tolist() == [0, 1, 0, 1]
     assert df["max_corr_layer_b"].tolist() == [1, 0, 0, 1] and df["max_corr_neuron_b"].tolist() == [1, 0, 1, 0]
-    assert np.allclose(df["mean_corr"], [0.8125, 0.75, 0.875, 0.0]) and np.allclose(df["min_corr"], [0.75, 0.75, 0.875, 0])
+    assert np.allclose(df["mean_corr"], [0.8125, 0.75, 0.875, 0.0]) and np.allclose(
+        df["min_corr"], [0.75, 0.75, 0.875, 0]
+    )
     assert np.allclose(df["excess_corr"], [0.5625, 0.5, 0.75, 0.0])
     # neuron 1: excess exactly 0.5 -> not universal (strict >); neuron 0: excess 0.5625 but only model b has
     # max_corr - baseline > 0.5 (c has exactly 0.5) -> 1 model < min_models=2
@@ -312,8 +353,12 @@ def test_table_columns_excess_and_universal_logic():
     assert df1["is_universal"].tolist() == [True, False, True, False]
     # z-scores: per model (max_corr - mean(null)) / std(null, ddof=1), averaged; p from the mean-over-models null
     null_b, null_c = np.array(per_model["b"]["null_max"]), np.array(per_model["c"]["null_max"])
-    zb = (np.array(per_model["b"]["max_corr"]) - null_b.mean(1)) / np.where(null_b.std(1, ddof=1) > 0, null_b.std(1, ddof=1), 1)
-    zc = (np.array(per_model["c"]["max_corr"]) - null_c.mean(1)) / np.where(null_c.std(1, ddof=1) > 0, null_c.std(1, ddof=1), 1)
+    zb = (np.array(per_model["b"]["max_corr"]) - null_b.mean(1)) / np.where(
+        null_b.std(1, ddof=1) > 0, null_b.std(1, ddof=1), 1
+    )
+    zc = (np.array(per_model["c"]["max_corr"]) - null_c.mean(1)) / np.where(
+        null_c.std(1, ddof=1) > 0, null_c.std(1, ddof=1), 1
+    )
     assert np.isclose(df["rotation_z"][0], (zb[0] + zc[0]) / 2)
     assert df["rotation_z"][1] > 1e6 and df["rotation_z"][2] > 1e6  # zero-spread null in one model: huge z, not NaN
     assert df["rotation_z"][3] == 0 and bool(df["dead"][3]) and not df["is_universal_z"][3]
@@ -330,13 +375,30 @@ def test_table_columns_excess_and_universal_logic():
 
 # ============================================================================ config / CLI
 def test_config_parsing_and_validation():
-    cfg = cf.config_from_args(cf.CorrelationConfig, cf._cli_parser().parse_args(
-        ["--reference-model", "a", "--other-models", "b,c", "--token-dataset", "x",
-         "--baseline", "rotation,none,gaussian", "--max-tokens", "1000", "--max-memory", "512MiB", "--no-progress"]))
+    cfg = cf.config_from_args(
+        cf.CorrelationConfig,
+        cf._cli_parser().parse_args(
+            [
+                "--reference-model",
+                "a",
+                "--other-models",
+                "b,c",
+                "--token-dataset",
+                "x",
+                "--baseline",
+                "rotation,none,gaussian",
+                "--max-tokens",
+                "1000",
+                "--max-memory",
+                "512MiB",
+                "--no-progress",
+            ]
+        ),
+    )
     cfg.validate()
     assert cfg.other_models == ["b", "c"] and cfg.baseline == ["gaussian", "rotation"] and cfg.max_tokens == 1000
-    assert cfg.min_models == 1 and cfg.progress is False and cf.parse_memory(cfg.max_memory) == 512 * 2 ** 20
-    assert cf.parse_memory("4GB") == 4 * 10 ** 9 and cf.parse_memory("auto") is None
+    assert cfg.min_models == 1 and cfg.progress is False and cf.parse_memory(cfg.max_memory) == 512 * 2**20
+    assert cf.parse_memory("4GB") == 4 * 10**9 and cf.parse_memory("auto") is None
     with pytest.raises(NeuronLibError):
         cf.parse_memory("lots")
     with pytest.raises(NeuronLibError):
@@ -355,11 +417,16 @@ def _train_tokenizer(vocab_size: int, texts: list[str]):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                   unk_token="<|endoftext|>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
 
 
 def _save_model(path: Path, tokenizer, seed: int, vocab_size: int | None = None) -> Path:
@@ -367,8 +434,19 @@ def _save_model(path: Path, tokenizer, seed: int, vocab_size: int | None = None)
 
     torch.manual_seed(seed)
     v = vocab_size or len(tokenizer)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=v, n_positions=32, n_embd=32, n_layer=2, n_head=2, n_inner=64,
-                                       activation_function="gelu_new", bos_token_id=0, eos_token_id=0))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=v,
+            n_positions=32,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_inner=64,
+            activation_function="gelu_new",
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+    )
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
@@ -384,12 +462,22 @@ def _save_dataset(path: Path, tokenizer, n_rows: int, ctx: int = 32, seed: int =
     nl = tokenizer.encode("\n", add_special_tokens=False)
     rows[g.random(rows.shape) < 0.05] = nl[0]
     rows[:, 0] = tokenizer.bos_token_id
-    table = pa.table({"tokens": pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1).astype(np.int32)), ctx),
-                      "subset": pa.array(["synthetic"] * n_rows)})
+    table = pa.table(
+        {
+            "tokens": pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1).astype(np.int32)), ctx),
+            "subset": pa.array(["synthetic"] * n_rows),
+        }
+    )
     datasets.Dataset(table).save_to_disk(str(path))
-    manifest = {"tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), "ctx_len": ctx, "n_rows": n_rows,
-                "n_tokens": n_rows * ctx, "subset_tokens": {"synthetic": n_rows * ctx}, "split": "analysis",
-                "split_seed": 0}
+    manifest = {
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "ctx_len": ctx,
+        "n_rows": n_rows,
+        "n_tokens": n_rows * ctx,
+        "subset_tokens": {"synthetic": n_rows * ctx},
+        "split": "analysis",
+        "split_seed": 0,
+    }
     (path / "manifest.json").write_text(json.dumps(manifest))
     return path
 
@@ -399,8 +487,11 @@ def zoo(tmp_path_factory):
     from neuron_lib.models import load_model
 
     root = tmp_path_factory.mktemp("corr_zoo")
-    texts = ["the cat sees the dog in the morning.\n", "a small bird follows the river again.\n",
-             "neurons in language models are universal, sometimes.\n"] * 30
+    texts = [
+        "the cat sees the dog in the morning.\n",
+        "a small bird follows the river again.\n",
+        "neurons in language models are universal, sometimes.\n",
+    ] * 30
     tok = _train_tokenizer(300, texts)
     names = [str(_save_model(root / f"tiny-{s}", tok, seed=i)) for i, s in enumerate("abc")]
     alt_tok = _train_tokenizer(280, texts[:1] * 10)
@@ -411,7 +502,11 @@ def zoo(tmp_path_factory):
     return dict(root=root, names=names, alt=alt, wide=wide, data=str(data), models=models, tok=tok)
 
 
-PAIR_FILES = (artifacts.CORRELATION_SUMMARY_FILE, artifacts.CORRELATION_SUMMARY_T_FILE, artifacts.CORRELATION_STATS_FILE)
+PAIR_FILES = (
+    artifacts.CORRELATION_SUMMARY_FILE,
+    artifacts.CORRELATION_SUMMARY_T_FILE,
+    artifacts.CORRELATION_STATS_FILE,
+)
 
 
 @contextlib.contextmanager
@@ -427,8 +522,17 @@ def output_roots(out: Path):
 
 
 def _cfg(zoo, **kw):
-    base = dict(reference_model=zoo["names"][0], other_models=zoo["names"][1:], token_dataset=zoo["data"],
-                baseline="rotation", n_rotations=3, batch_size=8, seed=1, progress=False, max_memory="1GB")
+    base = dict(
+        reference_model=zoo["names"][0],
+        other_models=zoo["names"][1:],
+        token_dataset=zoo["data"],
+        baseline="rotation",
+        n_rotations=3,
+        batch_size=8,
+        seed=1,
+        progress=False,
+        max_memory="1GB",
+    )
     base.update(kw)
     return cf.CorrelationConfig(**base)
 
@@ -463,7 +567,9 @@ def _activations(zoo, name, dataset_path):
 
     ds, _ = load_token_dataset(dataset_path)
     drop = TokenFilter().drop_ids(zoo["tok"])
-    parts = [b.post.reshape(-1, b.post.shape[-1]) for b in iter_mlp_activations(zoo["models"][name], ds, 8, drop_ids=drop)]
+    parts = [
+        b.post.reshape(-1, b.post.shape[-1]) for b in iter_mlp_activations(zoo["models"][name], ds, 8, drop_ids=drop)
+    ]
     return torch.cat(parts, 1).double().numpy()
 
 
@@ -497,8 +603,12 @@ def test_run_matches_float64_and_writes_layout(zoo, reference_run, capsys):
         st = load_tensors(rot / artifacts.CORRELATION_STATS_FILE)
         assert st["rotation_null_max"].shape == (128, 3)
         for k in range(3):
-            Bk = np.concatenate([cf.random_rotation(64, cf.rotation_seed(1, other, k, l)).numpy() @ B[l * 64:(l + 1) * 64]
-                                 for l in range(2)])
+            Bk = np.concatenate(
+                [
+                    cf.random_rotation(64, cf.rotation_seed(1, other, k, l)).numpy() @ B[l * 64 : (l + 1) * 64]
+                    for l in range(2)
+                ]
+            )
             assert np.abs(st["rotation_null_max"][:, k].numpy() - np_pearson(A, Bk).max(1)).max() <= 1e-4
         assert (rot / "manifest.json").exists() and (rot.parent / "pearson.gaussian" / "manifest.json").exists()
     import pandas as pd
@@ -524,7 +634,9 @@ def test_finished_run_is_not_recomputed_and_other_config_refused(zoo, reference_
     with pytest.raises(ManifestMismatch):
         _run(zoo, out, baseline="rotation,gaussian,permutation", universal_threshold=0.3)
     redo = _run(zoo, out, baseline="rotation,gaussian,permutation", universal_threshold=0.3, overwrite=True)
-    assert redo.details.get("table_only") and stamp == {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*") if p.is_file()}
+    assert redo.details.get("table_only") and stamp == {
+        p: p.stat().st_mtime_ns for p in (out / "results").rglob("*") if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -588,13 +700,42 @@ _KILL_SCRIPT = textwrap.dedent("""
 def test_sigkilled_run_resumes_identically(zoo, reference_run, tmp_path):
     """A real SIGKILL after the first checkpoint; the in-process resume must equal the uninterrupted run bit for bit."""
     out = tmp_path / "killed"
-    args = ["--reference-model", zoo["names"][0], "--other-models", ",".join(zoo["names"][1:]), "--token-dataset",
-            zoo["data"], "--baseline", "rotation,gaussian,permutation", "--n-rotations", "3", "--batch-size", "8",
-            "--seed", "1", "--checkpoint-every", "1", "--max-memory", "1GB", "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "RESULTS_DIR": str(out / "results"), "DATAFRAMES_DIR": str(out / "frames")}
-    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, *args], env=env, cwd=str(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    args = [
+        "--reference-model",
+        zoo["names"][0],
+        "--other-models",
+        ",".join(zoo["names"][1:]),
+        "--token-dataset",
+        zoo["data"],
+        "--baseline",
+        "rotation,gaussian,permutation",
+        "--n-rotations",
+        "3",
+        "--batch-size",
+        "8",
+        "--seed",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--max-memory",
+        "1GB",
+        "--no-progress",
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "RESULTS_DIR": str(out / "results"),
+        "DATAFRAMES_DIR": str(out / "frames"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILL_SCRIPT, *args],
+        env=env,
+        cwd=str(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     killed = False
     deadline = time.time() + 120
     try:
@@ -619,8 +760,9 @@ def test_sigkilled_run_resumes_identically(zoo, reference_run, tmp_path):
     assert killed and proc.returncode == -signal.SIGKILL, log[-3000:]
     assert not list((out / "results").glob("*/*/pearson.none/manifest.json")), "the run finished before the kill"
     with output_roots(out):
-        resumed = cf.run_correlations(cf.config_from_args(cf.CorrelationConfig, cf._cli_parser().parse_args(args)),
-                                      models=zoo["models"])
+        resumed = cf.run_correlations(
+            cf.config_from_args(cf.CorrelationConfig, cf._cli_parser().parse_args(args)), models=zoo["models"]
+        )
     assert resumed.details["resumed_from"] is not None and resumed.details["resumed_from"]["row"] >= 8
     a, b = _all_outputs(reference_run[2]), _all_outputs(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -52,8 +52,10 @@ def test_min_models_uses_per_model_columns():
     maxc = df[[f"max_corr_{m}" for m in "bcde"]].to_numpy()
     base = df[[f"baseline_{m}" for m in "bcde"]].to_numpy()
     assert C.n_models_above(maxc, base)[i] == 1
-    np.testing.assert_array_equal(C.universal(df["excess_corr"], C.n_models_above(maxc, base), None, 0.5, 2),
-                                  C.universal_mask(df, min_models=2).to_numpy())
+    np.testing.assert_array_equal(
+        C.universal(df["excess_corr"], C.n_models_above(maxc, base), None, 0.5, 2),
+        C.universal_mask(df, min_models=2).to_numpy(),
+    )
 
 
 def test_threshold_is_strict_and_table_fallback():

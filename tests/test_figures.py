@@ -46,9 +46,20 @@ def test_universal_share_by_layer_matches_hand_count(df):
 
 
 def test_universal_threshold_is_strict():
-    tiny = pd.DataFrame({"layer": [0, 0, 0, 1], "neuron": [0, 1, 2, 0], "mean_corr": [0.75, 0.9, 0.2, 0.9],
-                         "mean_baseline": [0.25, 0.1, 0.1, np.nan]})
-    assert criteria.universal_mask(tiny).tolist() == [False, True, False, False]  # 0.5 is not > 0.5; NaN is not universal
+    tiny = pd.DataFrame(
+        {
+            "layer": [0, 0, 0, 1],
+            "neuron": [0, 1, 2, 0],
+            "mean_corr": [0.75, 0.9, 0.2, 0.9],
+            "mean_baseline": [0.25, 0.1, 0.1, np.nan],
+        }
+    )
+    assert criteria.universal_mask(tiny).tolist() == [
+        False,
+        True,
+        False,
+        False,
+    ]  # 0.5 is not > 0.5; NaN is not universal
     _, data = F.universal_share_by_layer(tiny)
     assert data["n_universal"].tolist() == [1, 0]
 
@@ -95,7 +106,9 @@ def test_universal_property_percentiles_draws_universal_neurons(df):
     assert len(data) == 2 * n_uni
     pct = St.within_layer_percentiles(df, ["kurt"])
     got = data[data["metric"] == "kurt"].set_index(["layer", "neuron"])["percentile"]
-    exp = pct.loc[df["is_universal"], "kurt"].set_axis(pd.MultiIndex.from_frame(df.loc[df["is_universal"], ["layer", "neuron"]]))
+    exp = pct.loc[df["is_universal"], "kurt"].set_axis(
+        pd.MultiIndex.from_frame(df.loc[df["is_universal"], ["layer", "neuron"]])
+    )
     np.testing.assert_allclose(got.sort_index(), exp.sort_index())
     # universal neurons were made heavy-tailed: their kurtosis percentiles sit high
     assert got.median() > 70
@@ -105,9 +118,14 @@ def test_universal_only_tables_do_not_crash(df):
     only = universal_only(df)
     res = F.universal_property_percentiles(only)
     assert res.fig is None and res.data is None and "only universal" in res.note
-    for res in (F.universal_property_distributions(only), F.properties_by_layer(only), F.correlation_densities(only),
-                F.correlation_vs_baseline(only), F.vocab_percentiles_by_layer(only),
-                F.prediction_suppression_by_layer(only)):
+    for res in (
+        F.universal_property_distributions(only),
+        F.properties_by_layer(only),
+        F.correlation_densities(only),
+        F.correlation_vs_baseline(only),
+        F.vocab_percentiles_by_layer(only),
+        F.prediction_suppression_by_layer(only),
+    ):
         assert res.fig is not None
         assert res.note
     assert "universal" in F.universal_summary_table(only).columns
@@ -138,15 +156,24 @@ def test_paper_table_properties():
 
 # ---------------------------------------------------------------- prediction / suppression
 def test_prediction_suppression_counts():
-    tiny = pd.DataFrame({
-        "layer": [0, 0, 0, 1, 1, 1, 1],
-        "neuron": [0, 1, 2, 0, 1, 2, 3],
-        "vocab_kurt": [11, 50, 9, 12, 12, 10, 30],
-        "vocab_skew": [0.5, -1, 2, -0.1, -3, 1, 0.0],
-        "excess_corr": [0.6, 0.1, 0.7, 0.9, 0.2, 0.1, 0.55],
-    })
-    assert F.classify_vocab_neurons(tiny).tolist() == ["prediction", "suppression", "other", "suppression",
-                                                       "suppression", "other", "other"]
+    tiny = pd.DataFrame(
+        {
+            "layer": [0, 0, 0, 1, 1, 1, 1],
+            "neuron": [0, 1, 2, 0, 1, 2, 3],
+            "vocab_kurt": [11, 50, 9, 12, 12, 10, 30],
+            "vocab_skew": [0.5, -1, 2, -0.1, -3, 1, 0.0],
+            "excess_corr": [0.6, 0.1, 0.7, 0.9, 0.2, 0.1, 0.55],
+        }
+    )
+    assert F.classify_vocab_neurons(tiny).tolist() == [
+        "prediction",
+        "suppression",
+        "other",
+        "suppression",
+        "suppression",
+        "other",
+        "other",
+    ]
     _, data = F.prediction_suppression_by_layer(tiny)
     alln = data[data["group"] == "all neurons"].set_index("layer")
     assert alln["n_prediction"].tolist() == [1, 0]
@@ -211,15 +238,42 @@ def test_highlight_html_escapes_and_colours():
     assert out.count("background-color") == 2  # 0 and NaN stay uncoloured
     assert "font-weight:bold" in out
     assert html.unescape(out).count("end") == 1
-    page = F.top_examples_html(pd.DataFrame([{"layer": 1, "neuron": 2, "rank": 0, "value": 4.0, "subset": "<s>",
-                                              "tokens": toks, "context_values": [0.0, 2.0, np.nan, 4.0], "target": 3}]))
+    page = F.top_examples_html(
+        pd.DataFrame(
+            [
+                {
+                    "layer": 1,
+                    "neuron": 2,
+                    "rank": 0,
+                    "value": 4.0,
+                    "subset": "<s>",
+                    "tokens": toks,
+                    "context_values": [0.0, 2.0, np.nan, 4.0],
+                    "target": 3,
+                }
+            ]
+        )
+    )
     assert "L1.2" in page and "&lt;s&gt;" in page and page.startswith("<!DOCTYPE html>")
 
 
 def test_plot_highlighted_examples():
-    ex = pd.DataFrame([{"layer": 0, "neuron": n, "rank": r, "value": 1.0 + r, "subset": "a",
-                        "tokens": [f"tok{i} " for i in range(30)], "context_values": list(np.linspace(0, 2, 30)),
-                        "target": 20} for n in (1, 2) for r in range(3)])
+    ex = pd.DataFrame(
+        [
+            {
+                "layer": 0,
+                "neuron": n,
+                "rank": r,
+                "value": 1.0 + r,
+                "subset": "a",
+                "tokens": [f"tok{i} " for i in range(30)],
+                "context_values": list(np.linspace(0, 2, 30)),
+                "target": 20,
+            }
+            for n in (1, 2)
+            for r in range(3)
+        ]
+    )
     fig, data = F.plot_highlighted_examples(ex, max_examples=2)
     assert fig is not None and len(data) == 4
     assert F.plot_highlighted_examples(ex.iloc[:0]).fig is None
@@ -229,7 +283,9 @@ def test_figure_writer(tmp_path, df):
     w = F.FigureWriter(tmp_path, "nb", source={"path": "x.csv"})
     result = F.universal_share_by_layer(df)
     saved = w.save(result, "share", "caption A")
-    assert (tmp_path / "share.png").read_bytes().startswith(b"\x89PNG") and "<svg" in (tmp_path / "share.svg").read_text()
+    assert (tmp_path / "share.png").read_bytes().startswith(b"\x89PNG") and "<svg" in (
+        tmp_path / "share.svg"
+    ).read_text()
     written = pd.read_csv(tmp_path / "share.csv")
     pd.testing.assert_frame_equal(written, result.data.reset_index(drop=True), check_dtype=False)
     assert saved._repr_png_().startswith(b"\x89PNG")

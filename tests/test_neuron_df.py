@@ -40,8 +40,8 @@ def ref_binned_moments(counts: np.ndarray):
     F = f.sum(-1)
     mu = (f * centres).sum(-1) / F
     var = (f * (centres - mu[..., None]) ** 2).sum(-1) / F
-    skew = (f * (centres - mu[..., None]) ** 3).sum(-1) / F / var ** 1.5
-    kurt = (f * (centres - mu[..., None]) ** 4).sum(-1) / F / var ** 2
+    skew = (f * (centres - mu[..., None]) ** 3).sum(-1) / F / var**1.5
+    kurt = (f * (centres - mu[..., None]) ** 4).sum(-1) / F / var**2
     return mu, var, skew, kurt
 
 
@@ -53,8 +53,8 @@ def ref_sparsity(counts: np.ndarray) -> np.ndarray:
 def np_moments(x: np.ndarray):
     mean = x.mean(-1)
     d = x - mean[..., None]
-    var = (d ** 2).mean(-1)
-    return mean, var, (d ** 3).mean(-1) / var ** 1.5, (d ** 4).mean(-1) / var ** 2
+    var = (d**2).mean(-1)
+    return mean, var, (d**3).mean(-1) / var**1.5, (d**4).mean(-1) / var**2
 
 
 # ---------------------------------------------------------------- fake inputs
@@ -77,23 +77,35 @@ def fake_samples(seed: int, n_tokens: int) -> np.ndarray:
     return x
 
 
-def write_activation_subset(root: Path, subset: str, x: np.ndarray, shift: np.ndarray | float,
-                            count_scalar: bool, model: str = MODEL) -> Path:
+def write_activation_subset(
+    root: Path, subset: str, x: np.ndarray, shift: np.ndarray | float, count_scalar: bool, model: str = MODEL
+) -> Path:
     folder = root / MODEL / "activations" / subset
     counts = ref_hist(x)
     s = np.broadcast_to(np.asarray(shift, dtype=np.float64), x.shape[:2])
     d = x - s[..., None]
     T = x.shape[-1]
-    save_tensors_atomic(folder / "histogram.safetensors", {"pre_bin_counts": torch.tensor(counts, dtype=torch.int64),
-                                                          "pre_bin_edges": St.pre_bin_edges()})
-    save_tensors_atomic(folder / "moments.safetensors", {
-        "pre_sum": torch.tensor(d.sum(-1)), "pre_sum_sq": torch.tensor((d ** 2).sum(-1)),
-        "pre_sum_cube": torch.tensor((d ** 3).sum(-1)), "pre_sum_quad": torch.tensor((d ** 4).sum(-1)),
-        "pre_shift": torch.tensor(np.ascontiguousarray(s)),
-        "pre_count": torch.tensor(T, dtype=torch.int64) if count_scalar else torch.full((L, N), T, dtype=torch.int64),
-        "pre_n_positive": torch.tensor((x > 0).sum(-1), dtype=torch.int64),
-    })
-    write_manifest(folder, make_manifest("summary", {"model": model}, model=model, dataset=f"fake.{subset}", n_tokens=T))
+    save_tensors_atomic(
+        folder / "histogram.safetensors",
+        {"pre_bin_counts": torch.tensor(counts, dtype=torch.int64), "pre_bin_edges": St.pre_bin_edges()},
+    )
+    save_tensors_atomic(
+        folder / "moments.safetensors",
+        {
+            "pre_sum": torch.tensor(d.sum(-1)),
+            "pre_sum_sq": torch.tensor((d**2).sum(-1)),
+            "pre_sum_cube": torch.tensor((d**3).sum(-1)),
+            "pre_sum_quad": torch.tensor((d**4).sum(-1)),
+            "pre_shift": torch.tensor(np.ascontiguousarray(s)),
+            "pre_count": torch.tensor(T, dtype=torch.int64)
+            if count_scalar
+            else torch.full((L, N), T, dtype=torch.int64),
+            "pre_n_positive": torch.tensor((x > 0).sum(-1), dtype=torch.int64),
+        },
+    )
+    write_manifest(
+        folder, make_manifest("summary", {"model": model}, model=model, dataset=f"fake.{subset}", n_tokens=T)
+    )
     return folder
 
 
@@ -102,9 +114,18 @@ def write_weights(root: Path, model: str = MODEL, seed: int = 0) -> pd.DataFrame
     folder = root / MODEL / "weights"
     folder.mkdir(parents=True, exist_ok=True)
     st = pd.DataFrame({"layer": np.repeat(np.arange(L), N), "neuron": np.tile(np.arange(N), L)})
-    for c in ["w_in_norm", "input_bias", "w_out_norm", "in_out_sim", "vocab_mean", "vocab_var", "vocab_skew", "vocab_kurt"]:
+    for c in [
+        "w_in_norm",
+        "input_bias",
+        "w_out_norm",
+        "in_out_sim",
+        "vocab_mean",
+        "vocab_var",
+        "vocab_skew",
+        "vocab_kurt",
+    ]:
         st[c] = rng.normal(size=L * N)
-    st["l2_penalty"] = st.w_in_norm ** 2 + st.w_out_norm ** 2
+    st["l2_penalty"] = st.w_in_norm**2 + st.w_out_norm**2
     st.to_csv(folder / "neuron_stats.csv", index=False)
     write_manifest(folder, make_manifest("weights", {"model": model}, model=model, n_layers=L, d_mlp=N))
     return st
@@ -149,8 +170,15 @@ def fake_inputs(roots):
     write_activation_subset(summary, "sub_b", xb, shift=2.5, count_scalar=False)
     st = write_weights(summary)
     corr = write_correlations(frames)
-    return {"x": np.concatenate([xa, xb], -1), "xa": xa, "xb": xb, "weights": st, "corr": corr,
-            "summary": summary, "frames": frames}
+    return {
+        "x": np.concatenate([xa, xb], -1),
+        "xa": xa,
+        "xb": xb,
+        "weights": st,
+        "corr": corr,
+        "summary": summary,
+        "frames": frames,
+    }
 
 
 # ---------------------------------------------------------------- helpers vs references
@@ -158,7 +186,9 @@ def test_padded_centres_and_first_nonnegative_edge():
     c = St.padded_bin_centres(St.pre_bin_edges())
     assert c.shape == (257,)
     step = 25 / 255
-    assert c[0].item() == pytest.approx(-10 - step / 2, abs=1e-6) and c[-1].item() == pytest.approx(15 + step / 2, abs=1e-6)
+    assert c[0].item() == pytest.approx(-10 - step / 2, abs=1e-6) and c[-1].item() == pytest.approx(
+        15 + step / 2, abs=1e-6
+    )
     for edges in (St.pre_bin_edges(), torch.linspace(-10, 15, 256, dtype=torch.float64), torch.tensor(EDGES)):
         assert St.first_nonnegative_edge(edges) == 102
 
@@ -182,7 +212,7 @@ def test_exact_moments_and_shift_against_numpy():
     s = 1.7
     d = x - s
     sums = {0: torch.full((L, N), float(x.shape[-1]), dtype=torch.float64)}
-    sums.update({k: torch.tensor((d ** k).sum(-1)) for k in (1, 2, 3, 4)})
+    sums.update({k: torch.tensor((d**k).sum(-1)) for k in (1, 2, 3, 4)})
     got = St.moments_from_power_sums(sums, s)
     for key, want in zip(("mean", "var", "skew", "kurt"), np_moments(x)):
         np.testing.assert_allclose(got[key].numpy(), want, rtol=1e-9, err_msg=key)
@@ -377,7 +407,7 @@ def test_paper_universal_csv():
     assert df.attrs["only_universal"] and df.attrs["model"] == "stanford-gpt2-small-a"
     assert df.is_universal.all() and df.excess_corr.min() > 0.5
     np.testing.assert_allclose(df.excess_corr, df.mean_corr - df.mean_baseline, atol=1e-12)
-    np.testing.assert_allclose(df.l2_penalty, df.w_in_norm ** 2 + df.w_out_norm ** 2, rtol=1e-6)
+    np.testing.assert_allclose(df.l2_penalty, df.w_in_norm**2 + df.w_out_norm**2, rtol=1e-6)
     assert df["kurt"].median() == pytest.approx(5.5620, abs=1e-3)  # spec §13
     assert df.sparsity.median() == pytest.approx(0.0254, abs=1e-4)
     np.testing.assert_array_equal(df.is_sparse, df.sparsity < 0.02)
@@ -405,7 +435,7 @@ def test_paper_high_excess_csv_old_names():
     for new in ("w_in_norm", "w_out_norm", "l2_penalty", "layer", "neuron"):
         assert new in df.columns
     assert set(df.attrs["renamed_old_columns"]) == {"input_weight_norm", "output_weight_norm", "weight_norm_penalty"}
-    np.testing.assert_allclose(df.l2_penalty, df.w_in_norm ** 2 + df.w_out_norm ** 2, rtol=1e-6)
+    np.testing.assert_allclose(df.l2_penalty, df.w_in_norm**2 + df.w_out_norm**2, rtol=1e-6)
     assert df.is_universal.all() and "old" in df.attrs["excess_corr_definition"]
     # the dropped unnamed index was the flat index
     raw = pd.read_csv(path, index_col=0)

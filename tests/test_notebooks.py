@@ -35,9 +35,17 @@ def _tiny_zoo_model(folder: Path, tokenizer) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(tokenizer), n_positions=CTX, n_embd=32, n_layer=N_LAYERS, n_head=2, n_inner=D_MLP,
-                     activation_function="gelu_new", bos_token_id=tokenizer.bos_token_id,
-                     eos_token_id=tokenizer.eos_token_id)
+    cfg = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=CTX,
+        n_embd=32,
+        n_layer=N_LAYERS,
+        n_head=2,
+        n_inner=D_MLP,
+        activation_function="gelu_new",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     model = GPT2LMHeadModel(cfg)
     with torch.no_grad():  # a wider spread of pre-activations than the default init gives
         for block in model.transformer.h:
@@ -62,17 +70,29 @@ def inputs(tmp_path_factory):
         docs = {"grammar": synthetic_documents(12, seed=1), "grammar2": synthetic_documents(8, seed=2)}
         tok_dir = root / "tokenizer"
         tokenizer = corpus.train_tokenizer([d for ds in docs.values() for d in ds], vocab_size=300, out_dir=tok_dir)
-        ds_path = corpus.save_token_dataset(corpus.tokenize_documents(docs, tokenizer, CTX),
-                                            root / "dataset_dir" / "zoo" / f"synth.{CTX}",
-                                            {"split": "analysis", "split_seed": 0, "tokenizer_dir": str(tok_dir)})
+        ds_path = corpus.save_token_dataset(
+            corpus.tokenize_documents(docs, tokenizer, CTX),
+            root / "dataset_dir" / "zoo" / f"synth.{CTX}",
+            {"split": "analysis", "split_seed": 0, "tokenizer_dir": str(tok_dir)},
+        )
         _tiny_zoo_model(root / "models_dir" / "zoo" / MODEL, tokenizer)
-        summary.run_summary(summary.SummaryConfig(model=MODEL, token_dataset=str(ds_path), top_k=TOP_K, vocab_top_k=5,
-                                                  n_random=0, n_per_quantile=0, device="cpu"))
+        summary.run_summary(
+            summary.SummaryConfig(
+                model=MODEL,
+                token_dataset=str(ds_path),
+                top_k=TOP_K,
+                vocab_top_k=5,
+                n_random=0,
+                n_per_quantile=0,
+                device="cpu",
+            )
+        )
         table = root / "dataframes_dir" / "neuron_dfs" / f"{MODEL}.csv"
         table.parent.mkdir(parents=True)
         synthetic_neuron_df(N_LAYERS, D_MLP).to_csv(table, index=False)
-        (table.parent / f"{MODEL}.manifest.json").write_text(json.dumps({"stage": "neuron_df", "model": MODEL,
-                                                                          "dataset": ds_path.name}))
+        (table.parent / f"{MODEL}.manifest.json").write_text(
+            json.dumps({"stage": "neuron_df", "model": MODEL, "dataset": ds_path.name})
+        )
         yield {"root": root, "table": table, "summary_dir": root / "summary_dir", "dataset": ds_path}
     finally:
         patch.undo()
@@ -80,14 +100,23 @@ def inputs(tmp_path_factory):
 
 def _errors(path: Path) -> list[str]:
     book = nbformat.read(path, as_version=4)
-    return [f"{o.ename}: {o.evalue}" for c in book.cells if c.cell_type == "code" for o in c.outputs
-            if o.output_type == "error"]
+    return [
+        f"{o.ename}: {o.evalue}"
+        for c in book.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.output_type == "error"
+    ]
 
 
 def _text(path: Path) -> str:
     book = nbformat.read(path, as_version=4)
-    return "\n".join(o.get("text", "") + json.dumps(o.get("data", {})) for c in book.cells if c.cell_type == "code"
-                     for o in c.outputs)
+    return "\n".join(
+        o.get("text", "") + json.dumps(o.get("data", {}))
+        for c in book.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    )
 
 
 def test_every_notebook_has_a_parameters_cell():
@@ -100,18 +129,31 @@ def test_every_notebook_has_a_parameters_cell():
 
 def test_notebooks_on_synthetic_inputs(inputs, tmp_path):
     out = tmp_path / "figures"
-    done, failed = nb.run_notebooks(MODEL, inputs["table"], inputs["summary_dir"], out=out,
-                                    dataset=inputs["dataset"].name, extra={"context_activations": "topk"})
+    done, failed = nb.run_notebooks(
+        MODEL,
+        inputs["table"],
+        inputs["summary_dir"],
+        out=out,
+        dataset=inputs["dataset"].name,
+        extra={"context_activations": "topk"},
+    )
     assert not failed, failed
     assert len(done) == len(nb.NOTEBOOKS)
     for path in done:
         assert not _errors(path), (path, _errors(path))
     expected = {
-        "properties_of_universal_neurons": ["universal_share_by_layer", "correlation_vs_baseline",
-                                            "neuron_correlation_densities", "universal_neurons_prop",
-                                            "appendix_neuron_metrics_by_layer"],
-        "prediction_neurons": ["prediction_neuron_percentiles", "prediction_suppression_counts",
-                               "prediction_neuron_skew_density"],
+        "properties_of_universal_neurons": [
+            "universal_share_by_layer",
+            "correlation_vs_baseline",
+            "neuron_correlation_densities",
+            "universal_neurons_prop",
+            "appendix_neuron_metrics_by_layer",
+        ],
+        "prediction_neurons": [
+            "prediction_neuron_percentiles",
+            "prediction_suppression_counts",
+            "prediction_neuron_skew_density",
+        ],
         "dataset_summary": ["activation_histograms", "top_examples_text"],
     }
     index = (out / "index.html").read_text()
@@ -142,9 +184,15 @@ def test_properties_notebook_on_paper_table(tmp_path):
     assert folder == tmp_path / "paper" / "stanford-gpt2-small-a" / "properties_of_universal_neurons"
     text = _text(path)
     assert "holds only universal neurons" in text and "1,533 universal" in text
-    for fig in ("universal_share_by_layer", "correlation_vs_baseline", "universal_neurons_prop_raw",
-                "appendix_neuron_metrics_by_layer"):
-        assert (folder / f"{fig}.png").read_bytes().startswith(b"\x89PNG") and "<svg" in (folder / f"{fig}.svg").read_text()
+    for fig in (
+        "universal_share_by_layer",
+        "correlation_vs_baseline",
+        "universal_neurons_prop_raw",
+        "appendix_neuron_metrics_by_layer",
+    ):
+        assert (folder / f"{fig}.png").read_bytes().startswith(b"\x89PNG") and "<svg" in (
+            folder / f"{fig}.svg"
+        ).read_text()
         assert len(pd.read_csv(folder / f"{fig}.csv")) > 0
     assert not (folder / "universal_neurons_prop.png").exists()  # percentiles need the whole population
     share = np.loadtxt(folder / "universal_share_by_layer.csv", delimiter=",", skiprows=1, usecols=(0, 1))
@@ -170,7 +218,9 @@ def test_missing_or_mismatched_inputs_name_the_command(inputs, tmp_path):
     assert "no manifest" in nb.validate_neuron_df(MODEL, bare).note
     # the notebook itself stops in its validation cell with the same message
     with pytest.raises(nb.NotebookFailed, match=r"made for model 'synth-a'.*neuron_lib.neuron_df --model synth-b"):
-        nb.execute_notebook("prediction_neurons", tmp_path / "out", {"model": "synth-b", "neuron_df_path": str(inputs["table"])})
+        nb.execute_notebook(
+            "prediction_neurons", tmp_path / "out", {"model": "synth-b", "neuron_df_path": str(inputs["table"])}
+        )
 
 
 def test_cli(inputs, tmp_path, capsys):
@@ -179,8 +229,20 @@ def test_cli(inputs, tmp_path, capsys):
     with pytest.raises(NeuronLibError, match="neuron_lib.neuron_df --model ghost"):
         nb.main(["--model", "ghost", "--neuron-df", str(tmp_path / "none.csv"), "--out", str(tmp_path)])
     with pytest.raises(NeuronLibError, match="takes the parameters"):
-        nb.main(["--model", MODEL, "--neuron-df", str(inputs["table"]), "--only", "prediction_neurons",
-                 "-p", "no_such_parameter=1", "--out", str(tmp_path)])
+        nb.main(
+            [
+                "--model",
+                MODEL,
+                "--neuron-df",
+                str(inputs["table"]),
+                "--only",
+                "prediction_neurons",
+                "-p",
+                "no_such_parameter=1",
+                "--out",
+                str(tmp_path),
+            ]
+        )
     assert nb.parse_neurons(["L1.2", "0.5", (3, 4)]) == [(1, 2), (0, 5), (3, 4)]
 
 

@@ -31,8 +31,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from slurm_harness import REPO, LocalSlurm, ensure_slurm  # noqa: E402
 
 pytestmark = pytest.mark.slurm
-ROOTS = ["CORPUS_DIR", "DATASET_DIR", "MODELS_DIR", "RESULTS_DIR", "SUMMARY_DIR", "DATAFRAMES_DIR",
-         "CACHED_ACTIVATIONS_DIR", "FIGURES_DIR"]
+ROOTS = [
+    "CORPUS_DIR",
+    "DATASET_DIR",
+    "MODELS_DIR",
+    "RESULTS_DIR",
+    "SUMMARY_DIR",
+    "DATAFRAMES_DIR",
+    "CACHED_ACTIVATIONS_DIR",
+    "FIGURES_DIR",
+]
 OUTPUT_ROOTS = [r for r in ROOTS if r not in ("CORPUS_DIR", "DATASET_DIR")]
 TIMINGS: dict[str, float] = {}
 
@@ -61,9 +69,20 @@ def job_env(micro_zoo, roots_dir: Path, **extra: str) -> dict[str, str]:
     env = {r: str(roots_dir / r.lower()) for r in OUTPUT_ROOTS}
     env.update(CORPUS_DIR=str(micro_zoo.root / "corpus_dir"), DATASET_DIR=str(micro_zoo.root / "dataset_dir"))
     env.update(python_env())
-    env.update(NL_REPO=str(REPO), NL_GPUS="0", NL_CPUS="1", NL_MEM="", NL_TIME="", NL_OFFLINE="1",
-               NL_LOG_DIR=str(roots_dir / "logs"), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.update(
+        NL_REPO=str(REPO),
+        NL_GPUS="0",
+        NL_CPUS="1",
+        NL_MEM="",
+        NL_TIME="",
+        NL_OFFLINE="1",
+        NL_LOG_DIR=str(roots_dir / "logs"),
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
     env.update(extra)
     return env
 
@@ -76,8 +95,11 @@ def runnable_stages() -> list[str]:
     """Default stages whose module exists (others are still being written) and whose inputs are produced."""
     chosen: list[str] = []
     for name, stage in S.cluster_stages().items():
-        if stage.default and importlib.util.find_spec(f"neuron_lib.{stage_module(stage)}") and all(
-                a in chosen for a in stage.after):
+        if (
+            stage.default
+            and importlib.util.find_spec(f"neuron_lib.{stage_module(stage)}")
+            and all(a in chosen for a in stage.after)
+        ):
             chosen.append(name)
     return chosen
 
@@ -86,18 +108,33 @@ def submit(cluster: LocalSlurm, env: dict[str, str], *args: str) -> dict[str, st
     result = cluster.run(sys.executable, "-m", "neuron_lib.slurm", "submit", *args, check=False, **env)
     assert result.returncode == 0, f"submit failed:\n{result.stdout}\n{result.stderr}"
     line = next(ln for ln in result.stdout.splitlines() if ln.startswith("jobs: "))
-    return dict(kv.split("=") for kv in line[len("jobs: "):].split())
+    return dict(kv.split("=") for kv in line[len("jobs: ") :].split())
 
 
 def wait(cluster: LocalSlurm, env: dict[str, str], ids: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
-    return cluster.run(sys.executable, "-m", "neuron_lib.slurm", "wait", "--poll", "0.5", "--timeout", str(timeout),
-                       *ids, check=False, **env)
+    return cluster.run(
+        sys.executable,
+        "-m",
+        "neuron_lib.slurm",
+        "wait",
+        "--poll",
+        "0.5",
+        "--timeout",
+        str(timeout),
+        *ids,
+        check=False,
+        **env,
+    )
 
 
 def script_command(stage: S.Stage, env: dict[str, str], index: int) -> list[str]:
     """The command a stage's array task ``index`` runs (the script's NL_DRY_RUN output)."""
-    out = subprocess.run(["bash", str(stage.script)], capture_output=True, text=True,
-                         env={**os.environ, **env, "NL_DRY_RUN": "1", "SLURM_ARRAY_TASK_ID": str(index)})
+    out = subprocess.run(
+        ["bash", str(stage.script)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env, "NL_DRY_RUN": "1", "SLURM_ARRAY_TASK_ID": str(index)},
+    )
     assert out.returncode == 0, out.stderr
     return shlex.split(out.stdout.strip().splitlines()[-1])
 
@@ -143,8 +180,20 @@ def test_pipeline_through_slurm_equals_local_run(cluster, micro_zoo, tmp_path):
     assert stages[0] == "zoo"
     t0 = time.time()
     slurm_env = job_env(micro_zoo, tmp_path / "slurm")
-    args = ["--models", "a,b", "--preset", "micro", "--name-prefix", "slurmtest", "--stages", ",".join(stages),
-            "--train-dataset", str(micro_zoo.train_dataset), "--analysis-dataset", str(micro_zoo.analysis_dataset)]
+    args = [
+        "--models",
+        "a,b",
+        "--preset",
+        "micro",
+        "--name-prefix",
+        "slurmtest",
+        "--stages",
+        ",".join(stages),
+        "--train-dataset",
+        str(micro_zoo.train_dataset),
+        "--analysis-dataset",
+        str(micro_zoo.analysis_dataset),
+    ]
     ids = submit(cluster, slurm_env, *args)
     assert list(ids) == stages
 
@@ -197,8 +246,22 @@ def test_missing_dataset_fails_first_job_and_cancels_dependents(cluster, micro_z
     stages = runnable_stages()
     env = job_env(micro_zoo, tmp_path)
     missing = tmp_path / "no_such_dataset"
-    ids = submit(cluster, env, "--models", "a", "--preset", "micro", "--name-prefix", "slurmbad", "--stages",
-                 ",".join(stages), "--train-dataset", str(missing), "--analysis-dataset", str(missing))
+    ids = submit(
+        cluster,
+        env,
+        "--models",
+        "a",
+        "--preset",
+        "micro",
+        "--name-prefix",
+        "slurmbad",
+        "--stages",
+        ",".join(stages),
+        "--train-dataset",
+        str(missing),
+        "--analysis-dataset",
+        str(missing),
+    )
     waited = wait(cluster, env, list(ids.values()), timeout=120)
     TIMINGS["bad input"] = time.time() - t0
     print(waited.stdout)
@@ -230,8 +293,20 @@ def test_missing_dataset_fails_first_job_and_cancels_dependents(cluster, micro_z
 def test_usr1_requeues_and_training_resumes_from_checkpoint(cluster, micro_zoo, tmp_path):
     t0 = time.time()
     zoo_args = "--max-steps 600 --checkpoint-every 20"
-    args = ["--models", "a", "--preset", "micro", "--name-prefix", "slurmrq", "--stages", "zoo",
-            "--train-dataset", str(micro_zoo.train_dataset), "--analysis-dataset", str(micro_zoo.analysis_dataset)]
+    args = [
+        "--models",
+        "a",
+        "--preset",
+        "micro",
+        "--name-prefix",
+        "slurmrq",
+        "--stages",
+        "zoo",
+        "--train-dataset",
+        str(micro_zoo.train_dataset),
+        "--analysis-dataset",
+        str(micro_zoo.analysis_dataset),
+    ]
     env = job_env(micro_zoo, tmp_path / "slurm", NL_ZOO_ARGS=zoo_args)
     ids = submit(cluster, env, *args)
 
@@ -277,20 +352,35 @@ def test_usr1_requeues_and_training_resumes_from_checkpoint(cluster, micro_zoo, 
     # and the resumed model is the one an uninterrupted run gives, bit for bit
     compared = compare_outputs(tmp_path / "local", tmp_path / "slurm")
     assert "models_dir/zoo/slurmrq-a/model.safetensors" in compared
-    summary = {"signal_at_step": step_at_signal, "resumed_at_step": resumed_step, "restarts": record["Restarts"],
-               "identical_to_uninterrupted": compared}
+    summary = {
+        "signal_at_step": step_at_signal,
+        "resumed_at_step": resumed_step,
+        "restarts": record["Restarts"],
+        "identical_to_uninterrupted": compared,
+    }
     (tmp_path / "requeue_summary.json").write_text(json.dumps(summary, indent=2))
     print(f"requeue: {summary}")
 
 
 # ---------------------------------------------------------------- (4) dry run and plumbing (no cluster needed)
 def test_dry_run_prints_sbatch_commands_with_dependency_edges(tmp_path):
-    env = {**os.environ, "NL_LOG_DIR": str(tmp_path / "logs"), "NL_WEIGHTS_GPUS": "0", "NL_PARTITION": "gpu",
-           "NL_ACCOUNT": "lab", "NL_TIME": "2:00:00"}
+    env = {
+        **os.environ,
+        "NL_LOG_DIR": str(tmp_path / "logs"),
+        "NL_WEIGHTS_GPUS": "0",
+        "NL_PARTITION": "gpu",
+        "NL_ACCOUNT": "lab",
+        "NL_TIME": "2:00:00",
+    }
     for k in ("NL_GPUS", "NL_CPUS", "NL_MEM"):
         env.pop(k, None)
-    out = subprocess.run([sys.executable, "-m", "neuron_lib.slurm", "submit", "--dry-run", "--models", "a,b,c",
-                          "--preset", "micro"], env=env, capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-m", "neuron_lib.slurm", "submit", "--dry-run", "--models", "a,b,c", "--preset", "micro"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert out.returncode == 0, out.stderr
     lines = {m.group(1): m.group(2) for m in re.finditer(r"^(\w+)_JOB=\$\((sbatch .*)\)", out.stdout, re.M)}
     assert list(lines) == ["ZOO", "CORRELATIONS", "WEIGHTS", "SUMMARY", "NEURON_DF", "FIGURES"]  # the table's order
@@ -301,9 +391,18 @@ def test_dry_run_prints_sbatch_commands_with_dependency_edges(tmp_path):
     assert '"--dependency=afterok:${NEURON_DF_JOB}"' in lines["FIGURES"]
     assert "--array=0-0 " in lines["CORRELATIONS"] and "--array=0-0 " in lines["FIGURES"]
     for stage, line in lines.items():
-        for opt in ("--kill-on-invalid-dep=yes", "--requeue", "--signal=B:USR1@90", "--partition=gpu", "--account=lab",
-                    "--time=2:00:00", "--cpus-per-task=8", "--mem=32G", "--export=ALL",
-                    f"--output={tmp_path / 'logs'}/%x-%A_%a.out"):
+        for opt in (
+            "--kill-on-invalid-dep=yes",
+            "--requeue",
+            "--signal=B:USR1@90",
+            "--partition=gpu",
+            "--account=lab",
+            "--time=2:00:00",
+            "--cpus-per-task=8",
+            "--mem=32G",
+            "--export=ALL",
+            f"--output={tmp_path / 'logs'}/%x-%A_%a.out",
+        ):
             assert opt in line, (stage, opt)
         assert ("--gres=gpu:1" in line) == (stage != "WEIGHTS"), line
     assert "NL_MODELS=zoo-gpt2-a,zoo-gpt2-b,zoo-gpt2-c" in out.stdout
@@ -313,9 +412,23 @@ def test_dry_run_prints_sbatch_commands_with_dependency_edges(tmp_path):
 
 
 def test_submit_refuses_models_outside_the_zoo(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "neuron_lib.slurm", "submit", "--dry-run", "--models", "no-such-model",
-                          "--preset", "micro"], capture_output=True, text=True, cwd=REPO,
-                         env={**os.environ, "NL_LOG_DIR": str(tmp_path)})
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "neuron_lib.slurm",
+            "submit",
+            "--dry-run",
+            "--models",
+            "no-such-model",
+            "--preset",
+            "micro",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "NL_LOG_DIR": str(tmp_path)},
+    )
     assert out.returncode == 2 and "'no-such-model' is not a model of this zoo" in out.stderr
     assert "Traceback" not in out.stderr
 
@@ -327,9 +440,16 @@ def test_scripts_run_the_same_commands_as_the_local_pipeline():
     cfg = zoo.make_config("default")
     models = cfg.model_names()
     _, analysis = cfg.resolved_datasets()
-    env = {"NL_MODELS": ",".join(models), "NL_REFERENCE_MODELS": models[0], "NL_DATASETS": str(analysis),
-           "NL_TOKEN_DATASET": str(analysis), "NL_PRESET": "default", "NL_PYTHON": "python", "NL_REPO": str(REPO),
-           "NL_UNIVERSAL_THRESHOLD": str(criteria.figure_threshold(all_zoo=True))}
+    env = {
+        "NL_MODELS": ",".join(models),
+        "NL_REFERENCE_MODELS": models[0],
+        "NL_DATASETS": str(analysis),
+        "NL_TOKEN_DATASET": str(analysis),
+        "NL_PRESET": "default",
+        "NL_PYTHON": "python",
+        "NL_REPO": str(REPO),
+        "NL_UNIVERSAL_THRESHOLD": str(criteria.figure_threshold(all_zoo=True)),
+    }
     for var in ("NL_NAME_PREFIX", "NL_TRAIN_DATASET", "NL_ANALYSIS_DATASET", "NL_BATCH_SIZE", "NL_ZOO_ARGS"):
         env[var] = ""
     stages = S.cluster_stages()
@@ -353,26 +473,45 @@ def test_array_items_and_log_names():
     assert S.array_size(summary, env) == 6
     got = [script_command(summary, env, i)[3:7] for i in range(6)]
     assert got == [["--model", m, "--token-dataset", d] for m in ("m0", "m1", "m2") for d in ("/d/x", "/d/y")]
-    bad = subprocess.run(["bash", str(summary.script)], capture_output=True, text=True,
-                         env={**os.environ, **env, "NL_DRY_RUN": "1", "SLURM_ARRAY_TASK_ID": "6"})
+    bad = subprocess.run(
+        ["bash", str(summary.script)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env, "NL_DRY_RUN": "1", "SLURM_ARRAY_TASK_ID": "6"},
+    )
     assert bad.returncode == 2 and "array index 3 is out of range: the list has 3 items" in bad.stderr
 
 
 def test_scontrol_parsing_and_resources():
-    line = ("JobId=7 ArrayJobId=5 ArrayTaskId=1 JobName=nl-zoo UserId=root(0) JobState=FAILED Reason=NonZeroExitCode "
-            "Dependency=(null) Restarts=0 ExitCode=2:0 StdOut=/logs/with space/%x-%A_%a.out Power=")
+    line = (
+        "JobId=7 ArrayJobId=5 ArrayTaskId=1 JobName=nl-zoo UserId=root(0) JobState=FAILED Reason=NonZeroExitCode "
+        "Dependency=(null) Restarts=0 ExitCode=2:0 StdOut=/logs/with space/%x-%A_%a.out Power="
+    )
     (rec,) = S.parse_scontrol(line)
     assert rec["JobState"] == "FAILED" and rec["ExitCode"] == "2:0" and rec["Power"] == ""
     assert S.log_path(rec) == "/logs/with space/nl-zoo-5_1.out"
     report = S.JobReport("5", "nl-zoo", [rec])
     assert report.finished and not report.ok and report.state() == "FAILED"
     assert "task 1 (job 7): FAILED exit 2:0" in "\n".join(report.lines())
-    pending = S.JobReport("6", "nl-x", [{"JobId": "6", "ArrayTaskId": "0-3%2", "JobState": "PENDING",
-                                         "Reason": "Dependency"}])
+    pending = S.JobReport(
+        "6", "nl-x", [{"JobId": "6", "ArrayTaskId": "0-3%2", "JobState": "PENDING", "Reason": "Dependency"}]
+    )
     assert not pending.finished and "0/4 task(s)" in pending.lines()[0]
     assert S._count_tasks("1,3-5,8-12:2") == 7
-    env = {"NL_GPUS": "2", "NL_GPU_TYPE": "volta", "NL_CPUS": "20", "NL_MEM": "", "NL_TIME": "1:00:00",
-           "NL_WEIGHTS_GPUS": "0", "NL_SBATCH_ARGS": "--constraint=xeon --nice=10"}
-    assert S.resource_options("zoo", env) == ["--cpus-per-task=20", "--time=1:00:00", "--gres=gpu:volta:2",
-                                              "--constraint=xeon", "--nice=10"]
+    env = {
+        "NL_GPUS": "2",
+        "NL_GPU_TYPE": "volta",
+        "NL_CPUS": "20",
+        "NL_MEM": "",
+        "NL_TIME": "1:00:00",
+        "NL_WEIGHTS_GPUS": "0",
+        "NL_SBATCH_ARGS": "--constraint=xeon --nice=10",
+    }
+    assert S.resource_options("zoo", env) == [
+        "--cpus-per-task=20",
+        "--time=1:00:00",
+        "--gres=gpu:volta:2",
+        "--constraint=xeon",
+        "--nice=10",
+    ]
     assert "--gres" not in " ".join(S.resource_options("weights", env))

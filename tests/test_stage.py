@@ -12,8 +12,9 @@ from neuron_lib.common import ManifestMismatch, make_manifest, write_manifest
 
 
 def finished(folder, fp="abc", name="demo"):
-    return stage.write_folder(folder, {"a.safetensors": {"x": torch.arange(3)}},
-                              make_manifest(name, {}, config_fingerprint=fp))
+    return stage.write_folder(
+        folder, {"a.safetensors": {"x": torch.arange(3)}}, make_manifest(name, {}, config_fingerprint=fp)
+    )
 
 
 def test_folder_states(tmp_path):

@@ -15,9 +15,15 @@ RNG = np.random.default_rng(0)
 
 def _probe_values(edges: np.ndarray, dtype) -> np.ndarray:
     e = edges.astype(dtype)
-    return np.concatenate([e, np.nextafter(e, dtype(np.inf)), np.nextafter(e, dtype(-np.inf)),
-                           RNG.normal(0, 8, 5000).astype(dtype),
-                           np.array([-np.inf, np.inf, -1e30, 1e30, 0.0, -0.0], dtype=dtype)])
+    return np.concatenate(
+        [
+            e,
+            np.nextafter(e, dtype(np.inf)),
+            np.nextafter(e, dtype(-np.inf)),
+            RNG.normal(0, 8, 5000).astype(dtype),
+            np.array([-np.inf, np.inf, -1e30, 1e30, 0.0, -0.0], dtype=dtype),
+        ]
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -39,8 +45,12 @@ def test_histogram_counts_rows_columns_and_exclusion():
     edges = St.cosine_edges()
     x = torch.from_numpy(RNG.uniform(-1.2, 1.2, (7, 300)))
     exclude = torch.from_numpy(RNG.random((7, 300)) < 0.2)
-    ref = np.stack([np.bincount(np.searchsorted(edges.numpy(), r[~m], side="left"), minlength=101)
-                    for r, m in zip(x.numpy(), exclude.numpy())])
+    ref = np.stack(
+        [
+            np.bincount(np.searchsorted(edges.numpy(), r[~m], side="left"), minlength=101)
+            for r, m in zip(x.numpy(), exclude.numpy())
+        ]
+    )
     np.testing.assert_array_equal(St.histogram_counts(x, edges, exclude=exclude).numpy(), ref)
     full = np.stack([np.bincount(np.searchsorted(edges.numpy(), r, side="left"), minlength=101) for r in x.numpy()])
     np.testing.assert_array_equal(St.histogram_counts(x, edges).numpy(), full)
@@ -89,15 +99,22 @@ def test_power_sum_moments_shift_and_pool(offset):
     parts = []
     for part in (a, b):
         s = part[..., 0]
-        parts.append(({k: torch.from_numpy(((part - s[..., None]) ** k).sum(-1)) for k in range(5)}, torch.from_numpy(s)))
+        parts.append(
+            ({k: torch.from_numpy(((part - s[..., None]) ** k).sum(-1)) for k in range(5)}, torch.from_numpy(s))
+        )
     pooled, pooled_shift = St.pool_power_sums(parts)
     np.testing.assert_allclose(pooled_shift.numpy(), x.mean(-1), rtol=1e-12)
     np.testing.assert_allclose(St.moments_from_power_sums(pooled, pooled_shift)["var"].numpy(), var, rtol=1e-9)
 
 
 def test_power_sum_moments_degenerate_inputs():
-    const = {0: torch.tensor([4.0]), 1: torch.tensor([0.0]), 2: torch.tensor([-1e-18]), 3: torch.tensor([0.0]),
-             4: torch.tensor([0.0])}
+    const = {
+        0: torch.tensor([4.0]),
+        1: torch.tensor([0.0]),
+        2: torch.tensor([-1e-18]),
+        3: torch.tensor([0.0]),
+        4: torch.tensor([0.0]),
+    }
     got = St.moments_from_power_sums(const, 2.5)
     assert got["var"].item() == 0.0 and got["mean"].item() == 2.5 and torch.isnan(got["skew"]).all()
     assert St.activation_frequency(torch.tensor([3]), torch.tensor([4])).item() == 0.75

@@ -45,8 +45,18 @@ def summary_root(env, tmp_path, monkeypatch):
 
 
 def config(env, **kw) -> S.SummaryConfig:
-    base = dict(model=str(env["model_dir"]), token_dataset=str(env["ds"]), batch_size=2, top_k=5, vocab_top_k=7,
-                n_random=6, n_per_quantile=3, quantile_probs=(0.5, 0.9), dtype="float64", device="cpu")
+    base = dict(
+        model=str(env["model_dir"]),
+        token_dataset=str(env["ds"]),
+        batch_size=2,
+        top_k=5,
+        vocab_top_k=7,
+        n_random=6,
+        n_per_quantile=3,
+        quantile_probs=(0.5, 0.9),
+        dtype="float64",
+        device="cpu",
+    )
     base.update(kw)
     return S.SummaryConfig(**base)
 
@@ -77,8 +87,23 @@ def ref_topk(values: np.ndarray, ids: np.ndarray, k: int):
 def test_histogram_rule_edges_and_outside():
     edges = St.pre_bin_edges()
     e = edges.numpy()
-    vals = np.array([e[0], e[0] - 1e-3, -100.0, e[255], e[255] + 1e-3, 1e6, e[102], e[102] + 1e-6, e[101], np.float32(0.0),
-                     np.nextafter(e[50], np.float32(-np.inf)), np.nextafter(e[50], np.float32(np.inf))], dtype=np.float32)
+    vals = np.array(
+        [
+            e[0],
+            e[0] - 1e-3,
+            -100.0,
+            e[255],
+            e[255] + 1e-3,
+            1e6,
+            e[102],
+            e[102] + 1e-6,
+            e[101],
+            np.float32(0.0),
+            np.nextafter(e[50], np.float32(-np.inf)),
+            np.nextafter(e[50], np.float32(np.inf)),
+        ],
+        dtype=np.float32,
+    )
     counts = St.histogram_counts(torch.tensor(vals).view(1, -1), edges)[0].numpy()
     expected = np.zeros(257, dtype=np.int64)
     for v in vals:  # independent rule: bin i holds edges[i-1] < v <= edges[i]
@@ -109,7 +134,11 @@ def check_subset(env, folder: Path, subset: str, cfg: S.SummaryConfig, keep_bos:
     ref = subset_ref(env, subset, keep_bos)
     files = {f: load_tensors(folder / f"{f}.safetensors") for f in ("histogram", "moments", "top_examples", "vocab")}
     man = read_json(folder / "manifest.json")
-    assert man["n_tokens"] == ref["post"].shape[-1] and man["subset"] == subset and man["tokenizer_fingerprint"] == env["fp"]
+    assert (
+        man["n_tokens"] == ref["post"].shape[-1]
+        and man["subset"] == subset
+        and man["tokenizer_fingerprint"] == env["fp"]
+    )
     assert man["vocab_mean_min_count"] == int(files["vocab"]["vocab_mean_min_count"])
     check_stats(ref, files, cfg, VOCAB)
     return man
@@ -133,28 +162,30 @@ def check_stats(ref, files, cfg, V, inner_bins: bool = True):
         assert counts.dtype == torch.int64
         np.testing.assert_array_equal(counts.numpy(), expect)
         if inner_bins:
-            assert (expect[..., 1:-1].sum() > 0.5 * expect.sum())  # the data exercises the inner bins
+            assert expect[..., 1:-1].sum() > 0.5 * expect.sum()  # the data exercises the inner bins
 
         # exact moments and activation frequency
         x = ref[which].astype(np.float64)
         got = S.moments_from_file(mom, which)
         c = x - x.mean(-1, keepdims=True)
-        var = (c ** 2).mean(-1)
+        var = (c**2).mean(-1)
         np.testing.assert_allclose(got["mean"].numpy(), x.mean(-1), rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(got["var"].numpy(), var, rtol=1e-8)
-        np.testing.assert_allclose(got["skew"].numpy(), (c ** 3).mean(-1) / var ** 1.5, rtol=1e-6, atol=1e-9)
-        np.testing.assert_allclose(got["kurt"].numpy(), (c ** 4).mean(-1) / var ** 2, rtol=1e-6)
+        np.testing.assert_allclose(got["skew"].numpy(), (c**3).mean(-1) / var**1.5, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(got["kurt"].numpy(), (c**4).mean(-1) / var**2, rtol=1e-6)
         np.testing.assert_array_equal(mom[f"{which}_n_positive"].numpy(), (ref[which] > 0).sum(-1))
         np.testing.assert_allclose(got["act_freq"].numpy(), (ref[which] > 0).mean(-1))
         assert (mom[f"{which}_count"] == T).all()
 
         # binned moments (paper §5) from the histogram vs an independent bin-centre computation
         step = float(edges[1]) - float(edges[0])
-        centres = np.concatenate([[edges[0] - step / 2], (edges[:-1].astype(np.float64) + edges[1:]) / 2, [edges[-1] + step / 2]])
+        centres = np.concatenate(
+            [[edges[0] - step / 2], (edges[:-1].astype(np.float64) + edges[1:]) / 2, [edges[-1] + step / 2]]
+        )
         f = expect.astype(np.float64)
         mu = (f * centres).sum(-1) / f.sum(-1)
         bvar = (f * (centres - mu[..., None]) ** 2).sum(-1) / f.sum(-1)
-        bkurt = (f * (centres - mu[..., None]) ** 4).sum(-1) / f.sum(-1) / bvar ** 2
+        bkurt = (f * (centres - mu[..., None]) ** 4).sum(-1) / f.sum(-1) / bvar**2
         bm = St.binned_moments(counts, hist[f"{which}_bin_edges"])
         np.testing.assert_allclose(bm["mean"].numpy(), mu, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(bm["var"].numpy(), bvar, rtol=1e-6)
@@ -202,7 +233,9 @@ def check_stats(ref, files, cfg, V, inner_bins: bool = True):
     bnd = top["quantile_boundaries"].numpy()
     bins = (post[:, :, :, None] > bnd[:, :, None, :]).sum(-1)
     Q1 = bnd.shape[-1] + 1
-    np.testing.assert_array_equal(top["quantile_bin_counts"].numpy(), np.stack([(bins == j).sum(-1) for j in range(Q1)], -1))
+    np.testing.assert_array_equal(
+        top["quantile_bin_counts"].numpy(), np.stack([(bins == j).sum(-1) for j in range(Q1)], -1)
+    )
     qi, qv = top["quantile_index"].numpy(), top["quantile_values"].numpy()
     for l in range(L):
         for n in range(N):
@@ -211,7 +244,7 @@ def check_stats(ref, files, cfg, V, inner_bins: bool = True):
                 order = members[np.lexsort((members, prio[bins[l, n] == j]))][: cfg.n_per_quantile]
                 got = qi[l, n, j]
                 np.testing.assert_array_equal(got[: len(order)], order)
-                assert (got[len(order):] == -1).all()
+                assert (got[len(order) :] == -1).all()
                 np.testing.assert_array_equal(qv[l, n, j, : len(order)], post[l, n, [where[f] for f in order]])
 
     # vocabulary statistics
@@ -249,8 +282,16 @@ def test_stream_with_many_ties(dense_fraction, monkeypatch):
     post = np.maximum(pre, np.float32(-0.5)) * np.float32(0.25)  # coarse → many ties
     post[:, 3] = post[:, 1]  # identical rows in different batches
     keep = tokens != 0
-    cfg = S.SummaryConfig(model="m", token_dataset="d", top_k=4, vocab_top_k=5, n_random=7, n_per_quantile=2,
-                          quantile_probs=(0.3, 0.8), min_token_count=2).validate()
+    cfg = S.SummaryConfig(
+        model="m",
+        token_dataset="d",
+        top_k=4,
+        vocab_top_k=5,
+        n_random=7,
+        n_per_quantile=2,
+        quantile_probs=(0.3, 0.8),
+        min_token_count=2,
+    ).validate()
     stats = None
     for a in range(0, n_rows, 2):
         b = min(a + 2, n_rows)
@@ -261,14 +302,21 @@ def test_stream_with_many_ties(dense_fraction, monkeypatch):
         if stats is None:
             pilot = S._make_pilot(pre_b.transpose(1, 2), post_b.transpose(1, 2), cfg.quantile_probs)
             counts = torch.bincount(torch.tensor(tokens[keep]), minlength=V)
-            ids, thr = S.choose_mean_tokens(counts, cfg.min_token_count, 10 ** 9, L * N * 8)
+            ids, thr = S.choose_mean_tokens(counts, cfg.min_token_count, 10**9, L * N * 8)
             stats = S.SubsetStats(L, N, V, cfg, pilot, ids, torch.device("cpu"))
         flat = torch.tensor((a + r) * ctx + p)
         stats.update(pre_b, post_b, torch.tensor(tokens[a:b][r, p]), flat, k, torch.arange(a, b))
     files = stats.finalize(thr)
     r, p = np.nonzero(keep)
-    ref = dict(pre=pre[:, r, p].transpose(0, 2, 1), post=post[:, r, p].transpose(0, 2, 1), flat=r * ctx + p,
-               tokens=tokens[r, p], rows=r, pos=p, row_ids=np.arange(n_rows))
+    ref = dict(
+        pre=pre[:, r, p].transpose(0, 2, 1),
+        post=post[:, r, p].transpose(0, 2, 1),
+        flat=r * ctx + p,
+        tokens=tokens[r, p],
+        rows=r,
+        pos=p,
+        row_ids=np.arange(n_rows),
+    )
     check_stats(ref, files, cfg, V, inner_bins=False)
     assert thr == 2 and int(files["vocab"]["vocab_mean_min_count"]) == 2
 
@@ -286,8 +334,13 @@ def test_summary_matches_reference(env, summary_root):
     # both subsets share one shift (the run's first batch), so their power sums add directly
     a, b = (load_tensors(root / s / "moments.safetensors") for s in ("a", "b"))
     assert torch.equal(a["pre_shift"], b["pre_shift"])
-    parts = [({0: t["pre_count"], 1: t["pre_sum"], 2: t["pre_sum_sq"], 3: t["pre_sum_cube"], 4: t["pre_sum_quad"]},
-              t["pre_shift"]) for t in (a, b)]
+    parts = [
+        (
+            {0: t["pre_count"], 1: t["pre_sum"], 2: t["pre_sum_sq"], 3: t["pre_sum_cube"], 4: t["pre_sum_quad"]},
+            t["pre_shift"],
+        )
+        for t in (a, b)
+    ]
     pooled = St.moments_from_power_sums(*St.pool_power_sums(parts))
     allx = np.concatenate([subset_ref(env, s)["pre"] for s in ("a", "b")], -1).astype(np.float64)
     np.testing.assert_allclose(pooled["var"].numpy(), allx.var(-1), rtol=1e-8)
@@ -325,7 +378,9 @@ def test_vocab_mean_threshold_under_memory_budget(env, summary_root):
     voc = load_tensors(folder / "vocab.safetensors")
     assert man["vocab_mean_min_count"] > 1 and len(voc["vocab_mean_token_ids"]) <= 12
     counts = voc["vocab_counts"]
-    assert set(voc["vocab_mean_token_ids"].tolist()) == set(torch.nonzero(counts >= man["vocab_mean_min_count"]).flatten().tolist())
+    assert set(voc["vocab_mean_token_ids"].tolist()) == set(
+        torch.nonzero(counts >= man["vocab_mean_min_count"]).flatten().tolist()
+    )
 
 
 def test_rerun_skip_refuse_overwrite(env, summary_root, capsys):
@@ -336,7 +391,12 @@ def test_rerun_skip_refuse_overwrite(env, summary_root, capsys):
         S.run_summary(config(env, subsets="a", top_k=3))
     out = S.run_summary(config(env, subsets="a", top_k=3, overwrite=True))
     assert out.status == "done"
-    assert load_tensors(summary_root / "tinygpt" / "activations" / "a" / "top_examples.safetensors")["top_values"].shape[-1] == 3
+    assert (
+        load_tensors(summary_root / "tinygpt" / "activations" / "a" / "top_examples.safetensors")["top_values"].shape[
+            -1
+        ]
+        == 3
+    )
     # the subset selection is not part of a subset's identity: a full run computes only what is missing
     out = S.run_summary(config(env, top_k=3))
     assert out.status == "done" and sorted(out.details["written"]) == ["b"]
@@ -354,11 +414,38 @@ def test_too_few_tokens_and_cli(env, summary_root, capsys):
     with pytest.raises(NeuronLibError, match="fewer than"):
         S.run_summary(config(env, max_tokens=10_000))
     with pytest.raises(SystemExit) as exc:
-        run_cli(lambda: S.main(["--model", str(env["model_dir"]), "--token-dataset", str(env["ds"]), "--max-tokens", "10000",
-                                "--device", "cpu"]))
+        run_cli(
+            lambda: S.main(
+                [
+                    "--model",
+                    str(env["model_dir"]),
+                    "--token-dataset",
+                    str(env["ds"]),
+                    "--max-tokens",
+                    "10000",
+                    "--device",
+                    "cpu",
+                ]
+            )
+        )
     assert exc.value.code == 2 and "fewer than" in capsys.readouterr().err
-    S.main(["--model", str(env["model_dir"]), "--token-dataset", str(env["ds"]), "--max-tokens", "64", "--device", "cpu",
-            "--quantile-probs", "0.5", "0.99", "--top-k", "4"])
+    S.main(
+        [
+            "--model",
+            str(env["model_dir"]),
+            "--token-dataset",
+            str(env["ds"]),
+            "--max-tokens",
+            "64",
+            "--device",
+            "cpu",
+            "--quantile-probs",
+            "0.5",
+            "0.99",
+            "--top-k",
+            "4",
+        ]
+    )
     folder = summary_root / "tinygpt" / "activations"
     man = read_json(folder / "a" / "manifest.json")
     assert man["config"]["quantile_probs"] == [0.5, 0.99] and man["n_rows"] == 3  # rows 0, 1, 3 of the first 4

@@ -49,8 +49,18 @@ def ref(tiny_dir) -> dict[str, np.ndarray]:
 
     sd = {k: v.astype(np.float64) for k, v in load_file(str(tiny_dir / "model.safetensors")).items()}
     cen_d = lambda a, axis: a - a.mean(axis, keepdims=True)  # noqa: E731
-    out = {"W_in": [], "b_in": [], "W_out": [], "W_Q": [], "W_K": [], "W_V": [], "W_O": [], "raw_W_in": [],
-           "raw_b_in": [], "raw_W_out": []}
+    out = {
+        "W_in": [],
+        "b_in": [],
+        "W_out": [],
+        "W_Q": [],
+        "W_K": [],
+        "W_V": [],
+        "W_O": [],
+        "raw_W_in": [],
+        "raw_b_in": [],
+        "raw_W_out": [],
+    }
     for l in range(N_LAYERS):
         g2, b2 = sd[f"transformer.h.{l}.ln_2.weight"], sd[f"transformer.h.{l}.ln_2.bias"]
         w_fc, b_fc = sd[f"transformer.h.{l}.mlp.c_fc.weight"], sd[f"transformer.h.{l}.mlp.c_fc.bias"]
@@ -64,7 +74,7 @@ def ref(tiny_dir) -> dict[str, np.ndarray]:
         g1 = sd[f"transformer.h.{l}.ln_1.weight"]
         qkv = sd[f"transformer.h.{l}.attn.c_attn.weight"]  # [D, 3D], columns = (q | k | v), heads contiguous
         for i, name in enumerate(("W_Q", "W_K", "W_V")):
-            m = cen_d(g1[:, None] * qkv[:, i * D_MODEL:(i + 1) * D_MODEL], 0)
+            m = cen_d(g1[:, None] * qkv[:, i * D_MODEL : (i + 1) * D_MODEL], 0)
             out[name].append(m.reshape(D_MODEL, N_HEADS, D_HEAD).transpose(1, 0, 2))
         o = cen_d(sd[f"transformer.h.{l}.attn.c_proj.weight"], 1)  # [D(heads·d_head), D]
         out["W_O"].append(o.reshape(N_HEADS, D_HEAD, D_MODEL))
@@ -85,7 +95,7 @@ def np_moments(v):
     mean = v.mean(-1, keepdims=True)
     var = ((v - mean) ** 2).mean(-1)
     z = (v - mean) / np.sqrt(var)[..., None]
-    return mean[..., 0], var, (z ** 3).mean(-1), (z ** 4).mean(-1)
+    return mean[..., 0], var, (z**3).mean(-1), (z**4).mean(-1)
 
 
 def np_hist(v, edges):
@@ -148,8 +158,9 @@ def test_name_and_folder_give_the_same_weights(tiny_dir, monkeypatch, tmp_path):
 def test_histogram_binning_with_values_on_edges():
     edges = St.cosine_edges()
     e = edges.numpy()
-    values = torch.tensor([[-1.5, -1.0, e[1], (e[1] + e[2]) / 2, 0.999999, 1.0, 1.2, e[50], np.nextafter(e[50], 2)]],
-                          dtype=torch.float64)
+    values = torch.tensor(
+        [[-1.5, -1.0, e[1], (e[1] + e[2]) / 2, 0.999999, 1.0, 1.2, e[50], np.nextafter(e[50], 2)]], dtype=torch.float64
+    )
     hist = St.histogram_counts(values, edges)[0].numpy()
     assert hist.shape == (101,) and hist.sum() == values.shape[1]
     # bin 0: v ≤ edges[0] (−1.5, −1.0); bin i: edges[i−1] < v ≤ edges[i]; bin 100: v > edges[99]
@@ -202,7 +213,7 @@ def test_neuron_stats(weights_run, ref):
     np.testing.assert_allclose(df.w_out_norm, np.linalg.norm(w_out, axis=1), rtol=1e-5)
     np.testing.assert_allclose(df.input_bias, ref["b_in"].reshape(-1), atol=1e-6)
     np.testing.assert_allclose(df.in_out_sim, (unit(w_in) * unit(w_out)).sum(1), atol=1e-5)
-    np.testing.assert_allclose(df.l2_penalty, (w_in ** 2).sum(1) + (w_out ** 2).sum(1), rtol=1e-5)
+    np.testing.assert_allclose(df.l2_penalty, (w_in**2).sum(1) + (w_out**2).sum(1), rtol=1e-5)
     # vocab moments columns = U_out moments
     cos = unit(w_out) @ unit(ref["W_U"].T).T
     mean, var, skew, kurt = np_moments(cos)
@@ -225,13 +236,16 @@ def test_vocab_composition(weights_run, ref, kind):
     np.testing.assert_allclose(top_val, np.take_along_axis(cos, order[:, :k], 1), atol=1e-5)
     np.testing.assert_array_equal(t[f"{kind}.top_index"].reshape(-1, k).numpy(), order[:, :k])
     order_b = np.argsort(cos, axis=1, kind="stable")
-    np.testing.assert_allclose(t[f"{kind}.bottom_value"].reshape(-1, k).numpy(),
-                               np.take_along_axis(cos, order_b[:, :k], 1), atol=1e-5)
+    np.testing.assert_allclose(
+        t[f"{kind}.bottom_value"].reshape(-1, k).numpy(), np.take_along_axis(cos, order_b[:, :k], 1), atol=1e-5
+    )
     np.testing.assert_array_equal(t[f"{kind}.bottom_index"].reshape(-1, k).numpy(), order_b[:, :k])
     hist = t[f"{kind}.hist"].reshape(-1, 101).numpy()
     want_hist = np_hist(cos, np.linspace(-1, 1, 100))
     # float32-vs-float64 processing may move a value that lies within 1e-6 of an edge; allow that only
-    assert np.abs(hist - want_hist).sum() <= 2 * np.sum(np.min(np.abs(cos[..., None] - np.linspace(-1, 1, 100)), -1) < 1e-5)
+    assert np.abs(hist - want_hist).sum() <= 2 * np.sum(
+        np.min(np.abs(cos[..., None] - np.linspace(-1, 1, 100)), -1) < 1e-5
+    )
     np.testing.assert_array_equal(hist.sum(1), cos.shape[1])
     for key, want in zip(("mean", "var", "skew", "kurt"), np_moments(cos)):
         np.testing.assert_allclose(t[f"{kind}.{key}"].reshape(-1).numpy(), want, rtol=1e-4, atol=1e-6, err_msg=key)
@@ -260,9 +274,13 @@ def test_neuron_composition_self_excluded(weights_run, ref, kind):
     np.testing.assert_array_equal(top_ix, np.take_along_axis(cols, order, 1))
     assert not (top_ix == np.arange(n)[:, None]).any()
     assert not (t[f"{kind}.bottom_index"].reshape(-1, k).numpy() == np.arange(n)[:, None]).any()
-    np.testing.assert_allclose(t[f"{kind}.top_value"].reshape(-1, k).numpy(), np.take_along_axis(others, order, 1), atol=1e-5)
+    np.testing.assert_allclose(
+        t[f"{kind}.top_value"].reshape(-1, k).numpy(), np.take_along_axis(others, order, 1), atol=1e-5
+    )
     order_b = np.argsort(others, axis=1, kind="stable")[:, :k]
-    np.testing.assert_allclose(t[f"{kind}.bottom_value"].reshape(-1, k).numpy(), np.take_along_axis(others, order_b, 1), atol=1e-5)
+    np.testing.assert_allclose(
+        t[f"{kind}.bottom_value"].reshape(-1, k).numpy(), np.take_along_axis(others, order_b, 1), atol=1e-5
+    )
     np.testing.assert_array_equal(t[f"{kind}.hist"].reshape(-1, 101).sum(1).numpy(), n - 1)
     for key, want in zip(("mean", "var", "skew", "kurt"), np_moments(others)):
         np.testing.assert_allclose(t[f"{kind}.{key}"].reshape(-1).numpy(), want, rtol=1e-4, atol=1e-6, err_msg=key)
@@ -299,11 +317,17 @@ def test_query_side_means_query_position():
     x = np.zeros(D)
     x[3] = 1.0
     Wq[3] = 0.0  # ... and queries ignore direction 3, so x at the query position does nothing
-    w = W.ModelWeights(W_in=torch.zeros(1, D, 1, dtype=torch.float64), b_in=torch.zeros(1, 1, dtype=torch.float64),
-                       W_out=torch.tensor(x)[None, None], W_E=torch.eye(D, dtype=torch.float64),
-                       W_U=torch.eye(D, dtype=torch.float64), W_Q=torch.tensor(Wq)[None, None],
-                       W_K=torch.tensor(Wk)[None, None], W_V=torch.tensor(Wq)[None, None],
-                       W_O=torch.tensor(Wk.T)[None, None])
+    w = W.ModelWeights(
+        W_in=torch.zeros(1, D, 1, dtype=torch.float64),
+        b_in=torch.zeros(1, 1, dtype=torch.float64),
+        W_out=torch.tensor(x)[None, None],
+        W_E=torch.eye(D, dtype=torch.float64),
+        W_U=torch.eye(D, dtype=torch.float64),
+        W_Q=torch.tensor(Wq)[None, None],
+        W_K=torch.tensor(Wk)[None, None],
+        W_V=torch.tensor(Wq)[None, None],
+        W_O=torch.tensor(Wk.T)[None, None],
+    )
     comp = W.head_composition(w)
     assert comp["neuron_out_to_head_q"].item() == pytest.approx(0.0, abs=1e-7)
     x0 = np.zeros(D)

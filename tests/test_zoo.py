@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import pandas as pd
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -49,7 +49,9 @@ def test_micro_zoo_models_differ_only_in_seed(micro_env):
         assert c == configs[0]
     manifests = [json.loads((d / "manifest.json").read_text()) for d in micro_env.model_dirs]
     assert [m["seed"] for m in manifests] == [21, 49, 81]
-    assert len({json.dumps({k: v for k, v in m["record"].items() if k != "seed"}, sort_keys=True) for m in manifests}) == 1
+    assert (
+        len({json.dumps({k: v for k, v in m["record"].items() if k != "seed"}, sort_keys=True) for m in manifests}) == 1
+    )
     w = [load_file(str(d / "model.safetensors"))["transformer.h.0.mlp.c_fc.weight"] for d in micro_env.model_dirs]
     assert not torch.equal(w[0], w[1])
     for m, d in zip(manifests, micro_env.model_dirs):
@@ -71,9 +73,22 @@ def test_finished_model_is_not_retrained(micro_env):
 
 def test_sigkilled_training_resumes_to_identical_weights(micro_env):
     cfg = micro_env.config
-    args = [sys.executable, "-m", "neuron_lib.zoo", "train", "--preset", "micro", "--name-prefix", "resumed",
-            "--seeds", "21", "--train-dataset", str(micro_env.train_dataset),
-            "--analysis-dataset", str(micro_env.analysis_dataset)]
+    args = [
+        sys.executable,
+        "-m",
+        "neuron_lib.zoo",
+        "train",
+        "--preset",
+        "micro",
+        "--name-prefix",
+        "resumed",
+        "--seeds",
+        "21",
+        "--train-dataset",
+        str(micro_env.train_dataset),
+        "--analysis-dataset",
+        str(micro_env.analysis_dataset),
+    ]
     env = {**os.environ, "NEURON_LIB_KILL_AFTER_CHECKPOINT": "20"}
     killed = subprocess.run(args, env=env, capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr[-2000:]
