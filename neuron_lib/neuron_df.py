@@ -19,9 +19,12 @@ Columns (the first 23 are the paper's, same names and meaning, in the paper's or
 - activations (``$SUMMARY_DIR/{model}/activations/{subset}/`` of ``neuron_lib.summary``), summed over
   all subsets (the paper's ``'all'``):
   ``mean, var, skew, kurt`` of the pre-activation from the *binned* histogram exactly as the paper
-  (:func:`binned_moments`, non-excess kurtosis), ``sparsity`` as the paper (:func:`binned_sparsity`:
-  really the activation frequency, with its one-bin bias), and our exact versions from power sums
-  ``mean_exact, var_exact, skew_exact, kurt_exact`` and ``act_freq_exact`` (fraction > 0).
+  (``stats.binned_moments``, non-excess kurtosis) and ``sparsity`` as the paper (``stats.binned_sparsity``:
+  really the activation frequency, with its one-bin bias), both over **every position** of the rows, BOS/EOS/pad
+  included, as the paper's summary counted them (the summary's ``pre_bin_counts_all_positions``); and our exact
+  versions from power sums, ``mean_exact, var_exact, skew_exact, kurt_exact`` and ``act_freq_exact``
+  (fraction > 0), over the summary's filtered positions (BOS/EOS/pad dropped by default; its manifest's
+  ``token_filter``).
 - computed: ``is_universal`` (from the correlation table, else excess_corr > 0.5), ``is_sparse``
   (sparsity < 0.02).
 
@@ -92,6 +95,8 @@ OLD_COLUMN_NAMES = {
     "neuron_ix": "neuron",
     "excess_correlation": "excess_corr",
 }
+#: the histogram the paper's binned columns come from: every position, BOS/EOS/pad kept (the paper's convention)
+PAPER_HISTOGRAM = "pre_bin_counts_all_positions"
 #: tables that hold only (old- or new-definition) universal neurons
 UNIVERSAL_ONLY_TABLES = {"universal", "high_excess_correlation"}
 
@@ -123,6 +128,11 @@ def aggregate_activation_summaries(summaries: Mapping[str, Mapping[str, Any]]) -
     power = []
     for subset, t in summaries.items():
         if "pre_bin_counts" in t:
+            if PAPER_HISTOGRAM not in t:
+                raise NeuronLibError(
+                    f"activation subset {subset!r} ({t.get('path')}) has no {PAPER_HISTOGRAM}: it was written by an "
+                    "older neuron_lib.summary; re-run it with --overwrite"
+                )
             e = t["pre_bin_edges"].to(torch.float32)
             if edges is not None and not torch.equal(edges, e):
                 raise NeuronLibError(
@@ -130,7 +140,7 @@ def aggregate_activation_summaries(summaries: Mapping[str, Mapping[str, Any]]) -
                     "re-run neuron_lib.summary for all subsets with the same version"
                 )
             edges = e
-            c = t["pre_bin_counts"].to(torch.int64)
+            c = t[PAPER_HISTOGRAM].to(torch.int64)
             counts = c if counts is None else counts + c
         if "pre_sum" in t:
             power.append(_power_sums(t))
@@ -478,9 +488,11 @@ def run_neuron_df(cfg: NeuronDfConfig) -> stage.StageResult:
         files=[p.name for p in written],
         n_universal=int(df["is_universal"].sum()) if has_corr else None,
         definitions={
-            "mean/var/skew/kurt": "binned pre-activation moments (paper §5.3), non-excess kurt",
-            "sparsity": "paper's activation frequency from the histogram (first edge >= 0 onward)",
-            "*_exact": "from float64 power sums; act_freq_exact = fraction of pre-activations > 0",
+            "mean/var/skew/kurt": "binned pre-activation moments (paper §5.3), non-excess kurt, over every "
+            "position (BOS/EOS/pad kept, the paper's convention)",
+            "sparsity": "paper's activation frequency from the histogram (first edge >= 0 onward), every position",
+            "*_exact": "from float64 power sums over the summary's filtered positions (its token_filter); "
+            "act_freq_exact = fraction of pre-activations > 0",
             "excess_corr": "mean_corr - mean_baseline",
             "is_sparse": f"sparsity < {criteria.SPARSE_THRESHOLD}",
         },

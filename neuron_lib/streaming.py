@@ -52,6 +52,8 @@ class ActivationBatch:
     flat_index: Int[torch.Tensor, " tokens"]
     keep: Bool[torch.Tensor, "batch pos"]
     rows: tuple[int, int]  # [start, end) dataset rows of this batch
+    # pre-activations at the positions the filter dropped (only with ``want_dropped_pre``; row-major order)
+    dropped_pre: Float[torch.Tensor, "layers d_mlp dropped"] | None = None
 
 
 def tokens_tensor(dataset, start: int, end: int) -> Int[torch.Tensor, "batch pos"]:
@@ -99,8 +101,13 @@ def iter_mlp_activations(
     start_row: int = 0,
     end_row: int | None = None,
     dtype: torch.dtype = torch.float32,
+    want_dropped_pre: bool = False,
 ) -> Iterator[ActivationBatch]:
-    """Yield filtered activations ``[layers, d_mlp, tokens]`` for dataset rows [start_row, end_row)."""
+    """Yield filtered activations ``[layers, d_mlp, tokens]`` for dataset rows [start_row, end_row).
+
+    ``want_dropped_pre`` also yields the pre-activations of the dropped positions (``dropped_pre``), for statistics
+    that follow the paper's convention of keeping every position.
+    """
     end_row = len(dataset) if end_row is None else end_row
     drop = torch.tensor(sorted(drop_ids or []), dtype=torch.long)
     for start in range(start_row, end_row, batch_size):
@@ -113,4 +120,5 @@ def iter_mlp_activations(
         select = lambda acts, keep=keep_dev: acts[:, keep].transpose(1, 2).to(dtype) if acts is not None else None  # noqa: E731
         ctx = tokens.shape[1]
         flat = (torch.arange(start, end)[:, None] * ctx + torch.arange(ctx)[None, :])[keep]
-        yield ActivationBatch(select(pre), select(post), tokens[keep], flat, keep, (start, end))
+        dropped = pre[:, ~keep_dev].transpose(1, 2).to(dtype) if want_dropped_pre and pre is not None else None
+        yield ActivationBatch(select(pre), select(post), tokens[keep], flat, keep, (start, end), dropped)

@@ -4,7 +4,10 @@ Output: ``$SUMMARY_DIR/{model}/activations/{subset}/`` with one folder per value
 ``subset`` column (no ``all`` folder: consumers sum the subsets, e.g. ``neuron_df``), each holding
 
 ``histogram.safetensors``
-    ``pre_bin_counts`` int64 [L, N, 257] on ``pre_bin_edges`` = float32 linspace(−10, 15, 256) with the
+    ``pre_bin_counts_all_positions`` int64 [L, N, 257]: the pre-activation histogram over **every** position of
+    the subset's rows, BOS/EOS/pad included — the paper's convention (its summary filtered nothing), from which
+    ``neuron_df`` computes the paper's binned columns; equal to ``pre_bin_counts`` when nothing is dropped.
+    ``pre_bin_counts`` int64 [L, N, 257] on ``pre_bin_edges`` (kept positions only) = float32 linspace(−10, 15, 256) with the
     paper's rule (left ``searchsorted``: bin i holds edges[i−1] < v ≤ edges[i], bin 0 holds v ≤ edges[0],
     bin 256 holds v > edges[255]); values and edges are both float32 (the original mixed fp16 values with
     fp32 edges, spec §18.14). ``post_bin_counts`` int64 [L, N, 257] on ``post_bin_edges`` = float32
@@ -50,8 +53,9 @@ Re-runs: a subset folder whose manifest has the same config fingerprint (batch s
 ``--subsets`` selection excluded) is skipped, so an interrupted run resumes at subset granularity; a folder of
 another configuration is refused unless ``--overwrite``.
 
-Token filter: BOS/EOS/pad positions are dropped by default (the original kept them); ``--keep-bos`` keeps
-them, ``--drop-newline`` also drops the single-token newline (as the correlation stage does).
+Token filter: BOS/EOS/pad positions are dropped from every statistic by default except
+``pre_bin_counts_all_positions`` (the original kept them everywhere); ``--keep-bos`` keeps them, ``--drop-newline``
+also drops the single-token newline (as the correlation stage does).
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ from neuron_lib.models import DTYPES, model_output_name
 from neuron_lib.stats import histogram_counts, moments_from_power_sums, post_bin_edges, pre_bin_edges
 
 STAGE = "summary"
+SUMMARY_FORMAT = 2  # 2: adds pre_bin_counts_all_positions (part of the identity: older folders are refused)
 NEG_INF = float("-inf")
 _M32 = 0xFFFFFFFF
 _M31 = 0x7FFFFFFF
@@ -221,7 +226,10 @@ class SummaryConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields that determine the results (not batch size, device, subset selection or --overwrite)."""
-        return config_identity(self, exclude=("batch_size", "device", "overwrite", "subsets"), paths=("token_dataset",))
+        identity = config_identity(
+            self, exclude=("batch_size", "device", "overwrite", "subsets"), paths=("token_dataset",)
+        )
+        return {**identity, "format": SUMMARY_FORMAT}
 
 
 # =============================================================== reading summaries
@@ -737,15 +745,24 @@ def _summarise_subset(
     mean_ids: torch.Tensor,
     pilot: _Pilot | None,
     bar,
-) -> tuple[SubsetStats, _Pilot]:
-    """Stream one subset's rows through the model into a :class:`SubsetStats`."""
+) -> tuple[SubsetStats, _Pilot, torch.Tensor]:
+    """Stream one subset's rows through the model into a :class:`SubsetStats`; also returns the pre-activation
+    histogram of the positions the filter dropped, int64 [L, N, 257] (for the paper's all-positions histogram)."""
     from neuron_lib.streaming import iter_mlp_activations
 
     L, N, V, ctx = model.cfg.n_layers, model.cfg.d_mlp, model.cfg.d_vocab, inputs.ctx
     row_ids = torch.tensor(rows, dtype=torch.long)
     sub = inputs.dataset.select(rows) if len(rows) != len(inputs.dataset) else inputs.dataset
     stats: SubsetStats | None = None
-    for batch in iter_mlp_activations(model, sub, cfg.batch_size, drop_list, want_pre=True, want_post=True):
+    edges = pre_bin_edges()
+    dropped_hist = torch.zeros(L, N, edges.numel() + 1, dtype=torch.int64)
+    batches = iter_mlp_activations(
+        model, sub, cfg.batch_size, drop_list, want_pre=True, want_post=True, want_dropped_pre=True
+    )
+    for batch in batches:
+        if batch.dropped_pre.shape[-1]:
+            for l in range(L):
+                dropped_hist[l] += histogram_counts(batch.dropped_pre[l], edges.to(batch.dropped_pre.device)).cpu()
         if batch.flat_index.shape[0] == 0:
             continue
         if pilot is None:
@@ -760,7 +777,7 @@ def _summarise_subset(
             batch.pre.transpose(1, 2), batch.post.transpose(1, 2), batch.token_ids, flat, batch.keep, global_rows
         )
         bar.update(batch.flat_index.shape[0])
-    return stats, pilot
+    return stats, pilot, dropped_hist
 
 
 def run_summary(cfg: SummaryConfig) -> stage.StageResult:
@@ -803,7 +820,9 @@ def run_summary(cfg: SummaryConfig) -> stage.StageResult:
     t_start = time.perf_counter()
     try:
         for s in todo:
-            stats, pilot = _summarise_subset(model, inputs, groups[s], cfg, drop_list, mean_plan[s][0], pilot, bar)
+            stats, pilot, dropped_hist = _summarise_subset(
+                model, inputs, groups[s], cfg, drop_list, mean_plan[s][0], pilot, bar
+            )
             n_tokens += int(stats.count)
             manifest = make_manifest(
                 STAGE,
@@ -828,9 +847,13 @@ def run_summary(cfg: SummaryConfig) -> stage.StageResult:
                 bins={
                     "pre": "float32 linspace(-10, 15, 256), left searchsorted",
                     "post": "float32 linspace(-0.2, 10, 256), left searchsorted",
+                    "pre_all_positions": "as pre, over every position of the rows (BOS/EOS/pad kept: the paper's "
+                    "convention)",
                 },
             )
             parts = stats.finalize(mean_plan[s][1])
+            hist = parts["histogram"]
+            hist["pre_bin_counts_all_positions"] = hist["pre_bin_counts"] + dropped_hist
             stage.write_folder(
                 folders[s],
                 {artifacts.summary_part(folders[s], p): t for p, t in parts.items()},

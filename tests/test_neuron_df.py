@@ -18,7 +18,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from helpers import paper_csv  # noqa: E402
 from neuron_lib import neuron_df as ND  # noqa: E402
 from neuron_lib import stats as St  # noqa: E402
-from neuron_lib.common import ManifestMismatch, NeuronLibError, make_manifest, save_tensors_atomic, write_manifest  # noqa: E402
+from neuron_lib.common import (
+    ManifestMismatch,
+    NeuronLibError,
+    load_tensors,
+    make_manifest,
+    save_tensors_atomic,
+    write_manifest,
+)  # noqa: E402
 
 MODEL = "fake-model"
 L, N = 2, 5
@@ -78,16 +85,29 @@ def fake_samples(seed: int, n_tokens: int) -> np.ndarray:
 
 
 def write_activation_subset(
-    root: Path, subset: str, x: np.ndarray, shift: np.ndarray | float, count_scalar: bool, model: str = MODEL
+    root: Path,
+    subset: str,
+    x: np.ndarray,
+    shift: np.ndarray | float,
+    count_scalar: bool,
+    model: str = MODEL,
+    dropped: np.ndarray | None = None,
 ) -> Path:
+    """A summary folder of kept pre-activations ``x`` [L, N, T]; ``dropped`` [L, N, D] are the positions the filter
+    dropped (BOS/EOS), which only the all-positions histogram (the paper's convention) counts."""
     folder = root / MODEL / "activations" / subset
     counts = ref_hist(x)
+    everything = x if dropped is None else np.concatenate([x, dropped], -1)
     s = np.broadcast_to(np.asarray(shift, dtype=np.float64), x.shape[:2])
     d = x - s[..., None]
     T = x.shape[-1]
     save_tensors_atomic(
         folder / "histogram.safetensors",
-        {"pre_bin_counts": torch.tensor(counts, dtype=torch.int64), "pre_bin_edges": St.pre_bin_edges()},
+        {
+            "pre_bin_counts": torch.tensor(counts, dtype=torch.int64),
+            "pre_bin_counts_all_positions": torch.tensor(ref_hist(everything), dtype=torch.int64),
+            "pre_bin_edges": St.pre_bin_edges(),
+        },
     )
     save_tensors_atomic(
         folder / "moments.safetensors",
@@ -166,12 +186,14 @@ def roots(tmp_path, monkeypatch):
 def fake_inputs(roots):
     summary, frames = roots
     xa, xb = fake_samples(0, 3000), fake_samples(1, 1700)
-    write_activation_subset(summary, "sub_a", xa, shift=np.round(xa.mean(-1), 1), count_scalar=True)
-    write_activation_subset(summary, "sub_b", xb, shift=2.5, count_scalar=False)
+    bos_a, bos_b = fake_samples(8, 40) - 4.0, fake_samples(9, 25) + 3.0  # the dropped positions differ from the rest
+    write_activation_subset(summary, "sub_a", xa, shift=np.round(xa.mean(-1), 1), count_scalar=True, dropped=bos_a)
+    write_activation_subset(summary, "sub_b", xb, shift=2.5, count_scalar=False, dropped=bos_b)
     st = write_weights(summary)
     corr = write_correlations(frames)
     return {
         "x": np.concatenate([xa, xb], -1),
+        "all_positions": np.concatenate([xa, bos_a, xb, bos_b], -1),
         "xa": xa,
         "xb": xb,
         "weights": st,
@@ -242,8 +264,10 @@ def test_neuron_df_from_fake_inputs(fake_inputs):
     # weights
     for c in ND.WEIGHT_COLUMNS + ND.VOCAB_COLUMNS:
         np.testing.assert_allclose(df[c], st[c], err_msg=c)
-    # activations: binned from the summed histograms, exact from the pooled samples
-    counts = ref_hist(x)
+    # activations: the paper's binned columns from every position (dropped BOS/EOS included, as the paper counted),
+    # the exact columns from the filtered samples only
+    counts = ref_hist(fake_inputs["all_positions"])
+    assert not np.allclose(ref_binned_moments(counts)[2], ref_binned_moments(ref_hist(x))[2])  # the test can tell
     for c, want in zip(ND.ACTIVATION_COLUMNS, ref_binned_moments(counts)):
         np.testing.assert_allclose(df[c], want.reshape(-1), rtol=1e-6, err_msg=c)
     np.testing.assert_allclose(df.sparsity, ref_sparsity(counts).reshape(-1), rtol=1e-12)
@@ -337,6 +361,15 @@ def test_several_correlation_datasets_need_a_choice(roots):
         ND.make_neuron_df(MODEL)
     df, inputs = ND.make_neuron_df(MODEL, dataset="ds2")
     assert inputs["correlations"]["path"].endswith("ds2")
+
+
+def test_summary_without_the_all_positions_histogram_is_refused(fake_inputs):
+    folder = fake_inputs["summary"] / MODEL / "activations" / "sub_a"
+    hist = load_tensors(folder / "histogram.safetensors")
+    del hist["pre_bin_counts_all_positions"]  # as an older summary wrote it
+    save_tensors_atomic(folder / "histogram.safetensors", hist)
+    with pytest.raises(NeuronLibError, match="re-run it with --overwrite"):
+        ND.run_neuron_df(ND.NeuronDfConfig(model=MODEL))
 
 
 def test_cli(fake_inputs, capsys):

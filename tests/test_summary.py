@@ -141,6 +141,14 @@ def check_subset(env, folder: Path, subset: str, cfg: S.SummaryConfig, keep_bos:
     )
     assert man["vocab_mean_min_count"] == int(files["vocab"]["vocab_mean_min_count"])
     check_stats(ref, files, cfg, VOCAB)
+    # the paper's convention: the all-positions histogram counts every position, BOS/EOS included
+    every = subset_ref(env, subset, keep_bos=True)["pre"]
+    idx = np.searchsorted(St.pre_bin_edges().numpy(), every, side="left")
+    expect = np.apply_along_axis(lambda b: np.bincount(b, minlength=257), -1, idx)
+    got = files["histogram"]["pre_bin_counts_all_positions"]
+    np.testing.assert_array_equal(got.numpy(), expect)
+    assert got.sum(-1).eq(every.shape[-1]).all()
+    assert torch.equal(got, files["histogram"]["pre_bin_counts"]) == keep_bos  # differs exactly when BOS is dropped
     return man
 
 
