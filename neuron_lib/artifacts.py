@@ -119,6 +119,10 @@ def zoo_model(name: str) -> Path:
     return zoo_root() / name
 
 
+ZOO_WEIGHTS_FILE = "model.safetensors"  # the hub's file name (save_pretrained)
+ZOO_LOSS_CURVE_FILE = "loss_curve.csv"
+
+
 def zoo_checkpoint(name: str) -> Path:
     """A zoo model's resumable training checkpoint (removed when training finishes)."""
     return zoo_model(name) / "checkpoint"
@@ -213,9 +217,15 @@ def neuron_df(model: str) -> Path:
     return root("DATAFRAMES_DIR") / "neuron_dfs" / model_name(model)
 
 
+def table_manifest(table: str | Path) -> Path:
+    """The manifest of a table file: ``{stem}.manifest.json`` beside it (how neuron dataframes carry theirs)."""
+    table = Path(table)
+    stem = table.stem if table.suffix in (".csv", ".parquet") else table.name
+    return table.with_name(f"{stem}.manifest.json")
+
+
 def neuron_df_manifest(model: str) -> Path:
-    stem = neuron_df(model)
-    return stem.with_name(f"{stem.name}.manifest.json")
+    return table_manifest(neuron_df(model))
 
 
 def neuron_df_file(model: str) -> Path:

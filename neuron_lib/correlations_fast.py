@@ -1546,7 +1546,8 @@ def run_correlations(cfg: CorrelationConfig, *, models: Mapping[str, Any] | None
     ckpt = read_json(_ckpt_paths(ckpt_dir)) if _ckpt_paths(ckpt_dir).exists() else None
     plan = _plan(cfg, run, n_ref, others, device, ckpt)
     shapes = {run.ref_name: (ref_model.cfg.n_layers, ref_model.cfg.d_mlp), **{n: (L, d) for n, L, d in others}}
-    print(plan.describe(shapes), flush=True)
+    for line in plan.describe(shapes).splitlines():
+        stage.log(STAGE, line)
     blocks = [(r, min(r + plan.block_rows, n_ref)) for r in range(0, n_ref, plan.block_rows)]
 
     engine, pos, resumed = _Engine(cfg, n_ref, others, device), _Position(), None
@@ -1638,7 +1639,8 @@ def _write_table(run: _Run):
         f"model(s); z > {cfg.z_threshold}): {int(df['is_universal'].sum())} / {len(df)}, z-criterion "
         f"{int(df['is_universal_z'].sum())}",
     )
-    print("share per layer:\n" + share.to_string(float_format=lambda v: f"{100 * v:.2f}%"), flush=True)
+    for line in ("share per layer:\n" + share.to_string(float_format=lambda v: f"{100 * v:.2f}%")).splitlines():
+        stage.log(STAGE, line)
     return df
 
 

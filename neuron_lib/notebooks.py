@@ -119,7 +119,7 @@ class InputTable:
 def find_table_manifest(path: str | Path) -> Path | None:
     """``{stem}.manifest.json`` beside the table, else ``manifest.json`` in its folder, else None."""
     path = Path(path)
-    for candidate in (path.parent / f"{path.stem}.manifest.json", path.parent / "manifest.json"):
+    for candidate in (artifacts.table_manifest(path), artifacts.manifest_path(path.parent)):
         if candidate.exists():
             return candidate
     return None

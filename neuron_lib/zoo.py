@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from neuron_lib import artifacts
+from neuron_lib import artifacts, stage
 from neuron_lib.common import (
     NeuronLibError,
     atomic_write_json,
@@ -269,8 +269,8 @@ def _config_record(cfg: ZooConfig, seed: int, train_manifest: dict) -> dict:
 
 
 def model_is_finished(out_dir: Path, record: dict) -> bool:
-    manifest_path = out_dir / "manifest.json"
-    if not manifest_path.exists() or not (out_dir / "model.safetensors").exists():
+    manifest_path = artifacts.manifest_path(out_dir)
+    if not manifest_path.exists() or not (out_dir / artifacts.ZOO_WEIGHTS_FILE).exists():
         return False
     manifest = read_json(manifest_path)
     return manifest.get("record") == record
@@ -295,7 +295,7 @@ def train_one(cfg: ZooConfig, index: int, show_progress: bool = True) -> dict:
         )
     record = _config_record(cfg, seed, train_manifest)
     if model_is_finished(out_dir, record):
-        return read_json(out_dir / "manifest.json")
+        return read_json(artifacts.manifest_path(out_dir))
 
     device = torch.device(
         "cuda"
@@ -320,7 +320,7 @@ def train_one(cfg: ZooConfig, index: int, show_progress: bool = True) -> dict:
         if ckpt_record == record:
             progress = _load_checkpoint(ckpt_dir, model, optimizer)
             start_step, curve, seconds = progress["step"], progress["curve"], progress["train_seconds"]
-            print(f"resuming {name} from its checkpoint at step {start_step}", flush=True)
+            stage.log("zoo", f"resuming {name} from its checkpoint at step {start_step}")
         else:
             shutil.rmtree(ckpt_dir)  # a checkpoint of another configuration cannot be resumed
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -378,7 +378,7 @@ def train_one(cfg: ZooConfig, index: int, show_progress: bool = True) -> dict:
     model.save_pretrained(out_dir)  # config.json + model.safetensors, the hub's format
     tokenizer.save_pretrained(out_dir)
     atomic_write_text(
-        out_dir / "loss_curve.csv",
+        out_dir / artifacts.ZOO_LOSS_CURVE_FILE,
         "step,tokens,train_loss,held_out_loss\n"
         + "".join(f"{p['step']},{p['tokens']},{p['train_loss']:.5f},{p.get('held_out_loss', '')}\n" for p in curve),
     )

@@ -262,3 +262,18 @@ def test_examples_and_context_activations_match_the_summary(inputs):
     at_target = [vals[t] for vals, t in zip(recomputed["context_values"], recomputed["target"])]
     np.testing.assert_allclose(at_target, examples["value"], rtol=1e-4, atol=1e-5)
     assert all(len(v) == len(t) for v, t in zip(recomputed["context_values"], recomputed["token_ids"]))
+
+
+def test_unfinished_summary_subset_is_not_listed(inputs, tmp_path):
+    """A subset folder is finished when its manifest (written last) is there with every part, not when one file is."""
+    import shutil
+
+    base = tmp_path / "summaries"
+    shutil.copytree(inputs["summary_dir"], base)
+    root = base / MODEL / "activations"
+    (root / "grammar2" / "manifest.json").unlink()  # as if the run had been killed before the manifest
+    half = root / "half"
+    half.mkdir()
+    shutil.copy(root / "grammar" / "histogram.safetensors", half)  # one part, no manifest
+    found = nb.validate_summary(MODEL, base)
+    assert sorted(found.folders) == ["grammar"]
