@@ -242,16 +242,25 @@ def _unwrap_optional(tp):
 
 
 def config_parser(cls, prog: str, description: str):
-    """argparse from a config dataclass: ``field_name`` -> ``--field-name``.
+    """argparse from a config dataclass: ``field_name`` -> ``--field-name`` (see :func:`add_config_arguments`)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_config_arguments(parser, cls)
+    return parser
+
+
+def add_config_arguments(parser, cls, overrides_only: bool = False) -> None:
+    """One option per field of the config dataclass ``cls``, its help from ``config_field``.
 
     Booleans defaulting to False become ``--flag``, those defaulting to True ``--no-flag``; list/tuple
     fields take values separated by spaces or commas; optional numbers accept ``none``; fields without a
-    default are required.
+    default are required. With ``overrides_only`` (configs built from presets) an option the user does not
+    give is left out of the parsed namespace, so :func:`config_overrides` returns only what was given.
     """
     import argparse
     import typing
 
-    parser = argparse.ArgumentParser(prog=prog, description=description)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp, optional = _unwrap_optional(hints[f.name])
@@ -263,20 +272,20 @@ def config_parser(cls, prog: str, description: str):
             )
         has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
         default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if has_default else None)
+        shown = f" (default: {default}{'; presets may differ' if overrides_only else ''})" if has_default else ""
+        given = {"default": argparse.SUPPRESS} if overrides_only else {}
         if tp is bool:
             if default:
-                parser.add_argument(
-                    "--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", help=f"turn off: {help_text}"
-                )
+                name, action, text = "--no-" + f.name.replace("_", "-"), "store_false", f"turn off: {help_text}"
             else:
-                parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
-            parser.set_defaults(**{f.name: bool(default)})
+                name, action, text = flag, "store_true", help_text
+            parser.add_argument(name, dest=f.name, action=action, help=text + shown, **given)
+            if not overrides_only:
+                parser.set_defaults(**{f.name: bool(default)})
         elif typing.get_origin(tp) in (list, tuple):
-            item = (typing.get_args(tp) or (str,))[0]
             parser.add_argument(
-                flag, dest=f.name, nargs="+", type=str, default=default, help=f"{help_text} (default: {default})"
+                flag, dest=f.name, nargs="+", type=str, help=help_text + shown, **(given or {"default": default})
             )
-            parser.set_defaults(**{f"_item_type_{f.name}": item})
         else:
 
             def convert(text, base=tp, optional=optional):
@@ -286,28 +295,42 @@ def config_parser(cls, prog: str, description: str):
                 flag,
                 dest=f.name,
                 type=convert,
-                default=default,
-                required=not has_default,
-                help=f"{help_text}" + (f" (default: {default})" if has_default else " (required)"),
+                required=not has_default and not overrides_only,
+                help=help_text + (shown if has_default else " (required)"),
+                **(given or {"default": default}),
             )
-    return parser
+
+
+def _field_value(tp, value):
+    """A parsed option's value as the field's type: list/tuple values are split on commas and converted."""
+    import typing
+
+    tp, _ = _unwrap_optional(tp)
+    if typing.get_origin(tp) in (list, tuple) and isinstance(value, list):
+        item = (typing.get_args(tp) or (str,))[0]
+        parts = [p.strip() for v in value for p in str(v).split(",") if p.strip()]
+        return typing.get_origin(tp)(item(p) for p in parts)
+    return value
 
 
 def config_from_args(cls, args):
-    """Build ``cls`` from parsed args: list/tuple values are split on commas and converted to their item type."""
+    """Build ``cls`` from parsed args (every field)."""
     import typing
 
     hints = typing.get_type_hints(cls)
-    values = {}
-    for f in dataclasses.fields(cls):
-        value = getattr(args, f.name)
-        tp, _ = _unwrap_optional(hints[f.name])
-        if typing.get_origin(tp) in (list, tuple) and isinstance(value, list):
-            item = getattr(args, f"_item_type_{f.name}", str)
-            parts = [p.strip() for v in value for p in str(v).split(",") if p.strip()]
-            value = typing.get_origin(tp)(item(p) for p in parts)
-        values[f.name] = value
-    return cls(**values)
+    return cls(**{f.name: _field_value(hints[f.name], getattr(args, f.name)) for f in dataclasses.fields(cls)})
+
+
+def config_overrides(cls, args) -> dict[str, Any]:
+    """The fields of ``cls`` the user gave (parsed with ``add_config_arguments(..., overrides_only=True)``)."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    return {
+        f.name: _field_value(hints[f.name], getattr(args, f.name))
+        for f in dataclasses.fields(cls)
+        if hasattr(args, f.name)
+    }
 
 
 def parse_memory(text: str | int | float | None) -> int | None:

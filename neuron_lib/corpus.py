@@ -44,7 +44,10 @@ from neuron_lib.common import (
     MANIFEST_NAME,
     ManifestMismatch,
     NeuronLibError,
+    add_config_arguments,
     atomic_write_text,
+    config_field,
+    config_overrides,
     make_manifest,
     read_json,
     read_manifest,
@@ -82,13 +85,15 @@ DEFAULT_SUBSETS = ("wiki", "shakespeare")
 
 @dataclasses.dataclass
 class CorpusConfig:
-    subsets: tuple[str, ...] = DEFAULT_SUBSETS
-    analysis_fraction: float = 0.12  # share of documents held out for analysis
-    split_seed: int = 0
-    vocab_size: int = 2048
-    ctx_len: int = 128
-    max_docs_per_subset: int | None = None  # small slices for tests
-    min_doc_chars: int = 50  # the paper drops documents of <= 50 characters
+    subsets: tuple[str, ...] = config_field(DEFAULT_SUBSETS, f"text sources, from {', '.join(SOURCES)}")
+    analysis_fraction: float = config_field(0.12, "share of documents held out for analysis")
+    split_seed: int = config_field(0, "seed of the by-document train/analysis split")
+    vocab_size: int = config_field(2048, "byte-level BPE vocabulary size")
+    ctx_len: int = config_field(128, "tokens per row of the token datasets")
+    max_docs_per_subset: int | None = config_field(
+        None, "keep only the first N documents of each subset (small slices for tests); none = all"
+    )
+    min_doc_chars: int = config_field(50, "drop documents of at most this many characters (the paper: 50)")
 
     def validate(self) -> CorpusConfig:
         self.subsets = tuple(self.subsets)
@@ -873,44 +878,25 @@ def tokenize_hub_or_files(
 
 
 # ---------------------------------------------------------------- CLI
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    for field in dataclasses.fields(CorpusConfig):
-        flag = f"--{field.name.replace('_', '-')}"
-        if field.name == "subsets":
-            parser.add_argument(
-                flag,
-                type=lambda s: tuple(x for x in s.split(",") if x),
-                default=None,
-                help=f"comma-separated, from {','.join(SOURCES)} (default {','.join(field.default)})",
-            )
-        elif field.name == "max_docs_per_subset":
-            parser.add_argument(flag, type=int, default=None, help="keep only the first N documents of each subset")
-        else:
-            parser.add_argument(flag, type=type(field.default), default=None, help=f"default {field.default}")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m neuron_lib.corpus", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="fetch, split, train the tokenizer, write the embedded token datasets")
-    _add_config_args(build)
+    add_config_arguments(build, CorpusConfig, overrides_only=True)
     build.add_argument("--force", action="store_true", help="rebuild even if the outputs' manifests match")
     tok = sub.add_parser("tokenize", help="tokenize a hub dataset or local files with a model's tokenizer")
     tok.add_argument("--model", required=True, help="model name (alias, hub id or local folder) whose tokenizer to use")
     source = tok.add_mutually_exclusive_group(required=True)
     source.add_argument("--hf-dataset", help="hub dataset id, e.g. NeelNanda/pile-10k")
     source.add_argument("--text-files", nargs="+", type=Path, help=".txt (one document each) or .jsonl files")
-    tok.add_argument("--split", default="train")
+    tok.add_argument("--split", default="train", help="hub dataset split (default: train)")
     tok.add_argument("--text-key", default="text", help="text field of .jsonl records / hub rows")
-    tok.add_argument("--ctx-len", type=int, default=512)
+    tok.add_argument("--ctx-len", type=int, default=512, help="tokens per row (default: 512, the paper's)")
     tok.add_argument("--name", required=True, help="output folder name under $DATASET_DIR/{family}/")
-    tok.add_argument("--max-docs", type=int, default=None)
+    tok.add_argument("--max-docs", type=int, default=None, help="tokenize only the first N documents")
     args = parser.parse_args(argv)
     if args.command == "build":
-        overrides = {
-            f.name: getattr(args, f.name) for f in dataclasses.fields(CorpusConfig) if getattr(args, f.name) is not None
-        }
-        build_embedded_corpus(CorpusConfig(**overrides), force=args.force)
+        build_embedded_corpus(CorpusConfig(**config_overrides(CorpusConfig, args)), force=args.force)
     else:
         tokenize_hub_or_files(
             args.model,

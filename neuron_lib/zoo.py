@@ -32,8 +32,11 @@ from tqdm.auto import tqdm
 from neuron_lib import artifacts, stage
 from neuron_lib.common import (
     NeuronLibError,
+    add_config_arguments,
     atomic_write_json,
     atomic_write_text,
+    config_field,
+    config_overrides,
     load_tensors,
     make_manifest,
     read_json,
@@ -51,33 +54,37 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 class ZooConfig:
     """One place for the zoo's architecture and training budget (see docs/zoo.md for why these values)."""
 
-    name_prefix: str = "zoo-gpt2"
-    seeds: tuple[int, ...] = STANFORD_SEEDS
+    name_prefix: str = config_field("zoo-gpt2", "model names are PREFIX-a, PREFIX-b, ... (one letter per seed)")
+    seeds: tuple[int, ...] = config_field(STANFORD_SEEDS, "one model per seed (the stanford-crfm seeds)")
     # architecture (HF GPT2LMHeadModel: learned positions, LayerNorm, gelu_new, tied embeddings)
-    n_layer: int = 2
-    d_model: int = 128
-    n_head: int = 4
-    d_mlp: int = 512
+    n_layer: int = config_field(2, "transformer blocks")
+    d_model: int = config_field(128, "residual stream width")
+    n_head: int = config_field(4, "attention heads (must divide d_model)")
+    d_mlp: int = config_field(512, "MLP neurons per layer")
     # data: token datasets from `python -m neuron_lib.corpus build`; empty = the embedded default
-    train_dataset: str = ""
-    analysis_dataset: str = ""
+    train_dataset: str = config_field("", "training token dataset folder; empty = the embedded default's train split")
+    analysis_dataset: str = config_field(
+        "", "held-out token dataset folder; empty = the embedded default's analysis split"
+    )
     # optimisation
-    batch_size: int = 32
-    max_steps: int = 1200
-    lr: float = 2e-3
-    min_lr_frac: float = 0.1
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    dropout: float = 0.0
+    batch_size: int = config_field(32, "sequences per step")
+    max_steps: int = config_field(1200, "optimizer steps")
+    lr: float = config_field(2e-3, "peak AdamW learning rate")
+    min_lr_frac: float = config_field(0.1, "cosine decay ends at lr x this")
+    warmup_steps: int = config_field(50, "linear warm-up steps")
+    weight_decay: float = config_field(0.1, "AdamW weight decay")
+    beta2: float = config_field(0.95, "AdamW beta2")
+    grad_clip: float = config_field(1.0, "gradient-norm clip")
+    dropout: float = config_field(0.0, "dropout everywhere")
     # bookkeeping
-    eval_rows: int = 256
-    eval_every: int = 300
-    checkpoint_every: int = 100
-    snapshot_steps: tuple[int, ...] = ()  # also save hub-format copies at these steps (training-length studies)
-    device: str = "auto"
-    jobs: int = 1  # models trained concurrently (each with cores/jobs threads)
+    eval_rows: int = config_field(256, "held-out rows for the loss curve and the final held-out loss")
+    eval_every: int = config_field(300, "steps between held-out evaluations")
+    checkpoint_every: int = config_field(100, "steps between resumable checkpoints")
+    snapshot_steps: tuple[int, ...] = config_field(
+        (), "also save hub-format copies at these steps (training-length studies)"
+    )
+    device: str = config_field("auto", "auto | cpu | cuda[:i]")
+    jobs: int = config_field(1, "models trained concurrently (each with cores/jobs threads)")
 
     def validate(self) -> ZooConfig:
         if self.d_model % self.n_head:
@@ -461,22 +468,19 @@ def zoo_report(cfg: ZooConfig, only: list[str] | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m neuron_lib.zoo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["train", "report"])
-    parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    parser.add_argument(
+        "command", choices=["train", "report"], help="train (resumable; finished models are skipped) or report"
+    )
+    parser.add_argument(
+        "--preset",
+        default="default",
+        choices=sorted(PRESETS),
+        help="start from this preset (default: default); the options below override its fields",
+    )
     parser.add_argument("--models", default="", help="comma-separated subset of model names or letters")
-    for field in dataclasses.fields(ZooConfig):
-        if field.name in ("seeds", "snapshot_steps"):
-            parser.add_argument(
-                f"--{field.name.replace('_', '-')}",
-                type=lambda s: tuple(int(x) for x in s.split(",") if x),
-                default=None,
-            )
-        else:
-            parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None)
+    add_config_arguments(parser, ZooConfig, overrides_only=True)
     args = parser.parse_args(argv)
-    overrides = {
-        f.name: getattr(args, f.name) for f in dataclasses.fields(ZooConfig) if getattr(args, f.name) is not None
-    }
+    overrides = config_overrides(ZooConfig, args)
     cfg = make_config(args.preset, **overrides)
     only = [m for m in args.models.split(",") if m] or None
     if args.command == "train":

@@ -35,3 +35,51 @@ def test_every_default_stage_has_commands_and_each_command_a_module():
         for cmd in commands:
             module = importlib.import_module(cmd[0])
             assert hasattr(module, "main"), cmd[0]
+
+
+def test_every_stage_option_is_documented_with_its_default():
+    """One mechanism (common.config_field) documents every config field; --help lists each with its meaning."""
+    import argparse
+    import dataclasses
+
+    import pytest
+
+    from neuron_lib import activations, common, corpus, correlations_fast, neuron_df, summary, weights, zoo
+
+    configs = [
+        activations.ActivationsConfig,
+        correlations_fast.CorrelationConfig,
+        neuron_df.NeuronDfConfig,
+        summary.SummaryConfig,
+        weights.WeightsConfig,
+        zoo.ZooConfig,
+        corpus.CorpusConfig,
+    ]
+    for cls in configs:
+        parser = argparse.ArgumentParser(prog="x")
+        common.add_config_arguments(parser, cls, overrides_only=cls in (zoo.ZooConfig, corpus.CorpusConfig))
+        text = " ".join(parser.format_help().split())
+        for f in dataclasses.fields(cls):
+            help_text = " ".join(f.metadata["help"].split())
+            assert help_text[:30] in text, (cls.__name__, f.name)
+            assert f.name.replace("_", "-") in text, (cls.__name__, f.name)
+
+    @dataclasses.dataclass
+    class Undocumented:
+        x: int = 1
+
+    with pytest.raises(TypeError, match="no help text"):
+        common.config_parser(Undocumented, "x", "y")
+
+
+def test_preset_configs_take_only_the_given_overrides():
+    import argparse
+
+    from neuron_lib import common, zoo
+
+    parser = argparse.ArgumentParser()
+    common.add_config_arguments(parser, zoo.ZooConfig, overrides_only=True)
+    got = common.config_overrides(zoo.ZooConfig, parser.parse_args(["--seeds", "1,2", "--lr", "0.01"]))
+    assert got == {"seeds": (1, 2), "lr": 0.01}
+    micro = zoo.make_config("micro", **got)
+    assert micro.d_model == zoo.PRESETS["micro"]["d_model"] and micro.seeds == (1, 2)
