@@ -31,7 +31,14 @@ import time
 from pathlib import Path
 
 from neuron_lib import artifacts, criteria
-from neuron_lib.common import NeuronLibError, atomic_write_json, run_cli
+from neuron_lib.common import (
+    NeuronLibError,
+    add_config_arguments,
+    atomic_write_json,
+    config_field,
+    config_from_args,
+    run_cli,
+)
 
 REPO_ROOT = artifacts.repo_root()
 ROOT_VARS = tuple(artifacts.ROOTS)
@@ -120,27 +127,25 @@ def cluster_stages(root: Path | None = None) -> dict[str, Stage]:
 
 
 # ---------------------------------------------------------------- what to submit
-def _opt(default, help_text: str):
-    return dataclasses.field(default=default, metadata={"help": help_text})
-
-
 @dataclasses.dataclass
 class SubmitConfig:
-    models: str = _opt("", "comma list of model names or zoo letters; empty = the whole zoo of the preset")
-    preset: str = _opt("default", "zoo preset (neuron_lib.zoo PRESETS)")
-    name_prefix: str = _opt("", "zoo name prefix; empty = the zoo's default")
-    train_dataset: str = _opt("", "zoo training data; empty = the embedded default")
-    analysis_dataset: str = _opt("", "zoo held-out data; empty = the embedded default")
-    token_datasets: str = _opt("", "datasets the statistics run on (comma list); empty = the zoo's analysis set")
-    reference_models: str = _opt("", "correlation references and figure models; empty = the first model")
-    stages: str = _opt("", "stages to submit (comma list); empty = every default stage")
-    skip: str = _opt("", "stages to leave out (their outputs exist already)")
-    neurons: str = _opt("", "layer.neuron list for the activations stage")
-    batch_size: int = _opt(0, "summary batch size; 0 = the module's default")
-    after: str = _opt("", "job ids the first jobs wait for (afterok)")
-    log_dir: str = _opt("", "where logs go; empty = $NL_LOG_DIR or slurm/logs")
-    job_prefix: str = _opt("", "job names are PREFIX-STAGE; empty = $NL_JOB_PREFIX or nl")
-    dry_run: bool = _opt(False, "print the sbatch commands (a bash script) without submitting")
+    models: str = config_field("", "comma list of model names or zoo letters; empty = the whole zoo of the preset")
+    preset: str = config_field("default", "zoo preset (neuron_lib.zoo PRESETS)")
+    name_prefix: str = config_field("", "zoo name prefix; empty = the zoo's default")
+    train_dataset: str = config_field("", "zoo training data; empty = the embedded default")
+    analysis_dataset: str = config_field("", "zoo held-out data; empty = the embedded default")
+    token_datasets: str = config_field(
+        "", "datasets the statistics run on (comma list); empty = the zoo's analysis set"
+    )
+    reference_models: str = config_field("", "correlation references and figure models; empty = the first model")
+    stages: str = config_field("", "stages to submit (comma list); empty = every default stage")
+    skip: str = config_field("", "stages to leave out (their outputs exist already)")
+    neurons: str = config_field("", "layer.neuron list for the activations stage")
+    batch_size: int = config_field(0, "summary batch size; 0 = the module's default")
+    after: str = config_field("", "job ids the first jobs wait for (afterok)")
+    log_dir: str = config_field("", "where logs go; empty = $NL_LOG_DIR or slurm/logs")
+    job_prefix: str = config_field("", "job names are PREFIX-STAGE; empty = $NL_JOB_PREFIX or nl")
+    dry_run: bool = config_field(False, "print the sbatch commands (a bash script) without submitting")
 
 
 def _split(text: str) -> list[str]:
@@ -562,32 +567,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m neuron_lib.slurm", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_submit = sub.add_parser("submit", help="submit the pipeline as sbatch array jobs with afterok dependencies")
-    for field in dataclasses.fields(SubmitConfig):
-        flag = "--" + field.name.replace("_", "-")
-        if field.type in (bool, "bool"):
-            p_submit.add_argument(flag, action="store_true", help=field.metadata.get("help"))
-        else:
-            p_submit.add_argument(
-                flag,
-                type=int if field.type in (int, "int") else str,
-                default=field.default,
-                help=field.metadata.get("help"),
-            )
+    add_config_arguments(p_submit, SubmitConfig)
     for name, helptext in (
         ("wait", "poll until the jobs end; report failed tasks with their logs"),
         ("status", "report the jobs' states once"),
     ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("job_ids", nargs="*", help="job ids; default: the last submission (slurm/logs/last_submit.json)")
-        p.add_argument("--log-dir", default="")
+        p.add_argument("--log-dir", default="", help="where the logs are; default: $NL_LOG_DIR or slurm/logs")
         p.add_argument("--tail", type=int, default=5 if name == "wait" else 0, help="log lines shown per failed task")
         if name == "wait":
             p.add_argument("--poll", type=float, default=10.0, help="seconds between polls")
             p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
     args = parser.parse_args(argv)
     if args.command == "submit":
-        cfg = SubmitConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SubmitConfig)})
-        submit(cfg)
+        submit(config_from_args(SubmitConfig, args))
         return
     logs = log_dir(args.log_dir) if args.log_dir else None
     if args.command == "wait":
