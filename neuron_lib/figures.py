@@ -45,9 +45,6 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 from neuron_lib import artifacts, criteria
 from neuron_lib.stats import within_layer_percentiles
 
-UNIVERSAL_THRESHOLD = criteria.UNIVERSAL_THRESHOLD
-PREDICTION_KURTOSIS = criteria.PREDICTION_KURTOSIS
-
 PROPERTY_LABELS = {
     "sparsity": "act. frequency",
     "mean": "act. mean",
@@ -150,7 +147,7 @@ def _grid(n: int, ncols: int) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------- universality helpers
-def is_only_universal(df: pd.DataFrame, threshold: float = UNIVERSAL_THRESHOLD) -> bool:
+def is_only_universal(df: pd.DataFrame, threshold: float = criteria.UNIVERSAL_THRESHOLD) -> bool:
     """True when the table holds universal neurons only (``attrs["only_universal"]`` or no other rows)."""
     if df.attrs.get("only_universal"):
         return True
@@ -177,7 +174,10 @@ ONLY_UNIVERSAL_NOTE = (
 
 # ---------------------------------------------------------------- universal neurons (Fig 2-4, 11, 14)
 def universal_share_by_layer(
-    df: pd.DataFrame, threshold: float = UNIVERSAL_THRESHOLD, d_mlp: int | None = None, n_layers: int | None = None
+    df: pd.DataFrame,
+    threshold: float = criteria.UNIVERSAL_THRESHOLD,
+    d_mlp: int | None = None,
+    n_layers: int | None = None,
 ) -> FigureResult:
     """Share of each layer's neurons that are universal (excess_corr > threshold, and ``is_universal_z``).
 
@@ -233,7 +233,11 @@ def universal_share_by_layer(
 
 
 def correlation_vs_baseline(
-    df: pd.DataFrame, threshold: float = UNIVERSAL_THRESHOLD, kind: str = "auto", bins: int = 50, ncols: int = 6
+    df: pd.DataFrame,
+    threshold: float = criteria.UNIVERSAL_THRESHOLD,
+    kind: str = "auto",
+    bins: int = 50,
+    ncols: int = 6,
 ) -> FigureResult:
     """Per layer: mean_baseline (x) against mean_corr (y) on [0,1]², dashed diagonal, line y = x + threshold."""
     cols = ["layer", "neuron", "mean_baseline", "mean_corr"]
@@ -313,7 +317,7 @@ def correlation_densities(
     dfs,
     columns: Sequence[str] = ("mean_corr", "mean_baseline", "excess_corr"),
     bins: int | None = None,
-    threshold: float = UNIVERSAL_THRESHOLD,
+    threshold: float = criteria.UNIVERSAL_THRESHOLD,
 ) -> FigureResult:
     """Fig 11: density step histograms of mean_corr, mean_baseline and excess_corr, one curve per model.
 
@@ -383,7 +387,7 @@ def correlation_densities(
 
 
 def universal_property_percentiles(
-    dfs, metrics: Sequence[str] = FIG3_METRICS, threshold: float = UNIVERSAL_THRESHOLD
+    dfs, metrics: Sequence[str] = FIG3_METRICS, threshold: float = criteria.UNIVERSAL_THRESHOLD
 ) -> FigureResult:
     """Fig 3: universal neurons' within-layer percentiles (over ALL neurons of the layer) on each property.
 
@@ -445,7 +449,7 @@ def universal_property_percentiles(
 def universal_property_distributions(
     df: pd.DataFrame,
     metrics: Sequence[str] = FIG3_METRICS,
-    threshold: float = UNIVERSAL_THRESHOLD,
+    threshold: float = criteria.UNIVERSAL_THRESHOLD,
     bins: int = 40,
     ncols: int = 5,
 ) -> FigureResult:
@@ -478,7 +482,7 @@ def universal_property_distributions(
 def properties_by_layer(
     df: pd.DataFrame,
     metrics: Sequence[str] = FIG14_METRICS,
-    threshold: float = UNIVERSAL_THRESHOLD,
+    threshold: float = criteria.UNIVERSAL_THRESHOLD,
     clip: tuple[float, float] = (0.25, 99.75),
 ) -> FigureResult:
     """Fig 14: one row per metric, boxen plots per layer, universal vs other neurons.
@@ -540,7 +544,7 @@ def properties_by_layer(
     return FigureResult(fig, data, note)
 
 
-def universal_summary_table(df: pd.DataFrame, threshold: float = UNIVERSAL_THRESHOLD) -> pd.DataFrame:
+def universal_summary_table(df: pd.DataFrame, threshold: float = criteria.UNIVERSAL_THRESHOLD) -> pd.DataFrame:
     """Column medians and a few shares for universal (and, if present, other) neurons (spec §13 table)."""
     uni = criteria.universal_mask(df, threshold).to_numpy()
     groups = {"universal": df[uni]}
@@ -554,13 +558,15 @@ def universal_summary_table(df: pd.DataFrame, threshold: float = UNIVERSAL_THRES
             if c in sub and len(sub):
                 r[f"share {c} {op} {v}"] = float((sub[c] > v).mean() if op == ">" else (sub[c] < v).mean())
         if "vocab_kurt" in sub:
-            r[f"count vocab_kurt > {PREDICTION_KURTOSIS:g}"] = int((sub["vocab_kurt"] > PREDICTION_KURTOSIS).sum())
+            r[f"count vocab_kurt > {criteria.PREDICTION_KURTOSIS:g}"] = int(
+                (sub["vocab_kurt"] > criteria.PREDICTION_KURTOSIS).sum()
+            )
         rows[name] = r
     return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------- prediction / suppression neurons (§5.1, Fig 6)
-def classify_vocab_neurons(df: pd.DataFrame, kurt_threshold: float = PREDICTION_KURTOSIS) -> pd.Series:
+def classify_vocab_neurons(df: pd.DataFrame, kurt_threshold: float = criteria.PREDICTION_KURTOSIS) -> pd.Series:
     """'prediction' / 'suppression' / 'other' per neuron (``criteria.vocab_kind``)."""
     return pd.Series(
         criteria.vocab_kind(df["vocab_kurt"], df["vocab_skew"], kurt_threshold), index=df.index, name="vocab_class"
@@ -572,7 +578,7 @@ def vocab_percentiles_by_layer(
     columns: Sequence[str] = ("vocab_kurt", "vocab_skew"),
     percentiles: Sequence[float] = (5, 10, 50, 90, 95),
     log_scale: Sequence[str] = ("vocab_kurt",),
-    threshold: float = UNIVERSAL_THRESHOLD,
+    threshold: float = criteria.UNIVERSAL_THRESHOLD,
 ) -> FigureResult:
     """Fig 6a,b: per-layer percentiles of each column (numpy linear interpolation) and the mean.
 
@@ -657,8 +663,8 @@ def vocab_percentiles_by_layer(
 
 def prediction_suppression_by_layer(
     df: pd.DataFrame,
-    kurt_threshold: float = PREDICTION_KURTOSIS,
-    threshold: float = UNIVERSAL_THRESHOLD,
+    kurt_threshold: float = criteria.PREDICTION_KURTOSIS,
+    threshold: float = criteria.UNIVERSAL_THRESHOLD,
     d_mlp: int | None = None,
     n_layers: int | None = None,
 ) -> FigureResult:
@@ -725,7 +731,7 @@ def prediction_suppression_by_layer(
 def prediction_skew_density(
     dfs,
     layers: Sequence[int] | None = None,
-    kurt_threshold: float = PREDICTION_KURTOSIS,
+    kurt_threshold: float = criteria.PREDICTION_KURTOSIS,
     bw: float = 0.5,
     xlim: tuple[float, float] = (-7.0, 7.0),
     n_grid: int = 1000,

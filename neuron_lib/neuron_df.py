@@ -25,8 +25,8 @@ Columns (the first 23 are the paper's, same names and meaning, in the paper's or
   versions from power sums, ``mean_exact, var_exact, skew_exact, kurt_exact`` and ``act_freq_exact``
   (fraction > 0), over the summary's filtered positions (BOS/EOS/pad dropped by default; its manifest's
   ``token_filter``).
-- computed: ``is_universal`` (from the correlation table, else excess_corr > 0.5), ``is_sparse``
-  (sparsity < 0.02).
+- computed: ``is_universal`` (from the correlation table, else ``criteria.universal``: excess_corr > 0.5),
+  ``is_sparse`` (``criteria.sparse``: sparsity < 0.02).
 
 A missing input leaves its columns NaN with a warning; inputs whose manifests name another model are
 refused (:class:`~neuron_lib.common.ManifestMismatch`).

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from neuron_lib import artifacts
+from neuron_lib import artifacts, criteria
 from neuron_lib.common import ManifestMismatch, NeuronLibError, read_json, run_cli
 
 NOTEBOOKS: dict[str, str] = {
@@ -309,12 +309,14 @@ def parse_neurons(neurons) -> list[tuple[int, int]]:
     return out
 
 
-def pick_neurons(summaries: Mapping[str, dict], neuron_df=None, n: int = 4, threshold: float = 0.5):
+def pick_neurons(
+    summaries: Mapping[str, dict], neuron_df=None, n: int = 4, threshold: float = criteria.UNIVERSAL_THRESHOLD
+):
     """Neurons to show: the most universal (highest excess_corr among universal neurons) if a table is
     given, else those with the largest top activation in the summaries. Returns (neurons, reason)."""
     if neuron_df is not None and "excess_corr" in neuron_df and neuron_df["excess_corr"].notna().any():
         ranked = neuron_df.dropna(subset=["excess_corr"]).sort_values("excess_corr", ascending=False)
-        uni = ranked[ranked["excess_corr"] > threshold]
+        uni = ranked[criteria.universal_mask(ranked, threshold).to_numpy()]
         chosen = (uni if len(uni) else ranked).head(n)
         reason = (
             "the universal neurons with the highest excess correlation"
