@@ -287,6 +287,11 @@ def subset_file_name(method: str, threshold: float, ratio: float, control: int |
     return f"{stem}.npy" if control is None else f"random{int(control)}.{stem}.npy"
 
 
+def default_prompts_csv() -> Path:
+    """The repository's prompt set (10 prompts x 5 samples x 20 tokens) that ``make all`` generates from."""
+    return repo_root() / "paper_notebooks" / "data" / "prompts.csv"
+
+
 def perturbation_results(model: str, run: str) -> Path:
     """Generations with each subset ablated (``generations/{subset}.csv``), loss and KL tables (``perturb``)."""
     return prompt_run(model, run) / "perturb"
