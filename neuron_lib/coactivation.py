@@ -84,10 +84,10 @@ class CoactivationConfig:
     export_thresholds: tuple[float, ...] = config_field(
         (0.5,), "thresholds whose graph is exported (edgelist, GraphML)"
     )
-    subset_thresholds: tuple[float, ...] = config_field((0.0, 0.5), "graph thresholds the subsets are chosen at")
-    subset_ratios: tuple[float, ...] = config_field((0.01, 0.05), "subset sizes as fractions of the graph's nodes")
+    subset_thresholds: tuple[float, ...] = config_field((0.0,), "graph thresholds the subsets are chosen at")
+    subset_ratios: tuple[float, ...] = config_field((0.05,), "subset sizes as fractions of the graph's nodes")
     subset_methods: tuple[str, ...] = config_field(METHODS, "centralities: degree and/or weighted_degree")
-    n_random: int = config_field(3, "random control subsets per centrality subset (same size and per-layer counts)")
+    n_random: int = config_field(2, "random control subsets per centrality subset (same size and per-layer counts)")
     seed: int = config_field(0, "seed of the random control subsets")
     histogram_bins: int = config_field(50, "bins of the node-weight, edge-weight and degree histograms")
     overwrite: bool = config_field(False, "replace a graph of another configuration (or a corrupt one)")

@@ -148,37 +148,10 @@ def stage_commands(name: str, zoo_preset: str = "default", zoo_jobs: int = 1) ->
     run = artifacts.default_prompts_csv().stem
     if name == "prompts":
         return [["neuron_lib.prompts", "--model", reference, "--prompts-csv", str(artifacts.default_prompts_csv())]]
-    if name == "coactivation":
-        # one subset threshold and ratio (2 centralities x (1 + 2 controls)) keeps `make all` short
-        return [
-            [
-                "neuron_lib.coactivation",
-                "--model",
-                reference,
-                "--run",
-                run,
-                "--subset-thresholds",
-                "0.0",
-                "--subset-ratios",
-                "0.05",
-                "--n-random",
-                "2",
-            ]
-        ]
+    if name == "coactivation":  # the defaults (one threshold and ratio, 2 controls) keep `make all` short
+        return [["neuron_lib.coactivation", "--model", reference, "--run", run]]
     if name == "perturb":
-        return [
-            [
-                "neuron_lib.perturb",
-                "--model",
-                reference,
-                "--run",
-                run,
-                "--token-dataset",
-                str(analysis),
-                "--max-tokens",
-                "2048",
-            ]
-        ]
+        return [["neuron_lib.perturb", "--model", reference, "--run", run, "--token-dataset", str(analysis)]]
     raise NeuronLibError(
         f"stage {name!r} is not part of the embedded pipeline: run `python -m neuron_lib.{name} "
         "--help` for its options (or `python -m neuron_lib.slurm submit --stages {name}`)"
