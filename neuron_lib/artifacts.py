@@ -59,6 +59,10 @@ PROMPT_ACTIVE_FILE = "active_neurons.json"  # sample_id -> sorted active neuron 
 PROMPT_NEURONS_FILE = "neurons.csv"  # matrix column -> neuron id, layer, dimension
 PROMPT_FREQUENCY_FILE = "neuron_frequency.csv"  # neuron id -> count, frequency over samples
 PROMPT_MATRIX_FILE = "activation_matrix.npz"  # scipy.sparse CSR samples x neurons (binary)
+PROMPT_TOKEN_MATRIX_FILE = "token_activation_matrix.npz"  # scipy.sparse CSR generated tokens x neurons (binary)
+#: neuron traces of one text (trace.py, written into --out)
+TRACE_JSON_FILE = "trace.json"
+TRACE_IDS_FILE = "active_neurons.txt"
 GRAPH_NODES_FILE = "nodes.csv"
 GRAPH_EDGES_FILE = "edges.parquet"  # every co-activation edge (src, dst, count, weight)
 GRAPH_THRESHOLDS_FILE = "threshold_analysis.csv"
