@@ -22,6 +22,8 @@ Outputs (``$GRAPHS_DIR/{model}/{run}/activations/``, run = ``--run`` or the CSV'
 - ``active_neurons.json``: ``{sample_id: [active neuron ids, sorted]}``;
 - ``activation_matrix.npz``: ``scipy.sparse`` CSR, samples × neurons, 1 where the neuron is active in the sample
   (``scipy.sparse.load_npz``); columns are the neurons active in at least one sample, in id order;
+- ``token_activation_matrix.npz``: the same per generated token: row ``r`` is row ``r`` of ``tokens``, 1 where
+  the neuron is active on that token; the same columns (a sample's row is the union of its tokens' rows);
 - ``neurons.csv``: ``column, id, layer, dimension`` — the matrix column → neuron map and the neurons' attributes;
 - ``neuron_frequency.csv``: ``id, layer, dimension, count, frequency`` (samples in which the neuron is active,
   ÷ number of samples), most frequent first;
@@ -58,7 +60,7 @@ from neuron_lib.common import (
 )
 
 STAGE = "prompts"
-FORMAT = 1
+FORMAT = 2  # 2: token_activation_matrix.npz
 
 
 @dataclasses.dataclass
@@ -105,6 +107,7 @@ def output_files() -> list[str]:
         f"{A.PROMPT_SAMPLES_STEM}.parquet",
         A.PROMPT_ACTIVE_FILE,
         A.PROMPT_MATRIX_FILE,
+        A.PROMPT_TOKEN_MATRIX_FILE,
         A.PROMPT_NEURONS_FILE,
         A.PROMPT_FREQUENCY_FILE,
     ]
@@ -144,6 +147,7 @@ def run_prompts(cfg: PromptsConfig) -> stage.StageResult:
     token_rows: list[dict] = []
     sample_rows: list[dict] = []
     sample_active: list[np.ndarray] = []  # per sample: sorted active neuron ids
+    token_active: list[np.ndarray] = []  # per generated token (the rows of token_rows): sorted active ids
     sample_id = 0
     for i, p in enumerate(prompts):
         try:
@@ -176,6 +180,7 @@ def run_prompts(cfg: PromptsConfig) -> stage.StageResult:
                 }
                 row.update({f"layer_{l}_num_active_neurons": int(per_layer[t, s, l]) for l in range(n_layers)})
                 token_rows.append(row)
+                token_active.append(torch.nonzero(gen.active[t, s].reshape(-1)).squeeze(-1).numpy().astype(np.int64))
             union = gen.active[:, s].any(0).reshape(-1)  # [L * d_mlp], id = l * d_mlp + d
             active_ids = torch.nonzero(union).squeeze(-1).numpy().astype(np.int64)
             sample_active.append(active_ids)
@@ -196,11 +201,16 @@ def run_prompts(cfg: PromptsConfig) -> stage.StageResult:
     n_samples = len(sample_active)
     columns = np.unique(np.concatenate(sample_active)) if n_samples else np.zeros(0, np.int64)
     col_of = {int(n): c for c, n in enumerate(columns)}
-    indptr = np.cumsum([0] + [len(a) for a in sample_active])
-    indices = np.array([col_of[int(n)] for a in sample_active for n in a], dtype=np.int32)
-    matrix = sp.csr_matrix(
-        (np.ones(len(indices), dtype=np.int8), indices, indptr), shape=(n_samples, len(columns))
-    ).astype(np.int8)
+
+    def binary_rows(rows: list[np.ndarray]):
+        indptr = np.cumsum([0] + [len(a) for a in rows])
+        indices = np.array([col_of[int(n)] for a in rows for n in a], dtype=np.int32)
+        return sp.csr_matrix(
+            (np.ones(len(indices), dtype=np.int8), indices, indptr), shape=(len(rows), len(columns))
+        ).astype(np.int8)
+
+    matrix = binary_rows(sample_active)
+    token_matrix = binary_rows(token_active)
     counts = np.asarray(matrix.sum(0)).ravel().astype(np.int64)
     neurons = pd.DataFrame(
         {"column": np.arange(len(columns)), "id": columns, "layer": columns // d_mlp, "dimension": columns % d_mlp}
@@ -232,6 +242,7 @@ def run_prompts(cfg: PromptsConfig) -> stage.StageResult:
     save_dataframe_atomic(pd.DataFrame(sample_rows), folder / artifacts.PROMPT_SAMPLES_STEM)
     atomic_write_json(folder / artifacts.PROMPT_ACTIVE_FILE, {str(k): a.tolist() for k, a in enumerate(sample_active)})
     save_sparse_atomic(folder / artifacts.PROMPT_MATRIX_FILE, matrix)
+    save_sparse_atomic(folder / artifacts.PROMPT_TOKEN_MATRIX_FILE, token_matrix)
     atomic_write_text(folder / artifacts.PROMPT_NEURONS_FILE, neurons.to_csv(index=False))
     atomic_write_text(folder / artifacts.PROMPT_FREQUENCY_FILE, freq.to_csv(index=False))
     manifest = make_manifest(
@@ -261,7 +272,8 @@ def run_prompts(cfg: PromptsConfig) -> stage.StageResult:
 
 
 def load_prompt_run(model: str, run: str, expect_threshold: float | None = None) -> dict[str, Any]:
-    """A finished prompt run: ``{"manifest", "matrix" (CSR samples × neurons), "neurons" (DataFrame)}``,
+    """A finished prompt run: ``{"manifest", "matrix" (CSR samples × neurons), "token_matrix" (CSR tokens ×
+    neurons), "neurons" (DataFrame)}``,
     refusing a run of another model or (with ``expect_threshold``) another activation threshold."""
     import pandas as pd
     import scipy.sparse as sp
@@ -284,6 +296,12 @@ def load_prompt_run(model: str, run: str, expect_threshold: float | None = None)
         "folder": folder,
         "manifest": manifest,
         "matrix": sp.load_npz(folder / artifacts.PROMPT_MATRIX_FILE).tocsr(),
+        # format ≥ 2; None for a run written before the per-token matrix existed
+        "token_matrix": (
+            sp.load_npz(folder / artifacts.PROMPT_TOKEN_MATRIX_FILE).tocsr()
+            if (folder / artifacts.PROMPT_TOKEN_MATRIX_FILE).exists()
+            else None
+        ),
         "neurons": pd.read_csv(folder / artifacts.PROMPT_NEURONS_FILE),
     }
 

@@ -176,6 +176,13 @@ def test_prompts_stage_outputs(tiny, tmp_path, monkeypatch):
     assert matrix.shape == (5, len(neurons))
     for sid, ids in active.items():
         assert neurons.id.to_numpy()[matrix[int(sid)].indices].tolist() == ids
+    token_matrix = sp.load_npz(folder / "token_activation_matrix.npz").tocsr()
+    assert token_matrix.shape == (16, len(neurons))
+    assert (np.asarray(token_matrix.sum(1)).ravel() == tokens.number_of_active_neurons.to_numpy()).all()
+    for sid in range(5):  # a sample's row is the union of its tokens' rows
+        rows = token_matrix[tokens.index[tokens.sample_id == sid].to_numpy()]
+        union = np.flatnonzero(np.asarray(rows.sum(0)).ravel() > 0)
+        assert union.tolist() == sorted(matrix[sid].indices.tolist())
     assert (neurons.id == neurons.layer * model.cfg.d_mlp + neurons.dimension).all()
     freq = pd.read_csv(folder / "neuron_frequency.csv").set_index("id")
     assert (freq.loc[neurons.id, "count"].to_numpy() == np.asarray(matrix.sum(0)).ravel()).all()
