@@ -16,7 +16,8 @@ Outputs (``$GRAPHS_DIR/{model}/{run}/activations/``, run = ``--run`` or the CSV'
 
 - ``tokens.{csv,parquet}``: one row per generated token: ``sample_id, prompt_idx, prompt_sample_idx,
   token_position`` (0 = first generated token), ``input_text`` (the decoded model input, special tokens
-  skipped), ``output``, ``output_id``, ``number_of_active_neurons``, ``layer_{l}_num_active_neurons``;
+  skipped), ``input_token``, ``input_id`` (the token at the recorded position: the input's last token),
+  ``output``, ``output_id``, ``number_of_active_neurons``, ``layer_{l}_num_active_neurons``;
 - ``samples.{csv,parquet}``: one row per sample: ``sample_id, prompt_idx, prompt_sample_idx, prompt,
   generated_text, generated_ids`` (space-separated), ``number_of_active_neurons``;
 - ``active_neurons.json``: ``{sample_id: [active neuron ids, sorted]}``;
@@ -174,6 +175,8 @@ def run_prompts(cfg: PromptsConfig) -> stage.StageResult:
                     "prompt_sample_idx": s,
                     "token_position": t,
                     "input_text": tokenizer.decode(ids + generated[:t], skip_special_tokens=True),
+                    "input_token": tokenizer.decode([(ids + generated[:t])[-1]]),
+                    "input_id": int((ids + generated[:t])[-1]),
                     "output": tokenizer.decode([out_id]),
                     "output_id": int(out_id),
                     "number_of_active_neurons": int(per_layer[t, s].sum()),
@@ -232,6 +235,8 @@ def run_prompts(cfg: PromptsConfig) -> stage.StageResult:
             "prompt_sample_idx",
             "token_position",
             "input_text",
+            "input_token",
+            "input_id",
             "output",
             "output_id",
             "number_of_active_neurons",

@@ -161,12 +161,16 @@ def test_prompts_stage_outputs(tiny, tmp_path, monkeypatch):
         "prompt_sample_idx",
         "token_position",
         "input_text",
+        "input_token",
+        "input_id",
         "output",
         "output_id",
         "number_of_active_neurons",
         *[f"layer_{l}_num_active_neurons" for l in range(L)],
     ]
     assert len(tokens) == 16 and tokens.sample_id.nunique() == 5
+    later = tokens[tokens.token_position > 0]  # the input's last token is the previous row's output
+    assert (later.input_id.to_numpy() == tokens.output_id.to_numpy()[later.index - 1]).all()
     assert (tokens[[f"layer_{l}_num_active_neurons" for l in range(L)]].sum(1) == tokens.number_of_active_neurons).all()
     pd.testing.assert_frame_equal(pd.read_csv(folder / "tokens.csv", keep_default_na=False), tokens, check_dtype=False)
 
