@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# The main job: corpus -> zoo -> correlations, weights, summary -> neuron_df -> figures; zoo -> prompts -> coactivation
-# -> perturb (neuron_lib/pipeline.py STAGES).
+# The main job: corpus -> zoo -> correlations, weights, summary -> neuron_df; zoo -> prompts -> coactivation
+# -> perturb; then figures (every paper notebook, the co-activation one included) (neuron_lib/pipeline.py STAGES).
 # Every stage skips itself when its manifest says it is already done with the same configuration.
 all: env
 	$(PY) -m neuron_lib.pipeline all

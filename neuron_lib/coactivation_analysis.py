@@ -463,3 +463,133 @@ def token_heatmap(run: PromptRun, token_row: int, mode: str = "default", figure_
         text=r.input_text if mode != "default" else f"{r.input_text} → {r.output!r}",
         title=f"sample {int(r.sample_id)}, generated token {int(r.token_position)}: input token {r.input_token!r}",
     )
+
+
+# ---------------------------------------------------------------- the graph's and the perturbations' outputs
+@dataclasses.dataclass
+class GraphOutputs:
+    """A finished co-activation graph (``coactivation``) and, when it ran, its perturbation results (``perturb``)."""
+
+    folder: Path
+    manifest: dict
+    thresholds: pd.DataFrame
+    histograms: dict[str, pd.DataFrame]  # node_weight, edge_weight, degree → bin_left, bin_right, count
+    nodes: pd.DataFrame
+    perturb_folder: Path
+    perturb_manifest: dict | None
+    loss_kl: pd.DataFrame | None
+    comparison: pd.DataFrame | None
+
+    def source(self) -> dict:
+        return {
+            "kind": "co-activation graph",
+            "model": self.manifest.get("model"),
+            "path": str(self.folder),
+            "manifest": self.manifest,
+            "note": None if self.loss_kl is not None else "no perturbation loss / KL results",
+        }
+
+
+HISTOGRAMS = ("node_weight", "edge_weight", "degree")
+
+
+def load_graph_outputs(model: str, run: str, activation_threshold: float | None = None) -> GraphOutputs:
+    """The graph's tables (refusing a graph of another model or threshold) and the perturbation tables if any."""
+    from neuron_lib.coactivation import STAGE as GRAPH_STAGE
+    from neuron_lib.common import ManifestMismatch, read_json, read_manifest
+    from neuron_lib.models import model_output_name
+
+    folder = artifacts.coactivation_graph(model, run)
+    manifest = read_manifest(folder, f"python -m neuron_lib.coactivation --model {model} --run {run}")
+    if manifest.get("stage") != GRAPH_STAGE or manifest.get("model") != model_output_name(model):
+        raise ManifestMismatch(
+            f"{folder} holds stage {manifest.get('stage')!r} of model {manifest.get('model')!r}, not a "
+            f"{GRAPH_STAGE} graph of {model!r}"
+        )
+    if activation_threshold is not None and float(manifest["activation_threshold"]) != float(activation_threshold):
+        raise ManifestMismatch(
+            f"{folder} was built at activation threshold {manifest['activation_threshold']}, not {activation_threshold}"
+        )
+    hists = {w: pd.read_csv(folder / (artifacts.GRAPH_HISTOGRAM_STEM.format(what=w) + ".csv")) for w in HISTOGRAMS}
+    pfolder = artifacts.perturbation_results(model, run)
+    pmanifest = read_json(artifacts.manifest_path(pfolder)) if artifacts.manifest_path(pfolder).exists() else None
+    loss_kl = comparison = None
+    if pmanifest is not None and (pfolder / artifacts.PERTURB_LOSS_FILE).exists():
+        loss_kl = pd.read_csv(pfolder / artifacts.PERTURB_LOSS_FILE)
+        if (pfolder / artifacts.PERTURB_COMPARISON_FILE).exists():
+            comparison = pd.read_csv(pfolder / artifacts.PERTURB_COMPARISON_FILE)
+    return GraphOutputs(
+        folder,
+        manifest,
+        pd.read_csv(folder / artifacts.GRAPH_THRESHOLDS_FILE),
+        hists,
+        pd.read_csv(folder / artifacts.GRAPH_NODES_FILE),
+        pfolder,
+        pmanifest,
+        loss_kl,
+        comparison,
+    )
+
+
+def histograms_figure(histograms: dict[str, pd.DataFrame], log: bool = True) -> FigureResult:
+    """The graph's node-weight, edge-weight and degree histograms (from the stage's ``histogram_*.csv``)."""
+    fig, axes = new_figure(1, len(histograms), figsize=(4.2 * len(histograms), 3.5))
+    parts = []
+    for ax, (what, h) in zip(axes.ravel(), histograms.items()):
+        if len(h):
+            ax.bar(h.bin_left, h["count"], width=h.bin_right - h.bin_left, align="edge", color="tab:blue")
+        if log and (h["count"] > 0).any():
+            ax.set_yscale("log")
+        ax.set_xlabel(what.replace("_", " "))
+        ax.set_ylabel("count")
+        ax.set_title(f"{what.replace('_', ' ')} ({int(h['count'].sum())})")
+        parts.append(h.assign(what=what))
+    data = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    return FigureResult(fig, data)
+
+
+def perturbation_figure(loss_kl: pd.DataFrame | None, comparison: pd.DataFrame | None = None) -> FigureResult:
+    """Δloss (ablated − unperturbed held-out loss) and KL(unperturbed ‖ ablated) of every subset with their
+    bootstrap 95% intervals, centrality subsets beside their random controls; and, from ``comparison``, the
+    paired difference subset − mean of its controls with its interval (above 0: the centrality subset matters
+    more than chance)."""
+    if loss_kl is None or not len(loss_kl):
+        return FigureResult(None, None, "no perturbation loss / KL results (run perturb with --token-dataset)")
+    base = loss_kl[loss_kl.kind == "none"]
+    base_loss = float(base.loss_mean.iloc[0]) if len(base) else float("nan")
+    d = loss_kl[loss_kl.kind != "none"].copy()
+    d["stem"] = [s.split(".", 1)[1] if k == "random" else s for s, k in zip(d.subset, d.kind)]
+    d = d.sort_values(["stem", "kind", "control"], kind="stable").reset_index(drop=True)
+    d["delta_loss"] = d.loss_mean - base_loss
+    d["delta_loss_ci_low"] = d.loss_ci_low - base_loss
+    d["delta_loss_ci_high"] = d.loss_ci_high - base_loss
+    n_panels = 3 if comparison is not None and len(comparison) else 2
+    fig, axes = new_figure(1, n_panels, figsize=(4.8 * n_panels, 4))
+    x = np.arange(len(d))
+    colours = np.where(d.kind == "centrality", "tab:red", "tab:gray")
+    for ax, (col, lo, hi, ylabel) in zip(
+        axes.ravel(),
+        [
+            ("delta_loss", "delta_loss_ci_low", "delta_loss_ci_high", "Δ loss (nats)"),
+            ("kl_mean", "kl_ci_low", "kl_ci_high", "KL(unperturbed ‖ ablated)"),
+        ],
+    ):
+        err = np.vstack([d[col] - d[lo], d[hi] - d[col]])
+        ax.bar(x, d[col], color=colours, yerr=np.nan_to_num(err), capsize=2)
+        ax.set_xticks(x, d.subset, rotation=90, fontsize=6)
+        ax.set_ylabel(ylabel)
+        ax.axhline(0, color="black", lw=0.5)
+    axes[0, 0].set_title("red: centrality subset, gray: random controls")
+    if n_panels == 3:
+        ax = axes[0, 2]
+        c = comparison.reset_index(drop=True)
+        xs = np.arange(len(c))
+        for off, col, colour in ((-0.2, "loss_diff", "tab:blue"), (0.2, "kl_diff", "tab:orange")):
+            err = np.vstack([c[col] - c[f"{col}_ci_low"], c[f"{col}_ci_high"] - c[col]])
+            ax.bar(xs + off, c[col], 0.4, yerr=np.nan_to_num(err), capsize=2, color=colour, label=col)
+        ax.set_xticks(xs, c.subset, rotation=90, fontsize=6)
+        ax.axhline(0, color="black", lw=0.5)
+        ax.set_ylabel("subset − mean of random controls")
+        ax.legend(fontsize=7)
+        ax.set_title("paired difference, 95% bootstrap CI")
+    return FigureResult(fig, d)

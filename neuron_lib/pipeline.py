@@ -1,7 +1,8 @@
 """The main job (``make all``) and the one stage table: every stage of the replication on the embedded default.
 
-    corpus -> zoo -> correlations, weights, summary -> neuron_df -> figures
-                zoo -> prompts -> coactivation -> perturb   (reference model, the repository's prompt set)
+    corpus -> zoo -> correlations, weights, summary -> neuron_df ─┐
+                zoo -> prompts -> coactivation -> perturb ────┴-> figures   (prompts: the reference model, the
+                                                                             repository's prompt set)
 
 :data:`STAGES` is the pipeline's source of truth: names, order, dependencies, whether ``make all`` runs a stage,
 and which ``slurm/<script>.sbatch`` runs it on a cluster (``neuron_lib.slurm`` derives its jobs from this table).
@@ -61,13 +62,6 @@ STAGES: tuple[Stage, ...] = (
         "neuron_df.sbatch",
     ),
     Stage(
-        "figures",
-        "the paper notebooks executed with papermill; figures/index.html",
-        ("neuron_df",),
-        "figures.sbatch",
-        ("NL_REFERENCE_MODELS",),
-    ),
-    Stage(
         "prompts",
         "generations of the repository's prompt set with the active MLP neurons of every token",
         ("zoo",),
@@ -86,6 +80,13 @@ STAGES: tuple[Stage, ...] = (
         "zero-ablated subsets vs random controls: generations, held-out loss and KL",
         ("coactivation",),
         "perturb.sbatch",
+        ("NL_REFERENCE_MODELS",),
+    ),
+    Stage(
+        "figures",
+        "the paper notebooks executed with papermill; figures/index.html (the co-activation notebook too, so after perturb)",
+        ("neuron_df", "perturb"),
+        "figures.sbatch",
         ("NL_REFERENCE_MODELS",),
     ),
     Stage(

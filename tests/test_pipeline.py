@@ -18,10 +18,10 @@ def test_table_is_a_dag_in_order():
         "weights",
         "summary",
         "neuron_df",
-        "figures",
         "prompts",
         "coactivation",
         "perturb",
+        "figures",
     ]
 
 

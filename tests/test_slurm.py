@@ -389,16 +389,16 @@ def test_dry_run_prints_sbatch_commands_with_dependency_edges(tmp_path):
         "WEIGHTS",
         "SUMMARY",
         "NEURON_DF",
-        "FIGURES",
         "PROMPTS",
         "COACTIVATION",
         "PERTURB",
+        "FIGURES",
     ]
     assert "--dependency" not in lines["ZOO"] and "--array=0-2 " in lines["ZOO"]
     for stage in ("CORRELATIONS", "SUMMARY", "WEIGHTS"):
         assert '"--dependency=afterok:${ZOO_JOB}"' in lines[stage]
     assert '"--dependency=afterok:${CORRELATIONS_JOB}:${WEIGHTS_JOB}:${SUMMARY_JOB}"' in lines["NEURON_DF"]
-    assert '"--dependency=afterok:${NEURON_DF_JOB}"' in lines["FIGURES"]
+    assert '"--dependency=afterok:${NEURON_DF_JOB}:${PERTURB_JOB}"' in lines["FIGURES"]
     assert '"--dependency=afterok:${ZOO_JOB}"' in lines["PROMPTS"]
     assert '"--dependency=afterok:${PROMPTS_JOB}"' in lines["COACTIVATION"]
     assert '"--dependency=afterok:${COACTIVATION_JOB}"' in lines["PERTURB"]
