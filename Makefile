@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: all test lint format env corpus zoo correlations weights summary neuron_df figures benchmarks clean-outputs
+.PHONY: all test lint format env corpus zoo correlations weights summary neuron_df figures prompts coactivation perturb benchmarks clean-outputs
 
 env: $(STAMP)
 
@@ -16,12 +16,13 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# The main job: corpus -> zoo -> correlations, weights, summary -> neuron_df -> figures (neuron_lib/pipeline.py STAGES).
+# The main job: corpus -> zoo -> correlations, weights, summary -> neuron_df; zoo -> prompts -> coactivation
+# -> perturb; then figures (every paper notebook, the co-activation one included) (neuron_lib/pipeline.py STAGES).
 # Every stage skips itself when its manifest says it is already done with the same configuration.
 all: env
 	$(PY) -m neuron_lib.pipeline all
 
-corpus zoo correlations weights summary neuron_df figures: env
+corpus zoo correlations weights summary neuron_df figures prompts coactivation perturb: env
 	$(PY) -m neuron_lib.pipeline $@
 
 # The formatter and linter (configured in pyproject.toml) run first: a lint error fails `make test`.
@@ -39,6 +40,7 @@ test: env lint
 benchmarks: env
 	$(PY) benchmarks/bench_correlations.py
 	$(PY) benchmarks/bench_summary.py
+	$(PY) benchmarks/bench_coactivation.py
 
 clean-outputs:
-	rm -rf corpus token_datasets models correlation_results summary_data dataframes cached_activations figures
+	rm -rf corpus token_datasets models correlation_results summary_data dataframes cached_activations figures graphs

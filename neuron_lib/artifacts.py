@@ -8,7 +8,8 @@ tests and clusters redirect everything with environment variables:
 
     CORPUS_DIR → corpus/          DATASET_DIR → token_datasets/      MODELS_DIR → models/
     RESULTS_DIR → correlation_results/   SUMMARY_DIR → summary_data/   DATAFRAMES_DIR → dataframes/
-    CACHED_ACTIVATIONS_DIR → cached_activations/   FIGURES_DIR → figures/   SHARED_DIR → ../shared
+    CACHED_ACTIVATIONS_DIR → cached_activations/   FIGURES_DIR → figures/   GRAPHS_DIR → graphs/
+    SHARED_DIR → ../shared
 
 Model arguments are model names as users give them (zoo name, alias, folder, hub id); the path component is
 ``models.model_output_name(name)``. Dataset arguments are token-dataset folders or their names; the path
@@ -31,6 +32,7 @@ ROOTS: dict[str, str] = {
     "DATAFRAMES_DIR": "dataframes",
     "CACHED_ACTIVATIONS_DIR": "cached_activations",
     "FIGURES_DIR": "figures",
+    "GRAPHS_DIR": "graphs",
 }
 
 # ---------------------------------------------------------------- file names inside artifact folders
@@ -50,6 +52,28 @@ CORRELATION_TABLE_STEM = "neuron_correlations"
 #: activation cache files (activations.py's file contract)
 CACHE_NEURONS_FILE = "neurons.safetensors"
 CACHE_METRICS_FILE = "metrics.safetensors"
+#: prompt runs (prompts.py, coactivation.py, perturb.py: one folder per model and prompt set)
+PROMPT_TOKENS_STEM = "tokens"  # per generated token: .csv + .parquet
+PROMPT_SAMPLES_STEM = "samples"  # per generated sample: .csv + .parquet
+PROMPT_ACTIVE_FILE = "active_neurons.json"  # sample_id -> sorted active neuron ids
+PROMPT_NEURONS_FILE = "neurons.csv"  # matrix column -> neuron id, layer, dimension
+PROMPT_FREQUENCY_FILE = "neuron_frequency.csv"  # neuron id -> count, frequency over samples
+PROMPT_MATRIX_FILE = "activation_matrix.npz"  # scipy.sparse CSR samples x neurons (binary)
+PROMPT_TOKEN_MATRIX_FILE = "token_activation_matrix.npz"  # scipy.sparse CSR generated tokens x neurons (binary)
+#: neuron traces of one text (trace.py, written into --out)
+TRACE_JSON_FILE = "trace.json"
+TRACE_IDS_FILE = "active_neurons.txt"
+GRAPH_NODES_FILE = "nodes.csv"
+GRAPH_EDGES_FILE = "edges.parquet"  # every co-activation edge (src, dst, count, weight)
+GRAPH_THRESHOLDS_FILE = "threshold_analysis.csv"
+GRAPH_EDGELIST_FILE = "graph.t{threshold}.edgelist"
+GRAPH_GRAPHML_FILE = "graph.t{threshold}.graphml"
+GRAPH_HISTOGRAM_STEM = "histogram_{what}"  # .png + .csv (what: node_weight, edge_weight, degree)
+SUBSETS_DIR = "subsets"
+SUBSETS_INDEX_FILE = "subsets.csv"
+PERTURB_GENERATIONS_DIR = "generations"
+PERTURB_LOSS_FILE = "loss_kl.csv"
+PERTURB_COMPARISON_FILE = "comparison.csv"
 #: figures
 FIGURES_JSON = "figures.json"
 FIGURES_INDEX = "index.html"
@@ -242,6 +266,39 @@ def interpretable_neurons(model: str) -> Path:
 
 def universal_table(model: str) -> Path:
     return interpretable_neurons(model) / "universal.csv"
+
+
+# ---------------------------------------------------------------- prompt runs (prompts, coactivation, perturb)
+def prompt_run(model: str, run: str) -> Path:
+    """One model's run over one prompt set: ``$GRAPHS_DIR/{model}/{run}/`` (run = the prompt CSV's stem)."""
+    return root("GRAPHS_DIR") / model_name(model) / str(run)
+
+
+def prompt_activations(model: str, run: str) -> Path:
+    """Generated samples and their active neurons (``prompts``): tokens, samples, matrix, neurons, frequency."""
+    return prompt_run(model, run) / "activations"
+
+
+def coactivation_graph(model: str, run: str) -> Path:
+    """The co-activation graph (``coactivation``): nodes, edges, threshold analysis, histograms, exports,
+    and the perturbation subsets in ``subsets/``."""
+    return prompt_run(model, run) / "coactivation"
+
+
+def subset_file_name(method: str, threshold: float, ratio: float, control: int | None = None) -> str:
+    """``{method}.t{threshold}.r{ratio}.npy``, a random control ``random{i}.{method}.t...npy`` (int64 neuron ids)."""
+    stem = f"{method}.t{float(threshold):g}.r{float(ratio):g}"
+    return f"{stem}.npy" if control is None else f"random{int(control)}.{stem}.npy"
+
+
+def default_prompts_csv() -> Path:
+    """The repository's prompt set (10 prompts x 5 samples x 20 tokens) that ``make all`` generates from."""
+    return repo_root() / "paper_notebooks" / "data" / "prompts.csv"
+
+
+def perturbation_results(model: str, run: str) -> Path:
+    """Generations with each subset ablated (``generations/{subset}.csv``), loss and KL tables (``perturb``)."""
+    return prompt_run(model, run) / "perturb"
 
 
 # ---------------------------------------------------------------- figures (notebooks.py, figures.py)

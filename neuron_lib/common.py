@@ -118,6 +118,28 @@ def save_dataframe_atomic(df, stem: str | Path, formats: Iterable[str] = ("csv",
     return written
 
 
+def save_sparse_atomic(path: str | Path, matrix) -> Path:
+    """A scipy.sparse matrix as CSR with ``scipy.sparse.save_npz`` (arrays only, no pickle), atomically."""
+    import scipy.sparse as sp
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            sp.save_npz(f, sp.csr_matrix(matrix), compressed=True)
+
+    return _atomic_replace(Path(path), write)
+
+
+def save_array_atomic(path: str | Path, array) -> Path:
+    """A numpy array as ``.npy`` (``allow_pickle=False``: numeric arrays only), atomically."""
+    import numpy as np
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(array), allow_pickle=False)
+
+    return _atomic_replace(Path(path), write)
+
+
 # ---------------------------------------------------------------- provenance
 def library_versions() -> dict[str, str]:
     import importlib.metadata as md

@@ -39,9 +39,11 @@ NOTEBOOKS: dict[str, str] = {
     "properties_of_universal_neurons": "Properties of universal neurons (paper Fig 2-4, 11, 14)",
     "prediction_neurons": "Prediction and suppression neurons (paper §5.1, Fig 6)",
     "dataset_summary": "Dataset summary: pre-activation histograms and top-activating examples",
+    "coactivation_graph": "Neuron co-activation graph of a prompt run: thresholds, perturbations, heatmaps, tokens",
 }
 NEEDS_NEURON_DF = ("properties_of_universal_neurons", "prediction_neurons")
 NEEDS_SUMMARY = ("dataset_summary",)
+NEEDS_COACTIVATION = ("coactivation_graph",)  # a prompts run and its coactivation graph (perturb optional)
 PAPER_TABLE_NOTEBOOKS = ("properties_of_universal_neurons", "prediction_neurons")
 # neurons per layer of the paper's models, for shares from universal-only tables
 KNOWN_D_MLP = {
@@ -450,6 +452,50 @@ def recompute_context_activations(
     return examples
 
 
+# ---------------------------------------------------------------- prompt runs and co-activation graphs
+def coactivation_command(model: str, run: str) -> str:
+    return (
+        f"`make all` (or `python -m neuron_lib.prompts --model {model} --prompts-csv <{run}.csv>`, then "
+        f"`python -m neuron_lib.coactivation --model {model} --run {run}` and optionally `python -m "
+        f"neuron_lib.perturb --model {model} --run {run} --token-dataset PATH`)"
+    )
+
+
+@contextlib.contextmanager
+def graphs_root(graphs_dir: str | Path | None):
+    """``$GRAPHS_DIR`` set to ``graphs_dir`` for the block (unchanged when None)."""
+    if not graphs_dir:
+        yield
+        return
+    saved = os.environ.get("GRAPHS_DIR")
+    os.environ["GRAPHS_DIR"] = str(graphs_dir)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("GRAPHS_DIR", None)
+        else:
+            os.environ["GRAPHS_DIR"] = saved
+
+
+def validate_coactivation(model: str, run: str, activation_threshold: float | None = None):
+    """The prompt run and its co-activation graph (``coactivation_analysis.load_run`` / ``load_graph_outputs``),
+    or a NeuronLibError naming the commands that produce them."""
+    from neuron_lib import coactivation_analysis as CA
+
+    if not artifacts.manifest_path(artifacts.prompt_activations(model, run)).exists():
+        raise NeuronLibError(
+            f"no prompt run {run!r} of model {model!r} at {artifacts.prompt_activations(model, run)}. Produce it "
+            f"with {coactivation_command(model, run)}."
+        )
+    if not artifacts.manifest_path(artifacts.coactivation_graph(model, run)).exists():
+        raise NeuronLibError(
+            f"no co-activation graph of model {model!r}, run {run!r} at {artifacts.coactivation_graph(model, run)}. "
+            f"Produce it with {coactivation_command(model, run)}."
+        )
+    return CA.load_run(model, run, activation_threshold), CA.load_graph_outputs(model, run, activation_threshold)
+
+
 # ---------------------------------------------------------------- execution
 class NotebookFailed(NeuronLibError):
     """A notebook raised; the message carries its error and the executed notebook's path."""
@@ -538,6 +584,17 @@ def run_notebooks(
     if unknown:
         raise NeuronLibError(f"unknown notebooks {unknown}; known: {', '.join(NOTEBOOKS)}")
     root = Path(out) if out else artifacts.figures_root()
+    for name in [n for n in names if n in NEEDS_COACTIVATION]:
+        # without its inputs the co-activation notebook is skipped in a full run, an error when asked for by name
+        defaults = {**notebook_parameters(name), **(extra or {})}
+        try:
+            with graphs_root(defaults.get("graphs_dir")):
+                validate_coactivation(model, defaults["run"], defaults.get("activation_threshold"))
+        except NeuronLibError as exc:
+            if only:
+                raise
+            log(f"[{name}] skipped: {exc}")
+            names.remove(name)
     table = validate_neuron_df(model, neuron_df, dataset) if any(n in NEEDS_NEURON_DF for n in names) else None
     if any(n in NEEDS_SUMMARY for n in names):
         validate_summary(model, summary_dir, dataset=dataset)

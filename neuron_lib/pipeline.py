@@ -1,6 +1,8 @@
 """The main job (``make all``) and the one stage table: every stage of the replication on the embedded default.
 
-    corpus -> zoo -> correlations, weights, summary -> neuron_df -> figures
+    corpus -> zoo -> correlations, weights, summary -> neuron_df ─┐
+                zoo -> prompts -> coactivation -> perturb ────┴-> figures   (prompts: the reference model, the
+                                                                             repository's prompt set)
 
 :data:`STAGES` is the pipeline's source of truth: names, order, dependencies, whether ``make all`` runs a stage,
 and which ``slurm/<script>.sbatch`` runs it on a cluster (``neuron_lib.slurm`` derives its jobs from this table).
@@ -23,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from neuron_lib import criteria
+from neuron_lib import artifacts, criteria
 from neuron_lib.common import NeuronLibError, run_cli
 
 
@@ -60,9 +62,30 @@ STAGES: tuple[Stage, ...] = (
         "neuron_df.sbatch",
     ),
     Stage(
+        "prompts",
+        "generations of the repository's prompt set with the active MLP neurons of every token",
+        ("zoo",),
+        "prompts.sbatch",
+        ("NL_REFERENCE_MODELS",),
+    ),
+    Stage(
+        "coactivation",
+        "adjacent-layer co-activation graph, threshold analysis, perturbation subsets",
+        ("prompts",),
+        "coactivation.sbatch",
+        ("NL_REFERENCE_MODELS",),
+    ),
+    Stage(
+        "perturb",
+        "zero-ablated subsets vs random controls: generations, held-out loss and KL",
+        ("coactivation",),
+        "perturb.sbatch",
+        ("NL_REFERENCE_MODELS",),
+    ),
+    Stage(
         "figures",
-        "the paper notebooks executed with papermill; figures/index.html",
-        ("neuron_df",),
+        "the paper notebooks executed with papermill; figures/index.html (the co-activation notebook too, so after perturb)",
+        ("neuron_df", "perturb"),
         "figures.sbatch",
         ("NL_REFERENCE_MODELS",),
     ),
@@ -123,6 +146,13 @@ def stage_commands(name: str, zoo_preset: str = "default", zoo_jobs: int = 1) ->
     if name == "figures":
         threshold = criteria.figure_threshold(all_zoo=True)
         return [["neuron_lib.notebooks", "--model", reference, "-p", f"universal_threshold={threshold}"]]
+    run = artifacts.default_prompts_csv().stem
+    if name == "prompts":
+        return [["neuron_lib.prompts", "--model", reference, "--prompts-csv", str(artifacts.default_prompts_csv())]]
+    if name == "coactivation":  # the defaults (one threshold and ratio, 2 controls) keep `make all` short
+        return [["neuron_lib.coactivation", "--model", reference, "--run", run]]
+    if name == "perturb":
+        return [["neuron_lib.perturb", "--model", reference, "--run", run, "--token-dataset", str(analysis)]]
     raise NeuronLibError(
         f"stage {name!r} is not part of the embedded pipeline: run `python -m neuron_lib.{name} "
         "--help` for its options (or `python -m neuron_lib.slurm submit --stages {name}`)"

@@ -1,7 +1,7 @@
 """Run the pipeline on a Slurm cluster: one sbatch array job per heavy stage, chained with afterok.
 
     python -m neuron_lib.slurm submit --dry-run          # print the sbatch commands (a shell script)
-    python -m neuron_lib.slurm submit --preset gpu       # submit zoo -> correlations/weights/summary -> neuron_df -> figures
+    python -m neuron_lib.slurm submit --preset gpu       # submit zoo -> correlations/weights/summary -> neuron_df, prompts -> coactivation -> perturb, then figures
     python -m neuron_lib.slurm wait                      # poll until the last submission ends; report failures
     python -m neuron_lib.slurm status [JOBID ...]        # one look: states, exit codes, failed tasks and their logs
 

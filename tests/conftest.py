@@ -13,22 +13,14 @@ import pytest
 import torch
 
 from helpers import synthetic_documents
+from neuron_lib import artifacts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-_ROOTS = [
-    "CORPUS_DIR",
-    "DATASET_DIR",
-    "MODELS_DIR",
-    "RESULTS_DIR",
-    "SUMMARY_DIR",
-    "DATAFRAMES_DIR",
-    "CACHED_ACTIVATIONS_DIR",
-    "FIGURES_DIR",
-]
+_ROOTS = list(artifacts.ROOTS)  # every output root (a new root is redirected without editing this file)
 
 
 @dataclass

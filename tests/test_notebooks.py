@@ -27,7 +27,8 @@ from neuron_lib.common import ManifestMismatch, NeuronLibError
 
 MODEL = "synth-a"
 N_LAYERS, D_MLP, CTX, TOP_K = 2, 64, 24, 8
-ROOTS = ("MODELS_DIR", "DATASET_DIR", "SUMMARY_DIR", "DATAFRAMES_DIR", "FIGURES_DIR")
+ROOTS = ("MODELS_DIR", "DATASET_DIR", "SUMMARY_DIR", "DATAFRAMES_DIR", "FIGURES_DIR", "GRAPHS_DIR")
+RUN = "nbprompts"  # the prompt run the co-activation notebook reads
 
 
 def _tiny_zoo_model(folder: Path, tokenizer) -> Path:
@@ -93,9 +94,29 @@ def inputs(tmp_path_factory):
         (table.parent / f"{MODEL}.manifest.json").write_text(
             json.dumps({"stage": "neuron_df", "model": MODEL, "dataset": ds_path.name})
         )
+        _coactivation_outputs(root, ds_path)
         yield {"root": root, "table": table, "summary_dir": root / "summary_dir", "dataset": ds_path}
     finally:
         patch.undo()
+
+
+def _coactivation_outputs(root: Path, ds_path: Path) -> None:
+    """The prompts, coactivation and perturb stages on the tiny zoo model (small settings)."""
+    from neuron_lib.coactivation import CoactivationConfig, run_coactivation
+    from neuron_lib.perturb import PerturbConfig, run_perturb
+    from neuron_lib.prompts import PromptsConfig, run_prompts
+
+    csv = root / f"{RUN}.csv"
+    csv.write_text(
+        'prompts,number_of_new_tokens,num_samples\n"The cat sees ",6,3\n"A dog likes",6,3\n"the river",5,2\n'
+    )
+    run_prompts(PromptsConfig(model=MODEL, prompts_csv=str(csv), seed=1, device="cpu"))
+    run_coactivation(CoactivationConfig(model=MODEL, run=RUN, subset_ratios=(0.1,), n_random=2))
+    run_perturb(
+        PerturbConfig(
+            model=MODEL, run=RUN, token_dataset=str(ds_path), max_tokens=4 * CTX, n_bootstrap=200, device="cpu"
+        )
+    )
 
 
 def _errors(path: Path) -> list[str]:
@@ -135,7 +156,7 @@ def test_notebooks_on_synthetic_inputs(inputs, tmp_path):
         inputs["summary_dir"],
         out=out,
         dataset=inputs["dataset"].name,
-        extra={"context_activations": "topk"},
+        extra={"context_activations": "topk", "run": RUN},
     )
     assert not failed, failed
     assert len(done) == len(nb.NOTEBOOKS)
@@ -155,6 +176,16 @@ def test_notebooks_on_synthetic_inputs(inputs, tmp_path):
             "prediction_neuron_skew_density",
         ],
         "dataset_summary": ["activation_histograms", "top_examples_text"],
+        "coactivation_graph": [
+            "graph_histograms",
+            "perturbation_comparison",
+            *[f"heatmap_sample{s}_{m}" for s in (0, 3) for m in ("default", "cinematic", "cinematic_no_text")],
+            "token_clusters",
+            "frequent_neurons",
+            "token_specific_neurons",
+            "position_specific_neurons",
+            "prompt_similarity",
+        ],
     }
     index = (out / "index.html").read_text()
     for name, figs in expected.items():
@@ -173,6 +204,42 @@ def test_notebooks_on_synthetic_inputs(inputs, tmp_path):
     page = (out / "dataset_summary" / "top_examples.html").read_text()
     assert "background-color" in page and "<h3>L" in page
     assert "manifest of the data" in index
+    _check_coactivation_figures(out / "coactivation_graph")
+
+
+def _check_coactivation_figures(folder: Path) -> None:
+    """The co-activation notebook's data: the stages' tables, and heatmaps marking exactly the active neurons."""
+    from neuron_lib import artifacts
+    from neuron_lib import coactivation_analysis as CA
+
+    prun = CA.load_run(MODEL, RUN)
+    graph = CA.load_graph_outputs(MODEL, RUN)
+    pd.testing.assert_frame_equal(pd.read_csv(folder / "threshold_analysis.csv"), graph.thresholds)
+    for sid in (0, 3):
+        for mode in CA.HEATMAP_MODES:
+            data = pd.read_csv(folder / f"heatmap_sample{sid}_{mode}.csv")
+            assert len(data) == prun.n_layers * prun.d_mlp
+            assert data.loc[data.active == 1, "id"].tolist() == prun.sample_ids(sid).tolist()
+    active = json.loads((artifacts.prompt_activations(MODEL, RUN) / artifacts.PROMPT_ACTIVE_FILE).read_text())
+    assert prun.sample_ids(3).tolist() == active["3"]
+    perturbation = pd.read_csv(folder / "perturbation_comparison.csv")
+    assert set(perturbation.kind) == {"centrality", "random"} and perturbation.kl_mean.notna().all()
+    sim = pd.read_csv(folder / "prompt_similarity.csv")
+    assert sim.prompt.astype(str).tolist() == ["0", "1", "2", "all"]
+    clusters = pd.read_csv(folder / "token_clusters.csv", keep_default_na=False)
+    assert len(clusters) == len(prun.tokens) == 6 * 3 + 6 * 3 + 5 * 2
+
+
+def test_coactivation_notebook_skipped_or_refused_without_its_inputs(inputs, tmp_path):
+    empty = tmp_path / "no_graphs"
+    with pytest.raises(NeuronLibError, match=r"no prompt run 'nbprompts'.*neuron_lib.coactivation"):
+        nb.run_notebooks(MODEL, out=tmp_path, only=["coactivation_graph"], extra={"run": RUN, "graphs_dir": str(empty)})
+    lines: list[str] = []
+    with pytest.raises(NeuronLibError, match="neuron_lib.neuron_df"):  # the full run goes on past the skip
+        nb.run_notebooks(
+            MODEL, tmp_path / "none.csv", out=tmp_path, extra={"run": RUN, "graphs_dir": str(empty)}, log=lines.append
+        )
+    assert lines and lines[0].startswith("[coactivation_graph] skipped: no prompt run")
 
 
 def test_properties_notebook_on_paper_table(tmp_path):

@@ -11,7 +11,18 @@ def test_table_is_a_dag_in_order():
     for st in P.STAGES:
         assert set(st.after) <= seen, f"{st.name} runs before its inputs {set(st.after) - seen}"
         seen.add(st.name)
-    assert P.STAGE_ORDER == ["corpus", "zoo", "correlations", "weights", "summary", "neuron_df", "figures"]
+    assert P.STAGE_ORDER == [
+        "corpus",
+        "zoo",
+        "correlations",
+        "weights",
+        "summary",
+        "neuron_df",
+        "prompts",
+        "coactivation",
+        "perturb",
+        "figures",
+    ]
 
 
 def test_slurm_stages_are_the_table_rows_with_scripts():

@@ -383,12 +383,25 @@ def test_dry_run_prints_sbatch_commands_with_dependency_edges(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     lines = {m.group(1): m.group(2) for m in re.finditer(r"^(\w+)_JOB=\$\((sbatch .*)\)", out.stdout, re.M)}
-    assert list(lines) == ["ZOO", "CORRELATIONS", "WEIGHTS", "SUMMARY", "NEURON_DF", "FIGURES"]  # the table's order
+    assert list(lines) == [  # the table's order
+        "ZOO",
+        "CORRELATIONS",
+        "WEIGHTS",
+        "SUMMARY",
+        "NEURON_DF",
+        "PROMPTS",
+        "COACTIVATION",
+        "PERTURB",
+        "FIGURES",
+    ]
     assert "--dependency" not in lines["ZOO"] and "--array=0-2 " in lines["ZOO"]
     for stage in ("CORRELATIONS", "SUMMARY", "WEIGHTS"):
         assert '"--dependency=afterok:${ZOO_JOB}"' in lines[stage]
     assert '"--dependency=afterok:${CORRELATIONS_JOB}:${WEIGHTS_JOB}:${SUMMARY_JOB}"' in lines["NEURON_DF"]
-    assert '"--dependency=afterok:${NEURON_DF_JOB}"' in lines["FIGURES"]
+    assert '"--dependency=afterok:${NEURON_DF_JOB}:${PERTURB_JOB}"' in lines["FIGURES"]
+    assert '"--dependency=afterok:${ZOO_JOB}"' in lines["PROMPTS"]
+    assert '"--dependency=afterok:${PROMPTS_JOB}"' in lines["COACTIVATION"]
+    assert '"--dependency=afterok:${COACTIVATION_JOB}"' in lines["PERTURB"]
     assert "--array=0-0 " in lines["CORRELATIONS"] and "--array=0-0 " in lines["FIGURES"]
     for stage, line in lines.items():
         for opt in (
@@ -457,7 +470,8 @@ def test_scripts_run_the_same_commands_as_the_local_pipeline():
     def commands(*names):
         return sorted(script_command(stages[n], env, i)[2:] for n in names for i in range(S.array_size(stages[n], env)))
 
-    for name in ("correlations", "weights", "summary", "neuron_df", "figures"):  # one table: the same stage names
+    stage_names = ("correlations", "weights", "summary", "neuron_df", "figures", "prompts", "coactivation", "perturb")
+    for name in stage_names:  # one table: the same stage names
         assert commands(name) == sorted(pipeline.stage_commands(name)), name
     # zoo: the pipeline trains all models in one process, Slurm one per task, with the same preset
     (pipe_zoo,) = pipeline.stage_commands("zoo")
