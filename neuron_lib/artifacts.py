@@ -216,8 +216,13 @@ def activation_summary(model: str, subset: str) -> Path:
     return activation_summary_root(model) / subset
 
 
+def summary_part_file(part: str) -> str:
+    """The file name of one summary part (``histogram``, ``moments``, ...)."""
+    return f"{part}.safetensors"
+
+
 def summary_part(folder: str | Path, part: str) -> Path:
-    return Path(folder) / f"{part}.safetensors"
+    return Path(folder) / summary_part_file(part)
 
 
 def list_summary_subsets(model: str) -> list[str]:

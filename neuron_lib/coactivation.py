@@ -389,11 +389,8 @@ def run_coactivation(cfg: CoactivationConfig) -> stage.StageResult:
     return stage.StageResult(STAGE, "done", outputs, None, seconds, {"n_nodes": n_cols, "n_edges": len(edges)})
 
 
-def load_subsets(model: str, run: str, activation_threshold: float | None = None) -> dict[str, Any]:
-    """A finished graph's subsets: ``{"manifest", "index" (DataFrame of subsets.csv), "subsets" {file stem: ids}}``,
-    refusing a graph of another model or activation threshold."""
-    import pandas as pd
-
+def open_graph(model: str, run: str, activation_threshold: float | None = None) -> tuple[Path, dict[str, Any]]:
+    """A finished graph's folder and manifest, refusing a graph of another model or activation threshold."""
     from neuron_lib.common import ManifestMismatch, read_manifest
     from neuron_lib.models import model_output_name
 
@@ -408,6 +405,15 @@ def load_subsets(model: str, run: str, activation_threshold: float | None = None
         raise ManifestMismatch(
             f"{folder} was built at activation threshold {manifest['activation_threshold']}, not {activation_threshold}"
         )
+    return folder, manifest
+
+
+def load_subsets(model: str, run: str, activation_threshold: float | None = None) -> dict[str, Any]:
+    """A finished graph's subsets: ``{"manifest", "index" (DataFrame of subsets.csv), "subsets" {file stem: ids}}``,
+    refusing a graph of another model or activation threshold."""
+    import pandas as pd
+
+    folder, manifest = open_graph(model, run, activation_threshold)
     index = pd.read_csv(folder / artifacts.SUBSETS_DIR / artifacts.SUBSETS_INDEX_FILE)
     subsets = {Path(f).stem: np.load(folder / artifacts.SUBSETS_DIR / f, allow_pickle=False) for f in index["file"]}
     return {"folder": folder, "manifest": manifest, "index": index, "subsets": subsets}

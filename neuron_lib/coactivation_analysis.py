@@ -495,21 +495,10 @@ HISTOGRAMS = ("node_weight", "edge_weight", "degree")
 
 def load_graph_outputs(model: str, run: str, activation_threshold: float | None = None) -> GraphOutputs:
     """The graph's tables (refusing a graph of another model or threshold) and the perturbation tables if any."""
-    from neuron_lib.coactivation import STAGE as GRAPH_STAGE
-    from neuron_lib.common import ManifestMismatch, read_json, read_manifest
-    from neuron_lib.models import model_output_name
+    from neuron_lib.coactivation import open_graph
+    from neuron_lib.common import read_json
 
-    folder = artifacts.coactivation_graph(model, run)
-    manifest = read_manifest(folder, f"python -m neuron_lib.coactivation --model {model} --run {run}")
-    if manifest.get("stage") != GRAPH_STAGE or manifest.get("model") != model_output_name(model):
-        raise ManifestMismatch(
-            f"{folder} holds stage {manifest.get('stage')!r} of model {manifest.get('model')!r}, not a "
-            f"{GRAPH_STAGE} graph of {model!r}"
-        )
-    if activation_threshold is not None and float(manifest["activation_threshold"]) != float(activation_threshold):
-        raise ManifestMismatch(
-            f"{folder} was built at activation threshold {manifest['activation_threshold']}, not {activation_threshold}"
-        )
+    folder, manifest = open_graph(model, run, activation_threshold)
     hists = {w: pd.read_csv(folder / (artifacts.GRAPH_HISTOGRAM_STEM.format(what=w) + ".csv")) for w in HISTOGRAMS}
     pfolder = artifacts.perturbation_results(model, run)
     pmanifest = read_json(artifacts.manifest_path(pfolder)) if artifacts.manifest_path(pfolder).exists() else None

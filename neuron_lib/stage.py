@@ -93,6 +93,9 @@ def write_folder(
 ) -> Path:
     """Write ``{file name: tensors}`` as safetensors into ``folder`` (emptied first when ``fresh``), manifest last."""
     folder = Path(folder)
+    nested = [str(name) for name in tensors if Path(name).name != str(name)]
+    if nested:
+        raise ValueError(f"write_folder takes file names, not paths: {nested}")
     if fresh and folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -795,7 +795,7 @@ def run_summary(cfg: SummaryConfig) -> stage.StageResult:
     folders = {s: artifacts.activation_summary(cfg.model, subset_folder_name(s)) for s in groups}
     if len(set(folders.values())) != len(folders):
         raise NeuronLibError(f"subset names {sorted(groups)} collide after making them folder names")
-    files = [artifacts.summary_part("", p).name for p in artifacts.SUMMARY_PARTS]
+    files = [artifacts.summary_part_file(p) for p in artifacts.SUMMARY_PARTS]
     todo = [
         s
         for s, f in folders.items()
@@ -856,7 +856,7 @@ def run_summary(cfg: SummaryConfig) -> stage.StageResult:
             hist["pre_bin_counts_all_positions"] = hist["pre_bin_counts"] + dropped_hist
             stage.write_folder(
                 folders[s],
-                {artifacts.summary_part(folders[s], p): t for p, t in parts.items()},
+                {artifacts.summary_part_file(p): t for p, t in parts.items()},
                 manifest,
                 metadata={"stage": STAGE, "subset": s, "ctx_len": str(inputs.ctx)},
             )

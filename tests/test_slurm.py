@@ -179,7 +179,10 @@ def test_pipeline_through_slurm_equals_local_run(cluster, micro_zoo, tmp_path):
     stages = [s for s in runnable_stages() if s not in E2E_SKIP]
     assert stages[0] == "zoo"
     t0 = time.time()
-    slurm_env = job_env(micro_zoo, tmp_path / "slurm")
+    # the micro zoo's context is 32 tokens: a prompt set that fits it (the run keeps the default name, its stem)
+    prompts_csv = tmp_path / "prompts.csv"
+    prompts_csv.write_text('prompts,number_of_new_tokens,num_samples\n"the cat sees",6,2\n"a small bird",6,2\n')
+    slurm_env = job_env(micro_zoo, tmp_path / "slurm", NL_PROMPTS_CSV=str(prompts_csv))
     args = [
         "--models",
         "a,b",

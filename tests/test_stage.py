@@ -59,3 +59,8 @@ def test_write_folder_is_fresh_and_writes_the_manifest_last(tmp_path):
 def test_stage_result():
     r = stage.StageResult("demo", "skipped", {"folder": "x"})
     assert r.skipped and r.n_tokens is None and r.details == {}
+
+
+def test_write_folder_takes_file_names_not_paths(tmp_path):
+    with pytest.raises(ValueError, match="file names"):
+        stage.write_folder(tmp_path / "out", {"sub/a.safetensors": {"x": torch.arange(3)}}, {})

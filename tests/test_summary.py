@@ -476,3 +476,16 @@ def test_drop_newline_filter(env, summary_root):
     counts = load_tensors(folder / "vocab.safetensors")["vocab_counts"]
     assert int(counts[nl[0]]) == 0 and int(counts[BOS]) == 0
     np.testing.assert_array_equal(counts.numpy(), np.bincount(toks[kept], minlength=VOCAB))
+
+
+def test_relative_output_root(env, tmp_path, monkeypatch):
+    """`make all` uses relative roots (summary_data/): every part lands in the subset folder, not below it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SUMMARY_DIR", "summary_data")
+    out = S.run_summary(config(env, subsets="a"))
+    folder = Path("summary_data") / "tinygpt" / "activations" / "a"
+    assert out.outputs["a"] == str(folder)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [f"{part}.safetensors" for part in ("histogram", "moments", "top_examples", "vocab")] + ["manifest.json"]
+    )
+    assert S.run_summary(config(env, subsets="a")).status == "skipped"
