@@ -110,9 +110,7 @@ class ActivationsConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields that determine the cache (not batch size, device, memory budget or --overwrite)."""
-        return config_identity(
-            self, exclude=("batch_size", "device", "overwrite", "max_memory"), paths=("token_dataset", "neuron_csv")
-        )
+        return config_identity(self, exclude=("batch_size", "device", "overwrite", "max_memory"), paths=("neuron_csv",))
 
 
 # ---------------------------------------------------------------- neuron selection
@@ -349,9 +347,9 @@ def run_activations(cfg: ActivationsConfig) -> stage.StageResult:
     from neuron_lib.streaming import drop_ids_for
 
     cfg.validate()
-    identity = cfg.identity()
-    fingerprint = config_fingerprint(identity)
     inputs = stage.open_inputs(cfg.model, cfg.token_dataset, cfg.max_tokens)
+    identity = {**cfg.identity(), "token_dataset": inputs.dataset_identity}  # content, not the folder's path
+    fingerprint = config_fingerprint(identity)
     folder = artifacts.activation_cache(cfg.model, inputs.dataset_name)
     state = stage.folder_state(folder, STAGE, fingerprint, _cached_files)
     if not stage.must_run(folder, state, cfg.overwrite, STAGE):

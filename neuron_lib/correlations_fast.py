@@ -1222,18 +1222,13 @@ def _open_run(cfg: CorrelationConfig) -> _Run:
                 f"{name} does not share {ref_name}'s tokenizer (vocabulary fingerprints {fp} vs {fp_ref}): correlations "
                 "over the same tokens need models with the same vocabulary"
             )
-    dataset, _ = load_token_dataset(cfg.token_dataset, tok_ref)
+    dataset, ds_manifest = load_token_dataset(cfg.token_dataset, tok_ref)
     dataset_name = artifacts.dataset_name(cfg.token_dataset)
     drop_ids = TokenFilter().drop_ids(tok_ref)
     n_rows = n_rows_for_tokens(dataset, cfg.max_tokens)
     ctx = len(dataset[0]["tokens"])
-    dataset_desc = {
-        "name": dataset_name,
-        "path": str(Path(cfg.token_dataset).resolve()),
-        "n_rows_used": n_rows,
-        "ctx_len": ctx,
-        "tokenizer_fingerprint": fp_ref,
-    }
+    # the dataset's content identity (stage.dataset_identity), never its absolute path: outputs survive a move
+    dataset_desc = {**stage.dataset_identity(ds_manifest, cfg.token_dataset), "n_rows_used": n_rows}
     out_dirs, fps = {}, {}
     for other in other_names:
         for kind in ["none"] + cfg.baseline:
@@ -1460,6 +1455,7 @@ def _write_pair_folders(run: _Run, engine: _Engine, plan: Plan, models: list, el
                 model=run.ref_name,
                 other_model=other,
                 dataset=run.dataset_desc["name"],
+                dataset_path=str(Path(cfg.token_dataset).resolve()),
                 n_tokens=int(st["n_tokens"][0]),
                 similarity=cfg.simtype,
                 baseline=kind,

@@ -83,7 +83,7 @@ class PerturbConfig:
         return self
 
     def identity(self) -> dict[str, Any]:
-        identity = config_identity(self, exclude=("batch_size", "device", "overwrite"), paths=("token_dataset",))
+        identity = config_identity(self, exclude=("batch_size", "device", "overwrite"))
         return {**identity, "format": FORMAT}
 
 
@@ -152,8 +152,10 @@ def run_perturb(cfg: PerturbConfig) -> stage.StageResult:
             raise NeuronLibError(f"unknown subsets {unknown}; {graph['folder']} has {sorted(index['name'])}")
         index = index[index["name"].isin(wanted)]
     subsets = {n: graph["subsets"][n] for n in index["name"]}
+    inputs = stage.open_inputs(cfg.model, cfg.token_dataset, cfg.max_tokens) if cfg.token_dataset else None
     identity = {
         **cfg.identity(),
+        "token_dataset": inputs.dataset_identity if inputs else None,  # content, not the folder's path
         "graph_fingerprint": graph["manifest"]["config_fingerprint"],
         "prompt_run_fingerprint": prompt_run["manifest"]["config_fingerprint"],
     }
@@ -169,7 +171,6 @@ def run_perturb(cfg: PerturbConfig) -> stage.StageResult:
         stage.log(STAGE, f"{folder} already done (skipped: same configuration)")
         return stage.StageResult(STAGE, "skipped", outputs)
 
-    inputs = stage.open_inputs(cfg.model, cfg.token_dataset, cfg.max_tokens) if cfg.token_dataset else None
     run_cfg = prompt_run["manifest"]["config"]
     prompts = [generation.Prompt(p["text"], p["n_new"], p["n_samples"]) for p in run_cfg["prompts"]]
     stage.log(

@@ -122,6 +122,19 @@ class StageInputs:
     def tokenizer_fingerprint(self) -> str:
         return self.dataset_manifest["tokenizer_fingerprint"]
 
+    @property
+    def dataset_identity(self) -> dict[str, Any]:
+        return dataset_identity(self.dataset_manifest, self.dataset_path)
+
+
+DATASET_IDENTITY_FIELDS = ("tokenizer_fingerprint", "ctx_len", "n_rows", "n_tokens", "split", "split_seed")
+
+
+def dataset_identity(manifest: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
+    """A token dataset as a run's identity sees it: its folder name and the content fields of its manifest, never
+    its absolute path, so a moved checkout (or a cluster's other mount point) still finds its finished outputs."""
+    return {"name": artifacts.dataset_name(path), **{k: manifest.get(k) for k in DATASET_IDENTITY_FIELDS}}
+
 
 def open_inputs(model: str, token_dataset: str, max_tokens: int | None = None) -> StageInputs:
     """The model's tokenizer and its token dataset, refusing a dataset made with another tokenizer."""

@@ -226,9 +226,7 @@ class SummaryConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields that determine the results (not batch size, device, subset selection or --overwrite)."""
-        identity = config_identity(
-            self, exclude=("batch_size", "device", "overwrite", "subsets"), paths=("token_dataset",)
-        )
+        identity = config_identity(self, exclude=("batch_size", "device", "overwrite", "subsets"))
         return {**identity, "format": SUMMARY_FORMAT}
 
 
@@ -788,9 +786,9 @@ def run_summary(cfg: SummaryConfig) -> stage.StageResult:
     from neuron_lib.streaming import drop_ids_for
 
     cfg.validate()
-    identity = cfg.identity()
-    fingerprint = config_fingerprint(identity)
     inputs = stage.open_inputs(cfg.model, cfg.token_dataset, cfg.max_tokens)
+    identity = {**cfg.identity(), "token_dataset": inputs.dataset_identity}  # content, not the folder's path
+    fingerprint = config_fingerprint(identity)
     groups = _select_subsets(cfg, inputs)
     folders = {s: artifacts.activation_summary(cfg.model, subset_folder_name(s)) for s in groups}
     if len(set(folders.values())) != len(folders):

@@ -639,6 +639,23 @@ def test_finished_run_is_not_recomputed_and_other_config_refused(zoo, reference_
     }
 
 
+def test_finished_run_survives_a_moved_checkout(zoo, reference_run, tmp_path):
+    """The folders' identities hold the dataset's content, not its absolute path: a moved tree is reused."""
+    import shutil
+
+    out = reference_run[0]
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    data = shutil.copytree(zoo["data"], tmp_path / "data" / Path(zoo["data"]).name)
+    with output_roots(moved):
+        again = cf.run_correlations(
+            # the table was last rebuilt at threshold 0.3 (test_finished_run_is_not_recomputed_...)
+            _cfg(zoo, baseline="rotation,gaussian,permutation", token_dataset=str(data), universal_threshold=0.3),
+            models=zoo["models"],
+        )
+    assert again.skipped
+
+
 @pytest.fixture(scope="module")
 def blocked_run(zoo, reference_run, tmp_path_factory):
     """The reference run again with a max-memory budget that fits only 64 of the 128 reference rows."""

@@ -489,3 +489,19 @@ def test_relative_output_root(env, tmp_path, monkeypatch):
         [f"{part}.safetensors" for part in ("histogram", "moments", "top_examples", "vocab")] + ["manifest.json"]
     )
     assert S.run_summary(config(env, subsets="a")).status == "skipped"
+
+
+def test_finished_outputs_survive_a_moved_checkout(env, tmp_path, monkeypatch):
+    """Identities hash the dataset's content, not its absolute path: a moved tree's finished summary is reused."""
+    import shutil
+
+    first = tmp_path / "first"
+    shutil.copytree(env["ds"], first / "data" / "tiny.16")
+    monkeypatch.chdir(first)
+    monkeypatch.setenv("SUMMARY_DIR", "summary_data")
+    assert S.run_summary(config(env, token_dataset=str(first / "data" / "tiny.16"), subsets="a")).status == "done"
+    moved = tmp_path / "moved"
+    shutil.copytree(first, moved)
+    monkeypatch.chdir(moved)
+    again = S.run_summary(config(env, token_dataset=str(moved / "data" / "tiny.16"), subsets="a"))
+    assert again.status == "skipped"
