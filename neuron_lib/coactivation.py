@@ -30,7 +30,8 @@ and the perturbation subsets.
 Perturbation subsets (``subsets/``, int64 neuron-id arrays saved with ``numpy.save(allow_pickle=False)``, listed
 in ``subsets/subsets.csv``): for each threshold ``t`` in ``--subset-thresholds``, ratio ``r`` in
 ``--subset-ratios`` and method in ``--subset-methods`` (``degree``: number of kept edges; ``weighted_degree``: sum
-of their normalised weights), the top ``k = max(1, floor(r · nodes_t))`` neurons of the graph thresholded at ``t``
+of their normalised weights; ``pagerank``, ``eigenvector``: weighted PageRank (damping 0.85) and eigenvector
+centrality, sparse, as networkx defines them), the top ``k = max(1, floor(r · nodes_t))`` neurons of the graph thresholded at ``t``
 (ties → lower id), file ``{method}.t{t}.r{r}.npy``; and ``--n-random`` seeded random controls
 ``random{i}.{method}.t{t}.r{r}.npy`` of the same size with the same number of neurons in every layer, drawn from
 all of that layer's neurons (``d_mlp`` of them) except the subset's own.
@@ -68,6 +69,9 @@ STAGE = "coactivation"
 FORMAT = 1
 NORMALISATIONS = ("max", "jaccard", "npmi")
 METHODS = ("degree", "weighted_degree")
+#: every centrality a subset can be chosen by (``make all`` uses METHODS; PageRank and eigenvector centrality on
+#: request, both on the weighted graph)
+CENTRALITIES = (*METHODS, "pagerank", "eigenvector")
 
 
 @dataclasses.dataclass
@@ -86,7 +90,9 @@ class CoactivationConfig:
     )
     subset_thresholds: tuple[float, ...] = config_field((0.0,), "graph thresholds the subsets are chosen at")
     subset_ratios: tuple[float, ...] = config_field((0.05,), "subset sizes as fractions of the graph's nodes")
-    subset_methods: tuple[str, ...] = config_field(METHODS, "centralities: degree and/or weighted_degree")
+    subset_methods: tuple[str, ...] = config_field(
+        METHODS, f"centralities, from {', '.join(CENTRALITIES)} (PageRank and eigenvector: weighted)"
+    )
     n_random: int = config_field(2, "random control subsets per centrality subset (same size and per-layer counts)")
     seed: int = config_field(0, "seed of the random control subsets")
     histogram_bins: int = config_field(50, "bins of the node-weight, edge-weight and degree histograms")
@@ -95,9 +101,9 @@ class CoactivationConfig:
     def validate(self) -> CoactivationConfig:
         if self.normalisation not in NORMALISATIONS:
             raise NeuronLibError(f"--normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}")
-        bad = [m for m in self.subset_methods if m not in METHODS]
+        bad = [m for m in self.subset_methods if m not in CENTRALITIES]
         if bad:
-            raise NeuronLibError(f"--subset-methods must be among {METHODS}, got {bad}")
+            raise NeuronLibError(f"--subset-methods must be among {CENTRALITIES}, got {bad}")
         if any(not 0 < float(r) <= 1 for r in self.subset_ratios):
             raise NeuronLibError(f"--subset-ratios must be in (0, 1], got {list(self.subset_ratios)}")
         if int(self.n_random) < 0 or int(self.histogram_bins) < 1:
@@ -196,16 +202,71 @@ def threshold_analysis(n_nodes: int, src, dst, weight, thresholds) -> list[dict[
     return rows
 
 
+def _adjacency(n_nodes: int, src, dst, weight):
+    """Symmetric sparse weighted adjacency (CSR) of an undirected edge list."""
+    import scipy.sparse as sp
+
+    w = np.asarray(weight, np.float64)
+    return sp.coo_matrix(
+        (np.concatenate([w, w]), (np.concatenate([src, dst]), np.concatenate([dst, src]))), shape=(n_nodes, n_nodes)
+    ).tocsr()
+
+
+def pagerank(n_nodes: int, src, dst, weight, damping: float = 0.85, tol: float = 1e-12, max_iter: int = 1000):
+    """Weighted PageRank of an undirected graph by power iteration on the sparse adjacency (networkx's definition:
+    dangling nodes spread their mass uniformly); float64 [n_nodes], summing to 1."""
+    adj = _adjacency(n_nodes, src, dst, weight)
+    out = np.asarray(adj.sum(1)).ravel()
+    inv = np.divide(1.0, out, out=np.zeros_like(out), where=out > 0)
+    x = np.full(n_nodes, 1.0 / n_nodes)
+    for _ in range(max_iter):
+        spread = adj.T @ (x * inv)
+        nxt = damping * (spread + x[out == 0].sum() / n_nodes) + (1 - damping) / n_nodes
+        if np.abs(nxt - x).sum() < n_nodes * tol:
+            return nxt
+        x = nxt
+    raise NeuronLibError(f"PageRank did not converge in {max_iter} iterations")
+
+
+def eigenvector_centrality(n_nodes: int, src, dst, weight) -> np.ndarray:
+    """Weighted eigenvector centrality: the leading eigenvector of the symmetric adjacency (scipy's ``eigsh``),
+    non-negative, unit Euclidean norm (networkx's normalisation); isolated nodes get 0."""
+    from scipy.sparse.linalg import eigsh
+
+    adj = _adjacency(n_nodes, src, dst, weight)
+    if adj.nnz == 0:
+        return np.zeros(n_nodes)
+    if n_nodes < 3:  # eigsh needs k < n
+        vals, vecs = np.linalg.eigh(adj.toarray())
+    else:
+        vals, vecs = eigsh(adj, k=1, which="LA")
+    v = np.abs(vecs[:, np.argmax(vals)])
+    return v / np.linalg.norm(v)
+
+
+def centrality(method: str, n_nodes: int, src, dst, weight) -> np.ndarray:
+    """One of :data:`CENTRALITIES` for every node of the (thresholded) graph."""
+    if method == "degree":
+        return degrees(n_nodes, src, dst)
+    if method == "weighted_degree":
+        return degrees(n_nodes, src, dst, weight)
+    if method == "pagerank":
+        return pagerank(n_nodes, src, dst, weight)
+    if method == "eigenvector":
+        return eigenvector_centrality(n_nodes, src, dst, weight)
+    raise NeuronLibError(f"unknown centrality {method!r}; known: {', '.join(CENTRALITIES)}")
+
+
 def top_subset(n_nodes: int, src, dst, weight, threshold: float, ratio: float, method: str) -> tuple[np.ndarray, int]:
-    """Node indices of the top ``max(1, floor(ratio · nodes_t))`` by (weighted) degree at ``threshold``, and
+    """Node indices of the top ``max(1, floor(ratio · nodes_t))`` by a centrality at ``threshold``, and
     ``nodes_t`` (the thresholded graph's node count; an empty graph gives an empty subset)."""
     keep = weight >= threshold
     s, d, w = src[keep], dst[keep], weight[keep]
     deg = degrees(n_nodes, s, d)
-    score = deg if method == "degree" else degrees(n_nodes, s, d, w)
     nodes = np.flatnonzero(deg > 0)
     if not len(nodes):
         return np.zeros(0, np.int64), 0
+    score = centrality(method, n_nodes, s, d, w)
     k = max(1, int(np.floor(ratio * len(nodes) + 1e-9)))
     order = np.lexsort((nodes, -score[nodes]))  # score descending, then lower index
     return nodes[order[:k]], len(nodes)

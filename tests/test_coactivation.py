@@ -65,6 +65,30 @@ def test_threshold_analysis_matches_networkx(seed):
         assert all(deg[n] == d for n, d in g.degree())
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_pagerank_and_eigenvector_centrality_match_networkx(seed):
+    rng = np.random.default_rng(seed)
+    n = 30
+    pairs = np.array([(i, j) for i in range(n) for j in range(i + 1, n) if rng.random() < 0.2])
+    src, dst = pairs[:, 0], pairs[:, 1]
+    weight = rng.uniform(0.1, 1.0, len(src))
+    g = nx.Graph()
+    g.add_nodes_from(range(n))  # isolated nodes too (dangling mass in PageRank, 0 in eigenvector centrality)
+    g.add_weighted_edges_from(zip(src.tolist(), dst.tolist(), weight.tolist()))
+    pr = nx.pagerank(g, alpha=0.85, weight="weight", tol=1e-12, max_iter=1000)
+    np.testing.assert_allclose(C.pagerank(n, src, dst, weight), [pr[i] for i in range(n)], atol=1e-9)
+    big = max(nx.connected_components(g), key=len)
+    sub = g.subgraph(big)
+    ev = nx.eigenvector_centrality_numpy(sub, weight="weight")
+    keep = np.isin(src, list(big)) & np.isin(dst, list(big))
+    got = C.eigenvector_centrality(n, src[keep], dst[keep], weight[keep])
+    np.testing.assert_allclose(got[sorted(big)], [abs(ev[i]) for i in sorted(big)], atol=1e-8)
+    # a subset by either centrality is the top of that score
+    ids, n_nodes = C.top_subset(n, src, dst, weight, 0.0, 0.2, "pagerank")
+    scores = C.pagerank(n, src, dst, weight)
+    assert set(ids) == set(np.argsort(-scores, kind="stable")[: len(ids)]) and n_nodes == len(np.unique(pairs))
+
+
 def test_top_subset_and_random_controls():
     # a star in layer 0 -> layer 1 plus a small pair: node 0 has degree 3
     src, dst, w = np.array([0, 0, 0, 1]), np.array([4, 5, 6, 7]), np.array([0.2, 0.2, 0.2, 1.0])
