@@ -47,9 +47,7 @@ from neuron_lib.common import (
     NeuronLibError,
     config_field,
     config_fingerprint,
-    config_from_args,
     config_identity,
-    config_parser,
     human_bytes,
     load_tensors,
     make_manifest,
@@ -445,13 +443,12 @@ def run_activations(cfg: ActivationsConfig) -> stage.StageResult:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = config_parser(
-        ActivationsConfig,
-        "python -m neuron_lib.activations",
-        "Cache activations of neurons or layers (8-bit per-neuron or fp16) plus per-token loss/entropy/rank.",
-    )
-    run_activations(config_from_args(ActivationsConfig, parser.parse_args(argv)))
+main = stage.cli(
+    ActivationsConfig,
+    run_activations,
+    "python -m neuron_lib.activations",
+    "Cache activations of neurons or layers (8-bit per-neuron or fp16) plus per-token loss/entropy/rank.",
+)
 
 
 if __name__ == "__main__":

@@ -56,9 +56,7 @@ from neuron_lib.common import (
     atomic_write_text,
     config_field,
     config_fingerprint,
-    config_from_args,
     config_identity,
-    config_parser,
     make_manifest,
     run_cli,
     save_array_atomic,
@@ -480,13 +478,12 @@ def load_subsets(model: str, run: str, activation_threshold: float | None = None
     return {"folder": folder, "manifest": manifest, "index": index, "subsets": subsets}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = config_parser(
-        CoactivationConfig,
-        "python -m neuron_lib.coactivation",
-        "Adjacent-layer co-activation graph of a prompt run, threshold analysis, exports and perturbation subsets.",
-    )
-    run_coactivation(config_from_args(CoactivationConfig, parser.parse_args(argv)))
+main = stage.cli(
+    CoactivationConfig,
+    run_coactivation,
+    "python -m neuron_lib.coactivation",
+    "Adjacent-layer co-activation graph of a prompt run, threshold analysis, exports and perturbation subsets.",
+)
 
 
 if __name__ == "__main__":

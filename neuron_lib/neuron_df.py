@@ -53,8 +53,6 @@ from neuron_lib.common import (
     NeuronLibError,
     atomic_write_json,
     config_field,
-    config_from_args,
-    config_parser,
     load_tensors,
     make_manifest,
     read_json,
@@ -672,10 +670,7 @@ def compare_universal(df, properties: Iterable[str] | None = None):
 
 
 # ====================================================================== CLI
-def main(argv: list[str] | None = None) -> None:
-    parser = config_parser(NeuronDfConfig, "python -m neuron_lib.neuron_df", __doc__.split("\n\n")[0])
-    cfg = config_from_args(NeuronDfConfig, parser.parse_args(argv)).validate()
-    run_neuron_df(cfg)
+main = stage.cli(NeuronDfConfig, run_neuron_df, "python -m neuron_lib.neuron_df", __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

@@ -38,9 +38,7 @@ from neuron_lib.common import (
     atomic_write_text,
     config_field,
     config_fingerprint,
-    config_from_args,
     config_identity,
-    config_parser,
     make_manifest,
     pick_device,
     run_cli,
@@ -295,13 +293,12 @@ def run_perturb(cfg: PerturbConfig) -> stage.StageResult:
     return stage.StageResult(STAGE, "done", outputs, manifest["n_tokens"], seconds, {"subsets": names})
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = config_parser(
-        PerturbConfig,
-        "python -m neuron_lib.perturb",
-        "Generations, held-out loss and KL with each co-activation subset zero-ablated (vs random controls).",
-    )
-    run_perturb(config_from_args(PerturbConfig, parser.parse_args(argv)))
+main = stage.cli(
+    PerturbConfig,
+    run_perturb,
+    "python -m neuron_lib.perturb",
+    "Generations, held-out loss and KL with each co-activation subset zero-ablated (vs random controls).",
+)
 
 
 if __name__ == "__main__":

@@ -49,9 +49,7 @@ from neuron_lib.common import (
     atomic_write_text,
     config_field,
     config_fingerprint,
-    config_from_args,
     config_identity,
-    config_parser,
     make_manifest,
     pick_device,
     run_cli,
@@ -311,13 +309,12 @@ def load_prompt_run(model: str, run: str, expect_threshold: float | None = None)
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = config_parser(
-        PromptsConfig,
-        "python -m neuron_lib.prompts",
-        "Generate continuations of a prompt CSV and record the active MLP neurons of every generated token.",
-    )
-    run_prompts(config_from_args(PromptsConfig, parser.parse_args(argv)))
+main = stage.cli(
+    PromptsConfig,
+    run_prompts,
+    "python -m neuron_lib.prompts",
+    "Generate continuations of a prompt CSV and record the active MLP neurons of every generated token.",
+)
 
 
 if __name__ == "__main__":

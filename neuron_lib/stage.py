@@ -168,3 +168,15 @@ class StageResult:
     @property
     def skipped(self) -> bool:
         return self.status == "skipped"
+
+
+def cli(config_cls, run_fn, prog: str, description: str):
+    """The ``main(argv)`` of a stage: its config's CLI (``common.config_parser``) → ``run_fn(config)``."""
+    from neuron_lib.common import config_from_args, config_parser
+
+    def main(argv: list[str] | None = None) -> StageResult:
+        parser = config_parser(config_cls, prog, description)
+        return run_fn(config_from_args(config_cls, parser.parse_args(argv)))
+
+    main.__doc__ = f"``{prog}``: {description}"
+    return main

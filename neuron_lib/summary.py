@@ -77,9 +77,7 @@ from neuron_lib.common import (
     NeuronLibError,
     config_field,
     config_fingerprint,
-    config_from_args,
     config_identity,
-    config_parser,
     human_bytes,
     load_tensors,
     make_manifest,
@@ -869,13 +867,12 @@ def run_summary(cfg: SummaryConfig) -> stage.StageResult:
     return stage.StageResult(STAGE, "done", outputs, n_tokens, seconds, details={"written": todo})
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = config_parser(
-        SummaryConfig,
-        "python -m neuron_lib.summary",
-        "Activation summaries (histograms, exact moments, top-k examples, vocab stats) per dataset subset.",
-    )
-    run_summary(config_from_args(SummaryConfig, parser.parse_args(argv)))
+main = stage.cli(
+    SummaryConfig,
+    run_summary,
+    "python -m neuron_lib.summary",
+    "Activation summaries (histograms, exact moments, top-k examples, vocab stats) per dataset subset.",
+)
 
 
 if __name__ == "__main__":

@@ -32,9 +32,7 @@ from neuron_lib.common import (
     atomic_write_text,
     config_field,
     config_fingerprint,
-    config_from_args,
     config_identity,
-    config_parser,
     make_manifest,
     pick_device,
     run_cli,
@@ -169,13 +167,12 @@ def run_trace(cfg: TraceConfig) -> stage.StageResult:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = config_parser(
-        TraceConfig,
-        "python -m neuron_lib.trace",
-        "The MLP neurons (hook_post > threshold) a model fires on one text, at the last or every position.",
-    )
-    run_trace(config_from_args(TraceConfig, parser.parse_args(argv)))
+main = stage.cli(
+    TraceConfig,
+    run_trace,
+    "python -m neuron_lib.trace",
+    "The MLP neurons (hook_post > threshold) a model fires on one text, at the last or every position.",
+)
 
 
 if __name__ == "__main__":

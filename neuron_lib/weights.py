@@ -81,9 +81,7 @@ from neuron_lib.common import (
     NeuronLibError,
     config_field,
     config_fingerprint,
-    config_from_args,
     config_identity,
-    config_parser,
     make_manifest,
     pick_device,
     run_cli,
@@ -592,9 +590,7 @@ def run_weights(cfg: WeightsConfig, model=None) -> stage.StageResult:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = config_parser(WeightsConfig, "python -m neuron_lib.weights", __doc__.split("\n\n")[0])
-    run_weights(config_from_args(WeightsConfig, parser.parse_args(argv)))
+main = stage.cli(WeightsConfig, run_weights, "python -m neuron_lib.weights", __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":
