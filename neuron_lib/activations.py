@@ -341,7 +341,7 @@ def _cache_tensors(
 
 def run_activations(cfg: ActivationsConfig) -> stage.StageResult:
     """Cache the selected activations (and per-token metrics) of ``cfg.model`` over ``cfg.token_dataset``."""
-    from neuron_lib.models import load_model, model_info
+    from neuron_lib.models import load_model
     from neuron_lib.streaming import drop_ids_for
 
     cfg.validate()
@@ -400,11 +400,7 @@ def run_activations(cfg: ActivationsConfig) -> stage.StageResult:
         STAGE,
         identity,
         config_fingerprint=fingerprint,
-        model=model_output_name(cfg.model),
-        model_info=model_info(model),
-        dataset=inputs.dataset_name,
-        dataset_path=inputs.dataset_path,
-        tokenizer_fingerprint=inputs.tokenizer_fingerprint,
+        **inputs.manifest_fields(model),
         ctx_len=ctx,
         n_rows=n_rows,
         n_tokens=n_rows * ctx,

@@ -126,6 +126,19 @@ class StageInputs:
     def dataset_identity(self) -> dict[str, Any]:
         return dataset_identity(self.dataset_manifest, self.dataset_path)
 
+    def manifest_fields(self, model) -> dict[str, Any]:
+        """What a streaming stage's manifest records about its inputs (the loaded ``model`` and this dataset)."""
+        from neuron_lib.models import model_info
+
+        info = model_info(model)
+        return {
+            "model": info["model"],
+            "model_info": info,
+            "dataset": self.dataset_name,
+            "dataset_path": self.dataset_path,
+            "tokenizer_fingerprint": self.tokenizer_fingerprint,
+        }
+
 
 DATASET_IDENTITY_FIELDS = ("tokenizer_fingerprint", "ctx_len", "n_rows", "n_tokens", "split", "split_seed")
 

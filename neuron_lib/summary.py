@@ -780,7 +780,7 @@ def run_summary(cfg: SummaryConfig) -> stage.StageResult:
     """Summarise ``cfg.model`` over ``cfg.token_dataset``, one output folder per dataset subset."""
     from tqdm import tqdm
 
-    from neuron_lib.models import load_model, model_info
+    from neuron_lib.models import load_model
     from neuron_lib.streaming import drop_ids_for
 
     cfg.validate()
@@ -824,13 +824,9 @@ def run_summary(cfg: SummaryConfig) -> stage.StageResult:
                 STAGE,
                 identity,
                 config_fingerprint=fingerprint,
-                model=model_output_name(cfg.model),
-                model_info=model_info(model),
-                dataset=inputs.dataset_name,
-                dataset_path=inputs.dataset_path,
+                **inputs.manifest_fields(model),
                 subset=s,
                 ctx_len=inputs.ctx,
-                tokenizer_fingerprint=inputs.tokenizer_fingerprint,
                 n_rows=len(groups[s]),
                 n_tokens=int(stats.count),
                 n_tokens_raw=len(groups[s]) * inputs.ctx,
