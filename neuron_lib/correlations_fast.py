@@ -1254,12 +1254,12 @@ def _open_run(cfg: CorrelationConfig) -> _Run:
     )
 
 
-def _pair_files(manifest: dict) -> list[str]:
-    return [artifacts.CORRELATION_SUMMARY_FILE, artifacts.CORRELATION_SUMMARY_T_FILE, artifacts.CORRELATION_STATS_FILE]
-
-
-def _table_files(manifest: dict) -> list[str]:
-    return [artifacts.correlation_table_file("", f).name for f in ("csv", "parquet")]
+_PAIR_FILES = (
+    artifacts.CORRELATION_SUMMARY_FILE,
+    artifacts.CORRELATION_SUMMARY_T_FILE,
+    artifacts.CORRELATION_STATS_FILE,
+)
+_TABLE_FILES = tuple(f"{artifacts.CORRELATION_TABLE_STEM}.{fmt}" for fmt in ("csv", "parquet"))
 
 
 def _plan(
@@ -1505,9 +1505,9 @@ def run_correlations(cfg: CorrelationConfig, *, models: Mapping[str, Any] | None
     todo = [
         d
         for (o, k), d in run.out_dirs.items()
-        if stage.must_run(d, stage.folder_state(d, STAGE, run.fps[f"{o}/{k}"], _pair_files), cfg.overwrite, STAGE)
+        if stage.must_run(d, stage.folder_state(d, STAGE, run.fps[f"{o}/{k}"], _PAIR_FILES), cfg.overwrite, STAGE)
     ]
-    table_state = stage.folder_state(run.table_dir, f"{STAGE}.table", run.table_fp, _table_files)
+    table_state = stage.folder_state(run.table_dir, f"{STAGE}.table", run.table_fp, _TABLE_FILES)
     table_todo = stage.must_run(run.table_dir, table_state, cfg.overwrite, f"{STAGE}.table")
     if not todo:
         if not table_todo:
@@ -1626,7 +1626,7 @@ def _write_table(run: _Run):
             n_universal=int(df["is_universal"].sum()),
             n_universal_z=int(df["is_universal_z"].sum()),
             share_by_layer=share.to_dict(orient="index"),
-            files=_table_files({}),
+            files=list(_TABLE_FILES),
         ),
     )
     stage.log(

@@ -69,25 +69,16 @@ class TraceConfig:
 def active_at_positions(model, token_ids, threshold: float = 0.0, positions=None) -> torch.Tensor:
     """``[len(positions), n_layers, d_mlp]`` bool: ``blocks.{l}.mlp.hook_post > threshold`` at each position of
     one forward pass over ``token_ids`` (positions: indices into the sequence; None = all)."""
-    n_layers = model.cfg.n_layers
+    from neuron_lib.streaming import mlp_activations
+
     seq_len = len(token_ids)
     n_ctx = int(getattr(model.cfg, "n_ctx", 0) or 0)
     if n_ctx and seq_len > n_ctx:
         raise NeuronLibError(f"the text is {seq_len} tokens long, more than the model's context of {n_ctx}")
     pos = torch.arange(seq_len) if positions is None else torch.as_tensor(list(positions), dtype=torch.long)
-    out = torch.zeros(len(pos), n_layers, model.cfg.d_mlp, dtype=torch.bool)
-
-    def recorder(layer):
-        def hook(act, hook=None):
-            out[:, layer] = (act[0, pos.to(act.device)] > threshold).cpu()
-
-        return hook
-
-    hooks = [(f"blocks.{l}.mlp.hook_post", recorder(l)) for l in range(n_layers)]
-    tokens = torch.tensor([list(token_ids)], dtype=torch.long, device=model.cfg.device)
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        model(tokens)
-    return out
+    tokens = torch.tensor([list(token_ids)], dtype=torch.long)
+    _, post = mlp_activations(model, tokens, want_pre=False, want_post=True)  # [L, 1, P, N], no unembedding
+    return (post[:, 0, pos.to(post.device)] > threshold).transpose(0, 1).cpu()
 
 
 def trace_text(model, tokenizer, text: str, threshold: float = 0.0, all_positions: bool = False, prepend_bos=True):
