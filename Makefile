@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: all test lint format env corpus zoo correlations weights summary neuron_df figures prompts coactivation perturb benchmarks clean-outputs
+.PHONY: all test lint format env corpus zoo correlations universality weights summary neuron_df figures prompts coactivation perturb benchmarks clean-outputs
 
 env: $(STAMP)
 
@@ -16,13 +16,13 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# The main job: corpus -> zoo -> correlations, weights, summary -> neuron_df; zoo -> prompts -> coactivation
+# The main job: corpus -> zoo -> weights, summary -> universality (all-pairs) -> neuron_df; zoo -> prompts -> coactivation
 # -> perturb; then figures (every paper notebook, the co-activation one included) (neuron_lib/pipeline.py STAGES).
 # Every stage skips itself when its manifest says it is already done with the same configuration.
 all: env
 	$(PY) -m neuron_lib.pipeline all
 
-corpus zoo correlations weights summary neuron_df figures prompts coactivation perturb: env
+corpus zoo correlations universality weights summary neuron_df figures prompts coactivation perturb: env
 	$(PY) -m neuron_lib.pipeline $@
 
 # The formatter and linter (configured in pyproject.toml) run first: a lint error fails `make test`.

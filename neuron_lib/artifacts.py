@@ -49,6 +49,10 @@ CORRELATION_SUMMARY_T_FILE = "correlation_summary_T.safetensors"
 CORRELATION_STATS_FILE = "neuron_stats.safetensors"
 CORRELATION_FULL_GLOB = "correlation.rows*.safetensors"
 CORRELATION_TABLE_STEM = "neuron_correlations"
+#: all-pairs universality run folder files (universality.py's file contract)
+UNIVERSALITY_CONTROLS_STEM = "criteria_controls"  # .csv + .parquet: candidate x layer x control shares
+UNIVERSALITY_PAIRS_STEM = "pair_summary"  # .csv: ordered model pair x layer: median max-corr, alignment
+UNIVERSAL_ALIGNED_FILE = "universal_aligned.csv"  # interpretable_neurons: the chosen criterion's set
 #: activation cache files (activations.py's file contract)
 CACHE_NEURONS_FILE = "neurons.safetensors"
 CACHE_METRICS_FILE = "metrics.safetensors"
@@ -152,6 +156,16 @@ def zoo_checkpoint(name: str) -> Path:
     return zoo_model(name) / "checkpoint"
 
 
+def zoo_snapshot(name: str, step: int) -> Path:
+    """A hub-format copy of a zoo model at an earlier training step (``snapshot_steps``; training-length controls)."""
+    return zoo_model(name) / "snapshots" / f"{name}-step{int(step)}"
+
+
+def zoo_untrained(prefix: str, k: int) -> Path:
+    """The k-th freshly initialised model of a zoo's configuration (``untrained_controls``; a negative control)."""
+    return zoo_root() / "_untrained" / f"{prefix}-untrained-{int(k)}"
+
+
 # ---------------------------------------------------------------- correlations (correlations_fast.py)
 def correlation_run(reference: str, other: str, dataset: str | Path, simtype: str, baseline: str) -> Path:
     """One (reference, other, baseline) pair folder: row/column summaries, neuron stats, manifest."""
@@ -165,6 +179,16 @@ def correlation_run(reference: str, other: str, dataset: str | Path, simtype: st
 
 def correlation_checkpoint(reference: str, dataset: str | Path, key: str) -> Path:
     return root("RESULTS_DIR") / "_checkpoints" / model_name(reference) / dataset_name(dataset) / key
+
+
+def universality_run(models_key: str, dataset: str | Path) -> Path:
+    """An all-pairs universality run over one model set (``models_key``: the set's name, e.g. ``zoo-gpt2``):
+    the candidate criteria's per-layer control table, the pair summary, manifest."""
+    return root("RESULTS_DIR") / "universality" / str(models_key) / dataset_name(dataset)
+
+
+def universality_checkpoint(models_key: str, dataset: str | Path) -> Path:
+    return root("RESULTS_DIR") / "_checkpoints" / "universality" / str(models_key) / dataset_name(dataset)
 
 
 def correlation_tables_root(model: str) -> Path:
@@ -271,6 +295,11 @@ def interpretable_neurons(model: str) -> Path:
 
 def universal_table(model: str) -> Path:
     return interpretable_neurons(model) / "universal.csv"
+
+
+def universal_aligned_table(model: str) -> Path:
+    """The chosen (scale-free) criterion's universal set, in the paper's schema (``is_universal_aligned``)."""
+    return interpretable_neurons(model) / UNIVERSAL_ALIGNED_FILE
 
 
 # ---------------------------------------------------------------- prompt runs (prompts, coactivation, perturb)

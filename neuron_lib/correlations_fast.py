@@ -261,7 +261,7 @@ def prepare_activations(
     raise ValueError(f"unknown similarity {similarity!r}")
 
 
-def _dead_mask(similarity: str, n: int, mean: torch.Tensor, stat: torch.Tensor) -> torch.Tensor:
+def dead_mask(similarity: str, n: int, mean: torch.Tensor, stat: torch.Tensor) -> torch.Tensor:
     if n == 0:
         return torch.ones_like(stat, dtype=torch.bool)
     if similarity == "pearson":
@@ -339,6 +339,29 @@ class StreamingCorrelation:
             self.n_other if r * self.n_other <= _GEMM_BUF_ELEMS else max(_MIN_COL_CHUNK, _GEMM_BUF_ELEMS // r)
         )
 
+    @classmethod
+    def from_moments(
+        cls,
+        n: int,
+        ref: tuple[torch.Tensor, torch.Tensor],
+        oth: tuple[torch.Tensor, torch.Tensor],
+        C: torch.Tensor,
+        W: torch.Tensor | None = None,
+    ) -> StreamingCorrelation:
+        """A pearson accumulator over finished moments — ``ref`` / ``oth`` = (mean, M2), ``C`` the co-moment,
+        ``W`` [L, d, d] the other's within-layer co-moments — so ``finalize`` / ``finalize_rotated`` apply to
+        moments gathered elsewhere (the all-pairs run) without allocating new ones."""
+        sc = cls.__new__(cls)
+        sc.similarity, sc.jaccard_threshold = "pearson", 0.0
+        sc.n_ref, sc.n_other = int(C.shape[0]), int(C.shape[1])
+        sc.rows, sc.device, sc.matmul_dtype = (0, sc.n_ref), C.device, torch.float32
+        sc.n, sc.C, sc.W = int(n), C, W
+        sc.ref_mean, sc.ref_stat = ref
+        sc.oth_mean, sc.oth_stat = oth
+        sc.layer_size = None if W is None else int(W.shape[1])
+        sc._buf, sc._wbuf, sc.col_chunk = None, None, sc.n_other
+        return sc
+
     # ------------------------------------------------------------------ updates
     def prepare(self, x: torch.Tensor, out: torch.Tensor | None = None) -> Prepared:
         return prepare_activations(
@@ -411,14 +434,50 @@ class StreamingCorrelation:
         else:
             stat.add_(prep.stat)
 
+    def merge_(self, other: StreamingCorrelation) -> StreamingCorrelation:
+        """Add an accumulator of the same shape over disjoint tokens, in place (Chan et al.'s pairwise merge:
+        ``C = C1 + C2 + n1 n2 / n · δa δbᵀ``, the same for ``W`` and the moments); split-half runs merge their
+        halves with it."""
+        if (self.rows, self.n_other, self.similarity) != (other.rows, other.n_other, other.similarity):
+            raise ValueError("merge_ needs accumulators of the same rows, columns and similarity")
+        n1, n2 = self.n, other.n
+        n = n1 + n2
+        if n2 == 0:
+            return self
+        if self.similarity == "pearson" and n1 > 0:
+            r0, r1 = self.rows
+            coef = n1 * n2 / n
+            da, db = other.ref_mean - self.ref_mean, other.oth_mean - self.oth_mean
+            self.C.add_(other.C).addr_(da[r0:r1], db, alpha=coef)
+            if self.W is not None:
+                L, d = self.W.shape[0], self.W.shape[1]
+                dbl = db.view(L, d)
+                self.W.add_(other.W).add_(coef * dbl[:, :, None] * dbl[:, None, :])
+            for mean, stat, ostat, delta in (
+                (self.ref_mean, self.ref_stat, other.ref_stat, da),
+                (self.oth_mean, self.oth_stat, other.oth_stat, db),
+            ):
+                stat.add_(ostat + delta * delta * coef)
+                mean.add_(delta * (n2 / n))
+        else:
+            for key in ("C", "W", "ref_stat", "oth_stat"):
+                mine, theirs = getattr(self, key), getattr(other, key)
+                if mine is not None:
+                    mine.add_(theirs)
+            if self.similarity == "pearson":  # n1 == 0: take the other's means
+                self.ref_mean.copy_(other.ref_mean)
+                self.oth_mean.copy_(other.oth_mean)
+        self.n = n
+        return self
+
     # ------------------------------------------------------------------ results
     @property
     def dead_ref(self) -> torch.Tensor:
-        return _dead_mask(self.similarity, self.n, self.ref_mean, self.ref_stat)
+        return dead_mask(self.similarity, self.n, self.ref_mean, self.ref_stat)
 
     @property
     def dead_other(self) -> torch.Tensor:
-        return _dead_mask(self.similarity, self.n, self.oth_mean, self.oth_stat)
+        return dead_mask(self.similarity, self.n, self.oth_mean, self.oth_stat)
 
     def _inv_scale(self, stat: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
         return torch.where(dead, torch.zeros_like(stat), stat.clamp_min(1e-300).rsqrt())
@@ -480,7 +539,7 @@ class StreamingCorrelation:
         for layer in range(L):
             R = get(layer).to(device=self.device, dtype=torch.float64)
             stat, mean = self.rotated_other_stats(layer, R)
-            dead = _dead_mask(self.similarity, self.n, mean, stat)
+            dead = dead_mask(self.similarity, self.n, mean, stat)
             sl = slice(layer * d, (layer + 1) * d)
             dead_all[sl] = dead
             for i in range(0, r1 - r0, step):
@@ -896,7 +955,7 @@ def _matmul_probe(device: torch.device, dtype: torch.dtype = torch.float32) -> f
     return 2 * m * m * k * reps / max(time.perf_counter() - t0, 1e-9) / 1e9
 
 
-def _auto_budget(device: torch.device) -> int:
+def auto_memory_budget(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.8)
@@ -1289,7 +1348,7 @@ def _plan(
         batch_tokens=batch_tokens,
         matmul_bytes=4 if cfg.matmul_dtype == "float32" else 8,
     )
-    budget = parse_memory(cfg.max_memory) or _auto_budget(device)
+    budget = parse_memory(cfg.max_memory) or auto_memory_budget(device)
     n2max = max(L * d for _, L, d in others)
     if ckpt is not None and ckpt.get("n_ref") == n_ref:
         block_rows = int(ckpt["block_rows"])  # keep the interrupted run's blocking: results stay bit-identical

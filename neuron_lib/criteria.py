@@ -8,27 +8,39 @@ universality criterion) join this module.
   ``min_models`` k, also max_corr − baseline > threshold against at least k of the other models (k = 1 is
   implied by the mean and is the paper's criterion).
 - **universal (rotation z)**: mean rotation z-score > 3 and z > 3 against at least ``min_models`` models.
+  Kept as a column, not a criterion to use: it tests "beats a random direction", which nearly every neuron of a
+  privileged (GELU) basis does (docs/universality.md).
+- **universal, aligned** (the scale-free criterion, docs/universality.md; chosen from the controls):
+  alignment_{m} = max_j ρ(i, m_j) / R_{i,m}, where R_{i,m} is the multiple correlation of neuron i with *all* of
+  model m's neurons — the share of what the whole other model linearly explains about i that its single best
+  partner captures. ``is_universal_aligned``: mean alignment over the other models > 1/√2 (the best single partner
+  explains more of the neuron's explainable variance than the rest of the other model together: ρ² > R²/2), ≥
+  ``min_models`` models individually above it, not dead. The threshold is fixed a priori by that reading, not by
+  any share.
+- **mutual best match** (star): i's best partner in model m has i as its own best partner, in ≥ ``min_models``
+  other models (default: all); **clique**: i and its best partners in every other model are all pairwise mutual
+  best matches.
 - **sparse**: the paper's binned ``sparsity`` (an activation frequency) < 0.02.
 - **prediction / suppression** (paper §5.1): vocab_kurt > 10 and vocab_skew > 0 / < 0.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 
 UNIVERSAL_THRESHOLD = 0.5  # paper eq. 3: universal iff excess_corr > 0.5 (strict)
 Z_THRESHOLD = 3.0  # rotation z-criterion
 SPARSE_THRESHOLD = 0.02  # paper: sparsity < 0.02
+ALIGNMENT_THRESHOLD = math.sqrt(0.5)  # aligned iff ρ_best² > R²/2: the best partner explains the majority
+ALIGNMENT_RIDGE = 1e-3  # R² uses Σ_m + ridge · mean(diag Σ_m) · I (Σ_m: the other model's neuron covariance)
+LOW_COUNT = 100  # neurons active (pre-activation > 0) on fewer tokens than this get the low_count flag
 PREDICTION_KURTOSIS = 10.0  # paper §5.1: vocab_kurt > 10 → prediction (skew > 0) / suppression (skew < 0)
-# The paper's 0.5 is calibrated on GPT-2 small, whose rotation baseline is ~0.15; the zoo's is ~0.3-0.4, so 0.5
-# selects almost nothing (docs/zoo.md). The zoo's figures use the threshold at which the zoo has the paper's
-# universal share (4.16 % of GPT-2 small-a): 0.3. Tables keep the paper's 0.5 in `is_universal`.
-ZOO_FIGURE_THRESHOLD = 0.3
-
-
-def figure_threshold(all_zoo: bool) -> float:
-    """The excess-correlation threshold the figures draw: the share-matched one for zoo models, else the paper's."""
-    return ZOO_FIGURE_THRESHOLD if all_zoo else UNIVERSAL_THRESHOLD
+# The criterion the figures of our own runs use (the all-pairs tables carry it for every model); the paper's
+# published tables have no alignment columns and keep "paper". Chosen from the controls, not from any share.
+FIGURE_CRITERION = "aligned"
 
 
 def _array(values) -> np.ndarray:
@@ -71,14 +83,100 @@ def universal_z(z_mean, n_models_z, dead=None, threshold: float = Z_THRESHOLD, m
     return out
 
 
-def universal_mask(df, threshold: float = UNIVERSAL_THRESHOLD, min_models: int = 1):
-    """Universal neurons of a neuron table at ``threshold`` (a bool Series aligned with ``df``).
+#: the universality criteria a table or figure can select by name: (flag column, score column, default threshold)
+CRITERIA = {
+    "paper": ("is_universal", "excess_corr", UNIVERSAL_THRESHOLD),
+    "aligned": ("is_universal_aligned", "alignment_mean", ALIGNMENT_THRESHOLD),
+}
 
-    Uses the table's ``dead`` flag and, when the per-model columns ``max_corr_{m}`` / ``baseline_{m}`` are
-    there, requires ``min_models`` models above the threshold; a table without correlation columns falls
-    back to its ``is_universal``.
+
+def criterion_columns(criterion: str) -> tuple[str, str, float]:
+    """(flag column, score column, default threshold) of a named criterion, with an error listing the names."""
+    if criterion not in CRITERIA:
+        raise KeyError(f"unknown universality criterion {criterion!r}; choose from {sorted(CRITERIA)}")
+    return CRITERIA[criterion]
+
+
+def mutual_star(n_models_mutual, n_others: int, min_models: int | None = None, dead=None) -> np.ndarray:
+    """Mutual best match with ≥ ``min_models`` (default: all ``n_others``) other models, not dead."""
+    k = n_others if min_models is None else min_models
+    out = np.asarray(n_models_mutual) >= k
+    if dead is not None:
+        out &= ~np.asarray(dead, dtype=bool)
+    return out
+
+
+def low_count(n_active) -> np.ndarray:
+    """Neurons active on fewer than LOW_COUNT tokens: their frequency, moments and correlations are noisy."""
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(_array(n_active), nan=0.0) < LOW_COUNT
+
+
+@dataclass(frozen=True)
+class Universality:
+    """A named universality criterion at a threshold (None: the criterion's default) — what figures and notebooks
+    pass around where they used to pass the excess-correlation threshold; formats as its rule."""
+
+    criterion: str = "paper"
+    threshold: float | None = None
+
+    def __post_init__(self):
+        criterion_columns(self.criterion)
+
+    @property
+    def value(self) -> float:
+        return criterion_columns(self.criterion)[2] if self.threshold is None else float(self.threshold)
+
+    @property
+    def score(self) -> str:
+        return criterion_columns(self.criterion)[1]
+
+    @property
+    def excess_threshold(self) -> float:
+        """The excess-correlation line drawn on excess plots: this threshold for ``paper``, else the paper's."""
+        return self.value if self.criterion == "paper" else UNIVERSAL_THRESHOLD
+
+    def __format__(self, spec: str) -> str:
+        return f"{self.score} > {self.value:.3g}"
+
+    __str__ = __repr__ = lambda self: format(self, "")  # noqa: E731
+
+
+def as_universality(threshold: float | Universality | None) -> Universality:
+    """A float is the paper's excess-correlation threshold (the figures' old argument); None the paper's default."""
+    if isinstance(threshold, Universality):
+        return threshold
+    return Universality("paper", None if threshold is None else float(threshold))
+
+
+def universal_mask(df, threshold: float | Universality | None = None, min_models: int = 1, criterion: str = "paper"):
+    """Universal neurons of a neuron table by a named criterion at ``threshold`` (default: the criterion's), a bool
+    Series aligned with ``df``.
+
+    ``paper``: excess_corr; uses the table's ``dead`` flag and, when the per-model columns ``max_corr_{m}`` /
+    ``baseline_{m}`` are there, requires ``min_models`` models above the threshold; a table without correlation
+    columns falls back to its ``is_universal``. ``aligned``: alignment_mean (per-model ``alignment_{m}``), falling
+    back to ``is_universal_aligned``.
     """
     import pandas as pd
+
+    if isinstance(threshold, Universality):
+        criterion, threshold = threshold.criterion, threshold.threshold
+    flag, score, default = criterion_columns(criterion)
+    threshold = default if threshold is None else threshold
+    if criterion == "aligned":
+        if score not in df:
+            if flag in df:
+                return df[flag].fillna(False).astype(bool)
+            raise KeyError("cannot tell aligned-universal neurons apart: no alignment_mean or is_universal_aligned")
+        per_model = [
+            c
+            for c in df.columns
+            if c.startswith("alignment_") and c[len("alignment_") :] not in ("mean", "min", "mean_rotated")
+        ]
+        above = (df[per_model].to_numpy(float) > threshold).sum(1) if per_model and min_models > 1 else None
+        dead = df["dead"].fillna(False).astype(bool).to_numpy() if "dead" in df else None
+        return pd.Series(universal(df[score], above, dead, threshold, min_models), index=df.index)
 
     try:
         excess = excess_correlation(df)

@@ -147,7 +147,9 @@ def _grid(n: int, ncols: int) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------- universality helpers
-def is_only_universal(df: pd.DataFrame, threshold: float = criteria.UNIVERSAL_THRESHOLD) -> bool:
+def is_only_universal(
+    df: pd.DataFrame, threshold: float | criteria.Universality = criteria.UNIVERSAL_THRESHOLD
+) -> bool:
     """True when the table holds universal neurons only (``attrs["only_universal"]`` or no other rows)."""
     if df.attrs.get("only_universal"):
         return True
@@ -175,7 +177,7 @@ ONLY_UNIVERSAL_NOTE = (
 # ---------------------------------------------------------------- universal neurons (Fig 2-4, 11, 14)
 def universal_share_by_layer(
     df: pd.DataFrame,
-    threshold: float = criteria.UNIVERSAL_THRESHOLD,
+    threshold: float | criteria.Universality = criteria.UNIVERSAL_THRESHOLD,
     d_mlp: int | None = None,
     n_layers: int | None = None,
 ) -> FigureResult:
@@ -215,7 +217,7 @@ def universal_share_by_layer(
             100 * data["share_universal"],
             width,
             color=UNIVERSAL_COLOR,
-            label=f"excess corr. > {threshold:g}",
+            label=f"{criteria.as_universality(threshold)}",
         )
         if has_z:
             ax.bar(x + width / 2, 100 * data["share_universal_z"], width, color="tab:orange", label="is_universal_z")
@@ -234,7 +236,7 @@ def universal_share_by_layer(
 
 def correlation_vs_baseline(
     df: pd.DataFrame,
-    threshold: float = criteria.UNIVERSAL_THRESHOLD,
+    threshold: float | criteria.Universality = criteria.UNIVERSAL_THRESHOLD,
     kind: str = "auto",
     bins: int = 50,
     ncols: int = 6,
@@ -290,7 +292,8 @@ def correlation_vs_baseline(
                 c=np.where(sub["is_universal"], UNIVERSAL_COLOR, OTHER_COLOR),
             )
         ax.plot([0, 1], [0, 1], ls="--", color="black", lw=0.8)
-        ax.plot([0, 1 - threshold], [threshold, 1], ls="-", color="tab:red", lw=0.8)
+        line = criteria.as_universality(threshold).excess_threshold
+        ax.plot([0, 1 - line], [line, 1], ls="-", color="tab:red", lw=0.8)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xticks([0, 0.5, 1], ["0", "0.5", "1"])
@@ -302,7 +305,9 @@ def correlation_vs_baseline(
     fig.supxlabel("mean baseline correlation (rotated activations)")
     fig.supylabel("mean max correlation across models")
     fig.suptitle(
-        f"Max correlation vs rotation baseline per layer\n(dashed: y = x; red: y = x + {threshold:g})", fontsize=11
+        f"Max correlation vs rotation baseline per layer\n(dashed: y = x; red: y = x + "
+        f"{criteria.as_universality(threshold).excess_threshold:g}; colour: {criteria.as_universality(threshold)})",
+        fontsize=11,
     )
     if mappable is not None:
         fig.colorbar(mappable, ax=axes, shrink=0.6, label="neurons")
@@ -317,7 +322,7 @@ def correlation_densities(
     dfs,
     columns: Sequence[str] = ("mean_corr", "mean_baseline", "excess_corr"),
     bins: int | None = None,
-    threshold: float = criteria.UNIVERSAL_THRESHOLD,
+    threshold: float | criteria.Universality = criteria.UNIVERSAL_THRESHOLD,
 ) -> FigureResult:
     """Fig 11: density step histograms of mean_corr, mean_baseline and excess_corr, one curve per model.
 
@@ -372,7 +377,8 @@ def correlation_densities(
                 sub["density"].to_numpy(), np.r_[sub["bin_left"].to_numpy(), sub["bin_right"].iloc[-1]], label=name
             )
         if col == "excess_corr":
-            ax.axvline(threshold, color="black", ls="--", lw=0.8, label=f"threshold {threshold:g}")
+            line = criteria.as_universality(threshold).excess_threshold
+            ax.axvline(line, color="black", ls="--", lw=0.8, label=f"threshold {line:g}")
         ax.set_xlabel(label(col))
         ax.set_ylabel("density")
     axes.flat[0].legend(frameon=False, fontsize=8)
@@ -387,20 +393,25 @@ def correlation_densities(
 
 
 def universal_property_percentiles(
-    dfs, metrics: Sequence[str] = FIG3_METRICS, threshold: float = criteria.UNIVERSAL_THRESHOLD
+    dfs,
+    metrics: Sequence[str] = FIG3_METRICS,
+    threshold: float | criteria.Universality = criteria.UNIVERSAL_THRESHOLD,
+    masks: Mapping[str, np.ndarray] | None = None,
 ) -> FigureResult:
     """Fig 3: universal neurons' within-layer percentiles (over ALL neurons of the layer) on each property.
 
-    A model whose table holds only universal neurons is left out (the percentiles need the whole
-    layer); if none is left, returns ``(None, None)`` with a note.
+    ``masks`` replaces the universal set of the named entries (e.g. a control set: the same-size top set of the
+    rotated control). A model whose table holds only universal neurons is left out (the percentiles need the
+    whole layer); if none is left, returns ``(None, None)`` with a note.
     """
     models = _as_model_dict(dfs)
+    masks = dict(masks or {})
     parts, only, empty = [], [], []
     for name, df in models.items():
-        if is_only_universal(df, threshold):
+        if name not in masks and is_only_universal(df, threshold):
             only.append(name)
             continue
-        uni = criteria.universal_mask(df, threshold).to_numpy()
+        uni = np.asarray(masks[name], bool) if name in masks else criteria.universal_mask(df, threshold).to_numpy()
         if not uni.any():
             empty.append(name)
             continue
@@ -437,8 +448,8 @@ def universal_property_percentiles(
     ax.set_ylabel("percentile within layer")
     n_uni = data.groupby("model")["neuron"].size() // max(1, len(order))
     ax.set_title(
-        "Universal neurons' properties as within-layer percentiles ("
-        + ", ".join(f"{m}: {n:,} universal" for m, n in n_uni.items())
+        f"Universal neurons ({criteria.as_universality(threshold)}): within-layer percentiles ("
+        + ", ".join(f"{m}: {n:,} neurons" for m, n in n_uni.items())
         + ")"
     )
     ax.legend(title="model", frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -449,7 +460,7 @@ def universal_property_percentiles(
 def universal_property_distributions(
     df: pd.DataFrame,
     metrics: Sequence[str] = FIG3_METRICS,
-    threshold: float = criteria.UNIVERSAL_THRESHOLD,
+    threshold: float | criteria.Universality = criteria.UNIVERSAL_THRESHOLD,
     bins: int = 40,
     ncols: int = 5,
 ) -> FigureResult:
@@ -482,7 +493,7 @@ def universal_property_distributions(
 def properties_by_layer(
     df: pd.DataFrame,
     metrics: Sequence[str] = FIG14_METRICS,
-    threshold: float = criteria.UNIVERSAL_THRESHOLD,
+    threshold: float | criteria.Universality = criteria.UNIVERSAL_THRESHOLD,
     clip: tuple[float, float] = (0.25, 99.75),
 ) -> FigureResult:
     """Fig 14: one row per metric, boxen plots per layer, universal vs other neurons.
@@ -544,7 +555,9 @@ def properties_by_layer(
     return FigureResult(fig, data, note)
 
 
-def universal_summary_table(df: pd.DataFrame, threshold: float = criteria.UNIVERSAL_THRESHOLD) -> pd.DataFrame:
+def universal_summary_table(
+    df: pd.DataFrame, threshold: float | criteria.Universality = criteria.UNIVERSAL_THRESHOLD
+) -> pd.DataFrame:
     """Column medians and a few shares for universal (and, if present, other) neurons (spec §13 table)."""
     uni = criteria.universal_mask(df, threshold).to_numpy()
     groups = {"universal": df[uni]}
@@ -578,7 +591,7 @@ def vocab_percentiles_by_layer(
     columns: Sequence[str] = ("vocab_kurt", "vocab_skew"),
     percentiles: Sequence[float] = (5, 10, 50, 90, 95),
     log_scale: Sequence[str] = ("vocab_kurt",),
-    threshold: float = criteria.UNIVERSAL_THRESHOLD,
+    threshold: float | criteria.Universality = criteria.UNIVERSAL_THRESHOLD,
 ) -> FigureResult:
     """Fig 6a,b: per-layer percentiles of each column (numpy linear interpolation) and the mean.
 
@@ -664,7 +677,7 @@ def vocab_percentiles_by_layer(
 def prediction_suppression_by_layer(
     df: pd.DataFrame,
     kurt_threshold: float = criteria.PREDICTION_KURTOSIS,
-    threshold: float = criteria.UNIVERSAL_THRESHOLD,
+    threshold: float | criteria.Universality = criteria.UNIVERSAL_THRESHOLD,
     d_mlp: int | None = None,
     n_layers: int | None = None,
 ) -> FigureResult:
@@ -1147,3 +1160,19 @@ class FigureWriter:
 def read_figures_json(folder: str | Path) -> dict | None:
     path = Path(folder) / artifacts.FIGURES_JSON
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def rotated_control_mask(df: pd.DataFrame, chosen: np.ndarray, score: str = "alignment_mean_rotated") -> np.ndarray:
+    """The control set of Fig. 3: in each layer, as many neurons as the chosen set has there, the top ones by their
+    score in the rotated control (``universality``'s ``*_rotated`` columns); empty when the column is absent."""
+    out = np.zeros(len(df), bool)
+    if score not in df:
+        return out
+    chosen = np.asarray(chosen, bool)
+    for layer in np.unique(df["layer"]):
+        rows = np.flatnonzero(df["layer"].to_numpy() == layer)
+        k = int(chosen[rows].sum())
+        if k:
+            top = rows[np.argsort(-df[score].to_numpy(float)[rows], kind="stable")[:k]]
+            out[top] = True
+    return out

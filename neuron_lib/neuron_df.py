@@ -75,7 +75,7 @@ CORR_COLUMNS = ["max_corr", "mean_corr", "min_corr", "max_baseline", "min_baseli
 WEIGHT_COLUMNS = ["w_in_norm", "input_bias", "w_out_norm", "in_out_sim", "l2_penalty"]
 ACTIVATION_COLUMNS = ["mean", "var", "skew", "kurt"]
 VOCAB_COLUMNS = ["vocab_mean", "vocab_var", "vocab_skew", "vocab_kurt"]
-EXACT_COLUMNS = ["mean_exact", "var_exact", "skew_exact", "kurt_exact", "act_freq_exact"]
+EXACT_COLUMNS = ["mean_exact", "var_exact", "skew_exact", "kurt_exact", "act_freq_exact", "n_active_exact"]
 #: the paper's universal.csv schema, in its order (spec §12)
 PAPER_COLUMNS = (
     ["layer", "neuron"]
@@ -179,6 +179,7 @@ def activation_columns(agg: Mapping[str, Any], n_layers: int, d_mlp: int) -> dic
             cols[f"{k}_exact"] = flat(v, "moments")
         if agg.get("n_positive") is not None:
             cols["act_freq_exact"] = flat(activation_frequency(agg["n_positive"], agg["sums"][0]), "pre_n_positive")
+            cols["n_active_exact"] = flat(agg["n_positive"], "pre_n_positive").astype(np.float64)
     return cols
 
 
@@ -459,6 +460,8 @@ def make_neuron_df(
     if "is_universal" not in df.columns:
         df["is_universal"] = criteria.universal(df["excess_corr"], threshold=universal_threshold)
     df["is_sparse"] = criteria.sparse(df["sparsity"])
+    if df["n_active_exact"].notna().any():
+        df["low_count"] = criteria.low_count(df["n_active_exact"])
 
     ordered = PAPER_COLUMNS + [c for c in EXACT_COLUMNS if c in df.columns]
     df = df[ordered + [c for c in df.columns if c not in ordered]]
@@ -490,7 +493,11 @@ def run_neuron_df(cfg: NeuronDfConfig) -> stage.StageResult:
             "position (BOS/EOS/pad kept, the paper's convention)",
             "sparsity": "paper's activation frequency from the histogram (first edge >= 0 onward), every position",
             "*_exact": "from float64 power sums over the summary's filtered positions (its token_filter); "
-            "act_freq_exact = fraction of pre-activations > 0",
+            "act_freq_exact = fraction of pre-activations > 0, n_active_exact = their count",
+            "low_count": f"n_active_exact < {criteria.LOW_COUNT}: frequency, moments and correlations are noisy",
+            "alignment_*": "the scale-free universality criterion (docs/universality.md): best-partner correlation / "
+            "multiple correlation with the whole other model; is_universal_aligned: alignment_mean > "
+            f"{criteria.ALIGNMENT_THRESHOLD:.4f}",
             "excess_corr": "mean_corr - mean_baseline",
             "is_sparse": f"sparsity < {criteria.SPARSE_THRESHOLD}",
         },
@@ -501,6 +508,13 @@ def run_neuron_df(cfg: NeuronDfConfig) -> stage.StageResult:
         universal = df.loc[df["is_universal"].astype(bool), PAPER_COLUMNS]
         udir = artifacts.interpretable_neurons(name)
         save_dataframe_atomic(universal, artifacts.universal_table(name).with_suffix(""), ("csv",))
+        files = [artifacts.universal_table(name).name]
+        if "is_universal_aligned" in df:  # the chosen criterion's set, the paper's schema plus its own columns
+            extra = [c for c in ("alignment_mean", "alignment_min", "n_models_aligned") if c in df]
+            aligned = df.loc[df["is_universal_aligned"].astype(bool), PAPER_COLUMNS + extra]
+            save_dataframe_atomic(aligned, artifacts.universal_aligned_table(name).with_suffix(""), ("csv",))
+            files.append(artifacts.universal_aligned_table(name).name)
+            outputs["universal_aligned"] = str(artifacts.universal_aligned_table(name))
         write_manifest(
             udir,
             make_manifest(
@@ -512,7 +526,7 @@ def run_neuron_df(cfg: NeuronDfConfig) -> stage.StageResult:
                 inputs={"neuron_df": str(artifacts.neuron_df_manifest(name)), **inputs},
                 n_rows=len(universal),
                 columns=PAPER_COLUMNS,
-                files=[artifacts.universal_table(name).name],
+                files=files,
             ),
         )
         outputs["universal"] = str(artifacts.universal_table(name))

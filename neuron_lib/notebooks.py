@@ -312,18 +312,22 @@ def parse_neurons(neurons) -> list[tuple[int, int]]:
 
 
 def pick_neurons(
-    summaries: Mapping[str, dict], neuron_df=None, n: int = 4, threshold: float = criteria.UNIVERSAL_THRESHOLD
+    summaries: Mapping[str, dict],
+    neuron_df=None,
+    n: int = 4,
+    threshold: float | criteria.Universality = criteria.UNIVERSAL_THRESHOLD,
 ):
     """Neurons to show: the most universal (highest excess_corr among universal neurons) if a table is
     given, else those with the largest top activation in the summaries. Returns (neurons, reason)."""
-    if neuron_df is not None and "excess_corr" in neuron_df and neuron_df["excess_corr"].notna().any():
-        ranked = neuron_df.dropna(subset=["excess_corr"]).sort_values("excess_corr", ascending=False)
+    score = criteria.as_universality(threshold).score
+    if neuron_df is not None and score in neuron_df and neuron_df[score].notna().any():
+        ranked = neuron_df.dropna(subset=[score]).sort_values(score, ascending=False)
         uni = ranked[criteria.universal_mask(ranked, threshold).to_numpy()]
         chosen = (uni if len(uni) else ranked).head(n)
         reason = (
-            "the universal neurons with the highest excess correlation"
+            f"the universal neurons ({criteria.as_universality(threshold)}) with the highest {score}"
             if len(uni)
-            else "no universal neurons; the neurons with the highest excess correlation"
+            else f"no universal neurons; the neurons with the highest {score}"
         )
         return [(int(r.layer), int(r.neuron)) for r in chosen.itertuples()], reason
     best = None

@@ -46,19 +46,27 @@ STAGES: tuple[Stage, ...] = (
     Stage("zoo", "the seed zoo: GPT-2-architecture models trained from five seeds", ("corpus",), "zoo_train.sbatch"),
     Stage(
         "correlations",
-        "cross-seed neuron correlations with rotation baselines; universal-neuron table",
+        "reference-vs-others correlations with row blocking (models too wide for the all-pairs run; not in `make all`)",
         ("zoo",),
         "correlations.sbatch",
         ("NL_REFERENCE_MODELS",),
+        default=False,
     ),
     Stage("weights", "weight statistics on processed weights", ("zoo",), "weights.sbatch"),
     Stage(
         "summary", "activation summaries per dataset subset", ("zoo",), "summary.sbatch", ("NL_MODELS", "NL_DATASETS")
     ),
     Stage(
+        "universality",
+        "all-pairs correlations in one pass, every model's table, the candidate criteria and their controls",
+        ("zoo", "summary"),
+        "universality.sbatch",
+        (),
+    ),
+    Stage(
         "neuron_df",
-        "per-neuron dataframes and the paper's universal.csv",
-        ("correlations", "weights", "summary"),
+        "per-neuron dataframes, the paper's universal.csv and the chosen criterion's universal_aligned.csv",
+        ("universality", "weights", "summary"),
         "neuron_df.sbatch",
     ),
     Stage(
@@ -110,7 +118,7 @@ def stage(name: str) -> Stage:
 
 def stage_commands(name: str, zoo_preset: str = "default", zoo_jobs: int = 1) -> list[list[str]]:
     """The CLI invocations that make up one stage, for the embedded default zoo."""
-    from neuron_lib.zoo import make_config
+    from neuron_lib.zoo import make_config, untrained_control_paths
 
     stage(name)
     cfg = make_config(zoo_preset)
@@ -137,15 +145,23 @@ def stage_commands(name: str, zoo_preset: str = "default", zoo_jobs: int = 1) ->
                 "3",
             ]
         ]
+    if name == "universality":
+        untrained = [str(p) for p in untrained_control_paths(cfg)]
+        return [
+            ["neuron_lib.universality", "--models", ",".join(models), "--token-dataset", str(analysis)]
+            + (["--untrained", ",".join(untrained)] if untrained else [])
+            + (["--snapshot-steps", ",".join(map(str, cfg.snapshot_steps))] if cfg.snapshot_steps else [])
+        ]
     if name == "weights":
         return [["neuron_lib.weights", "--model", m] for m in models]
     if name == "summary":
         return [["neuron_lib.summary", "--model", m, "--token-dataset", str(analysis)] for m in models]
     if name == "neuron_df":
         return [["neuron_lib.neuron_df", "--model", m, "--dataset", analysis.name] for m in models]
-    if name == "figures":
-        threshold = criteria.figure_threshold(all_zoo=True)
-        return [["neuron_lib.notebooks", "--model", reference, "-p", f"universal_threshold={threshold}"]]
+    if name == "figures":  # the zoo's figures use the criterion chosen from the controls (docs/universality.md)
+        return [
+            ["neuron_lib.notebooks", "--model", reference, "-p", f"universal_criterion={criteria.FIGURE_CRITERION}"]
+        ]
     run = artifacts.default_prompts_csv().stem
     if name == "prompts":
         return [["neuron_lib.prompts", "--model", reference, "--prompts-csv", str(artifacts.default_prompts_csv())]]

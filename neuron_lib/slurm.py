@@ -173,6 +173,8 @@ def select_stages(cfg: SubmitConfig, stages: dict[str, Stage]) -> list[str]:
 
 def job_environment(cfg: SubmitConfig, selected: list[str]) -> dict[str, str]:
     """The NL_* variables every job of one submission reads (exported to the jobs with --export=ALL)."""
+    from neuron_lib.zoo import untrained_control_paths
+
     zoo_cfg = _zoo_config(cfg)
     zoo_names = zoo_cfg.model_names()
     models = []
@@ -193,6 +195,7 @@ def job_environment(cfg: SubmitConfig, selected: list[str]) -> dict[str, str]:
     if len(set(models)) != len(models):
         raise NeuronLibError(f"models repeat: {models}")
     _, analysis = zoo_cfg.resolved_datasets()
+    all_zoo = all(m in zoo_names for m in models)
     datasets = [_abs(d) for d in _split(cfg.token_datasets)] or [_abs(str(analysis))]
     refs = _split(cfg.reference_models) or models[:1]
     if "activations" in selected and not cfg.neurons:
@@ -209,9 +212,11 @@ def job_environment(cfg: SubmitConfig, selected: list[str]) -> dict[str, str]:
         "NL_ANALYSIS_DATASET": _abs(cfg.analysis_dataset),
         "NL_NEURONS": cfg.neurons,
         "NL_BATCH_SIZE": str(cfg.batch_size) if cfg.batch_size else "",
-        # the figures' threshold, as the local pipeline draws them (criteria.figure_threshold)
-        "NL_UNIVERSAL_THRESHOLD": os.environ.get("NL_UNIVERSAL_THRESHOLD")
-        or str(criteria.figure_threshold(all_zoo=all(m in zoo_names for m in models))),
+        # the figures' universality criterion, as the local pipeline draws them (criteria.FIGURE_CRITERION)
+        "NL_UNIVERSAL_CRITERION": os.environ.get("NL_UNIVERSAL_CRITERION") or criteria.FIGURE_CRITERION,
+        # the universality stage's control worlds, for a set of this zoo's models (pipeline.stage_commands)
+        "NL_UNTRAINED_MODELS": ",".join(_abs(str(p)) for p in untrained_control_paths(zoo_cfg)) if all_zoo else "",
+        "NL_SNAPSHOT_STEPS": ",".join(map(str, zoo_cfg.snapshot_steps)) if all_zoo else "",
     }
     # the jobs cd to NL_REPO: pin output roots given relative to where `submit` ran
     for var in ROOT_VARS:

@@ -83,6 +83,9 @@ class ZooConfig:
     snapshot_steps: tuple[int, ...] = config_field(
         (), "also save hub-format copies at these steps (training-length studies)"
     )
+    untrained_controls: int = config_field(
+        0, "also save this many freshly initialised (untrained) models of this configuration (negative controls)"
+    )
     device: str = config_field("auto", "auto | cpu | cuda[:i]")
     jobs: int = config_field(1, "models trained concurrently (each with cores/jobs threads)")
 
@@ -113,7 +116,8 @@ class ZooConfig:
 
 
 PRESETS: dict[str, dict] = {
-    "default": {},
+    # snapshots and untrained models are the universality criteria's training-length and untrained controls
+    "default": dict(snapshot_steps=(300, 600), untrained_controls=4),
     # ~GPT-2-small-like width for a GPU; one flag away from the CPU default
     "gpu": dict(
         n_layer=6,
@@ -265,7 +269,17 @@ def _config_record(cfg: ZooConfig, seed: int, train_manifest: dict) -> dict:
     arch = {
         k: v
         for k, v in dataclasses.asdict(cfg).items()
-        if k not in ("seeds", "device", "jobs", "name_prefix", "snapshot_steps", "eval_every", "checkpoint_every")
+        if k
+        not in (
+            "seeds",
+            "device",
+            "jobs",
+            "name_prefix",
+            "snapshot_steps",
+            "untrained_controls",
+            "eval_every",
+            "checkpoint_every",
+        )
     }
     return {
         "seed": seed,
@@ -368,7 +382,7 @@ def train_one(cfg: ZooConfig, index: int, show_progress: bool = True) -> dict:
         bar.update(1)
         if done in cfg.snapshot_steps and done < cfg.max_steps:
             _save_snapshot(
-                out_dir / "snapshots" / f"{name}-step{done}",
+                artifacts.zoo_snapshot(name, done),
                 model,
                 tokenizer,
                 held_out_loss(model, eval_tokens, cfg.batch_size, device),
@@ -430,12 +444,50 @@ def train_zoo(cfg: ZooConfig, only: list[str] | None = None) -> list[dict]:
         f"d_mlp {cfg.d_mlp}, {cfg.max_steps} steps x {cfg.batch_size} rows, jobs={cfg.jobs}"
     )
     if cfg.jobs == 1:
-        return [train_one(cfg, i) for i in indices]
-    import multiprocessing as mp
+        manifests = [train_one(cfg, i) for i in indices]
+    else:
+        import multiprocessing as mp
 
-    threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
-    with mp.get_context("spawn").Pool(cfg.jobs) as pool:
-        return pool.map(_train_worker, [(cfg, i, threads) for i in indices])
+        threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
+        with mp.get_context("spawn").Pool(cfg.jobs) as pool:
+            manifests = pool.map(_train_worker, [(cfg, i, threads) for i in indices])
+    save_untrained_controls(cfg)
+    return manifests
+
+
+UNTRAINED_SEED_BASE = 1_000_000  # untrained control k is initialised with seed UNTRAINED_SEED_BASE + k
+
+
+def untrained_control_paths(cfg: ZooConfig) -> list[Path]:
+    return [artifacts.zoo_untrained(cfg.name_prefix, k) for k in range(cfg.untrained_controls)]
+
+
+def save_untrained_controls(cfg: ZooConfig) -> list[Path]:
+    """Freshly initialised models of the zoo's configuration, in the hub's format (seconds: no training)."""
+    from transformers import AutoTokenizer
+
+    from neuron_lib.corpus import load_token_dataset
+
+    paths = untrained_control_paths(cfg)
+    if not paths:
+        return []
+    train_path, _ = cfg.resolved_datasets()
+    train_ds, train_manifest = load_token_dataset(train_path)
+    tokenizer = AutoTokenizer.from_pretrained(Path(train_manifest.get("tokenizer_dir") or artifacts.tokenizer_dir()))
+    ctx_len = len(train_ds[0]["tokens"])
+    for k, path in enumerate(paths):
+        seed = UNTRAINED_SEED_BASE + k
+        record = {"seed": seed, "untrained": _config_record(cfg, seed, train_manifest)["train"]}
+        manifest_path = artifacts.manifest_path(path)
+        if manifest_path.exists() and read_json(manifest_path).get("record") == record:
+            continue
+        model = build_model(cfg, len(tokenizer), ctx_len, seed)
+        model.config.bos_token_id = model.config.eos_token_id = tokenizer.bos_token_id
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        write_manifest(path, make_manifest("zoo.untrained", cfg, model=path.name, seed=seed, record=record, steps=0))
+    stage.log("zoo", f"{len(paths)} untrained control model(s) of this configuration under {paths[0].parent}")
+    return paths
 
 
 def zoo_report(cfg: ZooConfig, only: list[str] | None = None) -> str:

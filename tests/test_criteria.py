@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from neuron_lib import criteria as C
 
@@ -73,5 +74,29 @@ def test_z_criterion_sparse_and_vocab_kind():
     assert C.sparse([0.01, 0.02, np.nan, 0.5]).tolist() == [True, False, False, False]
     kinds = C.vocab_kind([12, 12, 3, 50, np.nan], [1.0, -1.0, 5.0, 0.0, 1.0])
     assert kinds.tolist() == ["prediction", "suppression", "other", "other", "other"]
-    assert C.figure_threshold(all_zoo=False) == C.UNIVERSAL_THRESHOLD == 0.5
-    assert C.figure_threshold(all_zoo=True) == C.ZOO_FIGURE_THRESHOLD
+    assert C.UNIVERSAL_THRESHOLD == 0.5 and C.FIGURE_CRITERION in C.CRITERIA
+
+
+def test_aligned_criterion_mutual_star_low_count_and_universality_spec():
+    df = pd.DataFrame(
+        {
+            "alignment_mean": [0.71, 0.70, 0.9, np.nan],
+            "alignment_b": [0.9, 0.9, 0.6, 0.1],
+            "alignment_c": [0.6, 0.5, 0.95, 0.1],
+            "dead": [False, False, True, False],
+        }
+    )
+    assert C.ALIGNMENT_THRESHOLD == pytest.approx(0.5**0.5)
+    assert C.universal_mask(df, criterion="aligned").tolist() == [True, False, False, False]
+    assert C.universal_mask(df, C.Universality("aligned", 0.65)).tolist() == [True, True, False, False]
+    assert C.universal_mask(df, C.Universality("aligned", 0.65), min_models=2).tolist() == [False, False, False, False]
+    only_flag = pd.DataFrame({"is_universal_aligned": [True, False]})
+    assert C.universal_mask(only_flag, criterion="aligned").tolist() == [True, False]
+    spec = C.Universality("aligned")
+    assert f"{spec}" == "alignment_mean > 0.707" and spec.excess_threshold == C.UNIVERSAL_THRESHOLD
+    assert C.as_universality(0.3) == C.Universality("paper", 0.3) and C.as_universality(0.3).excess_threshold == 0.3
+    with pytest.raises(KeyError, match="unknown universality criterion"):
+        C.Universality("share-matched")
+    assert C.mutual_star([4, 3, 4], 4).tolist() == [True, False, True]
+    assert C.mutual_star([4, 3, 4], 4, min_models=3, dead=[False, False, True]).tolist() == [True, True, False]
+    assert C.low_count([99, 100, np.nan]).tolist() == [True, False, True]

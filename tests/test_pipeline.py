@@ -14,9 +14,9 @@ def test_table_is_a_dag_in_order():
     assert P.STAGE_ORDER == [
         "corpus",
         "zoo",
-        "correlations",
         "weights",
         "summary",
+        "universality",
         "neuron_df",
         "prompts",
         "coactivation",

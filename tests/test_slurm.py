@@ -464,7 +464,9 @@ def test_scripts_run_the_same_commands_as_the_local_pipeline():
         "NL_PRESET": "default",
         "NL_PYTHON": "python",
         "NL_REPO": str(REPO),
-        "NL_UNIVERSAL_THRESHOLD": str(criteria.figure_threshold(all_zoo=True)),
+        "NL_UNIVERSAL_CRITERION": criteria.FIGURE_CRITERION,
+        "NL_UNTRAINED_MODELS": ",".join(str(p) for p in zoo.untrained_control_paths(cfg)),
+        "NL_SNAPSHOT_STEPS": ",".join(map(str, cfg.snapshot_steps)),
     }
     for var in ("NL_NAME_PREFIX", "NL_TRAIN_DATASET", "NL_ANALYSIS_DATASET", "NL_BATCH_SIZE", "NL_ZOO_ARGS"):
         env[var] = ""
