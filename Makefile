@@ -41,6 +41,7 @@ benchmarks: env
 	$(PY) benchmarks/bench_correlations.py
 	$(PY) benchmarks/bench_summary.py
 	$(PY) benchmarks/bench_coactivation.py
+	$(PY) benchmarks/bench_universality.py
 
 clean-outputs:
 	rm -rf corpus token_datasets models correlation_results summary_data dataframes cached_activations figures graphs

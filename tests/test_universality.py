@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers import build_tiny_model
 from neuron_lib import artifacts, criteria, universality
 from neuron_lib.common import NeuronLibError, read_json
 from neuron_lib.correlations_fast import StreamingCorrelation, prepare_activations, random_rotation
@@ -294,6 +295,9 @@ def test_bad_input_refused_before_work(micro_env, tmp_path):
         _cfg(micro_env, models=micro_env.model_names[:1]).validate()
     with pytest.raises(NeuronLibError, match="snapshot"):
         universality.run_universality(_cfg(micro_env, snapshot_steps=[7]))
+    other_tok = build_tiny_model(tmp_path / "other-tokenizer", seed=3)
+    with pytest.raises(NeuronLibError, match="tokenizer"):
+        universality.run_universality(_cfg(micro_env, models=[micro_env.model_names[0], str(other_tok)]))
     # a folder of a previous reference-only run: refused, with the command to rerun
     table = artifacts.correlation_table_dir(micro_env.model_names[1], micro_env.analysis_dataset)
     saved = tmp_path / "saved"
