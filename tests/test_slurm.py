@@ -388,9 +388,9 @@ def test_dry_run_prints_sbatch_commands_with_dependency_edges(tmp_path):
     lines = {m.group(1): m.group(2) for m in re.finditer(r"^(\w+)_JOB=\$\((sbatch .*)\)", out.stdout, re.M)}
     assert list(lines) == [  # the table's order
         "ZOO",
-        "CORRELATIONS",
         "WEIGHTS",
         "SUMMARY",
+        "UNIVERSALITY",
         "NEURON_DF",
         "PROMPTS",
         "COACTIVATION",
@@ -398,14 +398,15 @@ def test_dry_run_prints_sbatch_commands_with_dependency_edges(tmp_path):
         "FIGURES",
     ]
     assert "--dependency" not in lines["ZOO"] and "--array=0-2 " in lines["ZOO"]
-    for stage in ("CORRELATIONS", "SUMMARY", "WEIGHTS"):
+    for stage in ("SUMMARY", "WEIGHTS"):
         assert '"--dependency=afterok:${ZOO_JOB}"' in lines[stage]
-    assert '"--dependency=afterok:${CORRELATIONS_JOB}:${WEIGHTS_JOB}:${SUMMARY_JOB}"' in lines["NEURON_DF"]
+    assert '"--dependency=afterok:${ZOO_JOB}:${SUMMARY_JOB}"' in lines["UNIVERSALITY"]
+    assert '"--dependency=afterok:${UNIVERSALITY_JOB}:${WEIGHTS_JOB}:${SUMMARY_JOB}"' in lines["NEURON_DF"]
     assert '"--dependency=afterok:${NEURON_DF_JOB}:${PERTURB_JOB}"' in lines["FIGURES"]
     assert '"--dependency=afterok:${ZOO_JOB}"' in lines["PROMPTS"]
     assert '"--dependency=afterok:${PROMPTS_JOB}"' in lines["COACTIVATION"]
     assert '"--dependency=afterok:${COACTIVATION_JOB}"' in lines["PERTURB"]
-    assert "--array=0-0 " in lines["CORRELATIONS"] and "--array=0-0 " in lines["FIGURES"]
+    assert "--array=0-0 " in lines["UNIVERSALITY"] and "--array=0-0 " in lines["FIGURES"]
     for stage, line in lines.items():
         for opt in (
             "--kill-on-invalid-dep=yes",
