@@ -10,7 +10,8 @@ per step) on the embedded corpus's train split for the same ``--steps`` steps, t
   loss; ``fp32-seed3`` a third seed;
 - ``foreach`` / ``fused``: ``ZooConfig.adamw_impl`` (same algorithm, other kernels);
 - ``bf16-autocast`` (+ ``-fused``): ``ZooConfig.precision``;
-- ``fp32-1thread``: ``torch.set_num_threads(1)`` around its chunks (what each job gets with ``--jobs 2``);
+- ``fp32-1thread`` / ``fp32-2threads``: ``torch.set_num_threads`` around its chunks (1 is what each job gets
+  with ``--jobs 2`` on 2 cores);
 - ``compile``: ``torch.compile`` of the model (inductor); its first chunk holds the compilation, reported
   separately and excluded from its tokens/s.
 
@@ -48,6 +49,7 @@ VARIANTS: dict[str, dict] = {
     "bf16-autocast": {"precision": "bf16-autocast"},
     "bf16-autocast-fused": {"precision": "bf16-autocast", "adamw_impl": "fused"},
     "fp32-1thread": {"threads": 1},
+    "fp32-2threads": {"threads": 2},
     "compile": {"compile": True},
 }
 
@@ -141,7 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
                 run_chunk(run, train_tokens, args.chunk)
             except Exception as exc:  # a variant that does not work here (e.g. compile) is reported, not fatal
                 run.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-        line = " ".join(f"{run.name}={run.chunk_seconds[-1]:.1f}s" for run in runs if not run.error)
+        line = " ".join(
+            f"{run.name}={run.chunk_seconds[-1]:.1f}s/{run.chunk_cpu[-1]:.1f}cpu" for run in runs if not run.error
+        )
         print(f"round {r + 1}: {line}", flush=True)
 
     base = runs[0]
