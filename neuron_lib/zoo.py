@@ -47,6 +47,8 @@ from neuron_lib.common import (
 )
 
 STANFORD_SEEDS = (21, 49, 81, 343, 777)
+PRECISIONS = ("fp32", "bf16-autocast")
+ADAMW_IMPLS = ("default", "foreach", "fused")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
@@ -76,6 +78,13 @@ class ZooConfig:
     beta2: float = config_field(0.95, "AdamW beta2")
     grad_clip: float = config_field(1.0, "gradient-norm clip")
     dropout: float = config_field(0.0, "dropout everywhere")
+    # numerics of the training step (both change the trained weights, so both are part of a model's identity)
+    precision: str = config_field(
+        "fp32", "fp32 | bf16-autocast (forward in torch.autocast bfloat16; weights, optimizer and loss stay fp32)"
+    )
+    adamw_impl: str = config_field(
+        "default", "AdamW implementation: default (torch's choice) | foreach | fused (same algorithm, other kernels)"
+    )
     # bookkeeping
     eval_rows: int = config_field(256, "held-out rows for the loss curve and the final held-out loss")
     eval_every: int = config_field(300, "steps between held-out evaluations")
@@ -101,6 +110,10 @@ class ZooConfig:
                 raise NeuronLibError(f"{field} must be positive")
         if not 0 < self.lr < 1:
             raise NeuronLibError(f"lr={self.lr} is out of range")
+        if self.precision not in PRECISIONS:
+            raise NeuronLibError(f"precision={self.precision!r}; choose from {sorted(PRECISIONS)}")
+        if self.adamw_impl not in ADAMW_IMPLS:
+            raise NeuronLibError(f"adamw_impl={self.adamw_impl!r}; choose from {sorted(ADAMW_IMPLS)}")
         return self
 
     def model_names(self) -> list[str]:
@@ -217,12 +230,35 @@ def held_out_loss(model, tokens: torch.Tensor, batch_size: int, device: torch.de
 def _optimizer(model, cfg: ZooConfig):
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    impl = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[cfg.adamw_impl]
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr,
         betas=(0.9, cfg.beta2),
         eps=1e-8,
+        **impl,
     )
+
+
+def train_step(model, optimizer, batch: torch.Tensor, cfg: ZooConfig, step: int) -> torch.Tensor:
+    """One optimizer step on ``batch`` (rows of token ids) at schedule position ``step``; returns the loss.
+
+    ``cfg.precision == "bf16-autocast"`` runs the forward pass under ``torch.autocast`` in bfloat16
+    (matmuls in bf16, weights and AdamW state in fp32); the loss is always computed in fp32.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(cfg, step)
+    if cfg.precision == "bf16-autocast":
+        with torch.autocast(batch.device.type, dtype=torch.bfloat16):
+            logits = model(batch).logits[:, :-1]
+    else:
+        logits = model(batch).logits[:, :-1]
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    return loss
 
 
 def _save_checkpoint(ckpt_dir: Path, model, optimizer, step: int, curve: list[dict], seconds: float) -> None:
@@ -281,6 +317,11 @@ def _config_record(cfg: ZooConfig, seed: int, train_manifest: dict) -> dict:
             "checkpoint_every",
         )
     }
+    # the training-step numerics join the record only when they differ from what every zoo before these
+    # fields used (fp32, torch's default AdamW), so that such zoos stay finished and are not retrained
+    for field, original in (("precision", "fp32"), ("adamw_impl", "default")):
+        if arch[field] == original:
+            del arch[field]
     return {
         "seed": seed,
         "train": arch,
@@ -360,15 +401,8 @@ def train_one(cfg: ZooConfig, index: int, show_progress: bool = True) -> dict:
     )
     t0 = time.time()
     for step in range(start_step, cfg.max_steps):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, step)
         batch = train_tokens[batch_rows(seed, step, cfg.batch_size, n_rows)].to(device)
-        logits = model(batch).logits[:, :-1]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        loss = train_step(model, optimizer, batch, cfg, step)
         done = step + 1
         point = {"step": done, "tokens": done * tokens_per_step, "train_loss": loss.item()}
         if done % cfg.eval_every == 0 or done == cfg.max_steps:

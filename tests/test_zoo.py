@@ -41,6 +41,41 @@ def test_config_validation():
         zoo.make_config("default", seeds=(1, 1))
     with pytest.raises(NeuronLibError, match="unknown preset"):
         zoo.make_config("huge")
+    with pytest.raises(NeuronLibError, match="precision"):
+        zoo.make_config("micro", precision="fp16")
+    with pytest.raises(NeuronLibError, match="adamw_impl"):
+        zoo.make_config("micro", adamw_impl="apex")
+
+
+def test_training_step_numerics_are_identity_only_when_changed():
+    record = zoo._config_record(zoo.make_config("micro"), 1, {})
+    assert "precision" not in record["train"] and "adamw_impl" not in record["train"]  # older zoos stay finished
+    for field, value in (("precision", "bf16-autocast"), ("adamw_impl", "fused")):
+        assert zoo._config_record(zoo.make_config("micro", **{field: value}), 1, {})["train"][field] == value
+
+
+def test_adamw_kernels_agree_and_bf16_autocast_stays_close():
+    """foreach / fused AdamW are the same algorithm as the default kernel (float rounding apart); bf16 autocast
+    changes the forward numerics, so its weights move away from fp32 more than a kernel change does."""
+    batch = torch.randint(0, 50, (8, 16), generator=torch.Generator().manual_seed(0))
+
+    def trained(**fields):
+        cfg = zoo.make_config("micro", max_steps=6, warmup_steps=2, **fields)
+        model = zoo.build_model(cfg, 50, 16, seed=3)
+        optimizer = zoo._optimizer(model, cfg)
+        losses = [zoo.train_step(model, optimizer, batch, cfg, step).item() for step in range(6)]
+        return torch.cat([p.detach().flatten() for p in model.parameters()]), losses
+
+    ref, ref_losses = trained()
+    assert ref_losses[-1] < ref_losses[0]
+    kernel_gap = 0.0
+    for impl in ("foreach", "fused"):
+        params, _ = trained(adamw_impl=impl)
+        kernel_gap = max(kernel_gap, (params - ref).abs().max().item())
+    assert kernel_gap < 1e-4
+    params, losses = trained(precision="bf16-autocast")
+    assert losses[-1] < losses[0] and abs(losses[-1] - ref_losses[-1]) < 0.05
+    assert kernel_gap < (params - ref).abs().max().item() < 0.05
 
 
 def test_micro_zoo_models_differ_only_in_seed(micro_env):
