@@ -108,7 +108,7 @@ def main(argv=None) -> None:
             ours[m] = df
 
         t = time.perf_counter()
-        for i, ref in enumerate(names):
+        for ref in names:
             cf.run_correlations(
                 cf.CorrelationConfig(
                     reference_model=ref,
