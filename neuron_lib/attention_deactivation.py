@@ -29,7 +29,6 @@ import dataclasses
 import time
 from typing import Any
 
-import numpy as np
 import torch
 
 from neuron_lib import artifacts, stage, stats
@@ -156,7 +155,15 @@ def pair_table(score: torch.Tensor, random_score: torch.Tensor):
     idx = torch.nonzero(~torch.isnan(score))
     s = score[~torch.isnan(score)]
     std = torch.stack(
-        [torch.nan_to_num(random_score[a, h]).pow(2).sum().div((~torch.isnan(random_score[a, h])).sum().clamp(min=1)).sqrt() for a in range(A) for h in range(H)]
+        [
+            torch.nan_to_num(random_score[a, h])
+            .pow(2)
+            .sum()
+            .div((~torch.isnan(random_score[a, h])).sum().clamp(min=1))
+            .sqrt()
+            for a in range(A)
+            for h in range(H)
+        ]
     ).reshape(A, H)
     df = pd.DataFrame(
         {
@@ -170,12 +177,18 @@ def pair_table(score: torch.Tensor, random_score: torch.Tensor):
         }
     )
     df["z"] = df["score"] / df["random_rms"]
-    return df.sort_values(["abs_score", "attn_layer", "head", "neuron_layer", "neuron"], ascending=[False, True, True, True, True], kind="mergesort").reset_index(drop=True)
+    return df.sort_values(
+        ["abs_score", "attn_layer", "head", "neuron_layer", "neuron"],
+        ascending=[False, True, True, True, True],
+        kind="mergesort",
+    ).reset_index(drop=True)
 
 
 # =============================================================== path ablation
 @torch.no_grad()
-def path_ablation_batch(model, tokens: torch.Tensor, pair: Pair, w_out: torch.Tensor, after_pos: int) -> dict[str, torch.Tensor]:
+def path_ablation_batch(
+    model, tokens: torch.Tensor, pair: Pair, w_out: torch.Tensor, after_pos: int
+) -> dict[str, torch.Tensor]:
     """The recorded quantities of one batch for one pair, flattened over (row, query position ≥ after_pos)."""
     A, h = pair.attn_layer, pair.head
     post_name = mlp_hook_names(model, pair.neuron_layer)[1]
@@ -276,9 +289,8 @@ class AttentionDeactivationConfig:
 
 
 def run_attention_deactivation(cfg: AttentionDeactivationConfig) -> stage.StageResult:
-    from tqdm import tqdm
-
     import pandas as pd
+    from tqdm import tqdm
 
     from neuron_lib.models import load_model
     from neuron_lib.streaming import tokens_tensor
@@ -320,7 +332,8 @@ def run_attention_deactivation(cfg: AttentionDeactivationConfig) -> stage.StageR
     score, random_score = heuristic_scores(w.W_Q, w.W_out, k_bos, cfg.seed)
     table = pair_table(score, random_score)
     pairs = given or [
-        Pair(int(r.attn_layer), int(r.head), int(r.neuron_layer), int(r.neuron)) for r in table.head(cfg.top_k).itertuples()
+        Pair(int(r.attn_layer), int(r.head), int(r.neuron_layer), int(r.neuron))
+        for r in table.head(cfg.top_k).itertuples()
     ]
     W_out_raw = model.W_out.detach()  # the forward model's own output weights [L, N, D]
     n_rows, ctx = inputs.n_rows, inputs.ctx
@@ -391,7 +404,12 @@ def run_attention_deactivation(cfg: AttentionDeactivationConfig) -> stage.StageR
             f"Spearman={r['spearman_norm_diff']:+.3f}, Pearson(act, ΔP(BOS))={r['pearson_bos_diff']:+.3f}",
         )
     return stage.StageResult(
-        STAGE, "done", {"folder": str(folder), **{f: str(folder / f) for f in files}}, n_rows * ctx, seconds, details={"pairs": [p.label for p in pairs]}
+        STAGE,
+        "done",
+        {"folder": str(folder), **{f: str(folder / f) for f in files}},
+        n_rows * ctx,
+        seconds,
+        details={"pairs": [p.label for p in pairs]},
     )
 
 

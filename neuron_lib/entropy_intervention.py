@@ -122,7 +122,11 @@ def sample_baseline_neurons(df, k: int, seed: int, exclude=()) -> list[tuple[int
         & (df["l2_penalty"] <= df["l2_penalty"].quantile(BASELINE_MAX_NORM_QUANTILE))
         & (df["vocab_var"] >= df["vocab_var"].quantile(BASELINE_MIN_VOCAB_VAR_QUANTILE))
     )
-    pool = [(int(l), int(n)) for l, n in zip(df.loc[ok, "layer"], df.loc[ok, "neuron"]) if (int(l), int(n)) not in set(exclude)]
+    pool = [
+        (int(l), int(n))
+        for l, n in zip(df.loc[ok, "layer"], df.loc[ok, "neuron"])
+        if (int(l), int(n)) not in set(exclude)
+    ]
     if len(pool) < k:
         raise NeuronLibError(f"only {len(pool)} neurons satisfy the baseline rule, fewer than --n-baselines {k}")
     idx = np.random.default_rng(seed).choice(len(pool), size=k, replace=False)
@@ -182,7 +186,9 @@ class EntropyInterventionConfig:
         return self
 
     def identity(self) -> dict[str, Any]:
-        ident = config_identity(self, exclude=("batch_size", "device", "overwrite", "checkpoint_every"), paths=("neuron_df",))
+        ident = config_identity(
+            self, exclude=("batch_size", "device", "overwrite", "checkpoint_every"), paths=("neuron_df",)
+        )
         return {**ident, "format": FORMAT}
 
 
@@ -252,9 +258,9 @@ def run_entropy_intervention(cfg: EntropyInterventionConfig) -> stage.StageResul
                             "location": cfg.location,
                             "value": v,
                             "w_out_norm": float(shares["w_out_norm"][l, n]),
-                            "null_share": float(shares["null_share"][l, n]) if (l, n) in norm_of else float(
-                                shares["null_share"][l, n]
-                            ),
+                            "null_share": float(shares["null_share"][l, n])
+                            if (l, n) in norm_of
+                            else float(shares["null_share"][l, n]),
                         },
                     )
                 )
@@ -283,7 +289,11 @@ def run_entropy_intervention(cfg: EntropyInterventionConfig) -> stage.StageResul
     seconds = time.perf_counter() - t0
     summary = summarise(nominal, metrics, ablations, cfg.n_bootstrap, cfg.seed)
     neurons_df = pd.DataFrame(
-        [{"layer": l, "neuron": n, "role": r} for r, ps in (("candidate", candidates), ("extra", extra), ("baseline", baselines)) for l, n in ps]
+        [
+            {"layer": l, "neuron": n, "role": r}
+            for r, ps in (("candidate", candidates), ("extra", extra), ("baseline", baselines))
+            for l, n in ps
+        ]
     )
     manifest = make_manifest(
         STAGE,

@@ -378,7 +378,14 @@ def summarise(
         if labels:
             mean_rows = {k: np.mean([per_row[l][k] for l in labels], 0) for k in ("loss", "entropy", "kl")}
             tok = {k: float(np.mean([rows_by(rows, l)[k2] for l in labels])) for k, k2 in _DELTA_KEYS.items()}
-            rows.append({"label": f"group:{group}", "role": group, "n_neurons": len(labels), **_delta_columns(mean_rows, index, tok)})
+            rows.append(
+                {
+                    "label": f"group:{group}",
+                    "role": group,
+                    "n_neurons": len(labels),
+                    **_delta_columns(mean_rows, index, tok),
+                }
+            )
     if groups and len(groups) == 2 and all(groups.values()):
         (ga, la), (gb, lb) = groups.items()
         diff = {
@@ -418,7 +425,9 @@ class InterventionConfig:
     neurons: str | None = config_field(None, "neurons to ablate as layer.neuron, comma-separated; none = --top-k")
     top_k: int = config_field(10, "without --neurons: the top-k neurons of the neuron dataframe by --rank-column")
     rank_column: str = config_field("excess_corr", "neuron-dataframe column whose largest values select neurons")
-    neuron_df: str | None = config_field(None, "neuron dataframe CSV/parquet; none = the model's own (neuron_lib.neuron_df)")
+    neuron_df: str | None = config_field(
+        None, "neuron dataframe CSV/parquet; none = the model's own (neuron_lib.neuron_df)"
+    )
     controls_per_neuron: int = config_field(1, "random neurons of the same layer per selected neuron (controls)")
     intervention: str = config_field("mean", f"one of {', '.join(INTERVENTIONS)}")
     value: float | None = config_field(None, "the parameter of threshold / fixed / multiply")
@@ -451,7 +460,9 @@ class InterventionConfig:
         return self
 
     def identity(self) -> dict[str, Any]:
-        ident = config_identity(self, exclude=("batch_size", "device", "overwrite", "checkpoint_every"), paths=("neuron_df",))
+        ident = config_identity(
+            self, exclude=("batch_size", "device", "overwrite", "checkpoint_every"), paths=("neuron_df",)
+        )
         return {**ident, "format": FORMAT}
 
     def run_name(self) -> str:
@@ -604,7 +615,13 @@ def run_intervention(cfg: InterventionConfig) -> stage.StageResult:
         files=files,
         seconds=seconds,
     )
-    write_outputs(folder, nominal, metrics, {artifacts.INTERVENTION_SUMMARY_FILE: table, artifacts.INTERVENTION_NEURONS_FILE: neurons_df}, manifest)
+    write_outputs(
+        folder,
+        nominal,
+        metrics,
+        {artifacts.INTERVENTION_SUMMARY_FILE: table, artifacts.INTERVENTION_NEURONS_FILE: neurons_df},
+        manifest,
+    )
     stage.log(STAGE, f"{len(ablations)} ablations x {n_tok:,} tokens in {seconds:.1f} s -> {folder}")
     for _, r in table[table["label"].str.startswith("group:")].iterrows():
         stage.log(

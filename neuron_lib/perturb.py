@@ -32,7 +32,6 @@ import numpy as np
 import torch
 
 from neuron_lib import artifacts, stage
-from neuron_lib.stats import bootstrap_ci
 from neuron_lib.common import (
     REQUIRED,
     NeuronLibError,
@@ -45,6 +44,7 @@ from neuron_lib.common import (
     run_cli,
     write_manifest,
 )
+from neuron_lib.stats import bootstrap_ci
 
 STAGE = "perturb"
 FORMAT = 1

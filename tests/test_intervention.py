@@ -112,7 +112,9 @@ def test_each_ablation_matches_hand_forward(env, kind, value, fn, where):
     logits, seen = I._forward(env["bridge"], tokens, a.hooks, [f"blocks.{layer}.mlp.hook_{where}"])
     assert torch.allclose(logits.double(), ref, atol=1e-4)
     # the hook really set what it claims
-    assert torch.allclose(seen[f"blocks.{layer}.mlp.hook_{where}"][..., dim].double(), fn(_clean_act(env, layer, dim, where)), atol=1e-6)
+    assert torch.allclose(
+        seen[f"blocks.{layer}.mlp.hook_{where}"][..., dim].double(), fn(_clean_act(env, layer, dim, where)), atol=1e-6
+    )
 
 
 def _clean_act(env, layer, dim, where):
@@ -138,7 +140,9 @@ def test_metrics_against_float64_references():
         assert torch.allclose(got[k], ref[k], atol=1e-10)
     assert torch.equal(got["rank"].long(), ref["rank"])
     assert torch.allclose(stats.token_kl(other, logits), ref["kl"], atol=1e-10)
-    assert torch.allclose(stats.reciprocal_rank(torch.tensor([0, 1, 3])), torch.tensor([1, 0.5, 0.25], dtype=torch.float64))
+    assert torch.allclose(
+        stats.reciprocal_rank(torch.tensor([0, 1, 3])), torch.tensor([1, 0.5, 0.25], dtype=torch.float64)
+    )
 
 
 def test_pearson_spearman_bootstrap():
@@ -147,6 +151,7 @@ def test_pearson_spearman_bootstrap():
     y = x + rng.normal(size=200)
     y[:10] = y[10]  # ties
     assert stats.pearson(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-12)
+
     # Spearman by hand: average ranks (ties share the mean of their positions)
     def avg_rank(v):
         r = np.empty(len(v))
@@ -275,12 +280,21 @@ def test_kill_and_resume_identical(env, monkeypatch, tmp_path):
     assert seen["start"] == 4  # resumed after the two checkpointed batches
     got = load_tensors(f"{res.outputs['folder']}/{artifacts.INTERVENTION_METRICS_FILE}")
     assert set(got) == set(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
-    pd.testing.assert_frame_equal(pd.read_csv(f"{res.outputs['folder']}/{artifacts.INTERVENTION_SUMMARY_FILE}"), ref_table)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(f"{res.outputs['folder']}/{artifacts.INTERVENTION_SUMMARY_FILE}"), ref_table
+    )
     assert not (folder / artifacts.INTERVENTION_PARTIAL_FILE).exists()
 
 
 def test_top_k_selection_and_controls(tmp_path):
-    df = pd.DataFrame({"layer": [0, 0, 1, 1], "neuron": [0, 1, 0, 1], "excess_corr": [0.1, np.nan, 0.9, 0.5], "alignment_mean": [0.8, 0.7, 0.0, 0.1]})
+    df = pd.DataFrame(
+        {
+            "layer": [0, 0, 1, 1],
+            "neuron": [0, 1, 0, 1],
+            "excess_corr": [0.1, np.nan, 0.9, 0.5],
+            "alignment_mean": [0.8, 0.7, 0.0, 0.1],
+        }
+    )
     assert I.top_neurons(df, "excess_corr", 2) == [(1, 0), (1, 1)]
     assert I.top_neurons(df, "alignment_mean", 1) == [(0, 0)]
     with pytest.raises(NeuronLibError, match="no column"):
@@ -367,8 +381,17 @@ def test_entropy_stage_records_scale(env, tmp_path):
     path = tmp_path / "ndf.csv"
     df.to_csv(path, index=False)
     ecfg = E.EntropyInterventionConfig(
-        model=str(env["model_dir"]), token_dataset=str(env["ds"]), values="0,3", n_candidates=1, n_baselines=2,
-        neuron_df=str(path), max_tokens=None, batch_size=3, device="cpu", dtype="float64", n_bootstrap=20,
+        model=str(env["model_dir"]),
+        token_dataset=str(env["ds"]),
+        values="0,3",
+        n_candidates=1,
+        n_baselines=2,
+        neuron_df=str(path),
+        max_tokens=None,
+        batch_size=3,
+        device="cpu",
+        dtype="float64",
+        n_bootstrap=20,
     )
     res = E.run_entropy_intervention(ecfg)
     folder = res.outputs["folder"]
@@ -478,13 +501,24 @@ def test_heuristic_scores_by_hand():
     want = float(w @ W_Q[a, h].double() @ k[a, h].double() / dh**0.5)
     assert float(s[a, h, q, n]) == pytest.approx(want, abs=1e-10)
     s2, r2 = AD.heuristic_scores(W_Q, 5 * W_out, k, seed=0)  # unit-normalised: scale-free
-    assert torch.allclose(torch.nan_to_num(s2), torch.nan_to_num(s)) and torch.equal(torch.nan_to_num(r), torch.nan_to_num(r2))
+    assert torch.allclose(torch.nan_to_num(s2), torch.nan_to_num(s)) and torch.equal(
+        torch.nan_to_num(r), torch.nan_to_num(r2)
+    )
     table = AD.pair_table(s, r)
     assert len(table) == H * N * 3 and table["abs_score"].is_monotonic_decreasing
 
 
 def test_attention_stage_and_errors(env, monkeypatch):
-    base = dict(model=str(env["model_dir"]), token_dataset=str(env["ds"]), device="cpu", dtype="float64", batch_size=4, after_pos=6, max_tokens=None, top_k=2)
+    base = dict(
+        model=str(env["model_dir"]),
+        token_dataset=str(env["ds"]),
+        device="cpu",
+        dtype="float64",
+        batch_size=4,
+        after_pos=6,
+        max_tokens=None,
+        top_k=2,
+    )
     res = AD.run_attention_deactivation(AD.AttentionDeactivationConfig(**base))
     pairs = pd.read_csv(res.outputs[artifacts.ATTENTION_PAIRS_FILE])
     assert len(pairs) == 2 and {"pearson_norm_diff", "spearman_norm_diff", "pearson_bos_diff"} <= set(pairs.columns)
@@ -492,8 +526,19 @@ def test_attention_stage_and_errors(env, monkeypatch):
     label = pairs["pair"].iloc[0]
     assert rec[f"{label}.activation"].numel() == 6 * (16 - 6)  # every batch, not only the last
     heur = pd.read_csv(res.outputs[artifacts.ATTENTION_TOP_PAIRS_FILE])
-    assert pairs["pair"].iloc[0] == AD.Pair(*heur.iloc[0][["attn_layer", "head", "neuron_layer", "neuron"]].astype(int)).label
+    assert (
+        pairs["pair"].iloc[0]
+        == AD.Pair(*heur.iloc[0][["attn_layer", "head", "neuron_layer", "neuron"]].astype(int)).label
+    )
     monkeypatch.setattr(AD, "path_ablation_batch", lambda *a, **k: pytest.fail("heavy work started"))
-    for pairs_arg, match in (("1.2:0.3", "head 2 is out of range"), ("1.0:1.3", "must come before"), ("1.0:0.64", "out of range"), ("5.0:0.1", "does not exist"), ("1.0-0.1", "cannot read pair")):
+    for pairs_arg, match in (
+        ("1.2:0.3", "head 2 is out of range"),
+        ("1.0:1.3", "must come before"),
+        ("1.0:0.64", "out of range"),
+        ("5.0:0.1", "does not exist"),
+        ("1.0-0.1", "cannot read pair"),
+    ):
         with pytest.raises(NeuronLibError, match=match):
-            AD.run_attention_deactivation(AD.AttentionDeactivationConfig(**{**base, "pairs": pairs_arg, "overwrite": True}))
+            AD.run_attention_deactivation(
+                AD.AttentionDeactivationConfig(**{**base, "pairs": pairs_arg, "overwrite": True})
+            )
