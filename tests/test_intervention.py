@@ -542,3 +542,32 @@ def test_attention_stage_and_errors(env, monkeypatch):
             AD.run_attention_deactivation(
                 AD.AttentionDeactivationConfig(**{**base, "pairs": pairs_arg, "overwrite": True})
             )
+
+
+def test_notebooks_on_tiny_results(env, tmp_path):
+    """entropy_neurons and bos_signal_neurons execute on the tiny model's results and save their figures."""
+    import json
+
+    from neuron_lib import notebooks as nb
+    from neuron_lib.models import load_model
+    from neuron_lib.weights import extract_weights, neuron_stats
+
+    w = extract_weights(load_model(str(env["model_dir"]), process_weights=True))
+    df = neuron_stats(w)
+    df["vocab_var"] = (w.W_out.reshape(-1, w.W_out.shape[-1]) @ w.W_U).var(1).numpy()
+    df.to_csv(tmp_path / "ndf.csv", index=False)
+    common = dict(model=str(env["model_dir"]), token_dataset=str(env["ds"]), device="cpu", max_tokens=None)
+    E.run_entropy_intervention(
+        E.EntropyInterventionConfig(
+            **common, values="0,3", n_candidates=1, n_baselines=2, neuron_df=str(tmp_path / "ndf.csv"), n_bootstrap=20
+        )
+    )
+    AD.run_attention_deactivation(AD.AttentionDeactivationConfig(**common, top_k=1, after_pos=6))
+    done, failed = nb.run_notebooks(str(env["model_dir"]), out=tmp_path / "figs", only=list(nb.NEEDS_INTERVENTION))
+    assert not failed, failed
+    for name, want in (
+        ("entropy_neurons", {"entropy_neuron_weights", "entropy_neuron_intervention"}),
+        ("bos_signal_neurons", {"bos_heuristic_hist", "path_ablation_pairs"}),
+    ):
+        saved = {f["name"] for f in json.loads((tmp_path / "figs" / name / "figures.json").read_text())["figures"]}
+        assert want <= saved, (name, saved)
