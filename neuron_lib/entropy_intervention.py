@@ -242,7 +242,6 @@ def run_entropy_intervention(cfg: EntropyInterventionConfig) -> stage.StageResul
     if not candidates + extra + baselines:
         raise NeuronLibError("no neurons to intervene on: raise --n-candidates / --n-baselines or give --neurons")
     ablations = []
-    norm_of = {(int(l), int(n)): v for l, n, v in zip(table["layer"], table["neuron"], table["null_share"])}
     for role, pairs in (("candidate", candidates), ("extra", extra), ("baseline", baselines)):
         for l, n in pairs:
             for v in values:
@@ -258,9 +257,7 @@ def run_entropy_intervention(cfg: EntropyInterventionConfig) -> stage.StageResul
                             "location": cfg.location,
                             "value": v,
                             "w_out_norm": float(shares["w_out_norm"][l, n]),
-                            "null_share": float(shares["null_share"][l, n])
-                            if (l, n) in norm_of
-                            else float(shares["null_share"][l, n]),
+                            "null_share": float(shares["null_share"][l, n]),
                         },
                     )
                 )
