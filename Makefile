@@ -25,6 +25,11 @@ all: env
 corpus zoo correlations universality weights summary neuron_df figures prompts coactivation perturb: env
 	$(PY) -m neuron_lib.pipeline $@
 
+# Interventions (neuron_lib/pipeline.py STAGES): ablations, the entropy-neuron experiment, attention (de)activation.
+.PHONY: intervention entropy_intervention attention_deactivation
+intervention entropy_intervention attention_deactivation: env
+	$(PY) -m neuron_lib.pipeline $@
+
 # The formatter and linter (configured in pyproject.toml) run first: a lint error fails `make test`.
 lint: env
 	$(VENV)/bin/ruff format --check neuron_lib tests benchmarks
@@ -44,4 +49,4 @@ benchmarks: env
 	$(PY) benchmarks/bench_universality.py
 
 clean-outputs:
-	rm -rf corpus token_datasets models correlation_results summary_data dataframes cached_activations figures graphs
+	rm -rf corpus token_datasets models correlation_results summary_data dataframes cached_activations figures graphs intervention_results

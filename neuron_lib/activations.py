@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from neuron_lib import artifacts, stage
+from neuron_lib import artifacts, stage, stats
 from neuron_lib.common import (
     REQUIRED,
     ManifestMismatch,
@@ -176,22 +176,7 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -
 
 
 # ---------------------------------------------------------------- per-token metrics
-@torch.no_grad()
-def token_metrics(logits: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-    """loss / entropy (nats) / rank [B, P] from logits [B, P, V] and tokens [B, P] (rank = # logits > true)."""
-    if logits.dtype not in (torch.float32, torch.float64):
-        logits = logits.to(torch.float32)
-    logp = torch.log_softmax(logits, dim=-1)
-    entropy = -(logp.exp() * logp).sum(-1)
-    B, P = tokens.shape
-    loss = torch.zeros(B, P, dtype=logits.dtype, device=logits.device)
-    rank = torch.zeros(B, P, dtype=torch.int32, device=logits.device)
-    if P > 1:
-        nxt = tokens[:, 1:].to(logits.device).unsqueeze(-1)
-        loss[:, :-1] = -logp[:, :-1].gather(-1, nxt).squeeze(-1)
-        true_logit = logits[:, :-1].gather(-1, nxt)
-        rank[:, :-1] = (logits[:, :-1] > true_logit).sum(-1).to(torch.int32)
-    return {"loss": loss, "entropy": entropy, "rank": rank}
+token_metrics = stats.token_metrics  # the one definition lives in stats.py (shared with the interventions)
 
 
 # ---------------------------------------------------------------- loading

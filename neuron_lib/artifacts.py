@@ -9,6 +9,7 @@ tests and clusters redirect everything with environment variables:
     CORPUS_DIR → corpus/          DATASET_DIR → token_datasets/      MODELS_DIR → models/
     RESULTS_DIR → correlation_results/   SUMMARY_DIR → summary_data/   DATAFRAMES_DIR → dataframes/
     CACHED_ACTIVATIONS_DIR → cached_activations/   FIGURES_DIR → figures/   GRAPHS_DIR → graphs/
+    INTERVENTION_DIR → intervention_results/
     SHARED_DIR → ../shared
 
 Model arguments are model names as users give them (zoo name, alias, folder, hub id); the path component is
@@ -33,6 +34,7 @@ ROOTS: dict[str, str] = {
     "CACHED_ACTIVATIONS_DIR": "cached_activations",
     "FIGURES_DIR": "figures",
     "GRAPHS_DIR": "graphs",
+    "INTERVENTION_DIR": "intervention_results",
 }
 
 # ---------------------------------------------------------------- file names inside artifact folders
@@ -381,3 +383,30 @@ def paper_data_dir(model: str | None = None) -> Path:
 
 def paper_table(model: str = "stanford-gpt2-small-a", table: str = "universal") -> Path:
     return paper_data_dir(model) / f"{table}.csv"
+
+
+# ---------------------------------------------------------------- interventions (intervention.py, entropy_intervention.py,
+# attention_deactivation.py)
+INTERVENTION_METRICS_FILE = "metrics.safetensors"  # per intervention and token: loss, entropy, rank, kl (+ scale)
+INTERVENTION_NOMINAL_FILE = "nominal.safetensors"  # the clean run's per-token metrics and the valid-token mask
+INTERVENTION_PARTIAL_FILE = "partial.safetensors"  # resumable progress of an unfinished run (removed at the end)
+INTERVENTION_SUMMARY_FILE = "summary.csv"  # per intervention: means and bootstrap intervals
+INTERVENTION_NEURONS_FILE = "neurons.csv"  # the selection: neurons, roles, the selection column, controls' seed
+ENTROPY_CANDIDATES_FILE = "candidates.csv"  # every last-layer neuron: ‖w_out‖, null-space share, score
+ATTENTION_SCORES_FILE = "scores.safetensors"  # heuristic h_n [A, H, Q, N] and its random-direction baseline
+ATTENTION_TOP_PAIRS_FILE = "heuristic_pairs.csv"  # every (head, earlier neuron) pair sorted by |h_n|
+ATTENTION_PATH_FILE = "path_ablation.safetensors"  # per pair and query token: activation, Δ‖z‖, ΔP(BOS)
+ATTENTION_PAIRS_FILE = "path_ablation.csv"  # per pair: Pearson / Spearman with the neuron's activation
+
+
+def intervention_root(model: str, dataset: str | Path) -> Path:
+    return root("INTERVENTION_DIR") / model_name(model) / dataset_name(dataset)
+
+
+def intervention_results(model: str, dataset: str | Path, run: str) -> Path:
+    """One ablation run: ``{model}/{dataset}/{run}/`` (run = e.g. ``mean.post`` or ``entropy.post.fixed``)."""
+    return intervention_root(model, dataset) / run
+
+
+def attention_deactivation(model: str, dataset: str | Path, run: str = "attention_deactivation") -> Path:
+    return intervention_root(model, dataset) / run

@@ -40,10 +40,14 @@ NOTEBOOKS: dict[str, str] = {
     "prediction_neurons": "Prediction and suppression neurons (paper §5.1, Fig 6)",
     "dataset_summary": "Dataset summary: pre-activation histograms and top-activating examples",
     "coactivation_graph": "Neuron co-activation graph of a prompt run: thresholds, perturbations, heatmaps, tokens",
+    "entropy_neurons": "Entropy neurons: fixed activations vs final LN scale, entropy, loss (paper §5.2, Fig 7, 25, 1f)",
+    "bos_signal_neurons": "BOS-signal neurons: heuristic h_n and path ablation (paper §5.3, Fig 8)",
 }
 NEEDS_NEURON_DF = ("properties_of_universal_neurons", "prediction_neurons")
 NEEDS_SUMMARY = ("dataset_summary",)
 NEEDS_COACTIVATION = ("coactivation_graph",)  # a prompts run and its coactivation graph (perturb optional)
+# notebooks that read intervention results: {notebook: run folder name} (neuron_lib.intervention_figures.find_run)
+NEEDS_INTERVENTION = {"entropy_neurons": "entropy.post", "bos_signal_neurons": "attention_deactivation"}
 PAPER_TABLE_NOTEBOOKS = ("properties_of_universal_neurons", "prediction_neurons")
 # neurons per layer of the paper's models, for shares from universal-only tables
 KNOWN_D_MLP = {
@@ -594,6 +598,17 @@ def run_notebooks(
         try:
             with graphs_root(defaults.get("graphs_dir")):
                 validate_coactivation(model, defaults["run"], defaults.get("activation_threshold"))
+        except NeuronLibError as exc:
+            if only:
+                raise
+            log(f"[{name}] skipped: {exc}")
+            names.remove(name)
+    for name in [n for n in names if n in NEEDS_INTERVENTION]:
+        # like the co-activation notebook: skipped in a full run without its results, an error when asked for
+        from neuron_lib.intervention_figures import find_run
+
+        try:
+            find_run(model, NEEDS_INTERVENTION[name], dataset)
         except NeuronLibError as exc:
             if only:
                 raise

@@ -44,6 +44,7 @@ from neuron_lib.common import (
     run_cli,
     write_manifest,
 )
+from neuron_lib.stats import bootstrap_ci
 
 STAGE = "perturb"
 FORMAT = 1
@@ -86,16 +87,6 @@ class PerturbConfig:
 
 
 # =============================================================== numerics
-def bootstrap_ci(values: np.ndarray, n_boot: int, rng: np.random.Generator, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (resampling entries with replacement)."""
-    values = np.asarray(values, np.float64)
-    if len(values) < 2:
-        return float("nan"), float("nan")
-    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(1)
-    a = (1 - level) / 2
-    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
-
-
 def logits_with_hooks(model, tokens: torch.Tensor, hooks) -> torch.Tensor:
     """Logits of ``tokens`` with ``hooks`` attached for this one forward pass (removed even on error)."""
     with torch.no_grad(), model.hooks(fwd_hooks=list(hooks)):

@@ -3,6 +3,7 @@
     corpus -> zoo -> correlations, weights, summary -> neuron_df ─┐
                 zoo -> prompts -> coactivation -> perturb ────┴-> figures   (prompts: the reference model, the
                                                                              repository's prompt set)
+    neuron_df -> intervention, entropy_intervention; zoo -> attention_deactivation; all three -> figures
 
 :data:`STAGES` is the pipeline's source of truth: names, order, dependencies, whether ``make all`` runs a stage,
 and which ``slurm/<script>.sbatch`` runs it on a cluster (``neuron_lib.slurm`` derives its jobs from this table).
@@ -91,9 +92,30 @@ STAGES: tuple[Stage, ...] = (
         ("NL_REFERENCE_MODELS",),
     ),
     Stage(
+        "intervention",
+        "mean ablation of the top universal neurons vs same-layer random controls: per-token loss, entropy, rank, KL",
+        ("neuron_df",),
+        "intervention.sbatch",
+        ("NL_REFERENCE_MODELS",),
+    ),
+    Stage(
+        "entropy_intervention",
+        "entropy-neuron candidates (null-space rule) and seeded baselines fixed to a range of values",
+        ("neuron_df",),
+        "entropy_intervention.sbatch",
+        ("NL_REFERENCE_MODELS",),
+    ),
+    Stage(
+        "attention_deactivation",
+        "heuristic h_n for every (head, earlier neuron) pair; path ablation of the top pairs",
+        ("zoo",),
+        "attention_deactivation.sbatch",
+        ("NL_REFERENCE_MODELS",),
+    ),
+    Stage(
         "figures",
         "the paper notebooks executed with papermill; figures/index.html (the co-activation notebook too, so after perturb)",
-        ("neuron_df", "perturb"),
+        ("neuron_df", "perturb", "intervention", "entropy_intervention", "attention_deactivation"),
         "figures.sbatch",
         ("NL_REFERENCE_MODELS",),
     ),
@@ -162,6 +184,8 @@ def stage_commands(name: str, zoo_preset: str = "default", zoo_jobs: int = 1) ->
         return [
             ["neuron_lib.notebooks", "--model", reference, "-p", f"universal_criterion={criteria.FIGURE_CRITERION}"]
         ]
+    if name in ("intervention", "entropy_intervention", "attention_deactivation"):  # defaults sized for `make all`
+        return [[f"neuron_lib.{name}", "--model", reference, "--token-dataset", str(analysis)]]
     run = artifacts.default_prompts_csv().stem
     if name == "prompts":
         return [["neuron_lib.prompts", "--model", reference, "--prompts-csv", str(artifacts.default_prompts_csv())]]

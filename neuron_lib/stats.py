@@ -241,3 +241,95 @@ def within_layer_percentiles(df, metrics):
             values = df.loc[idx, m].to_numpy(dtype=float)
             out.loc[idx, m] = percentile_of_score(values, values)
     return out
+
+
+# ---------------------------------------------------------------- per-token metrics of next-token predictions
+@torch.no_grad()
+def token_metrics(logits: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """loss / entropy (nats) / rank [B, P] from logits [B, P, V] and tokens [B, P] (rank = # logits > true).
+
+    loss and rank describe the prediction of token p+1 at position p; the last position is 0. The rank counts
+    the logits strictly greater than the true token's (0 = top-1) instead of sorting the vocabulary (spec §18.29).
+    """
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.to(torch.float32)
+    logp = torch.log_softmax(logits, dim=-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    B, P = tokens.shape
+    loss = torch.zeros(B, P, dtype=logits.dtype, device=logits.device)
+    rank = torch.zeros(B, P, dtype=torch.int32, device=logits.device)
+    if P > 1:
+        nxt = tokens[:, 1:].to(logits.device).unsqueeze(-1)
+        loss[:, :-1] = -logp[:, :-1].gather(-1, nxt).squeeze(-1)
+        true_logit = logits[:, :-1].gather(-1, nxt)
+        rank[:, :-1] = (logits[:, :-1] > true_logit).sum(-1).to(torch.int32)
+    return {"loss": loss, "entropy": entropy, "rank": rank}
+
+
+@torch.no_grad()
+def token_kl(base_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(p_base ‖ p) in nats of the next-token distributions, per position: [B, P] from two [B, P, V] logits."""
+    dt = torch.float64 if torch.float64 in (base_logits.dtype, logits.dtype) else torch.float32
+    base = torch.log_softmax(base_logits.to(dt), -1)
+    logp = torch.log_softmax(logits.to(dt), -1)
+    return (base.exp() * (base - logp)).sum(-1).clamp(min=0.0)
+
+
+def reciprocal_rank(rank: torch.Tensor) -> torch.Tensor:
+    """1 / (rank + 1) for ranks counted from 0 (spec §8.3's ``recip_rank``)."""
+    return 1.0 / (rank.to(torch.float64) + 1.0)
+
+
+# ---------------------------------------------------------------- bootstrap intervals and correlations
+def bootstrap_ci(values: np.ndarray, n_boot: int, rng: np.random.Generator, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (resampling entries with replacement)."""
+    values = np.asarray(values, np.float64)
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(1)
+    a = (1 - level) / 2
+    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+def bootstrap_index(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """[n_boot, n] resample indices (with replacement) from ``seed``: one draw shared by every quantity of a run,
+    so paired differences between interventions use the same resamples."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def bootstrap_ci_index(values: np.ndarray, index: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` [n] over the resamples ``index`` [n_boot, n]."""
+    values = np.asarray(values, np.float64)
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    means = values[index].mean(1)
+    a = (1 - level) / 2
+    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+def pearson(x, y) -> float:
+    """Pearson correlation (float64, two-pass); NaN when either side is constant or has < 2 values."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if len(x) < 2:
+        return float("nan")
+    dx, dy = x - x.mean(), y - y.mean()
+    den = np.sqrt((dx * dx).sum() * (dy * dy).sum())
+    return float((dx * dy).sum() / den) if den > 0 else float("nan")
+
+
+def average_ranks(x) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank (scipy ``rankdata(method='average')``)."""
+    x = np.asarray(x, np.float64)
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(xs)) + 1]
+    ends = np.r_[starts[1:], len(xs)]
+    ranks = np.empty(len(x), np.float64)
+    for s, e in zip(starts, ends):
+        ranks[order[s:e]] = (s + e + 1) / 2.0
+    return ranks
+
+
+def spearman(x, y) -> float:
+    """Spearman correlation = Pearson of the average ranks."""
+    return pearson(average_ranks(x), average_ranks(y))

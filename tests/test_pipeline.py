@@ -21,6 +21,9 @@ def test_table_is_a_dag_in_order():
         "prompts",
         "coactivation",
         "perturb",
+        "intervention",
+        "entropy_intervention",
+        "attention_deactivation",
         "figures",
     ]
 

@@ -477,6 +477,7 @@ def test_scripts_run_the_same_commands_as_the_local_pipeline():
         return sorted(script_command(stages[n], env, i)[2:] for n in names for i in range(S.array_size(stages[n], env)))
 
     stage_names = ("correlations", "weights", "summary", "neuron_df", "figures", "prompts", "coactivation", "perturb")
+    stage_names += ("intervention", "entropy_intervention", "attention_deactivation")
     for name in stage_names:  # one table: the same stage names
         assert commands(name) == sorted(pipeline.stage_commands(name)), name
     # zoo: the pipeline trains all models in one process, Slurm one per task, with the same preset
