@@ -42,8 +42,9 @@ blocks give the rotation baseline, and whose whole gives the multiple correlatio
 - ``artifacts.universality_run(key, dataset)/``: ``criteria_controls.{csv,parquet}`` (one row per candidate ×
   layer, ``all`` included: ``share`` in the trained world for the reference, ``share_all_refs`` averaged over
   every model as reference, ``rotated``, ``untrained``, ``half1``, ``half2``, ``jaccard_halves``,
-  ``final_at_cap``, ``step{s}``, ``spearman_act_freq`` and ``spearman_act_freq_rotated`` — Spearman of the
-  candidate's score with the exact activation frequency, real and rotated), ``pair_summary.csv`` (ordered pair ×
+  ``final_at_cap``, ``step{s}``, ``spearman_act_freq`` and ``spearman_act_freq_untrained`` — Spearman of the
+  candidate's score with the reference's exact activation frequency, against the trained set and against untrained
+  models: the sparsity artefact a score shows with no true counterpart), ``pair_summary.csv`` (ordered pair ×
   layer: median best correlation, median alignment), manifest last.
 
 CLI: ``python -m neuron_lib.universality --help``.
@@ -437,10 +438,11 @@ def controls_table(tables: Mapping[str, Mapping[str, Any]], ref: str, cfg: Unive
                 h1, h2 = per_world["half1"][sel], per_world["half2"][sel]
                 union = (h1 | h2).sum()
                 row["jaccard_halves"] = (h1 & h2).sum() / union if union else float("nan")
-            if act_freq is not None:
+            if act_freq is not None:  # the same neurons' scores: trained set, and against untrained models
                 row["spearman_act_freq"] = _spearman(main[score].to_numpy(float)[sel], act_freq[sel])
-                rot = tables["rotated"][ref]
-                row["spearman_act_freq_rotated"] = _spearman(rot[score].to_numpy(float)[sel], act_freq[sel])
+                if "untrained" in tables:
+                    null = tables["untrained"][ref][score].to_numpy(float)[sel]
+                    row["spearman_act_freq_untrained"] = _spearman(null, act_freq[sel])
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -777,6 +779,7 @@ def _print_controls(controls) -> None:
             "jaccard_halves",
             "final_at_cap",
             "spearman_act_freq",
+            "spearman_act_freq_untrained",
         )
         if c in controls
     ]

@@ -180,7 +180,7 @@ def test_controls_table_columns_and_jaccard():
     assert row["share"] == pytest.approx(planted.mean())
     assert row["rotated"] == 0.0 and row["jaccard_halves"] == 1.0
     assert set(ctl.layer) == {"all", "0", "1"}
-    assert {"share_all_refs", "spearman_act_freq", "spearman_act_freq_rotated"} <= set(ctl.columns)
+    assert {"share_all_refs", "spearman_act_freq"} <= set(ctl.columns)
 
 
 # ============================================================================ the stage on the micro zoo
