@@ -557,8 +557,8 @@ def run_universality(cfg: UniversalityConfig) -> stage.StageResult:
     table_dirs = {m: artifacts.correlation_table_dir(m, inputs.dataset_name) for m in trained}
     outputs = {"run": str(run_dir), **{f"table/{m}": str(d) for m, d in table_dirs.items()}}
     todo = stage.must_run(run_dir, stage.folder_state(run_dir, STAGE, fp, _RUN_FILES), cfg.overwrite, STAGE)
-    for d in table_dirs.values():
-        state = stage.folder_state(d, TABLE_STAGE, fp, _TABLE_FILES)
+    states = {d: stage.folder_state(d, TABLE_STAGE, fp, _TABLE_FILES) for d in table_dirs.values()}
+    for d, state in states.items():  # a reference-only table first: its message says what replaces it
         if state == "other" and not cfg.overwrite:
             old = read_json(artifacts.manifest_path(d)).get("stage")
             if old == "correlations.table":
@@ -567,6 +567,8 @@ def run_universality(cfg: UniversalityConfig) -> stage.StageResult:
                     "replaces it: rerun with --overwrite (`python -m neuron_lib.universality --models "
                     f"{','.join(cfg.models)} --token-dataset {cfg.token_dataset} --overwrite`)"
                 )
+
+    for d, state in states.items():
         todo |= stage.must_run(d, state, cfg.overwrite, TABLE_STAGE)
     if not todo:
         stage.log(STAGE, f"{cfg.key} on {inputs.dataset_name} is complete; nothing to do")
@@ -660,7 +662,8 @@ def run_universality(cfg: UniversalityConfig) -> stage.StageResult:
                 _checkpoint(ckpt_dir, worlds, at_cap, end, batches, fp)
     finally:
         bar.close()
-    stage.log(STAGE, f"pass done in {time.time() - t0:.0f} s ({n_tokens:,} tokens this run)")
+    pass_seconds = time.time() - t0
+    stage.log(STAGE, f"pass done in {pass_seconds:.0f} s ({n_tokens:,} tokens this run)")
 
     # ---- finalise: every world, every candidate
     t1 = time.time()
@@ -735,7 +738,8 @@ def run_universality(cfg: UniversalityConfig) -> stage.StageResult:
         int(trained_w.n),
         time.time() - t0,
         details={
-            "n_universal_aligned": {m: int(t["is_universal_aligned"].sum()) for m, t in tables["trained"].items()}
+            "pass_seconds": pass_seconds,
+            "n_universal_aligned": {m: int(t["is_universal_aligned"].sum()) for m, t in tables["trained"].items()},
         },
     )
 

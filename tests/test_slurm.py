@@ -182,7 +182,13 @@ def test_pipeline_through_slurm_equals_local_run(cluster, micro_zoo, tmp_path):
     # the micro zoo's context is 32 tokens: a prompt set that fits it (the run keeps the default name, its stem)
     prompts_csv = tmp_path / "prompts.csv"
     prompts_csv.write_text('prompts,number_of_new_tokens,num_samples\n"the cat sees",6,2\n"a small bird",6,2\n')
-    slurm_env = job_env(micro_zoo, tmp_path / "slurm", NL_PROMPTS_CSV=str(prompts_csv))
+    # ... and intervention token budgets that fit its 335 x 32-token analysis split (`make all`'s are larger)
+    small = dict(
+        NL_INTERVENTION_ARGS="--max-tokens 2048",
+        NL_ENTROPY_INTERVENTION_ARGS="--max-tokens 2048",
+        NL_ATTENTION_DEACTIVATION_ARGS="--max-tokens 2048 --after-pos 8",
+    )
+    slurm_env = job_env(micro_zoo, tmp_path / "slurm", NL_PROMPTS_CSV=str(prompts_csv), **small)
     args = [
         "--models",
         "a,b",
@@ -395,6 +401,9 @@ def test_dry_run_prints_sbatch_commands_with_dependency_edges(tmp_path):
         "PROMPTS",
         "COACTIVATION",
         "PERTURB",
+        "INTERVENTION",
+        "ENTROPY_INTERVENTION",
+        "ATTENTION_DEACTIVATION",
         "FIGURES",
     ]
     assert "--dependency" not in lines["ZOO"] and "--array=0-2 " in lines["ZOO"]
@@ -402,7 +411,10 @@ def test_dry_run_prints_sbatch_commands_with_dependency_edges(tmp_path):
         assert '"--dependency=afterok:${ZOO_JOB}"' in lines[stage]
     assert '"--dependency=afterok:${ZOO_JOB}:${SUMMARY_JOB}"' in lines["UNIVERSALITY"]
     assert '"--dependency=afterok:${UNIVERSALITY_JOB}:${WEIGHTS_JOB}:${SUMMARY_JOB}"' in lines["NEURON_DF"]
-    assert '"--dependency=afterok:${NEURON_DF_JOB}:${PERTURB_JOB}"' in lines["FIGURES"]
+    assert (
+        '"--dependency=afterok:${NEURON_DF_JOB}:${PERTURB_JOB}:${INTERVENTION_JOB}:${ENTROPY_INTERVENTION_JOB}:'
+        '${ATTENTION_DEACTIVATION_JOB}"' in lines["FIGURES"]
+    )
     assert '"--dependency=afterok:${ZOO_JOB}"' in lines["PROMPTS"]
     assert '"--dependency=afterok:${PROMPTS_JOB}"' in lines["COACTIVATION"]
     assert '"--dependency=afterok:${COACTIVATION_JOB}"' in lines["PERTURB"]
