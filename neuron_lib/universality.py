@@ -556,7 +556,6 @@ def run_universality(cfg: UniversalityConfig) -> stage.StageResult:
     run_dir = artifacts.universality_run(cfg.key, inputs.dataset_name)
     table_dirs = {m: artifacts.correlation_table_dir(m, inputs.dataset_name) for m in trained}
     outputs = {"run": str(run_dir), **{f"table/{m}": str(d) for m, d in table_dirs.items()}}
-    todo = stage.must_run(run_dir, stage.folder_state(run_dir, STAGE, fp, _RUN_FILES), cfg.overwrite, STAGE)
     states = {d: stage.folder_state(d, TABLE_STAGE, fp, _TABLE_FILES) for d in table_dirs.values()}
     for d, state in states.items():  # a reference-only table first: its message says what replaces it
         if state == "other" and not cfg.overwrite:
@@ -568,6 +567,7 @@ def run_universality(cfg: UniversalityConfig) -> stage.StageResult:
                     f"{','.join(cfg.models)} --token-dataset {cfg.token_dataset} --overwrite`)"
                 )
 
+    todo = stage.must_run(run_dir, stage.folder_state(run_dir, STAGE, fp, _RUN_FILES), cfg.overwrite, STAGE)
     for d, state in states.items():
         todo |= stage.must_run(d, state, cfg.overwrite, TABLE_STAGE)
     if not todo:
