@@ -401,7 +401,7 @@ def _candidates(cfg: UniversalityConfig) -> list[tuple[str, str, str]]:
 
 def _flag(df, column: str) -> np.ndarray:
     if column.startswith("alignment_mean>"):
-        return (df["alignment_mean"].to_numpy() > float(column.split(">")[1])) & ~df["dead"].to_numpy(bool)
+        return criteria.universal(df["alignment_mean"], dead=df["dead"], threshold=float(column.split(">")[1]))
     return df[column].to_numpy(bool)
 
 
