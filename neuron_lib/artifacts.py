@@ -45,6 +45,7 @@ WEIGHT_STATS_FILE = "neuron_stats.csv"
 WEIGHT_VOCAB_FILE = "vocab_composition.safetensors"
 WEIGHT_NEURON_FILE = "neuron_composition.safetensors"
 WEIGHT_HEAD_FILE = "head_composition.safetensors"
+WEIGHT_VOCAB_NULL_FILE = "vocab_kurt_null.csv"  # per-layer null of vocab_kurt (random w_out directions vs W_U)
 #: correlation pair folder files (correlations_fast.py's file contract)
 CORRELATION_SUMMARY_FILE = "correlation_summary.safetensors"
 CORRELATION_SUMMARY_T_FILE = "correlation_summary_T.safetensors"

@@ -22,6 +22,10 @@ universality criterion) join this module.
   best matches.
 - **sparse**: the paper's binned ``sparsity`` (an activation frequency) < 0.02.
 - **prediction / suppression** (paper §5.1): vocab_kurt > 10 and vocab_skew > 0 / < 0.
+- **prediction / suppression, calibrated**: vocab_kurt above its layer's ``NULL_QUANTILE`` of the vocab kurtosis of
+  random directions drawn with that layer's w_out covariance, against the model's own W_U
+  (``weights.vocab_kurtosis_null``; the neuron dataframe's ``NULL_QUANTILE_COLUMN``). The paper's fixed 10 was read
+  off GPT-2's unembedding; the null says what "heavy-tailed" means for the model at hand.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ ALIGNMENT_THRESHOLD = math.sqrt(0.5)  # aligned iff ρ_best² > R²/2: the best 
 ALIGNMENT_RIDGE = 1e-3  # R² uses Σ_m + ridge · mean(diag Σ_m) · I (Σ_m: the other model's neuron covariance)
 LOW_COUNT = 100  # neurons active (pre-activation > 0) on fewer tokens than this get the low_count flag
 PREDICTION_KURTOSIS = 10.0  # paper §5.1: vocab_kurt > 10 → prediction (skew > 0) / suppression (skew < 0)
+NULL_QUANTILE = 0.99  # calibrated: vocab_kurt > the layer's q99 of the random-direction null
+NULL_QUANTILE_COLUMN = "vocab_kurt_null_q99"  # the neuron dataframe's column holding that per-layer quantile
+CALIBRATED = "calibrated"  # the kurtosis-threshold name that means "the neuron's NULL_QUANTILE_COLUMN"
 # The criterion the figures of our own runs use (the all-pairs tables carry it for every model); the paper's
 # published tables have no alignment columns and keep "paper". Chosen from the controls, not from any share.
 FIGURE_CRITERION = "aligned"
@@ -210,9 +217,35 @@ def sparse(sparsity) -> np.ndarray:
         return np.nan_to_num(_array(sparsity), nan=np.inf) < SPARSE_THRESHOLD
 
 
-def vocab_kind(vocab_kurt, vocab_skew, kurt_threshold: float = PREDICTION_KURTOSIS) -> np.ndarray:
-    """'prediction' (vocab_kurt > t, vocab_skew > 0), 'suppression' (vocab_kurt > t, vocab_skew < 0), else 'other'."""
+def kurtosis_threshold(df, kurt_threshold: float | str | None = None):
+    """The vocab-kurtosis threshold of each row of ``df``: a number (default the paper's 10) as it is, or
+    ``CALIBRATED`` → the row's ``NULL_QUANTILE_COLUMN`` (its layer's null quantile; the column must exist)."""
+    if kurt_threshold is None:
+        return PREDICTION_KURTOSIS
+    if isinstance(kurt_threshold, str):
+        if kurt_threshold != CALIBRATED:
+            raise ValueError(f"kurt_threshold: a number or {CALIBRATED!r}, not {kurt_threshold!r}")
+        if NULL_QUANTILE_COLUMN not in df:
+            raise KeyError(
+                f"the table has no {NULL_QUANTILE_COLUMN} column: run `python -m neuron_lib.weights "
+                "--vocab-null-samples 1000` and `python -m neuron_lib.neuron_df` (or `make all`), or pass a number"
+            )
+        return _array(df[NULL_QUANTILE_COLUMN])
+    return float(kurt_threshold)
+
+
+def kurtosis_threshold_label(kurt_threshold: float | str | None = None) -> str:
+    """How figures and tables name a kurtosis threshold: "10" or "the layer's null q99"."""
+    if kurt_threshold == CALIBRATED:
+        return f"the layer's null q{NULL_QUANTILE * 100:g}"
+    return f"{PREDICTION_KURTOSIS if kurt_threshold is None else float(kurt_threshold):g}"
+
+
+def vocab_kind(vocab_kurt, vocab_skew, kurt_threshold=PREDICTION_KURTOSIS) -> np.ndarray:
+    """'prediction' (vocab_kurt > t, vocab_skew > 0), 'suppression' (vocab_kurt > t, vocab_skew < 0), else 'other'.
+
+    ``kurt_threshold`` is a number or one threshold per neuron (the calibrated null: ``kurtosis_threshold``)."""
     kurt, skew = _array(vocab_kurt), _array(vocab_skew)
     with np.errstate(invalid="ignore"):
-        high = kurt > kurt_threshold
+        high = kurt > _array(kurt_threshold)
         return np.where(high & (skew > 0), "prediction", np.where(high & (skew < 0), "suppression", "other"))

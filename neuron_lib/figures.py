@@ -318,6 +318,124 @@ def correlation_vs_baseline(
     return FigureResult(fig, data, note)
 
 
+def partner_models(df: pd.DataFrame) -> list[str]:
+    """The other models of a per-pair correlation table: those with ``max_corr_layer_{m}`` columns (correlations_fast
+    ``build_universal_table``), in column order."""
+    prefix = "max_corr_layer_"
+    return [c[len(prefix) :] for c in df.columns if c.startswith(prefix)]
+
+
+def max_min_correlation(
+    dfs, threshold: float | criteria.Universality = criteria.UNIVERSAL_THRESHOLD, bins: int = 50, ncols: int = 5
+) -> FigureResult:
+    """Fig 2b (one model) / Fig 12 (every seed as the reference): per neuron, the max over the other models of its
+    best-partner correlation (``max_corr``) against the min over them (``min_corr``); universal neurons coloured.
+    A neuron near the diagonal has an equally good partner in every other model.
+
+    ``data``: model, layer, neuron, max_corr, min_corr, spread (= max − min), is_universal. The note gives the
+    mean spread over all and over universal neurons (the paper's family_count statistic: 0.0492 / 0.1053 on
+    GPT-2 medium).
+    """
+    models = _as_model_dict(dfs)
+    parts = []
+    for name, df in models.items():
+        if not {"max_corr", "min_corr"} <= set(df.columns):
+            continue
+        part = df[["layer", "neuron", "max_corr", "min_corr"]].copy()
+        part.insert(0, "model", name)
+        part["spread"] = part["max_corr"] - part["min_corr"]
+        part["is_universal"] = criteria.universal_mask(df, threshold).to_numpy()
+        parts.append(part.dropna(subset=["max_corr", "min_corr"]))
+    if not parts:
+        return FigureResult(None, None, "no table has max_corr and min_corr")
+    data = pd.concat(parts, ignore_index=True)
+    names = list(dict.fromkeys(data["model"]))
+    nrows, ncols = _grid(len(names), ncols)
+    fig, axes = new_figure(nrows, ncols, figsize=(3.2 * ncols + 0.6, 3.2 * nrows + 0.8), sharex=True, sharey=True)
+    stats = []
+    for i, name in enumerate(names):
+        ax, sub = axes.flat[i], data[data["model"] == name]
+        uni = sub["is_universal"].to_numpy()
+        if len(sub) > 5000:
+            ax.hist2d(sub["max_corr"], sub["min_corr"], bins=bins, range=[[0, 1], [0, 1]], cmap="Greys", cmin=1,
+                      norm=LogNorm(), rasterized=True)  # fmt: skip
+        else:
+            ax.scatter(sub.loc[~uni, "max_corr"], sub.loc[~uni, "min_corr"], s=3, color=OTHER_COLOR, alpha=0.4, lw=0)
+        ax.scatter(sub.loc[uni, "max_corr"], sub.loc[uni, "min_corr"], s=5, color=UNIVERSAL_COLOR, lw=0,
+                   label=f"universal ({int(uni.sum())})")  # fmt: skip
+        ax.plot([0, 1], [0, 1], ls="--", color="black", lw=0.8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_aspect("equal")
+        mean_all = float(sub["spread"].mean())
+        mean_uni = float(sub.loc[uni, "spread"].mean()) if uni.any() else float("nan")
+        stats.append(f"{name}: {mean_all:.4f} all, {mean_uni:.4f} universal")
+        ax.set_title(f"{name}\nmean(max − min) {mean_all:.3f} (universal {mean_uni:.3f})", fontsize=9)
+        ax.legend(frameon=False, fontsize=7, loc="upper left")
+    for ax in axes.flat[len(names) :]:
+        ax.set_visible(False)
+    fig.supxlabel("max over other models of the best-partner correlation")
+    fig.supylabel("min over other models")
+    fig.suptitle(f"Best-partner correlation: best vs worst other model ({criteria.as_universality(threshold)})",
+                 fontsize=10)  # fmt: skip
+    return FigureResult(fig, data, "mean(max_corr − min_corr): " + "; ".join(stats))
+
+
+def depth_specialisation(dfs, ncols: int = 5) -> FigureResult:
+    """Fig 2c (one model) / Fig 13 (every seed as the reference): for each layer l of the reference, the share of its
+    neurons whose most-correlated neuron in another model lies in layer l', averaged over the other models (from the
+    per-pair ``max_corr_layer_{m}`` columns). A heavy diagonal means depth specialisation.
+
+    ``data``: model, layer, partner_layer, share (mean over the other models), share_min, share_max, n_models.
+    """
+    models = _as_model_dict(dfs)
+    parts = []
+    for name, df in models.items():
+        others = partner_models(df)
+        if not others:
+            continue
+        L = len(_layers(df))
+        layer = df["layer"].to_numpy()
+        per = []
+        for o in others:
+            partner = df[f"max_corr_layer_{o}"].to_numpy()
+            ok = ~pd.isna(partner)
+            counts = np.zeros((L, L))
+            np.add.at(counts, (layer[ok].astype(int), partner[ok].astype(int)), 1)
+            per.append(counts / np.maximum(counts.sum(1, keepdims=True), 1))
+        per = np.stack(per)  # [models, L, L']
+        ll, pp = np.meshgrid(np.arange(L), np.arange(L), indexing="ij")
+        parts.append(pd.DataFrame({
+            "model": name, "layer": ll.ravel(), "partner_layer": pp.ravel(), "share": per.mean(0).ravel(),
+            "share_min": per.min(0).ravel(), "share_max": per.max(0).ravel(), "n_models": len(others),
+        }))  # fmt: skip
+    if not parts:
+        return FigureResult(None, None, "no table has per-pair partner layers (max_corr_layer_{m} columns)")
+    data = pd.concat(parts, ignore_index=True)
+    names = list(dict.fromkeys(data["model"]))
+    nrows, ncols = _grid(len(names), ncols)
+    fig, axes = new_figure(nrows, ncols, figsize=(3.0 * ncols + 1.0, 3.0 * nrows + 0.6))
+    for i, name in enumerate(names):
+        ax, sub = axes.flat[i], data[data["model"] == name]
+        L = int(sub["layer"].max()) + 1
+        mat = sub.pivot(index="layer", columns="partner_layer", values="share").to_numpy()
+        im = ax.imshow(mat, vmin=0, vmax=1, cmap="Blues", origin="upper")
+        if L <= 12:
+            for (a, b), v in np.ndenumerate(mat):
+                ax.text(b, a, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v > 0.6 else "black")
+        ax.set_xticks(range(L))
+        ax.set_yticks(range(L))
+        diag = float(np.trace(mat) / L)
+        ax.set_title(f"{name}\nsame layer: {diag:.2f} (chance {1 / L:.2f})", fontsize=9)
+    for ax in axes.flat[len(names) :]:
+        ax.set_visible(False)
+    fig.supxlabel("layer of the most-correlated neuron (other model)")
+    fig.supylabel("layer (reference)")
+    fig.colorbar(im, ax=axes, shrink=0.7, label="share of the layer's neurons")
+    fig.suptitle("Depth specialisation: where each neuron's best partner lives", fontsize=10)
+    return FigureResult(fig, data, None)
+
+
 def correlation_densities(
     dfs,
     columns: Sequence[str] = ("mean_corr", "mean_baseline", "excess_corr"),
@@ -579,11 +697,16 @@ def universal_summary_table(
 
 
 # ---------------------------------------------------------------- prediction / suppression neurons (§5.1, Fig 6)
-def classify_vocab_neurons(df: pd.DataFrame, kurt_threshold: float = criteria.PREDICTION_KURTOSIS) -> pd.Series:
-    """'prediction' / 'suppression' / 'other' per neuron (``criteria.vocab_kind``)."""
-    return pd.Series(
-        criteria.vocab_kind(df["vocab_kurt"], df["vocab_skew"], kurt_threshold), index=df.index, name="vocab_class"
-    )
+def classify_vocab_neurons(df: pd.DataFrame, kurt_threshold: float | str = criteria.PREDICTION_KURTOSIS) -> pd.Series:
+    """'prediction' / 'suppression' / 'other' per neuron (``criteria.vocab_kind``); ``kurt_threshold`` a number or
+    ``criteria.CALIBRATED`` (each neuron's layer's null quantile)."""
+    thr = criteria.kurtosis_threshold(df, kurt_threshold)
+    return pd.Series(criteria.vocab_kind(df["vocab_kurt"], df["vocab_skew"], thr), index=df.index, name="vocab_class")
+
+
+def high_kurtosis(df: pd.DataFrame, kurt_threshold: float | str = criteria.PREDICTION_KURTOSIS) -> pd.Series:
+    """vocab_kurt above the threshold (a number or ``criteria.CALIBRATED``), per neuron."""
+    return df["vocab_kurt"] > criteria.kurtosis_threshold(df, kurt_threshold)
 
 
 def vocab_percentiles_by_layer(
@@ -676,7 +799,7 @@ def vocab_percentiles_by_layer(
 
 def prediction_suppression_by_layer(
     df: pd.DataFrame,
-    kurt_threshold: float = criteria.PREDICTION_KURTOSIS,
+    kurt_threshold: float | str = criteria.PREDICTION_KURTOSIS,
     threshold: float | criteria.Universality = criteria.UNIVERSAL_THRESHOLD,
     d_mlp: int | None = None,
     n_layers: int | None = None,
@@ -702,7 +825,7 @@ def prediction_suppression_by_layer(
             return (sub_cls == k).groupby(sub_layer).sum().reindex(layers, fill_value=0).to_numpy().astype(int)
 
         n = sub_layer.groupby(sub_layer).size().reindex(layers, fill_value=0).to_numpy().astype(int)
-        high = (df.loc[mask, "vocab_kurt"] > kurt_threshold).groupby(sub_layer).sum().reindex(layers, fill_value=0)
+        high = high_kurtosis(df, kurt_threshold)[mask].groupby(sub_layer).sum().reindex(layers, fill_value=0)
         part = pd.DataFrame(
             {
                 "group": gname,
@@ -729,7 +852,7 @@ def prediction_suppression_by_layer(
         ax.set_xlabel("layer")
         ax.set_ylabel("neurons")
         ax.set_title(
-            f"{gname}: vocab kurtosis > {kurt_threshold:g} "
+            f"{gname}: vocab kurtosis > {criteria.kurtosis_threshold_label(kurt_threshold)} "
             f"({int(part['n_prediction'].sum())} pred., {int(part['n_suppression'].sum())} supp.)",
             fontsize=10,
         )
@@ -744,7 +867,7 @@ def prediction_suppression_by_layer(
 def prediction_skew_density(
     dfs,
     layers: Sequence[int] | None = None,
-    kurt_threshold: float = criteria.PREDICTION_KURTOSIS,
+    kurt_threshold: float | str = criteria.PREDICTION_KURTOSIS,
     bw: float = 0.5,
     xlim: tuple[float, float] = (-7.0, 7.0),
     n_grid: int = 1000,
@@ -764,7 +887,7 @@ def prediction_skew_density(
     for layer in layers:
         for name, df in models.items():
             v = (
-                df.loc[(df["layer"] == layer) & (df["vocab_kurt"] > kurt_threshold), "vocab_skew"]
+                df.loc[(df["layer"] == layer) & high_kurtosis(df, kurt_threshold), "vocab_skew"]
                 .dropna()
                 .to_numpy(float)
             )
@@ -790,11 +913,56 @@ def prediction_skew_density(
     ax.set_xlim(*xlim)
     ax.set_xlabel("vocab skew (left: suppression, right: prediction)")
     ax.set_ylabel("density")
-    ax.set_title(f"Skew of neurons with vocab kurtosis > {kurt_threshold:g}")
+    ax.set_title(f"Skew of neurons with vocab kurtosis > {criteria.kurtosis_threshold_label(kurt_threshold)}")
     ax.legend(frameon=False, fontsize=8)
     note = f"Too few high-kurtosis neurons for a density: {', '.join(skipped)}." if skipped else None
     _add_note(fig, note)
     return FigureResult(fig, data, note)
+
+
+def vocab_kurtosis_null_by_layer(df: pd.DataFrame, n_layers: int | None = None) -> FigureResult:
+    """The paper's fixed vocab-kurtosis threshold (10) against the layer's calibrated null (``criteria.CALIBRATED``).
+
+    ``data``: one row per layer with ``n_neurons``, the neurons' vocab_kurt median and q99, the null's q99
+    (``criteria.NULL_QUANTILE_COLUMN``), and the prediction / suppression counts under each threshold
+    (``{kind}_paper``, ``{kind}_calibrated``). The figure draws each layer's neurons (log scale) with the two lines.
+    """
+    if criteria.NULL_QUANTILE_COLUMN not in df or "vocab_kurt" not in df:
+        return FigureResult(None, None, f"the table has no {criteria.NULL_QUANTILE_COLUMN} (no null was run)")
+    layers = _layers(df, n_layers)
+    paper, calibrated = (classify_vocab_neurons(df, t) for t in (criteria.PREDICTION_KURTOSIS, criteria.CALIBRATED))
+    rows = []
+    for layer in layers:
+        m = (df["layer"] == layer).to_numpy()
+        k = df.loc[m, "vocab_kurt"].to_numpy(float)
+        row = {
+            "layer": layer,
+            "n_neurons": int(m.sum()),
+            "vocab_kurt_median": float(np.nanmedian(k)) if m.any() else np.nan,
+            "vocab_kurt_q99": float(np.nanquantile(k, 0.99)) if m.any() else np.nan,
+            "null_q99": float(df.loc[m, criteria.NULL_QUANTILE_COLUMN].iloc[0]) if m.any() else np.nan,
+            "paper_threshold": criteria.PREDICTION_KURTOSIS,
+        }
+        for kind in ("prediction", "suppression"):
+            row[f"{kind}_paper"] = int((paper[m] == kind).sum())
+            row[f"{kind}_calibrated"] = int((calibrated[m] == kind).sum())
+        rows.append(row)
+    data = pd.DataFrame(rows)
+    fig, axes = new_figure(figsize=(max(4.5, 0.6 * len(layers) + 2.5), 3.4))
+    ax = axes[0, 0]
+    rng = np.random.default_rng(0)  # horizontal jitter only
+    for i, layer in enumerate(layers):
+        k = df.loc[df["layer"] == layer, "vocab_kurt"].to_numpy(float)
+        ax.scatter(i + rng.uniform(-0.25, 0.25, len(k)), k, s=3, color="gray", alpha=0.4, lw=0)
+        ax.hlines(data["null_q99"].iloc[i], i - 0.35, i + 0.35, color="C3", lw=2, label="null q99" if i == 0 else None)
+    ax.axhline(criteria.PREDICTION_KURTOSIS, color="black", ls="--", lw=0.8, label="paper: 10")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(layers)), layers)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("vocab kurtosis")
+    ax.set_title("Vocab kurtosis: the paper's 10 vs the layer's random-direction null", fontsize=10)
+    ax.legend(frameon=False, fontsize=8)
+    return FigureResult(fig, data, None)
 
 
 # ---------------------------------------------------------------- dataset summary: histograms

@@ -26,7 +26,10 @@ Columns (the first 23 are the paper's, same names and meaning, in the paper's or
   (fraction > 0), over the summary's filtered positions (BOS/EOS/pad dropped by default; its manifest's
   ``token_filter``).
 - computed: ``is_universal`` (from the correlation table, else ``criteria.universal``: excess_corr > 0.5),
-  ``is_sparse`` (``criteria.sparse``: sparsity < 0.02).
+  ``is_sparse`` (``criteria.sparse``: sparsity < 0.02), ``is_prediction`` / ``is_suppression`` (paper §5.1:
+  vocab_kurt > 10, ``criteria.vocab_kind``); when the weight summary holds the vocab-kurtosis null
+  (``vocab_kurt_null.csv``): ``vocab_kurt_null_q99`` (the neuron's layer's null quantile) and
+  ``is_prediction_calibrated`` / ``is_suppression_calibrated`` (vocab_kurt above it).
 
 A missing input leaves its columns NaN with a warning; inputs whose manifests name another model are
 refused (:class:`~neuron_lib.common.ManifestMismatch`).
@@ -448,6 +451,15 @@ def make_neuron_df(
         for c in WEIGHT_COLUMNS + VOCAB_COLUMNS:
             if c in st.columns:
                 df[c] = st[c].to_numpy()
+        null_file = Path(weights["path"]) / artifacts.WEIGHT_VOCAB_NULL_FILE
+        if null_file.exists():
+            null = pd.read_csv(null_file)
+            if len(null) != L or not (null["layer"].to_numpy() == np.arange(L)).all():
+                raise ManifestMismatch(f"{null_file} has {len(null)} layers, the model {L}: rerun the weights stage")
+            df[criteria.NULL_QUANTILE_COLUMN] = null[f"null_q{criteria.NULL_QUANTILE * 100:g}"].to_numpy()[
+                df["layer"].to_numpy()
+            ]
+            inputs["vocab_null"] = str(null_file)
 
     # activations
     agg = aggregate_activation_summaries(acts) if acts else {}
@@ -460,6 +472,13 @@ def make_neuron_df(
     if "is_universal" not in df.columns:
         df["is_universal"] = criteria.universal(df["excess_corr"], threshold=universal_threshold)
     df["is_sparse"] = criteria.sparse(df["sparsity"])
+    kinds = {"": criteria.PREDICTION_KURTOSIS}
+    if criteria.NULL_QUANTILE_COLUMN in df:
+        kinds["_calibrated"] = criteria.kurtosis_threshold(df, criteria.CALIBRATED)
+    for suffix, kurt_threshold in kinds.items():
+        kind = criteria.vocab_kind(df["vocab_kurt"], df["vocab_skew"], kurt_threshold)
+        df[f"is_prediction{suffix}"] = kind == "prediction"
+        df[f"is_suppression{suffix}"] = kind == "suppression"
     if df["n_active_exact"].notna().any():
         df["low_count"] = criteria.low_count(df["n_active_exact"])
 
@@ -500,6 +519,12 @@ def run_neuron_df(cfg: NeuronDfConfig) -> stage.StageResult:
             f"{criteria.ALIGNMENT_THRESHOLD:.4f}",
             "excess_corr": "mean_corr - mean_baseline",
             "is_sparse": f"sparsity < {criteria.SPARSE_THRESHOLD}",
+            "is_prediction / is_suppression": f"paper §5.1: vocab_kurt > {criteria.PREDICTION_KURTOSIS:g} and "
+            "vocab_skew > 0 / < 0",
+            criteria.NULL_QUANTILE_COLUMN: f"the layer's q{criteria.NULL_QUANTILE * 100:g} of the vocab kurtosis of "
+            "random directions drawn with the layer's w_out covariance (weights vocab_kurt_null.csv; draw and seed in "
+            "the weights manifest)",
+            "is_*_calibrated": f"vocab_kurt > {criteria.NULL_QUANTILE_COLUMN} and vocab_skew > 0 / < 0",
         },
     )
     atomic_write_json(artifacts.neuron_df_manifest(name), manifest)

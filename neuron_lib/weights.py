@@ -32,6 +32,12 @@ Outputs go to ``$SUMMARY_DIR/{model}/weights/`` (``weights_raw/`` with ``--raw-w
     spurious 0 into each row's histogram and moments; over 36,863 partners the difference is
     negligible). For ``in_out``/``out_in`` the excluded self pair is cos(w_in, w_out) = ``in_out_sim``.
 
+``vocab_kurt_null.csv``
+    the calibrated null of ``vocab_kurt`` (``--vocab-null-samples``, default 1000; 0 = none): one row per layer,
+    ``layer, n_samples, seed, null_mean, null_q50, null_q99, null_q999, null_max, isotropic_q99`` — the vocabulary
+    kurtosis of random directions drawn with that layer's w_out covariance (``vocab_kurtosis_null``), against the
+    model's own W_U. ``neuron_df`` turns ``null_q99`` into the calibrated prediction / suppression flags.
+
 ``head_composition.safetensors``
     attention-head composition scores, float32 [L_neuron, N, L_attn, H], computed for every
     (neuron layer, attention layer) pair (also heads *before* the neuron, which cannot read it; slice
@@ -70,6 +76,7 @@ GPT-2-small's 3072 × 50257 cosines per layer never sit in memory at once.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -125,6 +132,12 @@ class WeightsConfig:
     device: str = config_field("cpu", "cpu, cuda or auto")
     overwrite: bool = config_field(False, "replace a weight summary of another configuration")
     progress: bool = config_field(True, "progress bars")
+    vocab_null_samples: int = config_field(
+        1000,
+        "random w_out directions per layer for the calibrated vocab-kurtosis null (vocab_kurt_null.csv; with --vocab "
+        "only); 0 = none",
+    )
+    null_seed: int = config_field(0, "seed of the vocab-kurtosis null's random directions")
 
     def validate(self) -> WeightsConfig:
         if not self.model:
@@ -133,6 +146,8 @@ class WeightsConfig:
             raise NeuronLibError("--vocab-top-k and --neuron-top-k must be ≥ 1")
         if self.chunk_size < 1:
             raise NeuronLibError("--chunk-size must be ≥ 1")
+        if self.vocab_null_samples < 0 or self.vocab_null_samples == 1:
+            raise NeuronLibError("--vocab-null-samples must be 0 (no null) or ≥ 2 (a quantile needs several draws)")
         return self
 
     def identity(self) -> dict[str, Any]:
@@ -428,6 +443,53 @@ def vocab_composition(
     return result
 
 
+def vocab_kurtosis_null(
+    weights: ModelWeights, n_samples: int = 1000, seed: int = 0, chunk_size: int = 256, device="cpu"
+) -> pandas.DataFrame:  # noqa: F821
+    """The calibrated null of ``vocab_kurt`` (criteria.NULL_QUANTILE): per layer, the vocabulary kurtosis of
+    ``n_samples`` random directions drawn like that layer's w_out rows, against the model's own W_U.
+
+    Draw (``torch.Generator`` seeded with ``seed``): w = gᵀ (W_out[l] − mean of its rows) / √d_mlp with
+    g ~ N(0, I_{d_mlp}), a Gaussian with the layer's w_out covariance, so the null keeps the layer's anisotropy
+    and the unembedding's; the layer's isotropic twin (w ~ N(0, I_{d_model})) is reported beside it. Each w is
+    summarised by ``cosine_summary`` exactly as a neuron's U_out composition is (cosines with every W_U[:, v],
+    non-excess kurtosis), so the null and ``vocab_kurt`` are one formula.
+
+    Returns one row per layer: ``layer, n_samples, seed, null_mean, null_q50, null_q99, null_q999, null_max,
+    isotropic_q99``.
+    """
+    import pandas as pd
+
+    gen = torch.Generator().manual_seed(int(seed))
+    tokens = weights.W_U.T  # [d_vocab, d_model]
+    L, N, D = weights.W_out.shape
+
+    def kurtosis(directions: torch.Tensor) -> torch.Tensor:  # [n, D] -> [n] float64
+        return cosine_summary(directions, tokens, 1, chunk_size, device=device)["kurt"]
+
+    rows = []
+    for layer in range(L):
+        W = weights.W_out[layer].to(torch.float64)
+        g = torch.randn(n_samples, N, generator=gen, dtype=torch.float64)
+        k = kurtosis(g @ (W - W.mean(0, keepdim=True)) / math.sqrt(N))
+        iso = kurtosis(torch.randn(n_samples, D, generator=gen, dtype=torch.float64))
+        q = torch.quantile(k, torch.tensor([0.5, 0.99, 0.999], dtype=torch.float64))
+        rows.append(
+            {
+                "layer": layer,
+                "n_samples": n_samples,
+                "seed": int(seed),
+                "null_mean": float(k.mean()),
+                "null_q50": float(q[0]),
+                "null_q99": float(q[1]),
+                "null_q999": float(q[2]),
+                "null_max": float(k.max()),
+                "isotropic_q99": float(torch.quantile(iso, 0.99)),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def neuron_composition(
     weights: ModelWeights,
     k: int = 20,
@@ -499,6 +561,7 @@ def _expected_files(cfg: WeightsConfig) -> list[str]:
         (cfg.vocab, artifacts.WEIGHT_VOCAB_FILE),
         (cfg.neurons, artifacts.WEIGHT_NEURON_FILE),
         (cfg.heads, artifacts.WEIGHT_HEAD_FILE),
+        (cfg.vocab and cfg.vocab_null_samples > 0, artifacts.WEIGHT_VOCAB_NULL_FILE),
     ):
         if wanted:
             files.append(name)
@@ -549,6 +612,24 @@ def run_weights(cfg: WeightsConfig, model=None) -> stage.StageResult:
             out_dir / artifacts.WEIGHT_VOCAB_FILE, {**_flatten(vocab), "hist_edges": cosine_edges()}, tensors_meta
         )
         del vocab
+    null_meta = None
+    if cfg.vocab and cfg.vocab_null_samples:
+        null = vocab_kurtosis_null(weights, cfg.vocab_null_samples, cfg.null_seed, cfg.chunk_size, device)
+        save_dataframe_atomic(null, (out_dir / artifacts.WEIGHT_VOCAB_NULL_FILE).with_suffix(""), formats=("csv",))
+        null_meta = {
+            "n_samples": cfg.vocab_null_samples,
+            "seed": cfg.null_seed,
+            "draw": "per layer: w = g^T (W_out[l] - mean of rows) / sqrt(d_mlp), g ~ N(0, I) (torch.Generator(seed), "
+            "layers in order, each followed by its isotropic twin N(0, I_d_model)); kurtosis of cos(w, W_U[:, v]) "
+            "over the vocabulary, non-excess, as vocab_kurt",
+            "quantile": "torch.quantile (linear interpolation)",
+        }
+        stage.log(
+            STAGE,
+            f"  vocab-kurtosis null ({cfg.vocab_null_samples} random w_out directions per layer, seed "
+            f"{cfg.null_seed}): q99 per layer {', '.join(f'{v:.2f}' for v in null['null_q99'])} (the paper's fixed "
+            f"threshold: 10)",
+        )
     if cfg.neurons:
         comp = neuron_composition(weights, cfg.neuron_top_k, cfg.chunk_size, cfg.progress, device)
         save_tensors_atomic(
@@ -576,6 +657,7 @@ def run_weights(cfg: WeightsConfig, model=None) -> stage.StageResult:
             **weights.processing,
         },
         self_pair=SELF_PAIR_POLICY,
+        **({"vocab_null": null_meta} if null_meta else {}),
         hist_edges="linspace(-1, 1, 100), 101 bins, bin i: edges[i-1] < v <= edges[i]",
         moments="population mean/var, skew=mean(z^3), kurt=mean(z^4) (non-excess)",
         head_composition_names=ORIGINAL_HEAD_NAMES,

@@ -75,6 +75,18 @@ def test_z_criterion_sparse_and_vocab_kind():
     kinds = C.vocab_kind([12, 12, 3, 50, np.nan], [1.0, -1.0, 5.0, 0.0, 1.0])
     assert kinds.tolist() == ["prediction", "suppression", "other", "other", "other"]
     assert C.UNIVERSAL_THRESHOLD == 0.5 and C.FIGURE_CRITERION in C.CRITERIA
+    # a threshold per neuron (the calibrated null): each neuron against its own
+    df = pd.DataFrame(
+        {"vocab_kurt": [5.0, 5.0, 50.0], "vocab_skew": [1.0, -1.0, 1.0], C.NULL_QUANTILE_COLUMN: [4, 6, 60]}
+    )
+    thr = C.kurtosis_threshold(df, C.CALIBRATED)
+    assert C.vocab_kind(df.vocab_kurt, df.vocab_skew, thr).tolist() == ["prediction", "other", "other"]
+    assert C.kurtosis_threshold(df) == 10.0 and C.kurtosis_threshold(df, 3) == 3.0
+    with pytest.raises(KeyError, match="vocab-null-samples"):
+        C.kurtosis_threshold(df.drop(columns=C.NULL_QUANTILE_COLUMN), C.CALIBRATED)
+    with pytest.raises(ValueError, match="calibrated"):
+        C.kurtosis_threshold(df, "q99")
+    assert "q99" in C.kurtosis_threshold_label(C.CALIBRATED) and C.kurtosis_threshold_label(None) == "10"
 
 
 def test_aligned_criterion_mutual_star_low_count_and_universality_spec():

@@ -184,6 +184,60 @@ def test_prediction_suppression_counts():
     assert uni["n_prediction"].tolist() == [1, 0] and uni["n_suppression"].tolist() == [0, 1]
 
 
+def test_calibrated_threshold_counts_and_null_comparison():
+    """A per-layer null threshold: each neuron is judged against its own layer's q99, and the comparison table
+    counts both rules per layer."""
+    tiny = pd.DataFrame(
+        {
+            "layer": [0, 0, 0, 1, 1, 1],
+            "neuron": [0, 1, 2, 0, 1, 2],
+            "vocab_kurt": [5.0, 5.0, 12.0, 5.0, 12.0, 12.0],
+            "vocab_skew": [1.0, -1.0, 1.0, 1.0, -1.0, 1.0],
+            criteria.NULL_QUANTILE_COLUMN: [4.0, 4.0, 4.0, 11.0, 11.0, 11.0],
+            "excess_corr": [0.6, 0.1, 0.1, 0.1, 0.1, 0.1],
+        }
+    )
+    kinds = F.classify_vocab_neurons(tiny, criteria.CALIBRATED).tolist()
+    assert kinds == ["prediction", "suppression", "prediction", "other", "suppression", "prediction"]
+    _, data = F.prediction_suppression_by_layer(tiny, criteria.CALIBRATED)
+    alln = data[data["group"] == "all neurons"].set_index("layer")
+    assert alln["n_high_kurtosis"].tolist() == [3, 2] and alln["n_prediction"].tolist() == [2, 1]
+    res = F.vocab_kurtosis_null_by_layer(tiny)
+    t = res.data.set_index("layer")
+    assert t["prediction_paper"].tolist() == [1, 1] and t["prediction_calibrated"].tolist() == [2, 1]
+    assert t["suppression_paper"].tolist() == [0, 1] and t["suppression_calibrated"].tolist() == [1, 1]
+    assert t["null_q99"].tolist() == [4.0, 11.0]
+    assert F.vocab_kurtosis_null_by_layer(tiny.drop(columns=criteria.NULL_QUANTILE_COLUMN)).data is None
+
+
+def test_max_min_correlation_and_depth_specialisation_planted():
+    """Planted: 2 layers x 4 neurons, partners in two other models. Layer 0's neurons all have their best partner in
+    layer 0 of model b and half of them in layer 0 of model c; layer 1 all in layer 1."""
+    tiny = pd.DataFrame(
+        {
+            "layer": [0, 0, 0, 0, 1, 1, 1, 1],
+            "neuron": [0, 1, 2, 3, 0, 1, 2, 3],
+            "max_corr": [0.9, 0.8, 0.5, 0.4, 0.95, 0.3, 0.3, 0.2],
+            "min_corr": [0.85, 0.2, 0.4, 0.1, 0.9, 0.1, 0.2, 0.1],
+            "excess_corr": [0.6, 0.1, 0.1, 0.1, 0.7, 0.0, 0.0, 0.0],
+            "max_corr_layer_b": [0, 0, 0, 0, 1, 1, 1, 1],
+            "max_corr_layer_c": [0, 0, 1, 1, 1, 1, 1, 1],
+        }
+    )
+    assert F.partner_models(tiny) == ["b", "c"]
+    res = F.max_min_correlation({"a": tiny}, threshold=0.5)
+    np.testing.assert_allclose(res.data["spread"], tiny["max_corr"] - tiny["min_corr"])
+    assert res.data["is_universal"].tolist() == [True, False, False, False, True, False, False, False]
+    spread = tiny["max_corr"] - tiny["min_corr"]
+    assert f"{spread.mean():.4f} all" in res.note and f"{spread[[0, 4]].mean():.4f} universal" in res.note
+    d = F.depth_specialisation({"a": tiny}).data.set_index(["layer", "partner_layer"])
+    # layer 0: b puts all 4 in layer 0, c puts 2 of 4 -> mean 0.75 / 0.25; layer 1: always layer 1
+    assert d.loc[(0, 0), "share"] == pytest.approx(0.75) and d.loc[(0, 1), "share"] == pytest.approx(0.25)
+    assert d.loc[(0, 0), "share_min"] == pytest.approx(0.5) and d.loc[(0, 0), "share_max"] == pytest.approx(1.0)
+    assert d.loc[(1, 1), "share"] == pytest.approx(1.0) and d.loc[(1, 0), "share"] == 0
+    assert F.depth_specialisation({"a": tiny.drop(columns=["max_corr_layer_b", "max_corr_layer_c"])}).data is None
+
+
 def test_vocab_percentiles_match_numpy(df):
     _, data = F.vocab_percentiles_by_layer(df, percentiles=(5, 50, 95))
     v = df.loc[df["layer"] == 1, "vocab_kurt"].to_numpy()

@@ -495,3 +495,10 @@ def test_real_weight_summary_joins(roots, tmp_path):
     for c in ND.WEIGHT_COLUMNS + ND.VOCAB_COLUMNS:
         np.testing.assert_allclose(df[c], stats[c], err_msg=c)
     assert df["max_corr"].isna().all() and df["kurt"].isna().all()
+    # the calibrated vocab-kurtosis flags: the layer's null q99 broadcast to its neurons, then the rule of criteria
+    null = pd.read_csv(ND.load_weights_summary("tiny-join")["path"] / "vocab_kurt_null.csv")
+    np.testing.assert_allclose(df["vocab_kurt_null_q99"], null["null_q99"].to_numpy()[df["layer"]])
+    high = df["vocab_kurt"] > df["vocab_kurt_null_q99"]
+    np.testing.assert_array_equal(df["is_prediction_calibrated"], high & (df["vocab_skew"] > 0))
+    np.testing.assert_array_equal(df["is_suppression_calibrated"], high & (df["vocab_skew"] < 0))
+    np.testing.assert_array_equal(df["is_prediction"], (df["vocab_kurt"] > 10) & (df["vocab_skew"] > 0))

@@ -251,6 +251,62 @@ def test_vocab_composition(weights_run, ref, kind):
         np.testing.assert_allclose(t[f"{kind}.{key}"].reshape(-1).numpy(), want, rtol=1e-4, atol=1e-6, err_msg=key)
 
 
+def test_vocab_kurt_null_against_float64_reference(weights_run, ref):
+    """The null's quantiles from the same seeded draws, recomputed in numpy float64 from the hand-processed weights."""
+    null = pd.read_csv(weights_run / "vocab_kurt_null.csv")
+    manifest = json.loads((weights_run / "manifest.json").read_text())
+    n, seed = manifest["vocab_null"]["n_samples"], manifest["vocab_null"]["seed"]
+    assert n == W.WeightsConfig().vocab_null_samples and null["layer"].tolist() == list(range(N_LAYERS))
+    gen = torch.Generator().manual_seed(seed)
+    tokens = unit(ref["W_U"].T)  # [V, D]
+    for layer in range(N_LAYERS):
+        g = torch.randn(n, D_MLP, generator=gen, dtype=torch.float64).numpy()
+        iso = torch.randn(n, D_MODEL, generator=gen, dtype=torch.float64).numpy()
+        Wl = ref["W_out"][layer]
+        w = g @ (Wl - Wl.mean(0, keepdims=True)) / np.sqrt(D_MLP)
+        kurt = np_moments(unit(w) @ tokens.T)[3]
+        row = null.iloc[layer]
+        np.testing.assert_allclose(row["null_q99"], np.quantile(kurt, 0.99), rtol=1e-6)
+        np.testing.assert_allclose(row["null_q50"], np.quantile(kurt, 0.5), rtol=1e-6)
+        np.testing.assert_allclose(row["null_max"], kurt.max(), rtol=1e-6)
+        np.testing.assert_allclose(
+            row["isotropic_q99"], np.quantile(np_moments(unit(iso) @ tokens.T)[3], 0.99), rtol=1e-6
+        )
+
+
+def test_calibrated_prediction_flags_find_planted_token_writers():
+    """Planted: 8 neurons write along one token's unembedding (4 +, 4 −) among 120 random neurons of the layer's
+    own distribution. The calibrated rule finds all 8 with the right sign; random neurons pass at about 1 %."""
+    from neuron_lib import criteria as C
+
+    rng = np.random.default_rng(11)
+    D, V, N = 64, 500, 128
+    W_U = torch.tensor(rng.normal(size=(D, V)))
+    W_U = W_U - W_U.mean(1, keepdim=True)
+    W_out = torch.tensor(rng.normal(size=(1, N, D)))
+    planted = np.arange(8)
+    for i in planted:
+        W_out[0, i] = (1.0 if i < 4 else -1.0) * W_U[:, 10 * i] + 0.05 * W_out[0, i]
+    z = lambda *shape: torch.zeros(*shape, dtype=torch.float64)  # noqa: E731
+    weights = W.ModelWeights(
+        W_in=z(1, D, N), b_in=z(1, N), W_out=W_out, W_E=z(V, D), W_U=W_U,
+        W_Q=z(1, 1, D, D), W_K=z(1, 1, D, D), W_V=z(1, 1, D, D), W_O=z(1, 1, D, D),
+    )  # fmt: skip
+    null = W.vocab_kurtosis_null(weights, n_samples=400, seed=3)
+    U_out = W.vocab_composition(weights, k=1, types_=("U_out",))["U_out"]
+    kinds = C.vocab_kind(U_out["kurt"][0].numpy(), U_out["skew"][0].numpy(), null["null_q99"].iloc[0])
+    assert (kinds[:4] == "prediction").all() and (kinds[4:8] == "suppression").all()
+    false_positive = (kinds[8:] != "other").mean()
+    assert false_positive <= 0.04, false_positive
+    assert null["null_q99"].iloc[0] < 10  # this layer's null is far below the paper's fixed threshold
+
+
+def test_vocab_null_samples_validation():
+    with pytest.raises(NeuronLibError, match="vocab-null-samples"):
+        W.WeightsConfig(model="m", vocab_null_samples=1).validate()
+    assert W.artifacts.WEIGHT_VOCAB_NULL_FILE not in W._expected_files(W.WeightsConfig(model="m", vocab=False))
+
+
 def test_vocab_top_k_capped_at_vocab():
     rng = np.random.default_rng(3)
     q, k = torch.tensor(rng.normal(size=(4, 8))), torch.tensor(rng.normal(size=(5, 8)))
@@ -343,7 +399,7 @@ def test_up_to_date_run_is_reused_and_cli(tiny_dir, tmp_path, monkeypatch, capsy
     W.main(argv)
     out = tmp_path / "tiny-gpt2" / "weights"
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["files"] == ["neuron_stats.csv", "vocab_composition.safetensors"]
+    assert manifest["files"] == ["neuron_stats.csv", "vocab_composition.safetensors", "vocab_kurt_null.csv"]
     assert manifest["config"]["vocab_top_k"] == 1000 and manifest["vocab_top_k"] == manifest["d_vocab"]
     t = load_tensors(out / "vocab_composition.safetensors")
     assert t["U_out.top_index"].shape[-1] == manifest["d_vocab"]  # capped at d_vocab
