@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: all test lint format env corpus zoo correlations universality weights summary neuron_df figures prompts coactivation perturb benchmarks clean-outputs
+.PHONY: all test lint format env corpus zoo correlations universality weights summary neuron_df figures prompts coactivation perturb explain benchmarks clean-outputs
 
 env: $(STAMP)
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 all: env
 	$(PY) -m neuron_lib.pipeline all
 
-corpus zoo correlations universality weights summary neuron_df figures prompts coactivation perturb: env
+corpus zoo correlations universality weights summary neuron_df figures prompts coactivation perturb explain: env
 	$(PY) -m neuron_lib.pipeline $@
 
 # Interventions (neuron_lib/pipeline.py STAGES): ablations, the entropy-neuron experiment, attention (de)activation.
@@ -47,6 +47,7 @@ benchmarks: env
 	$(PY) benchmarks/bench_summary.py
 	$(PY) benchmarks/bench_coactivation.py
 	$(PY) benchmarks/bench_universality.py
+	$(PY) benchmarks/bench_explain.py
 
 clean-outputs:
 	rm -rf corpus token_datasets models correlation_results summary_data dataframes cached_activations figures graphs intervention_results

@@ -411,3 +411,30 @@ def intervention_results(model: str, dataset: str | Path, run: str) -> Path:
 
 def attention_deactivation(model: str, dataset: str | Path, run: str = "attention_deactivation") -> Path:
     return intervention_root(model, dataset) / run
+
+# ---------------------------------------------------------------- explanations (vocab_features.py, explain.py)
+def vocab_df_file(tokenizer: str) -> Path:
+    """A tokenizer's vocabulary feature table (spec §7.2): ``$DATAFRAMES_DIR/vocab_dfs/{tokenizer}.parquet`` (the
+    one readers open) beside ``{tokenizer}.csv`` and ``{tokenizer}.manifest.json`` (``table_manifest``)."""
+    return root("DATAFRAMES_DIR") / "vocab_dfs" / f"{tokenizer}.parquet"
+
+
+def dataset_df_dir(dataset: str | Path) -> Path:
+    """Per-token sequence features of a token dataset (spaCy labels, spec §7.4), cached across runs."""
+    return root("DATAFRAMES_DIR") / "dataset_dfs" / dataset_name(dataset)
+
+
+SEQUENCE_FEATURES_FILE = "sequence_features.parquet"  # one row per (row, position) of the parsed rows
+
+
+def explanations(model: str, dataset: str | Path) -> Path:
+    """Variance-reduction explanations of a model's neurons (``explain``): tables, best features, scores, records."""
+    return root("DATAFRAMES_DIR") / "explanations" / model_name(model) / dataset_name(dataset)
+
+
+EXPLAIN_VR_FILE = "variance_reduction.parquet"  # neurons x features (token + sequence features)
+EXPLAIN_PREV_VR_FILE = "prev_token_variance_reduction.parquet"  # same columns, feature of the previous token
+EXPLAIN_FEATURES_FILE = "features.csv"  # one row per feature: name, kind, family, positives, skipped
+EXPLAIN_BEST_STEM = "best_features"  # .csv + .parquet: argmax, value, runner-up per neuron
+EXPLAIN_SCORES_STEM = "scores"  # .csv + .parquet: simulated-activation correlation scores on the held-out rows
+EXPLAIN_RECORDS_DIR = "records"  # records/{layer}/{neuron}.json in OpenAI NeuronRecord shape

@@ -71,6 +71,13 @@ STAGES: tuple[Stage, ...] = (
         "neuron_df.sbatch",
     ),
     Stage(
+        "explain",
+        "variance-reduction explanations of the reference model's neurons (token, spaCy, position, subset features), scores, activation records",
+        ("neuron_df",),
+        "explain.sbatch",
+        ("NL_REFERENCE_MODELS",),
+    ),
+    Stage(
         "prompts",
         "generations of the repository's prompt set with the active MLP neurons of every token",
         ("zoo",),
@@ -128,6 +135,9 @@ STAGES: tuple[Stage, ...] = (
     ),
 )
 STAGE_NAMES = [s.name for s in STAGES]
+EXPLAIN_MAX_TOKENS = (
+    98_304  # 768 rows of 128: spaCy parses them in ~1 min with 2 processes (make all's explain budget: 4 min)
+)
 STAGE_ORDER = [s.name for s in STAGES if s.default]  # what `make all` runs, in order
 
 
@@ -186,6 +196,18 @@ def stage_commands(name: str, zoo_preset: str = "default", zoo_jobs: int = 1) ->
         ]
     if name in ("intervention", "entropy_intervention", "attention_deactivation"):  # defaults sized for `make all`
         return [[f"neuron_lib.{name}", "--model", reference, "--token-dataset", str(analysis)]]
+    if name == "explain":  # all neurons; the token cap keeps the spaCy parse + two passes within ~4 min on 2 cores
+        return [
+            [
+                "neuron_lib.explain",
+                "--model",
+                reference,
+                "--token-dataset",
+                str(analysis),
+                "--max-tokens",
+                str(EXPLAIN_MAX_TOKENS),
+            ]
+        ]
     run = artifacts.default_prompts_csv().stem
     if name == "prompts":
         return [["neuron_lib.prompts", "--model", reference, "--prompts-csv", str(artifacts.default_prompts_csv())]]

@@ -333,3 +333,70 @@ def average_ranks(x) -> np.ndarray:
 def spearman(x, y) -> float:
     """Spearman correlation = Pearson of the average ranks."""
     return pearson(average_ranks(x), average_ranks(y))
+
+# ---------------------------------------------------------------- explanations (explain.py): variance reduction
+def variance_reduction(n, s, q, n1, s1, q1) -> torch.Tensor:
+    """Paper eq. 4 from per-class sufficient statistics, float64, population variances:
+
+        VR = 1 − [(1−β)·Var(a | y=0) + β·Var(a | y=1)] / Var(a),   β = n1 / n,
+
+    with ``n, s, q`` = count, Σa, Σa² over all tokens ([N] or broadcastable) and ``n1, s1, q1`` the same over the
+    tokens where the feature is true ([F, N] or broadcastable). Sums should be taken about a per-neuron shift (the
+    result is shift invariant; the shift keeps Σa² − (Σa)²/n from cancelling). Population variances (ddof 0) make
+    eq. 4 exactly the between-class share of the variance (the correlation ratio, = the squared point-biserial
+    correlation of a and y), so VR lies in [0, 1] and is comparable across features of any frequency; the
+    original's pandas ddof=1 variances shift it by O(1/class size) and can make it negative for tiny classes.
+    Degenerate cases (a class empty, or Var(a) = 0) give 0, never NaN; rounding is clamped into [0, 1]."""
+    f64 = lambda x: torch.as_tensor(x, dtype=torch.float64)  # noqa: E731
+    n, s, q, n1, s1, q1 = map(f64, (n, s, q, n1, s1, q1))
+    n0, s0, q0 = n - n1, s - s1, q - q1
+    ss_tot = q - s * s / n.clamp(min=1)
+    ss1 = q1 - s1 * s1 / n1.clamp(min=1)
+    ss0 = q0 - s0 * s0 / n0.clamp(min=1)
+    ok = (n1 > 0) & (n0 > 0) & (ss_tot > 1e-12 * q.abs().clamp(min=1e-300))
+    vr = 1 - (ss0 + ss1) / torch.where(ok, ss_tot, torch.ones_like(ss_tot))
+    return torch.where(ok, vr, torch.zeros_like(vr)).clamp(0.0, 1.0)
+
+
+def cell_model_fit(train_n, train_s) -> torch.Tensor:
+    """Class-conditional means of a cell model (cells on the last dim); an empty cell takes the overall mean."""
+    train_n = torch.as_tensor(train_n, dtype=torch.float64)
+    train_s = torch.as_tensor(train_s, dtype=torch.float64)
+    overall = train_s.sum(-1, keepdim=True) / train_n.sum(-1, keepdim=True).clamp(min=1)
+    return torch.where(train_n > 0, train_s / train_n.clamp(min=1), overall.expand_as(train_s))
+
+
+def cell_model_vr(n, s, q_total) -> torch.Tensor:
+    """Variance explained by the class-conditional means of a partition into cells (last dim): SS_between /
+    SS_total = eq. 4 generalised to many classes (population variances). ``q_total`` = Σa² over all cells."""
+    n = torch.as_tensor(n, dtype=torch.float64)
+    s = torch.as_tensor(s, dtype=torch.float64)
+    q_total = torch.as_tensor(q_total, dtype=torch.float64)
+    N, S = n.sum(-1), s.sum(-1)
+    ss_tot = q_total - S * S / N.clamp(min=1)
+    ss_between = (s * s / n.clamp(min=1)).sum(-1) - S * S / N.clamp(min=1)
+    ok = ss_tot > 1e-12 * q_total.abs().clamp(min=1e-300)
+    return torch.where(
+        ok, ss_between / torch.where(ok, ss_tot, torch.ones_like(ss_tot)), torch.zeros_like(ss_tot)
+    ).clamp(0, 1)
+
+
+def cell_model_correlation(means, held_n, held_s, held_q) -> torch.Tensor:
+    """OpenAI automated-interpretability score of a simulation that predicts ``means[c]`` for every token of cell c:
+    the Pearson correlation of simulated and true activations over held-out tokens, from the held-out cell counts
+    ``held_n``, sums ``held_s`` (cells on the last dim) and the total Σa² ``held_q``. Exact (no per-token pass):
+    Σ_t (sim_t − sim̄)(a_t − ā) = Σ_c (μ_c − sim̄)·s_c. A constant simulation or activation scores 0."""
+    mu = torch.as_tensor(means, dtype=torch.float64)
+    n = torch.as_tensor(held_n, dtype=torch.float64)
+    s = torch.as_tensor(held_s, dtype=torch.float64)
+    q = torch.as_tensor(held_q, dtype=torch.float64)
+    N, S = n.sum(-1), s.sum(-1)
+    mbar = (n * mu).sum(-1, keepdim=True) / N.clamp(min=1)[..., None]
+    cov = ((mu - mbar) * s).sum(-1)
+    var_sim = (n * (mu - mbar) ** 2).sum(-1)
+    var_a = q - S * S / N.clamp(min=1)
+    denom = var_sim * var_a
+    ok = (var_sim > 1e-24) & (var_a > 1e-12 * q.abs().clamp(min=1e-300))
+    return torch.where(ok, cov / torch.where(ok, denom, torch.ones_like(denom)).sqrt(), torch.zeros_like(cov)).clamp(
+        -1, 1
+    )

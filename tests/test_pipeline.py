@@ -18,6 +18,7 @@ def test_table_is_a_dag_in_order():
         "summary",
         "universality",
         "neuron_df",
+        "explain",
         "prompts",
         "coactivation",
         "perturb",
