@@ -196,18 +196,8 @@ def stage_commands(name: str, zoo_preset: str = "default", zoo_jobs: int = 1) ->
         ]
     if name in ("intervention", "entropy_intervention", "attention_deactivation"):  # defaults sized for `make all`
         return [[f"neuron_lib.{name}", "--model", reference, "--token-dataset", str(analysis)]]
-    if name == "explain":  # all neurons; the token cap keeps the spaCy parse + two passes within ~4 min on 2 cores
-        return [
-            [
-                "neuron_lib.explain",
-                "--model",
-                reference,
-                "--token-dataset",
-                str(analysis),
-                "--max-tokens",
-                str(EXPLAIN_MAX_TOKENS),
-            ]
-        ]
+    if name == "explain":  # all neurons; explain's default token cap keeps it within its 4-minute budget
+        return [["neuron_lib.explain", "--model", reference, "--token-dataset", str(analysis)]]
     run = artifacts.default_prompts_csv().stem
     if name == "prompts":
         return [["neuron_lib.prompts", "--model", reference, "--prompts-csv", str(artifacts.default_prompts_csv())]]

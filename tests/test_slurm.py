@@ -490,6 +490,7 @@ def test_scripts_run_the_same_commands_as_the_local_pipeline():
 
     stage_names = ("correlations", "weights", "summary", "neuron_df", "figures", "prompts", "coactivation", "perturb")
     stage_names += ("intervention", "entropy_intervention", "attention_deactivation")
+    stage_names += ("explain",)
     for name in stage_names:  # one table: the same stage names
         assert commands(name) == sorted(pipeline.stage_commands(name)), name
     # zoo: the pipeline trains all models in one process, Slurm one per task, with the same preset

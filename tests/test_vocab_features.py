@@ -90,7 +90,9 @@ def test_vocab_df_with_norms_and_fingerprint(micro_env):
     name = micro_env.model_names[0]
     tok = load_tokenizer(name)
     model = load_model(name)
-    df, manifest, status = vf.ensure_vocab_df(vf.VocabFeaturesConfig(model=name), tokenizer=tok, model=model)
+    df, manifest, status = vf.ensure_vocab_df(
+        vf.VocabFeaturesConfig(model=name, name="micro-vocab-test"), tokenizer=tok, model=model
+    )
     assert status == "done" and len(df) == len(tok)
     ref_e = model.W_E.detach().double().norm(dim=-1).numpy()
     ref_u = model.W_U.detach().double().norm(dim=0).numpy()
@@ -101,7 +103,10 @@ def test_vocab_df_with_norms_and_fingerprint(micro_env):
     path = artifacts.vocab_df_file(manifest["tokenizer_name"])
     assert path.exists() and path.with_suffix(".csv").exists()
     # reused the second time
-    assert vf.ensure_vocab_df(vf.VocabFeaturesConfig(model=name), tokenizer=tok, model=model)[2] == "skipped"
+    assert (
+        vf.ensure_vocab_df(vf.VocabFeaturesConfig(model=name, name="micro-vocab-test"), tokenizer=tok, model=model)[2]
+        == "skipped"
+    )
     # a table made for another tokenizer is refused
     man_path = artifacts.table_manifest(path)
     m = read_json(man_path)
@@ -109,7 +114,7 @@ def test_vocab_df_with_norms_and_fingerprint(micro_env):
     with pytest.raises(NeuronLibError, match="another tokenizer"):
         vf.load_vocab_df(tok, manifest["tokenizer_name"])
     with pytest.raises(NeuronLibError, match="another tokenizer"):
-        vf.ensure_vocab_df(vf.VocabFeaturesConfig(model=name), tokenizer=tok, model=model)
+        vf.ensure_vocab_df(vf.VocabFeaturesConfig(model=name, name="micro-vocab-test"), tokenizer=tok, model=model)
     atomic_write_json(man_path, m)
     assert torch.isfinite(torch.as_tensor(df["embed_norm"].to_numpy())).all()
 
