@@ -584,7 +584,7 @@ def run_explain(cfg: ExplainConfig) -> stage.StageResult:
     cs_train, cs_held = class_stats(0), class_stats(1)
     names_of = {"token": token_names, "prev_token": token_names, "sequence": seq_names, "prev_sequence": seq_names}
     family_of = {"token": token_family, "prev_token": token_family, "sequence": seq_family, "prev_sequence": seq_family}
-    n_total = tot["n"]
+    n_total = tot["n"][0]  # every neuron sees the same tokens
     vr_by_kind, kept_by_kind, feature_rows = {}, {}, []
     for kind in KINDS:
         n1, s1, q1 = cs_train[kind]
