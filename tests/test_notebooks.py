@@ -168,6 +168,7 @@ def test_notebooks_on_synthetic_inputs(inputs, tmp_path):
             "universal_share_by_layer",
             "correlation_vs_baseline",
             "neuron_correlation_densities",
+            "max_vs_min_correlation",
             "universal_neurons_prop",
             "appendix_neuron_metrics_by_layer",
         ],
@@ -175,6 +176,8 @@ def test_notebooks_on_synthetic_inputs(inputs, tmp_path):
             "prediction_neuron_percentiles",
             "prediction_suppression_counts",
             "prediction_neuron_skew_density",
+            "prediction_neuron_histograms_main",  # Fig 5 / 23: the tiny model's W_U against its vocabulary table
+            "prediction_neurons_appendix",
         ],
         "dataset_summary": ["activation_histograms", "top_examples_text"],
         "coactivation_graph": [
