@@ -212,40 +212,32 @@ def prediction_duplicates(
                      "n": len(v), "mean": float(v.mean()) if len(v) else np.nan, "q05": q[0], "median": q[1],
                      "q95": q[2]})  # fmt: skip
 
-    for r, (feature, neurons) in enumerate(groups.items()):
-        mask = vocab_df[feature].astype(bool).to_numpy()
-        ax = axes[r, 0]
+    def boxes(ax, values, split, classes, feature, neurons, side, ylabel, title):
+        """Two boxes per neuron (``split`` True / False of ``values[neuron]``), summarised into ``rows``."""
         data, labels, colors = [], [], []
         for nrn in neurons:
-            e = effects[nrn]
-            for cls, m, c in (("feature", mask, PREDICTION_COLOR), ("other", ~mask, "lightgray")):
-                data.append(e[m])
+            v = values(nrn)
+            for cls, m, c in ((classes[0], split, PREDICTION_COLOR), (classes[1], ~split, "lightgray")):
+                data.append(v[m])
                 labels.append(f"L{nrn[0]}.N{nrn[1]}\n{cls}")
                 colors.append(c)
-                summarise(e[m], feature, nrn, "vocab_effect", cls)
+                summarise(v[m], feature, nrn, side, cls)
         bp = ax.boxplot(data, showfliers=False, patch_artist=True)
         for patch, c in zip(bp["boxes"], colors):
             patch.set_facecolor(c)
         ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=6)
-        ax.set_ylabel("w_out · W_U", fontsize=8)
-        ax.set_title(f"{feature}: {len(neurons)} neurons, vocabulary effect", fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_title(title, fontsize=9)
+
+    for r, (feature, neurons) in enumerate(groups.items()):
+        mask = vocab_df[feature].astype(bool).to_numpy()
+        boxes(axes[r, 0], lambda nrn: effects[nrn], mask, ("feature", "other"), feature, neurons, "vocab_effect",
+              "w_out · W_U", f"{feature}: {len(neurons)} neurons, vocabulary effect")  # fmt: skip
         if next_acts is not None:
-            ax = axes[r, 1]
             has = mask[next_acts["next_token"].to_numpy()]
-            data, labels, colors = [], [], []
-            for nrn in neurons:
-                a = next_acts[f"L{nrn[0]}.N{nrn[1]}"].to_numpy()
-                for cls, m, c in (("next has", has, PREDICTION_COLOR), ("next lacks", ~has, "lightgray")):
-                    data.append(a[m])
-                    labels.append(f"L{nrn[0]}.N{nrn[1]}\n{cls}")
-                    colors.append(c)
-                    summarise(a[m], feature, nrn, "pre_activation", cls)
-            bp = ax.boxplot(data, showfliers=False, patch_artist=True)
-            for patch, c in zip(bp["boxes"], colors):
-                patch.set_facecolor(c)
-            ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=6)
-            ax.set_ylabel("pre-activation", fontsize=8)
-            ax.set_title(f"{feature}: activation by the next token ({int(has.sum())} positions with it)", fontsize=9)
+            boxes(axes[r, 1], lambda nrn: next_acts[f"L{nrn[0]}.N{nrn[1]}"].to_numpy(), has,
+                  ("next has", "next lacks"), feature, neurons, "pre_activation", "pre-activation",
+                  f"{feature}: activation by the next token ({int(has.sum())} positions with it)")  # fmt: skip
     fig.suptitle("Features predicted by several neurons", fontsize=10)
     return FigureResult(fig, pd.DataFrame(rows), None)
 
