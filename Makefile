@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 # The main job: corpus -> zoo -> weights, summary -> universality (all-pairs) -> neuron_df; zoo -> prompts -> coactivation
 # -> perturb; then figures (every paper notebook, the co-activation one included) (neuron_lib/pipeline.py STAGES).
 # Every stage skips itself when its manifest says it is already done with the same configuration.
+# `make all OVERWRITE=weights,neuron_df` replaces those stages' outputs of another configuration (after an upgrade).
 all: env
-	$(PY) -m neuron_lib.pipeline all
+	$(PY) -m neuron_lib.pipeline all $(if $(OVERWRITE),--overwrite $(OVERWRITE))
 
 corpus zoo correlations universality weights summary neuron_df figures prompts coactivation perturb explain: env
 	$(PY) -m neuron_lib.pipeline $@

@@ -211,9 +211,12 @@ def stage_commands(name: str, zoo_preset: str = "default", zoo_jobs: int = 1) ->
     )
 
 
-def run_stage(name: str, dry_run: bool = False, **kwargs) -> None:
+def run_stage(name: str, dry_run: bool = False, overwrite: bool = False, **kwargs) -> None:
+    """Run a stage's commands; ``overwrite`` passes ``--overwrite`` to each (replace another configuration's
+    outputs, e.g. after an upgrade changed a stage's defaults)."""
     t0 = time.time()
     for cmd in stage_commands(name, **kwargs):
+        cmd = [*cmd, "--overwrite"] if overwrite else cmd
         argv = [sys.executable, "-m", *cmd]
         print(f"\n==> [{name}] {' '.join(shlex.quote(a) for a in argv[1:])}", flush=True)
         if dry_run:
@@ -221,7 +224,14 @@ def run_stage(name: str, dry_run: bool = False, **kwargs) -> None:
         t1 = time.time()
         result = subprocess.run(argv, env=os.environ.copy())
         if result.returncode != 0:
-            raise NeuronLibError(f"stage {name!r} failed (exit {result.returncode}) running: {' '.join(cmd)}")
+            raise NeuronLibError(
+                f"stage {name!r} failed (exit {result.returncode}) running: {' '.join(cmd)}"
+                + (
+                    ""
+                    if overwrite
+                    else f" (if it refused another configuration's outputs: `make all OVERWRITE={name}`)"
+                )
+            )
         print(f"<== [{name}] done in {time.time() - t1:.0f} s", flush=True)
     if not dry_run:
         print(f"=== stage {name}: {time.time() - t0:.0f} s", flush=True)
@@ -238,11 +248,20 @@ def main(argv: list[str] | None = None) -> None:
         default=int(os.environ.get("ZOO_JOBS", "1")),
         help="zoo models trained at once (each with cores/jobs threads; 1 is as fast as 2 on 2 cores)",
     )
+    parser.add_argument(
+        "--overwrite",
+        default="",
+        help="comma-separated stages whose outputs of another configuration are replaced (their --overwrite)",
+    )
     args = parser.parse_args(argv)
     names = STAGE_ORDER if args.stage == "all" else [args.stage]
+    overwrite = [s for s in args.overwrite.split(",") if s.strip()]
+    unknown = [s for s in overwrite if s not in STAGE_NAMES]
+    if unknown:
+        parser.error(f"--overwrite: unknown stages {unknown}; choose from {', '.join(STAGE_NAMES)}")
     t0 = time.time()
     for name in names:
-        run_stage(name, dry_run=args.dry_run, zoo_preset=args.zoo_preset, zoo_jobs=args.zoo_jobs)
+        run_stage(name, args.dry_run, name in overwrite, zoo_preset=args.zoo_preset, zoo_jobs=args.zoo_jobs)
     print(f"\npipeline: {', '.join(names)} finished in {(time.time() - t0) / 60:.1f} min")
 
 

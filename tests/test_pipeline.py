@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from neuron_lib import pipeline as P
 from neuron_lib import slurm as S
 
@@ -98,3 +100,14 @@ def test_preset_configs_take_only_the_given_overrides():
     assert got == {"seeds": (1, 2), "lr": 0.01}
     micro = zoo.make_config("micro", **got)
     assert micro.d_model == zoo.PRESETS["micro"]["d_model"] and micro.seeds == (1, 2)
+
+
+def test_overwrite_is_passed_to_the_named_stages_only(capsys):
+    P.main(["all", "--dry-run", "--overwrite", "weights,neuron_df"])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("==> [")]
+    for ln in lines:
+        stage = ln.split("]")[0][5:]
+        assert ln.endswith("--overwrite") == (stage in ("weights", "neuron_df")), ln
+    assert any(ln.startswith("==> [weights]") for ln in lines)
+    with pytest.raises(SystemExit):
+        P.main(["all", "--dry-run", "--overwrite", "weigths"])
