@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: all test lint format env corpus zoo correlations universality weights summary neuron_df figures prompts coactivation perturb explain benchmarks clean-outputs
+.PHONY: all test lint format env corpus zoo correlations universality weights summary neuron_df figures prompts coactivation perturb explain benchmarks clean-outputs browser serve
 
 env: $(STAMP)
 
@@ -31,6 +31,16 @@ corpus zoo correlations universality weights summary neuron_df figures prompts c
 intervention entropy_intervention attention_deactivation: env
 	$(PY) -m neuron_lib.pipeline $@
 
+# The neuron browser: `make browser` builds its index, static export and dashboard (part of `make all`);
+# `make serve` serves the API and pages on http://127.0.0.1:8000 (HOST=0.0.0.0 to expose it, with a warning).
+browser: env
+	$(PY) -m neuron_lib.pipeline $@
+
+HOST ?= 127.0.0.1
+PORT ?= 8000
+serve: env
+	$(PY) -m neuron_lib.browser serve --host $(HOST) --port $(PORT)
+
 # The formatter and linter (configured in pyproject.toml) run first: a lint error fails `make test`.
 lint: env
 	$(VENV)/bin/ruff format --check neuron_lib tests benchmarks
@@ -49,6 +59,7 @@ benchmarks: env
 	$(PY) benchmarks/bench_coactivation.py
 	$(PY) benchmarks/bench_universality.py
 	$(PY) benchmarks/bench_explain.py
+	$(PY) benchmarks/bench_browser.py
 
 clean-outputs:
 	rm -rf corpus token_datasets models correlation_results summary_data dataframes cached_activations figures graphs intervention_results

@@ -439,3 +439,61 @@ EXPLAIN_FEATURES_FILE = "features.csv"  # one row per feature: name, kind, famil
 EXPLAIN_BEST_STEM = "best_features"  # .csv + .parquet: argmax, value, runner-up per neuron
 EXPLAIN_SCORES_STEM = "scores"  # .csv + .parquet: simulated-activation correlation scores on the held-out rows
 EXPLAIN_RECORDS_DIR = "records"  # records/{layer}/{neuron}.json in OpenAI NeuronRecord shape
+
+# ---------------------------------------------------------------- the neuron browser (neuron_lib/browser)
+BROWSER_INDEX_FILE = "index.sqlite"  # one SQLite file: models, neurons (searchable columns), docs, token effects
+BROWSER_DASHBOARD_FILE = "dashboard.html"  # the self-contained plotly dashboard
+#: stems under DATAFRAMES_DIR that the browser reads as explanation / intervention tables when they appear
+BROWSER_EXPLANATION_GLOB = "**/*expla*"  # explain..., explanation(s)...
+BROWSER_INTERVENTION_GLOB = "**/*interven*"
+
+
+def browser_index_dir() -> Path:
+    """The browser's index folder: ``index.sqlite`` + ``manifest.json`` (``python -m neuron_lib.browser build``)."""
+    return root("DATAFRAMES_DIR") / "browser"
+
+
+def browser_index() -> Path:
+    return browser_index_dir() / BROWSER_INDEX_FILE
+
+
+def browser_site(base: str | Path | None = None) -> Path:
+    """The static export of the browser's pages (works from ``file://``), linked from ``figures/index.html``."""
+    return Path(base or figures_root()) / "browser" / "site"
+
+
+def browser_dashboard(base: str | Path | None = None) -> Path:
+    """The analysis dashboard: one self-contained HTML file (plotly's JS embedded)."""
+    return Path(base or figures_root()) / "browser" / BROWSER_DASHBOARD_FILE
+
+
+def list_neuron_dfs() -> list[str]:
+    """Model path components that have a neuron dataframe (``$DATAFRAMES_DIR/neuron_dfs/{model}.{parquet,csv}``)."""
+    folder = root("DATAFRAMES_DIR") / "neuron_dfs"
+    if not folder.is_dir():
+        return []
+    return sorted({p.stem for p in folder.iterdir() if p.suffix in (".parquet", ".csv")})
+
+
+def list_prompt_runs(model: str) -> list[str]:
+    """Prompt runs of a model that have a co-activation graph (``$GRAPHS_DIR/{model}/{run}/coactivation/``)."""
+    base = root("GRAPHS_DIR") / model_name(model)
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if (p / "coactivation" / GRAPH_NODES_FILE).exists())
+
+
+def find_tables(pattern: str, model: str) -> list[Path]:
+    """Tables (csv / parquet) under ``$DATAFRAMES_DIR`` matching ``pattern`` whose path names ``model`` (a path
+    component or the file stem) — how the browser finds explanation and intervention tables of other stages."""
+    base = root("DATAFRAMES_DIR")
+    if not base.is_dir():
+        return []
+    name = model_name(model)
+    found = []
+    for p in sorted(base.glob(pattern)):
+        if p.is_file() and p.suffix in (".csv", ".parquet") and (name in p.relative_to(base).parts or p.stem == name):
+            found.append(p)
+    # prefer the parquet of a csv/parquet pair
+    stems = {p.with_suffix("") for p in found if p.suffix == ".parquet"}
+    return [p for p in found if not (p.suffix == ".csv" and p.with_suffix("") in stems)]

@@ -735,6 +735,16 @@ def write_index(figures_root: str | Path) -> Path:
         "font-size:.8em}",
         "</style></head><body><h1>Figures</h1>",
     ]
+    browser_links = [  # the neuron browser's dashboard and static pages (python -m neuron_lib.browser build)
+        f"<a href='{esc(path.relative_to(root).as_posix())}'>{label}</a>"
+        for path, label in (
+            (artifacts.browser_dashboard(root), "analysis dashboard"),
+            (artifacts.browser_site(root) / "index.html", "neuron browser (static pages)"),
+        )
+        if path.exists()
+    ]
+    if browser_links:
+        parts.append(f"<p class='browser'>{' · '.join(browser_links)}</p>")
     if not records:
         parts.append("<p>No figures yet: run <code>python -m neuron_lib.notebooks --model MODEL</code>.</p>")
     parts.append(

@@ -4,6 +4,7 @@
                 zoo -> prompts -> coactivation -> perturb ────┴-> figures   (prompts: the reference model, the
                                                                              repository's prompt set)
     neuron_df -> intervention, entropy_intervention; zoo -> attention_deactivation; all three -> figures
+    neuron_df, figures -> browser (index, static export, dashboard)
 
 :data:`STAGES` is the pipeline's source of truth: names, order, dependencies, whether ``make all`` runs a stage,
 and which ``slurm/<script>.sbatch`` runs it on a cluster (``neuron_lib.slurm`` derives its jobs from this table).
@@ -133,6 +134,13 @@ STAGES: tuple[Stage, ...] = (
         "activations.sbatch",
         default=False,
     ),
+    Stage(
+        "browser",
+        "the neuron browser's index (SQLite), its static export and the analysis dashboard (make serve serves them)",
+        ("neuron_df", "figures"),
+        "browser.sbatch",
+        (),
+    ),
 )
 STAGE_NAMES = [s.name for s in STAGES]
 EXPLAIN_MAX_TOKENS = (
@@ -198,6 +206,8 @@ def stage_commands(name: str, zoo_preset: str = "default", zoo_jobs: int = 1) ->
         return [[f"neuron_lib.{name}", "--model", reference, "--token-dataset", str(analysis)]]
     if name == "explain":  # all neurons; explain's default token cap keeps it within its 4-minute budget
         return [["neuron_lib.explain", "--model", reference, "--token-dataset", str(analysis)]]
+    if name == "browser":
+        return [["neuron_lib.browser", "build"]]
     run = artifacts.default_prompts_csv().stem
     if name == "prompts":
         return [["neuron_lib.prompts", "--model", reference, "--prompts-csv", str(artifacts.default_prompts_csv())]]
