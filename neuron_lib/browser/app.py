@@ -51,6 +51,8 @@ SERVICES = (
 )
 MAX_LAYER = 10_000
 MAX_NEURON = 10_000_000
+Layer = Annotated[int, PathParam(ge=0, le=MAX_LAYER, description="layer index (0-based)")]
+Neuron = Annotated[int, PathParam(ge=0, le=MAX_NEURON, description="neuron index within the layer (0-based)")]
 
 
 class Open(BaseModel):
@@ -195,9 +197,6 @@ def create_app(index: str | Path | None = None, dashboard: str | Path | None = N
             },
         }
         return out
-
-    Layer = Annotated[int, PathParam(ge=0, le=MAX_LAYER, description="layer index (0-based)")]
-    Neuron = Annotated[int, PathParam(ge=0, le=MAX_NEURON, description="neuron index within the layer (0-based)")]
 
     # ------------------------------------------------------------ JSON API
     @app.get("/api/models", response_model=ModelList, tags=["api"])

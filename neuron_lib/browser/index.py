@@ -535,11 +535,11 @@ class _ModelBuilder:
         cols = list(df.columns)
         partner_models = sorted({c[len("max_corr_layer_") :] for c in cols if c.startswith("max_corr_layer_")}, key=str)
         records = df.to_dict("records")
-        table = self.context_table()
+        context = self.context_table()
         for layer in range(self.n_layers):
             t0 = time.time()
             examples = self.layer_examples(layer)
-            had_context = self.fill_context(layer, examples, table)
+            had_context = self.fill_context(layer, examples, context)
             hists = self.layer_histograms(layer)
             vocab = self.layer_vocab(layer)
             ncomp = None
@@ -610,8 +610,8 @@ class _ModelBuilder:
                     ]
                 if flat in coact:
                     doc["coactivation"] = coact[flat]
-                for service, table in extra_tables.items():
-                    rows = table.get((layer, n))
+                for service, by_neuron in extra_tables.items():
+                    rows = by_neuron.get((layer, n))
                     if rows:
                         doc[service] = rows
                 yield layer, n, doc, effects
