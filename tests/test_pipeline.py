@@ -28,6 +28,7 @@ def test_table_is_a_dag_in_order():
         "entropy_intervention",
         "attention_deactivation",
         "figures",
+        "browser",
     ]
 
 

@@ -18,3 +18,10 @@ Modules:
 - :mod:`~neuron_lib.browser.export`: the static export that works from ``file://``;
 - :mod:`~neuron_lib.browser.dashboard`: one self-contained plotly HTML file.
 """
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m neuron_lib.browser`` (the pipeline's command for the ``browser`` stage)."""
+    from neuron_lib.browser.__main__ import main as _main
+
+    _main(argv)

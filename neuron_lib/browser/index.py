@@ -444,9 +444,9 @@ class _ModelBuilder:
                 out[n]["quantile"] = bins
         return out
 
-    def context_table(self) -> dict[tuple[int, int, int, int], np.ndarray] | None:
+    def context_table(self) -> dict[tuple[int, int, int, int, int], np.ndarray] | None:
         """Every window token's activation for the token-level, text-level and random examples:
-        ``{(layer, neuron, row, start): values}``, from one forward pass over the union of the rows they come from
+        ``{(layer, neuron, row, start, length): values}``, from one forward pass over the union of the rows they come from
         (all layers at once; memory: the windows only). None when the model cannot be loaded."""
         if not self.cfg.context_activations or self.toks.tokens is None or not self.summaries:
             return None
@@ -469,7 +469,7 @@ class _ModelBuilder:
                         refs[ex["row"]].append((layer, n, ex["start"], len(ex["token_ids"])))
         rows = sorted(refs)
         t0 = time.time()
-        table: dict[tuple[int, int, int, int], np.ndarray] = {}
+        table: dict[tuple[int, int, int, int, int], np.ndarray] = {}
         bs = self.cfg.batch_size
         with torch.no_grad():
             for i in range(0, len(rows), bs):
@@ -478,7 +478,7 @@ class _ModelBuilder:
                 post = post.float().cpu().numpy()  # [L, B, P, N]
                 for j, r in enumerate(chunk):
                     for layer, n, s, ln in refs[r]:
-                        table[(layer, n, r, s)] = post[layer, j, s : s + ln, n].copy()
+                        table[(layer, n, r, s, ln)] = post[layer, j, s : s + ln, n].copy()
         self.log(f"{self.src.name}: per-token activations of {len(rows)} example rows in {time.time() - t0:.1f} s")
         return table
 
@@ -489,7 +489,7 @@ class _ModelBuilder:
         for n, services in examples.items():
             for kind in CONTEXT_KINDS:
                 for ex in services.get(kind, []):
-                    vals = table.get((layer, n, ex["row"], ex["start"]))
+                    vals = table.get((layer, n, ex["row"], ex["start"], len(ex["token_ids"])))
                     if vals is not None:
                         ex["values"] = [_round(v) for v in vals]
         return True
