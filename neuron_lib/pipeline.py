@@ -123,7 +123,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "figures",
         "the paper notebooks executed with papermill; figures/index.html (the co-activation notebook too, so after perturb)",
-        ("neuron_df", "perturb", "intervention", "entropy_intervention", "attention_deactivation"),
+        ("neuron_df", "explain", "perturb", "intervention", "entropy_intervention", "attention_deactivation"),
         "figures.sbatch",
         ("NL_REFERENCE_MODELS",),
     ),

@@ -263,6 +263,7 @@ def test_jupyterlab_renders_a_paper_notebook(page, tmp_path):
         f"--ServerApp.root_dir={REPO}",
         "--LabApp.news_url=",
         "--ServerApp.allow_remote_access=False",
+        *(["--allow-root"] if os.geteuid() == 0 else []),  # CI runs as root
     ]
     n_cells = len(json.loads((REPO / NOTEBOOK).read_text())["cells"])
     with running(cmd, f"http://127.0.0.1:{port}/api/status?token={token}", env):
@@ -273,4 +274,7 @@ def test_jupyterlab_renders_a_paper_notebook(page, tmp_path):
         )
         assert page.locator(".jp-Notebook .jp-MarkdownCell").count() > 0
         assert page.locator(".jp-Notebook .jp-CodeCell").count() > 0
-        page.wait_for_selector(".jp-Notebook .jp-InputArea-editor .cm-content")  # code rendered by CodeMirror
+        # code rendered by CodeMirror (a rendered markdown cell keeps a hidden editor: look in code cells)
+        code = page.locator(".jp-Notebook .jp-CodeCell .jp-InputArea-editor .cm-content").first
+        code.wait_for(state="visible")
+        assert 'model = "zoo-gpt2-a"' in code.inner_text()

@@ -169,8 +169,9 @@ def compare_outputs(local: Path, remote: Path) -> list[str]:
 
 # ---------------------------------------------------------------- (1) the pipeline, Slurm vs local
 # Stages the end-to-end test submits: every default stage that exists, except the figures (papermill runs
-# every notebook: minutes on two cores). Stages whose outputs it compares with a local run of task 0:
-E2E_SKIP = {"figures"}
+# every notebook: minutes on two cores) and the browser that indexes them (tests/test_browser.py runs its stage).
+# Stages whose outputs it compares with a local run of task 0:
+E2E_SKIP = {"figures", "browser"}
 COMPARED_STAGES = ("zoo", "weights", "summary")
 
 
@@ -187,6 +188,7 @@ def test_pipeline_through_slurm_equals_local_run(cluster, micro_zoo, tmp_path):
         NL_INTERVENTION_ARGS="--max-tokens 2048",
         NL_ENTROPY_INTERVENTION_ARGS="--max-tokens 2048",
         NL_ATTENTION_DEACTIVATION_ARGS="--max-tokens 2048 --after-pos 8",
+        NL_EXPLAIN_ARGS="--max-tokens 4096",  # explain's default cap (98,304) is larger than the micro dataset
     )
     slurm_env = job_env(micro_zoo, tmp_path / "slurm", NL_PROMPTS_CSV=str(prompts_csv), **small)
     args = [
@@ -398,6 +400,7 @@ def test_dry_run_prints_sbatch_commands_with_dependency_edges(tmp_path):
         "SUMMARY",
         "UNIVERSALITY",
         "NEURON_DF",
+        "EXPLAIN",
         "PROMPTS",
         "COACTIVATION",
         "PERTURB",
@@ -405,6 +408,7 @@ def test_dry_run_prints_sbatch_commands_with_dependency_edges(tmp_path):
         "ENTROPY_INTERVENTION",
         "ATTENTION_DEACTIVATION",
         "FIGURES",
+        "BROWSER",
     ]
     assert "--dependency" not in lines["ZOO"] and "--array=0-2 " in lines["ZOO"]
     for stage in ("SUMMARY", "WEIGHTS"):
@@ -412,8 +416,8 @@ def test_dry_run_prints_sbatch_commands_with_dependency_edges(tmp_path):
     assert '"--dependency=afterok:${ZOO_JOB}:${SUMMARY_JOB}"' in lines["UNIVERSALITY"]
     assert '"--dependency=afterok:${UNIVERSALITY_JOB}:${WEIGHTS_JOB}:${SUMMARY_JOB}"' in lines["NEURON_DF"]
     assert (
-        '"--dependency=afterok:${NEURON_DF_JOB}:${PERTURB_JOB}:${INTERVENTION_JOB}:${ENTROPY_INTERVENTION_JOB}:'
-        '${ATTENTION_DEACTIVATION_JOB}"' in lines["FIGURES"]
+        '"--dependency=afterok:${NEURON_DF_JOB}:${EXPLAIN_JOB}:${PERTURB_JOB}:${INTERVENTION_JOB}:'
+        '${ENTROPY_INTERVENTION_JOB}:${ATTENTION_DEACTIVATION_JOB}"' in lines["FIGURES"]
     )
     assert '"--dependency=afterok:${ZOO_JOB}"' in lines["PROMPTS"]
     assert '"--dependency=afterok:${PROMPTS_JOB}"' in lines["COACTIVATION"]
