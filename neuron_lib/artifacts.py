@@ -412,6 +412,7 @@ def intervention_results(model: str, dataset: str | Path, run: str) -> Path:
 def attention_deactivation(model: str, dataset: str | Path, run: str = "attention_deactivation") -> Path:
     return intervention_root(model, dataset) / run
 
+
 # ---------------------------------------------------------------- explanations (vocab_features.py, explain.py)
 def vocab_df_file(tokenizer: str) -> Path:
     """A tokenizer's vocabulary feature table (spec §7.2): ``$DATAFRAMES_DIR/vocab_dfs/{tokenizer}.parquet`` (the

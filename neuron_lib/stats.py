@@ -334,6 +334,7 @@ def spearman(x, y) -> float:
     """Spearman correlation = Pearson of the average ranks."""
     return pearson(average_ranks(x), average_ranks(y))
 
+
 # ---------------------------------------------------------------- explanations (explain.py): variance reduction
 def variance_reduction(n, s, q, n1, s1, q1) -> torch.Tensor:
     """Paper eq. 4 from per-class sufficient statistics, float64, population variances:
