@@ -94,8 +94,10 @@ def best_of(
     kinds: Sequence[str] | None = None,
     families: Sequence[str] | None = None,
     columns: Sequence[str] | None = None,
+    exclude_families: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """Per neuron, the feature of highest VR among the kept features of ``kinds`` / ``families`` / ``columns``:
+    """Per neuron, the feature of highest VR among the kept features of ``kinds`` / ``families`` / ``columns``
+    (less ``exclude_families``):
     columns neuron, layer, neuron_index, feature, vr, kind, family; sorted by vr descending (ties: flat order)."""
     table = all_vr(exp)
     feats = feature_table(exp)
@@ -106,6 +108,7 @@ def best_of(
         cols = [c for c in cols if feats.at[c, "family"] in families]
     if columns is not None:
         cols = [c for c in cols if c in set(columns)]
+    cols = [c for c in cols if feats.at[c, "family"] not in exclude_families]
     out = table[["layer", "neuron_index"]].reset_index()
     if not cols:
         out["feature"], out["vr"], out["kind"], out["family"] = "", 0.0, "", ""
@@ -122,6 +125,10 @@ def best_of(
 
 def explanation_family(feature: str, kind: str, family: str) -> str:
     """The paper's neuron family (§4.3) that a best feature names."""
+    if family == "position":  # the previous position's bucket is a position feature, not one of the previous token
+        return "position"
+    if family == "subset":  # the previous token's row is the token's row
+        return "topic / subset"
     if kind in ("prev_token", "prev_sequence"):
         return "previous token"
     if kind == "token":
@@ -147,12 +154,14 @@ def with_families(best: pd.DataFrame, min_vr: float) -> pd.DataFrame:
         if v <= min_vr:
             fam.append(UNEXPLAINED)
         elif k in ("sequence", "prev_sequence"):
-            if base.startswith("is_position_"):
-                fam.append("previous token" if k.startswith("prev") else "position")
-            elif base.startswith("is_subset_"):
-                fam.append("previous token" if k.startswith("prev") else "topic / subset")
-            else:
-                fam.append(explanation_family(f, k, "spacy"))
+            family = (
+                "position"
+                if base.startswith("is_position_")
+                else "subset"
+                if base.startswith("is_subset_")
+                else "spacy"
+            )
+            fam.append(explanation_family(f, k, family))
         else:
             fam.append(explanation_family(f, k, "unigram" if base.endswith("_unigram") else "vocab"))
     out["family"] = fam

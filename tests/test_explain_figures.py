@@ -67,6 +67,8 @@ def test_best_of_restricted_kinds_and_planted_order():
     assert "prev_is_position_0" not in set(EF.best_of(exp)["feature"])
     assert EF.best_of(exp, kinds=["nothing"]).empty
     assert "prev_all_caps" in EF.all_vr(exp).columns
+    no_caps = EF.best_of(exp, kinds=["prev_token"], exclude_families=["type"])
+    assert "prev_all_caps" not in set(no_caps["feature"])
 
 
 def _best(rows):
@@ -96,6 +98,11 @@ def test_unigram_families_and_family_names():
     assert EF.explanation_family("is_position_0", "sequence", "position") == "position"
     assert EF.explanation_family("is_subset_wiki", "sequence", "subset") == "topic / subset"
     assert EF.explanation_family("is_spacy_noun", "sequence", "pos") == "syntax"
+    # the previous position's bucket is still a position feature; a prev_ spaCy label is a previous-token feature
+    assert EF.explanation_family("prev_is_position_4_7", "prev_sequence", "position") == "position"
+    assert EF.explanation_family("prev_is_spacy_noun", "prev_sequence", "pos") == "previous token"
+    pos = _best([("0.0", 0, 0, "prev_is_position_1", "prev_sequence", 0.9)])
+    assert EF.with_families(pos, 0.5)["family"].tolist() == ["position"]
 
 
 def test_alphabet_neurons_planted_letter():

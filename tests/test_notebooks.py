@@ -415,8 +415,10 @@ def test_explanation_notebooks(inputs, tmp_path, monkeypatch):
     # the numbers the notebooks print are the explain run's
     best = explain.load_explanations(MODEL, inputs["dataset"].name)["best"]
     text = _text(out / "previous_token_neurons" / "previous_token_neurons.ipynb")
-    prev = best[best.best_kind.isin(["prev_token", "prev_sequence"]) & (best.best_vr > 0.05)]
-    assert f"VR > 0.05): {len(prev)} of {len(best)}" in text
+    from neuron_lib.explain_figures import with_families
+
+    n_prev = int((with_families(best, 0.05)["family"] == "previous token").sum())
+    assert f"spaCy feature, VR > 0.05): {n_prev} of {len(best)}" in text
     text = _text(out / "position_neurons" / "position_neurons.ipynb")
     assert f"MI over all {N_LAYERS * D_MLP} neurons" in text
     assert artifacts.explanations(MODEL, inputs["dataset"]).is_dir()
