@@ -42,8 +42,27 @@ NOTEBOOKS: dict[str, str] = {
     "coactivation_graph": "Neuron co-activation graph of a prompt run: thresholds, perturbations, heatmaps, tokens",
     "entropy_neurons": "Entropy neurons: fixed activations vs final LN scale, entropy, loss (paper §5.2, Fig 7, 25, 1f)",
     "bos_signal_neurons": "BOS-signal neurons: heuristic h_n and path ablation (paper §5.3, Fig 8)",
+    "unigram_neurons": "Unigram neurons: families of neurons explained by one token (paper §4.3, Fig 15, 16, 4a)",
+    "alphabet_neurons": "Alphabet neurons: single-letter unigram features (paper Fig 17, 1a)",
+    "previous_token_neurons": "Previous-token neurons: features of the token before (paper Fig 18, 1b)",
+    "position_neurons": "Position neurons: mutual information of firing and position (paper Fig 19, 1c)",
+    "syntax_neurons": "Syntax neurons: spaCy POS, dependency and morphology features (paper Fig 20, 4b)",
+    "topic_neurons": "Topic neurons: dataset-subset features and mean-activation tokens (paper Fig 4c)",
+    "family_count": "Neuron families and correlation densities, with the paper's printed statistics (Fig 11, 2a)",
+    "mysteries": "Mysteries: activation frequency vs cos(w_in, w_out), max weight similarity (paper §6, Fig 9, 10)",
 }
-NEEDS_NEURON_DF = ("properties_of_universal_neurons", "prediction_neurons")
+NEEDS_NEURON_DF = ("properties_of_universal_neurons", "prediction_neurons", "family_count", "mysteries")
+# notebooks that read a finished `explain` run (neuron_lib.explain_figures.find_explanations): skipped in a full run
+# without one, an error naming the command when asked for by name
+NEEDS_EXPLANATIONS = (
+    "unigram_neurons",
+    "alphabet_neurons",
+    "previous_token_neurons",
+    "position_neurons",
+    "syntax_neurons",
+    "topic_neurons",
+    "family_count",
+)
 NEEDS_SUMMARY = ("dataset_summary",)
 NEEDS_COACTIVATION = ("coactivation_graph",)  # a prompts run and its coactivation graph (perturb optional)
 # notebooks that read intervention results: {notebook: run folder name} (neuron_lib.intervention_figures.find_run)
@@ -609,6 +628,16 @@ def run_notebooks(
 
         try:
             find_run(model, NEEDS_INTERVENTION[name], dataset)
+        except NeuronLibError as exc:
+            if only:
+                raise
+            log(f"[{name}] skipped: {exc}")
+            names.remove(name)
+    for name in [n for n in names if n in NEEDS_EXPLANATIONS]:
+        from neuron_lib.explain_figures import find_explanations
+
+        try:
+            find_explanations(model, dataset)
         except NeuronLibError as exc:
             if only:
                 raise

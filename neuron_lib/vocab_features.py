@@ -430,14 +430,20 @@ def unigram_features(
     """Boolean [vocab, features] table of ``{normalised}_unigram`` columns (spec §7.3).
 
     A normalised string qualifies iff its summed count > ``count_threshold`` and it has > ``min_variants`` raw
-    token variants; empty normalised strings (whitespace tokens) never qualify."""
+    token variants; empty normalised strings (whitespace tokens) never qualify, nor do strings holding U+FFFD:
+    byte-level BPE tokens that are parts of a multi-byte character all decode to "\ufffd", which would otherwise
+    group unrelated byte tokens into one "word"."""
     uniques, norm_id = normalised_vocab(strings)
     counts = np.bincount(norm_id, weights=np.asarray(token_counts, dtype=np.float64), minlength=len(uniques))
     variants = np.bincount(norm_id, minlength=len(uniques))
     chosen = [
         i
         for i, s in enumerate(uniques)
-        if s and re.fullmatch(r"\S+", s) and counts[i] > count_threshold and variants[i] > min_variants
+        if s
+        and re.fullmatch(r"\S+", s)
+        and "\ufffd" not in s
+        and counts[i] > count_threshold
+        and variants[i] > min_variants
     ]
     data = {f"{uniques[i]}_unigram": norm_id == i for i in chosen}
     return pd.DataFrame(data, index=np.arange(len(strings)))

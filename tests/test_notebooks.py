@@ -159,8 +159,9 @@ def test_notebooks_on_synthetic_inputs(inputs, tmp_path):
         extra={"context_activations": "topk", "run": RUN},
     )
     assert not failed, failed
-    # the intervention notebooks are skipped without intervention results (tests/test_intervention.py runs them)
-    assert len(done) == len(nb.NOTEBOOKS) - len(nb.NEEDS_INTERVENTION)
+    # the intervention notebooks are skipped without intervention results (tests/test_intervention.py runs them), the
+    # explanation notebooks without an explain run (test_explanation_notebooks runs them)
+    assert len(done) == len(nb.NOTEBOOKS) - len(nb.NEEDS_INTERVENTION) - len(nb.NEEDS_EXPLANATIONS)
     for path in done:
         assert not _errors(path), (path, _errors(path))
     expected = {
@@ -180,6 +181,7 @@ def test_notebooks_on_synthetic_inputs(inputs, tmp_path):
             "prediction_neurons_appendix",
         ],
         "dataset_summary": ["activation_histograms", "top_examples_text"],
+        "mysteries": ["sparsity_vs_in_out_sim", "max_weight_sim"],
         "coactivation_graph": [
             "graph_histograms",
             "perturbation_comparison",
@@ -348,3 +350,78 @@ def test_unfinished_summary_subset_is_not_listed(inputs, tmp_path):
     shutil.copy(root / "grammar" / "histogram.safetensors", half)  # one part, no manifest
     found = nb.validate_summary(MODEL, base)
     assert sorted(found.folders) == ["grammar"]
+
+
+# figures each explanation notebook draws on the tiny model; the tiny tokenizer has no unigram feature (no word with
+# more than 3 variants), so the unigram and alphabet notebooks record their figures as not drawn, with the reason
+EXPLANATION_FIGURES = {
+    "unigram_neurons": [],
+    "alphabet_neurons": [],
+    "previous_token_neurons": ["prev_token_neurons", "main_b_prev_token"],
+    "position_neurons": ["position_neurons", "main_c_position"],
+    "syntax_neurons": ["syntax_neurons", "syntax_neuron_main"],
+    "topic_neurons": ["place_neurons"],
+    "family_count": ["neuron_correlation_densities", "neuron_correlation_densities_main", "family_counts"],
+}
+NOT_DRAWN = {
+    "unigram_neurons": ["unigram_duplicate_neurons", "main_on_unigram", "unigram_nonduplicate_appendix"],
+    "alphabet_neurons": ["alphabet_neurons", "main_a_alphabet"],
+}
+
+
+def test_explanation_notebooks(inputs, tmp_path, monkeypatch):
+    """The explanation notebooks: an error naming the command without an explain run; executed on a real (small)
+    explain run of the tiny model, with token, spaCy, position and subset features."""
+    import shutil
+
+    from neuron_lib import artifacts, explain
+
+    monkeypatch.setenv("DATAFRAMES_DIR", str(tmp_path / "dataframes"))  # explanations of this test only
+    table_dir = tmp_path / "dataframes" / "neuron_dfs"
+    shutil.copytree(inputs["table"].parent, table_dir)
+    with pytest.raises(NeuronLibError, match=r"python -m neuron_lib.explain --model synth-a"):
+        nb.run_notebooks(MODEL, out=tmp_path, only=["syntax_neurons"])
+    explain.run_explain(
+        explain.ExplainConfig(
+            model=MODEL,
+            token_dataset=str(inputs["dataset"]),
+            max_tokens=48 * CTX,
+            min_class_count=3,
+            spacy_processes=1,
+            records=False,
+            device="cpu",
+        )
+    )
+    assert sorted(nb.NEEDS_EXPLANATIONS) == sorted(EXPLANATION_FIGURES)
+    out = tmp_path / "figures"
+    done, failed = nb.run_notebooks(
+        MODEL,
+        table_dir / f"{MODEL}.csv",
+        inputs["summary_dir"],
+        out=out,
+        only=list(EXPLANATION_FIGURES),
+        extra={"universal_criterion": "paper", "vr_threshold": 0.05},
+    )
+    assert not failed, failed
+    assert len(done) == len(EXPLANATION_FIGURES)
+    for path in done:
+        assert not _errors(path), (path, _errors(path))
+    for name, figs in EXPLANATION_FIGURES.items():
+        record = {f["name"]: f for f in json.loads((out / name / "figures.json").read_text())["figures"]}
+        for fig in figs:
+            assert (out / name / f"{fig}.png").read_bytes().startswith(b"\x89PNG"), (name, fig)
+            assert len(pd.read_csv(out / name / f"{fig}.csv")) > 0, (name, fig)
+            assert record[fig]["caption"]
+        for fig in NOT_DRAWN.get(name, []):
+            assert record[fig]["note"] and "png" not in record[fig]["files"], (name, fig)
+    assert "0 of 26 letters have a unigram feature" in _text(out / "alphabet_neurons" / "alphabet_neurons.ipynb")
+    # the numbers the notebooks print are the explain run's
+    best = explain.load_explanations(MODEL, inputs["dataset"].name)["best"]
+    text = _text(out / "previous_token_neurons" / "previous_token_neurons.ipynb")
+    from neuron_lib.explain_figures import with_families
+
+    n_prev = int((with_families(best, 0.05)["family"] == "previous token").sum())
+    assert f"spaCy feature, VR > 0.05): {n_prev} of {len(best)}" in text
+    text = _text(out / "position_neurons" / "position_neurons.ipynb")
+    assert f"MI over all {N_LAYERS * D_MLP} neurons" in text
+    assert artifacts.explanations(MODEL, inputs["dataset"]).is_dir()

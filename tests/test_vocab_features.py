@@ -79,6 +79,9 @@ def test_unigram_rule_and_threshold():
     uni = vf.unigram_features(strings, counts, count_threshold=100)
     assert sorted(uni.columns) == ["on_unigram", "the_unigram"]  # rare: too few; x: one variant
     assert uni["on_unigram"].tolist()[:4] == [True] * 4 and not uni["on_unigram"].iloc[4]
+    # partial-UTF-8 byte tokens all decode to U+FFFD: never one "word", however often and however many
+    bytes_only = vf.unigram_features(["\ufffd", " \ufffd", "\ufffd", "\ufffd", " on"], np.full(5, 1000), 10)
+    assert list(bytes_only.columns) == []
     assert vf.unigram_count_threshold(10_000_000) == 3000
     assert vf.unigram_count_threshold(1_000_000) == 300
     assert vf.unigram_count_threshold(10) == 1
