@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from helpers import build_tiny_model, save_dataset
 from neuron_lib import artifacts
@@ -133,3 +134,17 @@ def shared_root(tmp_path_factory) -> dict:
         _SHARED["info"] = info
     os.environ.update(_SHARED["env"])
     return _SHARED["info"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """The shared browser data (``shared_root``) with the output roots restored afterwards."""
+    old = {k: os.environ.get(k) for k in artifacts.ROOTS}
+    try:
+        yield shared_root(tmp_path_factory)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -15,6 +15,9 @@ import torch
 from helpers import synthetic_documents
 from neuron_lib import artifacts
 
+# the browser tests' shared data fixture (``data_root``) lives with the data it builds
+pytest_plugins = ["browser_data"]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

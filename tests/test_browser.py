@@ -27,19 +27,6 @@ from neuron_lib.browser.app import create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    old = {k: os.environ.get(k) for k in artifacts.ROOTS}
-    try:
-        yield browser_data.shared_root(tmp_path_factory)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@pytest.fixture(scope="module")
 def client(data_root):
     return TestClient(create_app(artifacts.browser_index(), artifacts.browser_dashboard()))
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-import browser_data
 from neuron_lib import artifacts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,19 +79,6 @@ def running(cmd: list[str], url: str, env: dict, cwd: Path = REPO):
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    old = {k: os.environ.get(k) for k in artifacts.ROOTS}
-    try:
-        yield browser_data.shared_root(tmp_path_factory)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
