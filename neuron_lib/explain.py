@@ -73,6 +73,7 @@ from neuron_lib.common import (
 STAGE = "explain"
 FEATURE_GROUPS = ("token", "sequence", "position", "subset")
 KINDS = ("token", "sequence", "prev_token", "prev_sequence")
+ROW_SAMPLING = ("spread", "first")
 DEFAULT_MAX_TOKENS = 98_304  # 768 rows of 128 tokens: the spaCy parse (2 processes) + two model passes fit 4 minutes
 
 
@@ -93,8 +94,13 @@ class ExplainConfig:
     )
     max_tokens: int | None = config_field(
         DEFAULT_MAX_TOKENS,
-        "raw tokens from the start of the dataset, all spaCy-parsed (~2-4k tokens/s per process); the default keeps "
-        "make all's explain within 4 minutes on 2 cores; none = all",
+        "raw tokens analysed (ceil(max_tokens / ctx) rows), all spaCy-parsed (~2-4k tokens/s per process); the "
+        "default keeps make all's explain within 4 minutes on 2 cores; none = all",
+    )
+    rows: str = config_field(
+        "spread",
+        "which rows a token cap takes: spread (evenly spaced over the dataset, so every subset is represented) or "
+        "first (the first rows)",
     )
     heldout_fraction: float = config_field(0.2, "share of rows held out for the explanation scores")
     seed: int = config_field(0, "seed of the held-out split and the random activation records")
@@ -141,6 +147,8 @@ class ExplainConfig:
                 raise NeuronLibError(f"--{name.replace('_', '-')} must be ≥ 0")
         if self.max_tokens is not None and int(self.max_tokens) < 1:
             raise NeuronLibError("--max-tokens must be positive (or omitted for the whole dataset)")
+        if self.rows not in ROW_SAMPLING:
+            raise NeuronLibError(f"--rows takes {' or '.join(ROW_SAMPLING)}, not {self.rows!r}")
         return self
 
     @property
@@ -211,6 +219,15 @@ def previous_in_row(grid: np.ndarray, fill) -> np.ndarray:
     out[:, 0] = fill
     out[:, 1:] = grid[:, :-1]
     return out
+
+
+def select_rows(n_total: int, n_rows: int, how: str = "spread") -> np.ndarray:
+    """Dataset row ids a token cap analyses: ``first`` = 0..n_rows−1; ``spread`` = n_rows ids evenly spaced over
+    all ``n_total`` rows (first and last included), so that a dataset sorted by subset keeps every subset. Sorted,
+    unique; all rows when ``n_rows ≥ n_total``."""
+    if n_rows >= n_total or how == "first":
+        return np.arange(min(n_rows, n_total))
+    return np.unique(np.linspace(0, n_total - 1, n_rows).round().astype(np.int64))
 
 
 def heldout_rows(n_rows: int, fraction: float, seed: int) -> np.ndarray:
@@ -447,8 +464,10 @@ def run_explain(cfg: ExplainConfig) -> stage.StageResult:
         return stage.StageResult(STAGE, "skipped", {"explanations": str(folder)}, seconds=time.time() - t0)
 
     # ------------------------------------------------ inputs: tokens, split, features
-    n_rows, ctx = inputs.n_rows, inputs.ctx
-    tokens_np = tokens_tensor(inputs.dataset, 0, n_rows).numpy()
+    row_ids = select_rows(len(inputs.dataset), inputs.n_rows, cfg.rows)
+    rows_ds = inputs.dataset.select(row_ids.tolist())
+    n_rows, ctx = len(row_ids), inputs.ctx
+    tokens_np = tokens_tensor(rows_ds, 0, n_rows).numpy()
     drop = drop_ids_for(tokenizer, keep_bos=False, drop_newline=False)
     keep_np = ~np.isin(tokens_np, drop)
     held = heldout_rows(n_rows, cfg.heldout_fraction, cfg.seed)
@@ -491,6 +510,7 @@ def run_explain(cfg: ExplainConfig) -> stage.StageResult:
             tokenizer,
             strings,
             set(drop),
+            row_ids=row_ids,
             n_process=cfg.spacy_processes,
             batch_size=cfg.spacy_batch_size,
         )
@@ -503,7 +523,7 @@ def run_explain(cfg: ExplainConfig) -> stage.StageResult:
         seq_names += names
         seq_family += ["position"] * len(names)
     if "subset" in groups and "subset" in inputs.dataset.column_names:
-        arr, names = sf.subset_features(inputs.dataset[:n_rows]["subset"], ctx)
+        arr, names = sf.subset_features(rows_ds["subset"], ctx)
         seq_parts.append(arr)
         seq_names += names
         seq_family += ["subset"] * len(names)
@@ -805,6 +825,8 @@ def run_explain(cfg: ExplainConfig) -> stage.StageResult:
         config_fingerprint=fingerprint,
         **inputs.manifest_fields(model),
         n_rows=n_rows,
+        row_sampling=cfg.rows,
+        row_ids=row_ids.tolist(),  # the dataset rows analysed; heldout_rows and records index into this list
         n_tokens=int(keep_np.sum()),
         n_tokens_selection=int(tot["n"][0]) if N else 0,
         n_tokens_heldout=int(held_t["n"][0]) if N else 0,

@@ -278,6 +278,9 @@ class FeatureContext:
         self.tokenizer = tokenizer or load_tokenizer(model)
         ds, _ = load_token_dataset(path, self.tokenizer)
         n_all = int(manifest["n_rows"])
+        # the rows explain analysed (older manifests: the first n_rows)
+        self.row_ids = np.asarray(manifest.get("row_ids") or range(n_all), dtype=np.int64)
+        ds = ds.select(self.row_ids.tolist())
         rows = ds[:n_all]["tokens"]
         all_tokens = np.asarray(rows.numpy() if hasattr(rows, "numpy") else rows, dtype=np.int64)
         keep_all = ~np.isin(all_tokens, manifest.get("token_filter_ids") or [])
@@ -314,7 +317,14 @@ class FeatureContext:
             path = artifacts.dataset_df_dir(self.dataset_path) / artifacts.SEQUENCE_FEATURES_FILE
             if not path.exists():
                 raise NeuronLibError(f"no spaCy labels cached at {path}; run explain with sequence features")
-            self._spacy = pd.read_parquet(path)
+            df = pd.read_parquet(path)
+            rows = df["row"].to_numpy()[:: self.ctx][: self.n_rows]
+            if len(rows) < self.n_rows or not (rows == self.row_ids[: self.n_rows]).all():
+                raise NeuronLibError(
+                    f"the spaCy labels cached at {path} are of other rows than these explanations'; rerun "
+                    f"`python -m neuron_lib.explain --model {self.model} --overwrite`"
+                )
+            self._spacy = df
         return self._spacy
 
     def mask(self, name: str) -> np.ndarray:

@@ -221,22 +221,31 @@ def cached_spacy_features(
     tokenizer,
     strings: Sequence[str],
     special: set[int],
+    row_ids: np.ndarray | None = None,
     n_process: int = 1,
     batch_size: int = 64,
     log_stage: str = "explain",
 ) -> tuple[np.ndarray, dict]:
-    """spaCy labels of the first ``len(tokens)`` rows, from the dataset's cache when it covers them."""
+    """spaCy labels of the dataset rows ``row_ids`` (default: the first ``len(tokens)``), whose tokens are
+    ``tokens``, from the dataset's cache when it holds the same rows (or, for first rows, at least as many)."""
+    from neuron_lib.common import config_fingerprint
+
     folder = artifacts.dataset_df_dir(dataset_path)
     path = folder / artifacts.SEQUENCE_FEATURES_FILE
     man_path = artifacts.manifest_path(folder)
     n_rows, ctx = tokens.shape
+    row_ids = np.arange(n_rows) if row_ids is None else np.asarray(row_ids, dtype=np.int64)
+    prefix = bool((row_ids == np.arange(n_rows)).all())
+    rows_key = "first" if prefix else config_fingerprint({"rows": row_ids.tolist()})
     want = {"dataset": dataset_ident, "columns": list(SPACY_COLUMNS), "spacy": spacy_versions()}
     if man_path.exists() and path.exists():
         try:
             manifest = read_json(man_path)
         except NeuronLibError:
             manifest = {}
-        if all(manifest.get(k) == v for k, v in want.items()) and int(manifest.get("n_rows", 0)) >= n_rows:
+        cached = manifest.get("rows", "first")
+        covers = (cached == "first" and prefix and int(manifest.get("n_rows", 0)) >= n_rows) or (cached == rows_key)
+        if all(manifest.get(k) == v for k, v in want.items()) and covers:
             df = pd.read_parquet(path)
             arr = df[list(SPACY_COLUMNS)].to_numpy(bool)[: n_rows * ctx].reshape(n_rows, ctx, -1)
             stage.log(log_stage, f"spaCy labels of {n_rows} rows reused from {path}")
@@ -250,7 +259,7 @@ def cached_spacy_features(
     folder.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(arr.reshape(n_rows * ctx, -1), columns=list(SPACY_COLUMNS))
     df.insert(0, "position", np.tile(np.arange(ctx), n_rows))
-    df.insert(0, "row", np.repeat(np.arange(n_rows), ctx))
+    df.insert(0, "row", np.repeat(row_ids, ctx))  # dataset row ids
     from neuron_lib.common import _atomic_replace  # the one atomic-write helper
 
     if man_path.exists():
@@ -259,6 +268,7 @@ def cached_spacy_features(
     manifest = {
         "stage": "sequence_features",
         **want,
+        "rows": rows_key,  # "first" (rows 0..n_rows-1) or the fingerprint of the row ids
         "n_rows": n_rows,
         "ctx_len": ctx,
         "tokenizer_fingerprint": dataset_ident.get("tokenizer_fingerprint"),

@@ -184,12 +184,15 @@ def test_spacy_missing_names_the_package():
 
 
 # ---------------------------------------------------------------- the stage on the micro zoo
-def _reference_acts(model_name, dataset_path, n_rows):
+def _reference_acts(model_name, dataset_path, row_ids):
+    """Tokens, activations and subsets of the dataset rows ``row_ids``, recomputed independently (float64)."""
     from neuron_lib.corpus import load_token_dataset
     from neuron_lib.models import load_model
 
     model = load_model(model_name)
     ds, _ = load_token_dataset(dataset_path)
+    ds = ds.select(list(row_ids))
+    n_rows = len(row_ids)
     tokens = ds[:n_rows]["tokens"]
     tokens = tokens if isinstance(tokens, torch.Tensor) else torch.tensor(tokens)
     with torch.no_grad():
@@ -214,7 +217,13 @@ def test_explain_stage_against_reference(micro_env):
     assert res.status == "done"
     out = explain.load_explanations(name, str(micro_env.analysis_dataset))
     man = out["manifest"]
-    tokens, acts, subsets = _reference_acts(name, micro_env.analysis_dataset, man["n_rows"])
+    # the token cap's rows are spread over the dataset (every subset represented), not its first rows
+    from neuron_lib.corpus import load_token_dataset
+
+    assert man["row_sampling"] == "spread" and len(man["row_ids"]) == man["n_rows"] == 40
+    assert man["row_ids"] == explain.select_rows(len(load_token_dataset(micro_env.analysis_dataset)[0]), 40).tolist()
+    assert man["row_ids"][0] == 0 and man["row_ids"][-1] > 40
+    tokens, acts, subsets = _reference_acts(name, micro_env.analysis_dataset, man["row_ids"])
     held = np.zeros(len(tokens), dtype=bool)
     held[man["heldout_rows"]] = True
     keep = ~np.isin(tokens, man["token_filter_ids"])
@@ -243,6 +252,13 @@ def test_explain_stage_against_reference(micro_env):
                 assert prev[col].iloc[n] == pytest.approx(_vr_reference(a[:, n], yp), abs=2e-5), (col, n)
         checked += 1
     assert checked == 8
+    # subset features, against the reference (the spread rows reach several subsets)
+    assert len(set(subsets)) > 1, set(subsets)
+    sub_cols = [c for c in vr.columns if c.startswith("is_subset_")]
+    assert sub_cols
+    for col in sub_cols[:2]:
+        y = np.broadcast_to((np.array([f"is_subset_{x}" for x in subsets]) == col)[:, None], tokens.shape)[sel]
+        assert vr[col].iloc[3] == pytest.approx(_vr_reference(a[:, 3], y), abs=2e-5), col
     # the best-feature table is the argmax over the four kinds
     best = out["best"]
     allvr = pd.concat(
@@ -271,6 +287,13 @@ def test_explain_stage_against_reference(micro_env):
     assert not set(feats[(feats.kind == "token") & feats.skipped].feature) & set(vr.columns)
     # a second run reuses the folder
     assert explain.run_explain(cfg).status == "skipped"
+
+
+def test_select_rows():
+    assert explain.select_rows(10, 20).tolist() == list(range(10))
+    assert explain.select_rows(100, 5, "first").tolist() == [0, 1, 2, 3, 4]
+    spread = explain.select_rows(100, 5)
+    assert spread.tolist() == [0, 25, 50, 74, 99] and len(np.unique(explain.select_rows(7, 6))) == 6
 
 
 def test_explain_sequence_features_cached(micro_env):
