@@ -443,9 +443,6 @@ EXPLAIN_RECORDS_DIR = "records"  # records/{layer}/{neuron}.json in OpenAI Neuro
 # ---------------------------------------------------------------- the neuron browser (neuron_lib/browser)
 BROWSER_INDEX_FILE = "index.sqlite"  # one SQLite file: models, neurons (searchable columns), docs, token effects
 BROWSER_DASHBOARD_FILE = "dashboard.html"  # the self-contained plotly dashboard
-#: stems under DATAFRAMES_DIR that the browser reads as explanation / intervention tables when they appear
-BROWSER_EXPLANATION_GLOB = "**/*expla*"  # explain..., explanation(s)...
-BROWSER_INTERVENTION_GLOB = "**/*interven*"
 
 
 def browser_index_dir() -> Path:
@@ -483,17 +480,21 @@ def list_prompt_runs(model: str) -> list[str]:
     return sorted(p.name for p in base.iterdir() if (p / "coactivation" / GRAPH_NODES_FILE).exists())
 
 
-def find_tables(pattern: str, model: str) -> list[Path]:
-    """Tables (csv / parquet) under ``$DATAFRAMES_DIR`` matching ``pattern`` whose path names ``model`` (a path
-    component or the file stem) — how the browser finds explanation and intervention tables of other stages."""
-    base = root("DATAFRAMES_DIR")
+def _prefer_parquet(paths: list[Path]) -> list[Path]:
+    stems = {p.with_suffix("") for p in paths if p.suffix == ".parquet"}
+    return [p for p in paths if not (p.suffix == ".csv" and p.with_suffix("") in stems)]
+
+
+def explanation_tables(model: str) -> list[Path]:
+    """Every explain run's best-feature and score tables of ``model`` (``explanations(model, *)``), for the browser."""
+    base = root("DATAFRAMES_DIR") / "explanations" / model_name(model)
     if not base.is_dir():
         return []
-    name = model_name(model)
-    found = []
-    for p in sorted(base.glob(pattern)):
-        if p.is_file() and p.suffix in (".csv", ".parquet") and (name in p.relative_to(base).parts or p.stem == name):
-            found.append(p)
-    # prefer the parquet of a csv/parquet pair
-    stems = {p.with_suffix("") for p in found if p.suffix == ".parquet"}
-    return [p for p in found if not (p.suffix == ".csv" and p.with_suffix("") in stems)]
+    found = [p for stem in (EXPLAIN_BEST_STEM, EXPLAIN_SCORES_STEM) for p in sorted(base.glob(f"*/{stem}.*"))]
+    return _prefer_parquet([p for p in found if p.suffix in (".csv", ".parquet")])
+
+
+def intervention_tables(model: str) -> list[Path]:
+    """Every intervention run's ``summary.csv`` of ``model`` (``intervention_results(model, *, *)``), for the browser."""
+    base = root("INTERVENTION_DIR") / model_name(model)
+    return sorted(base.glob(f"*/*/{INTERVENTION_SUMMARY_FILE}")) if base.is_dir() else []

@@ -79,22 +79,35 @@ def build(root: Path) -> dict:
     )
     for m in MODELS:
         neuron_df.run_neuron_df(neuron_df.NeuronDfConfig(model=m, dataset=ds_path.name))
-    # an explanation table of bt-a (the explain stage's output is not fixed yet: columns layer, neuron, feature, score)
-    expl_dir = artifacts.root("DATAFRAMES_DIR") / "explanations" / MODELS[0]
+    # explain's and an intervention run's tables of bt-a, in those stages' file contracts (explain.py,
+    # intervention.py): best_features / scores keyed by layer + neuron_index, a summary.csv with group rows
+    expl_dir = artifacts.explanations(MODELS[0], ds_path)
     expl_dir.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(
         {
+            "neuron": ["0.0", "0.1", "1.3"],
             "layer": [0, 0, 1],
-            "neuron": [0, 1, 3],
-            "feature": [SCRIPT_TEXT, "is_dog", "is_fox"],
-            "variance_reduction": [0.42, 0.31, 0.7],
+            "neuron_index": [0, 1, 3],
+            "best_feature": [SCRIPT_TEXT, "is_dog", "is_fox"],
+            "best_vr": [0.42, 0.31, 0.7],
+            "unused_column": [1, 2, 3],
         }
-    ).to_csv(expl_dir / "explanations.csv", index=False)
-    interv_dir = artifacts.root("DATAFRAMES_DIR") / "interventions" / MODELS[0]
-    interv_dir.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"layer": [0], "neuron": [0], "ablation": ["zero"], "delta_loss": [0.012]}).to_csv(
-        interv_dir / "interventions.csv", index=False
+    ).to_csv(expl_dir / f"{artifacts.EXPLAIN_BEST_STEM}.csv", index=False)
+    pd.DataFrame({"neuron": ["0.0"], "layer": [0], "neuron_index": [0], "score_best": [0.61]}).to_csv(
+        expl_dir / f"{artifacts.EXPLAIN_SCORES_STEM}.csv", index=False
     )
+    interv_dir = artifacts.intervention_results(MODELS[0], ds_path, "mean.post")
+    interv_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(
+        {
+            "label": ["nominal", "L0.N0", "group:selected"],
+            "role": ["nominal", "selected", "selected"],
+            "layer": [None, 0, None],
+            "neuron": [None, 0, None],
+            "intervention": [None, "mean", None],
+            "delta_loss": [None, 0.012, 0.012],
+        }
+    ).to_csv(interv_dir / artifacts.INTERVENTION_SUMMARY_FILE, index=False)
     # a co-activation graph of bt-a (the coactivation stage's file contract: nodes.csv, edges.parquet)
     g = artifacts.coactivation_graph(MODELS[0], "prompts")
     g.mkdir(parents=True, exist_ok=True)

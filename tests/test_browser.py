@@ -145,7 +145,11 @@ def test_neuron_document_services(client):
         "coactivation",
         "weight_neighbours",
     ]
-    assert doc["explanation"][0]["feature"] == browser_data.SCRIPT_TEXT
+    expl = {k: v for r in doc["explanation"] for k, v in r.items()}
+    assert expl["best_feature"] == browser_data.SCRIPT_TEXT and expl["score_best"] == pytest.approx(0.61)
+    assert "unused_column" not in expl and props_has_score(client)
+    iv = doc["interventions"]
+    assert len(iv) == 1 and iv[0]["delta_loss"] == pytest.approx(0.012) and iv[0]["source"] == "mean.post"
     assert {"promote", "suppress", "max_act", "mean_act"} <= set(doc["vocab"])
     p = doc["partners"]["best_match"][0]
     assert p["model"] == "bt-b" and p["indexed"] and p["link"] == f"/api/bt-b/{p['layer']}/{p['neuron']}"
@@ -387,3 +391,10 @@ def test_no_index_is_a_clear_error(tmp_path):
 
     with pytest.raises(NeuronLibError, match="python -m neuron_lib.browser build"):
         create_app(tmp_path / "none.sqlite")
+
+
+def props_has_score(client) -> bool:
+    """The layer listing carries the held-out explanation score of bt-a's L0.N0 (explain's scores table)."""
+    rows = client.get("/api/bt-a/0").json()
+    text = json.dumps(rows)
+    return "explanation_score" in text and "0.61" in text

@@ -201,8 +201,8 @@ def find_sources(model: str) -> ModelSources:
         weights=weights if artifacts.manifest_path(weights).exists() else None,
         correlation_table=corr,
         graph_runs=artifacts.list_prompt_runs(model),
-        explanations=artifacts.find_tables(artifacts.BROWSER_EXPLANATION_GLOB, model),
-        interventions=artifacts.find_tables(artifacts.BROWSER_INTERVENTION_GLOB, model),
+        explanations=artifacts.explanation_tables(model),
+        interventions=artifacts.intervention_tables(model),
     )
 
 
@@ -656,16 +656,38 @@ def _coactivation(model: str, runs: list[str], d_mlp: int, k: int) -> dict[int, 
     return out
 
 
+#: the columns of the explain and intervention tables a neuron document keeps (others are left out)
+EXTRA_COLUMNS = {
+    "explanation": (
+        "best_feature", "best_kind", "best_vr", "runner_up", "runner_up_vr",  # best_features
+        "score_best", "combo2", "score_combo2", "combo3", "score_combo3",  # scores (held-out)
+    ),
+    "interventions": (
+        "role", "intervention", "location", "value", "delta_loss", "delta_loss_ci_low", "delta_loss_ci_high",
+        "delta_entropy", "kl", "entropy", "scale",
+    ),
+}  # fmt: skip
+
+
 def _extra_tables(paths: list[Path], service: str) -> dict[tuple[int, int], list[dict]]:
-    """Rows of explanation / intervention tables by (layer, neuron); tables without those columns are skipped."""
+    """Rows of explanation / intervention tables by (layer, neuron); tables without those columns are skipped.
+
+    explain's tables key neurons by ``layer`` + ``neuron_index`` (their ``neuron`` is the "l.n" name); an
+    intervention run's rows without a neuron (nominal, groups) are skipped; the run is its folder's name."""
     out: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    keep = EXTRA_COLUMNS.get(service)
     for path in paths:
         try:
             t = _read_table(path)
         except Exception:
             continue
+        if "neuron_index" in t.columns:
+            t = t.drop(columns=["neuron"]).rename(columns={"neuron_index": "neuron"})
         if not {"layer", "neuron"} <= set(t.columns):
             continue
+        if keep is not None and any(c in t.columns for c in keep):
+            t = t[["layer", "neuron", *[c for c in keep if c in t.columns]]]
+        source = path.parent.name if path.name == artifacts.INTERVENTION_SUMMARY_FILE else path.name
         for rec in t.to_dict("records"):
             try:
                 key = (int(rec["layer"]), int(rec["neuron"]))
@@ -674,13 +696,13 @@ def _extra_tables(paths: list[Path], service: str) -> dict[tuple[int, int], list
             clean = {
                 k: _round(v) if not isinstance(v, str) else v for k, v in rec.items() if k not in ("layer", "neuron")
             }
-            clean["source"] = path.name
+            clean["source"] = source
             out[key].append(clean)
     return out
 
 
 FEATURE_KEYS = ("feature", "best_feature", "features", "explanation")
-SCORE_KEYS = ("score", "variance_reduction", "explanation_score")
+SCORE_KEYS = ("score_best", "score", "variance_reduction", "explanation_score")  # explain: the held-out score
 
 
 def explanation_summary(rows: list[dict]) -> tuple[list[str], float | None]:
