@@ -604,8 +604,10 @@ def run_notebooks(
     kernel_name: str = "python3",
     timeout: int | None = 600,
     log=print,
+    force: bool = False,
 ) -> tuple[list[Path], list[str]]:
-    """Validate inputs, execute the notebooks, write the index. Returns (executed notebooks, failures)."""
+    """Validate inputs, execute the notebooks (those whose inputs key changed, or all with ``force``), write the
+    index. Returns (executed or up-to-date notebooks, failures)."""
     names = list(only or NOTEBOOKS)
     unknown = [n for n in names if n not in NOTEBOOKS]
     if unknown:
@@ -660,21 +662,76 @@ def run_notebooks(
     }
     _check_extra(names, extra)
     jobs = [(name, name, artifacts.figures_dir(name, root), {**common, **(extra or {})}) for name in names]
-    return _execute_all(jobs, root, kernel_name, timeout, log)
+    return _execute_all(jobs, root, kernel_name, timeout, log, reuse=not force)
 
 
-def _execute_all(jobs, root: Path, kernel_name: str, timeout: int | None, log) -> tuple[list[Path], list[str]]:
-    """Execute (label, notebook, out_dir, params) jobs, keep going past failures, then rebuild the index."""
+INPUTS_STAMP = "inputs.json"  # beside an executed notebook: the key of what it read (see inputs_key)
+#: manifest fields that change from run to run without changing a result (timings), left out of the key
+_VOLATILE = ("created_unix", "seconds", "pass_seconds", "tokens_per_second")
+_INPUT_ROOTS = ("DATASET_DIR", "MODELS_DIR", "RESULTS_DIR", "SUMMARY_DIR", "DATAFRAMES_DIR", "INTERVENTION_DIR",
+                "GRAPHS_DIR")  # fmt: skip
+
+
+def _stable(obj):
+    if isinstance(obj, dict):
+        return {k: _stable(v) for k, v in obj.items() if k not in _VOLATILE and not k.endswith("_seconds")}
+    if isinstance(obj, list):
+        return [_stable(v) for v in obj]
+    return obj
+
+
+def inputs_key(name: str, params: Mapping[str, Any]) -> str:
+    """What a notebook run depends on, hashed: the notebook's source, its parameters, the neuron_lib sources and
+    every stage manifest under the output roots (timings left out; the browser's own folder, built from the
+    figures, excluded). The same key means the same figures: the run is skipped."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update((notebook_dir() / f"{name}.ipynb").read_bytes())
+    h.update(json.dumps(params, sort_keys=True, default=str).encode())
+    for src in sorted(Path(__file__).resolve().parent.rglob("*.py")):
+        h.update(src.read_bytes())
+    browser = artifacts.browser_index_dir().resolve()
+    for kind in _INPUT_ROOTS:
+        base = artifacts.root(kind)
+        if not base.is_dir():
+            continue
+        for m in sorted([*base.rglob(artifacts.MANIFEST_NAME), *base.rglob(f"*.{artifacts.MANIFEST_NAME}")]):
+            if browser in m.resolve().parents:
+                continue
+            try:
+                content = _stable(read_json(m))
+            except NeuronLibError:
+                content = "unreadable"
+            h.update(f"{m.relative_to(base)}\n".encode())
+            h.update(json.dumps(content, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _execute_all(
+    jobs, root: Path, kernel_name: str, timeout: int | None, log, reuse: bool = True
+) -> tuple[list[Path], list[str]]:
+    """Execute (label, notebook, out_dir, params) jobs, keep going past failures, then rebuild the index. With
+    ``reuse``, a notebook whose inputs key (``inputs_key``) matches its last successful run is not run again."""
+    from neuron_lib.common import atomic_write_json
+
     done, failed = [], []
     for label, name, out_dir, params in jobs:
         params = {k: v for k, v in params.items() if k in notebook_parameters(name)}
         t0 = time.time()
+        key = inputs_key(name, params)
+        stamp, out = Path(out_dir) / INPUTS_STAMP, Path(out_dir).resolve() / f"{name}.ipynb"
+        if reuse and out.exists() and stamp.exists() and read_json(stamp).get("key") == key:
+            done.append(out)
+            log(f"[{label}] {out.parent} is up to date (same notebook, parameters, code and inputs: skipped)")
+            continue
         try:
             path = execute_notebook(name, out_dir, params, kernel_name=kernel_name, timeout=timeout)
         except NotebookFailed as exc:
             failed.append(str(exc))
             log(f"[{label}] FAILED ({time.time() - t0:.0f}s)\n{exc}")
             continue
+        atomic_write_json(stamp, {"notebook": name, "key": key, "parameters": params})
         done.append(path)
         log(f"[{label}] {path.parent} ({time.time() - t0:.0f}s)")
     index = write_index(root)
@@ -872,6 +929,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3 = this Python)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
     parser.add_argument("--index-only", action="store_true", help="only rebuild index.html")
+    parser.add_argument(
+        "--force", action="store_true", help="run every notebook, also those whose inputs did not change"
+    )
     args = parser.parse_args(argv)
     extra = dict(_parse_param(p) for p in args.param)
     if args.d_mlp:
@@ -906,6 +966,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             extra=extra,
             kernel_name=args.kernel,
             timeout=args.timeout,
+            force=args.force,
         )
     if failed:
         raise NeuronLibError(f"{len(failed)} notebook(s) failed (see above)")

@@ -425,3 +425,44 @@ def test_explanation_notebooks(inputs, tmp_path, monkeypatch):
     text = _text(out / "position_neurons" / "position_neurons.ipynb")
     assert f"MI over all {N_LAYERS * D_MLP} neurons" in text
     assert artifacts.explanations(MODEL, inputs["dataset"]).is_dir()
+
+
+def test_unchanged_notebooks_are_not_run_again(tmp_path, monkeypatch):
+    """The figures stage skips a notebook whose source, parameters, code and input manifests are unchanged; a
+    changed manifest or parameter, or force, runs it again; a manifest's timing fields alone do not."""
+    for kind in nb._INPUT_ROOTS:
+        monkeypatch.setenv(kind, str(tmp_path / kind.lower()))
+    frames = tmp_path / "dataframes_dir" / "neuron_dfs"
+    frames.mkdir(parents=True)
+    manifest = frames / "m.manifest.json"
+    manifest.write_text(json.dumps({"stage": "neuron_df", "n_rows": 4, "created_unix": 1.0}))
+    calls = []
+
+    def fake_execute(name, out_dir, params, **kw):
+        calls.append(dict(params))
+        out = Path(out_dir).resolve() / f"{name}.ipynb"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("{}")
+        return out
+
+    monkeypatch.setattr(nb, "execute_notebook", fake_execute)
+    root = tmp_path / "figures"
+
+    def run(params, reuse=True):
+        jobs = [("dataset_summary", "dataset_summary", root / "dataset_summary", params)]
+        done, failed = nb._execute_all(jobs, root, "python3", 60, lambda *_: None, reuse=reuse)
+        assert not failed and len(done) == 1
+
+    run({"model": MODEL})
+    run({"model": MODEL})
+    assert len(calls) == 1  # unchanged: skipped
+    manifest.write_text(json.dumps({"stage": "neuron_df", "n_rows": 4, "created_unix": 2.0}))
+    run({"model": MODEL})
+    assert len(calls) == 1  # a new timestamp only
+    manifest.write_text(json.dumps({"stage": "neuron_df", "n_rows": 5, "created_unix": 3.0}))
+    run({"model": MODEL})
+    assert len(calls) == 2  # an input changed
+    run({"model": MODEL, "dataset": "other"})
+    assert len(calls) == 3  # a parameter changed
+    run({"model": MODEL, "dataset": "other"}, reuse=False)
+    assert len(calls) == 4  # forced
