@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 
-from neuron_lib import criteria, stats
+from neuron_lib import stats
 from neuron_lib.figures import PREDICTION_COLOR, SUPPRESSION_COLOR, FigureResult, _grid, new_figure
 
 Neuron = tuple[int, int]
@@ -248,11 +248,3 @@ def duplicate_groups(pairs: pd.DataFrame, min_neurons: int = 2, max_features: in
     sizes = pairs.groupby("feature").size().sort_values(ascending=False)
     chosen = sizes[sizes >= min_neurons].head(max_features).index
     return {f: [(int(r.layer), int(r.neuron)) for r in pairs[pairs["feature"] == f].itertuples()] for f in chosen}
-
-
-def vocab_kinds(df: pd.DataFrame, neurons: Sequence[Neuron], kurt_threshold=criteria.PREDICTION_KURTOSIS):
-    """``criteria.vocab_kind`` of the neurons (rows of the neuron table in flat order), for ``pick_prediction_pairs``."""
-    thr = criteria.kurtosis_threshold(df, kurt_threshold)
-    kinds = pd.Series(criteria.vocab_kind(df["vocab_kurt"], df["vocab_skew"], thr),
-                      index=pd.MultiIndex.from_arrays([df["layer"].astype(int), df["neuron"].astype(int)]))  # fmt: skip
-    return pd.Series([kinds.loc[(int(layer), int(n))] for layer, n in neurons])
