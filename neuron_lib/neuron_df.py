@@ -30,6 +30,8 @@ Columns (the first 23 are the paper's, same names and meaning, in the paper's or
   vocab_kurt > 10, ``criteria.vocab_kind``); when the weight summary holds the vocab-kurtosis null
   (``vocab_kurt_null.csv``): ``vocab_kurt_null_q99`` (the neuron's layer's null quantile) and
   ``is_prediction_calibrated`` / ``is_suppression_calibrated`` (vocab_kurt above it).
+- gated MLPs (Llama): ``w_gate_norm, w_up_norm, in_out_sim_gate, in_out_sim_up`` (``weights.GATED_DEFINITIONS``;
+  ``input_bias`` is NaN: no MLP biases).
 
 A missing input leaves its columns NaN with a warning; inputs whose manifests name another model are
 refused (:class:`~neuron_lib.common.ManifestMismatch`).
@@ -79,6 +81,7 @@ WEIGHT_COLUMNS = ["w_in_norm", "input_bias", "w_out_norm", "in_out_sim", "l2_pen
 ACTIVATION_COLUMNS = ["mean", "var", "skew", "kurt"]
 VOCAB_COLUMNS = ["vocab_mean", "vocab_var", "vocab_skew", "vocab_kurt"]
 EXACT_COLUMNS = ["mean_exact", "var_exact", "skew_exact", "kurt_exact", "act_freq_exact", "n_active_exact"]
+GATED_WEIGHT_COLUMNS = ["w_gate_norm", "w_up_norm", "in_out_sim_gate", "in_out_sim_up"]
 #: the paper's universal.csv schema, in its order (spec §12)
 PAPER_COLUMNS = (
     ["layer", "neuron"]
@@ -449,6 +452,9 @@ def make_neuron_df(
         if len(st) != L * N or not (st.layer.to_numpy() * N + st.neuron.to_numpy() == np.arange(L * N)).all():
             raise ManifestMismatch(f"weight summary {weights['path']} does not have {L}×{N} neurons in flat order")
         for c in WEIGHT_COLUMNS + VOCAB_COLUMNS:
+            if c in st.columns:
+                df[c] = st[c].to_numpy()
+        for c in GATED_WEIGHT_COLUMNS:  # gated MLPs only (weights.GATED_DEFINITIONS)
             if c in st.columns:
                 df[c] = st[c].to_numpy()
         null_file = Path(weights["path"]) / artifacts.WEIGHT_VOCAB_NULL_FILE

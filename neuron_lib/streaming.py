@@ -54,6 +54,8 @@ class ActivationBatch:
     rows: tuple[int, int]  # [start, end) dataset rows of this batch
     # pre-activations at the positions the filter dropped (only with ``want_dropped_pre``; row-major order)
     dropped_pre: Float[torch.Tensor, "layers d_mlp dropped"] | None = None
+    # gated MLPs only (``want_pre_linear``): the up projection ``hook_pre_linear`` (``pre`` is the gate's)
+    pre_linear: Float[torch.Tensor, "layers d_mlp tokens"] | None = None
 
 
 def tokens_tensor(dataset, start: int, end: int) -> Int[torch.Tensor, "batch pos"]:
@@ -76,18 +78,30 @@ def n_rows_for_tokens(dataset, max_tokens: int | None) -> int:
 
 
 @torch.no_grad()
-def mlp_activations(model, tokens: Int[torch.Tensor, "batch pos"], want_pre: bool, want_post: bool):
-    """Run ``tokens`` through all blocks (no unembedding) and return stacked [layers, batch, pos, d_mlp] tensors."""
+def mlp_activations(
+    model, tokens: Int[torch.Tensor, "batch pos"], want_pre: bool, want_post: bool, want_pre_linear: bool = False
+):
+    """Run ``tokens`` through all blocks (no unembedding) and return stacked [layers, batch, pos, d_mlp] tensors.
+
+    Gated MLPs (``models.is_gated``): ``pre`` is the gate's pre-activation (``hook_pre``), ``post`` the product
+    act(gate) · up (``hook_post``); ``want_pre_linear`` adds the up projection (``hook_pre_linear``) as a third
+    value (only then is a triple returned)."""
     n_layers = model.cfg.n_layers
     names = []
     if want_pre:
         names += [f"blocks.{l}.mlp.hook_pre" for l in range(n_layers)]
     if want_post:
         names += [f"blocks.{l}.mlp.hook_post" for l in range(n_layers)]
+    if want_pre_linear:
+        if not getattr(model.cfg, "gated_mlp", False):
+            raise NeuronLibError("hook_pre_linear exists only in gated MLPs (Llama-style); this model has a plain MLP")
+        names += [f"blocks.{l}.mlp.hook_pre_linear" for l in range(n_layers)]
     tokens = tokens.to(model.cfg.device)
     _, cache = model.run_with_cache(tokens, names_filter=names, stop_at_layer=n_layers)
     pre = torch.stack([cache[f"blocks.{l}.mlp.hook_pre"] for l in range(n_layers)]) if want_pre else None
     post = torch.stack([cache[f"blocks.{l}.mlp.hook_post"] for l in range(n_layers)]) if want_post else None
+    if want_pre_linear:
+        return pre, post, torch.stack([cache[f"blocks.{l}.mlp.hook_pre_linear"] for l in range(n_layers)])
     return pre, post
 
 
@@ -102,11 +116,13 @@ def iter_mlp_activations(
     end_row: int | None = None,
     dtype: torch.dtype = torch.float32,
     want_dropped_pre: bool = False,
+    want_pre_linear: bool = False,
 ) -> Iterator[ActivationBatch]:
     """Yield filtered activations ``[layers, d_mlp, tokens]`` for dataset rows [start_row, end_row).
 
     ``want_dropped_pre`` also yields the pre-activations of the dropped positions (``dropped_pre``), for statistics
-    that follow the paper's convention of keeping every position.
+    that follow the paper's convention of keeping every position; ``want_pre_linear`` (gated MLPs) the up
+    projection (``pre_linear``).
     """
     end_row = len(dataset) if end_row is None else end_row
     drop = torch.tensor(sorted(drop_ids or []), dtype=torch.long)
@@ -114,11 +130,15 @@ def iter_mlp_activations(
         end = min(start + batch_size, end_row)
         tokens = tokens_tensor(dataset, start, end)
         keep = ~torch.isin(tokens, drop) if len(drop) else torch.ones_like(tokens, dtype=torch.bool)
-        pre, post = mlp_activations(model, tokens, want_pre, want_post)
+        acts = mlp_activations(model, tokens, want_pre, want_post, want_pre_linear)
+        pre, post = acts[0], acts[1]
+        pre_linear = acts[2] if want_pre_linear else None
         keep_dev = keep.to(pre.device if pre is not None else post.device)
         # [L, B, P, N] -> [L, N, kept tokens], sequence-major token order as in the paper
         select = lambda acts, keep=keep_dev: acts[:, keep].transpose(1, 2).to(dtype) if acts is not None else None  # noqa: E731
         ctx = tokens.shape[1]
         flat = (torch.arange(start, end)[:, None] * ctx + torch.arange(ctx)[None, :])[keep]
         dropped = pre[:, ~keep_dev].transpose(1, 2).to(dtype) if want_dropped_pre and pre is not None else None
-        yield ActivationBatch(select(pre), select(post), tokens[keep], flat, keep, (start, end), dropped)
+        yield ActivationBatch(
+            select(pre), select(post), tokens[keep], flat, keep, (start, end), dropped, select(pre_linear)
+        )

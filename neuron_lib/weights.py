@@ -81,6 +81,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 
 from neuron_lib import artifacts, stage
@@ -89,7 +90,9 @@ from neuron_lib.common import (
     config_field,
     config_fingerprint,
     config_identity,
+    human_bytes,
     make_manifest,
+    parse_memory,
     pick_device,
     run_cli,
     save_dataframe_atomic,
@@ -108,6 +111,15 @@ ORIGINAL_HEAD_NAMES = {
     "neuron_out_to_head_k": "q_comp",
     "neuron_out_to_head_v": "v_comp",
     "head_out_to_neuron_in": "o_comp",
+}
+#: what the weight columns mean for a gated MLP (Llama: hook_pre = x W_gate, hook_post = silu(x W_gate) · x W_up)
+GATED_DEFINITIONS = {
+    "w_in": "w_gate = W_gate[l][:, n] (what hook_pre, the gate's pre-activation, reads); E_in/U_in use it",
+    "w_in_norm": "= w_gate_norm",
+    "w_up_norm": "||w_up||, w_up = W_up[l][:, n] (TransformerLens W_in of a gated MLP: hook_pre_linear)",
+    "in_out_sim": "= in_out_sim_gate = cos(w_gate, w_out); in_out_sim_up = cos(w_up, w_out)",
+    "l2_penalty": "||w_gate||^2 + ||w_up||^2 + ||w_out||^2",
+    "input_bias": "NaN: no MLP biases",
 }
 NEURON_STATS_COLUMNS = ["layer", "neuron", "w_in_norm", "input_bias", "w_out_norm", "in_out_sim", "l2_penalty"]
 VOCAB_MOMENT_COLUMNS = ["vocab_mean", "vocab_var", "vocab_skew", "vocab_kurt"]
@@ -132,12 +144,18 @@ class WeightsConfig:
     device: str = config_field("cpu", "cpu, cuda or auto")
     overwrite: bool = config_field(False, "replace a weight summary of another configuration")
     progress: bool = config_field(True, "progress bars")
+    vocab_types: str = config_field(
+        ",".join(VOCAB_TYPES), "comma-separated vocabulary-composition types (U_out alone gives the vocab_* columns)"
+    )
     vocab_null_samples: int = config_field(
         1000,
         "random w_out directions per layer for the calibrated vocab-kurtosis null (vocab_kurt_null.csv; with --vocab "
         "only); 0 = none",
     )
     null_seed: int = config_field(0, "seed of the vocab-kurtosis null's random directions")
+    max_memory: str | None = config_field(
+        None, "memory budget of one vocabulary block (chunk rows x d_vocab x 8 B x 6); lowers --chunk-size to fit"
+    )
 
     def validate(self) -> WeightsConfig:
         if not self.model:
@@ -146,13 +164,34 @@ class WeightsConfig:
             raise NeuronLibError("--vocab-top-k and --neuron-top-k must be ≥ 1")
         if self.chunk_size < 1:
             raise NeuronLibError("--chunk-size must be ≥ 1")
+        unknown = [t for t in self.vocab_type_list() if t not in VOCAB_TYPES]
+        if unknown or not self.vocab_type_list():
+            raise NeuronLibError(f"--vocab-types: unknown {unknown}; choose from {', '.join(VOCAB_TYPES)}")
         if self.vocab_null_samples < 0 or self.vocab_null_samples == 1:
             raise NeuronLibError("--vocab-null-samples must be 0 (no null) or ≥ 2 (a quantile needs several draws)")
+        if self.max_memory is not None:
+            parse_memory(self.max_memory)
         return self
 
+    def vocab_type_list(self) -> list[str]:
+        return [t.strip() for t in str(self.vocab_types).split(",") if t.strip()]
+
     def identity(self) -> dict[str, Any]:
-        """The fields that change the results (a finished run with the same ones is reused)."""
-        return config_identity(self, exclude=("device", "overwrite", "progress", "chunk_size"))
+        """The fields that change the results (a finished run with the same ones is reused). Options added later
+        count only when they differ from their defaults, so earlier finished runs keep their fingerprints."""
+        ident = config_identity(
+            self,
+            exclude=("device", "overwrite", "progress", "chunk_size", "max_memory")
+            + (("vocab_types",) if self.vocab_type_list() == list(VOCAB_TYPES) else ())
+            + (("vocab_null_samples", "null_seed") if not self.vocab_null_samples else ()),
+        )
+        return ident
+
+    def block_rows(self, d_vocab: int) -> int:
+        """Neurons per vocabulary block: ``chunk_size``, lowered to fit ``max_memory`` (6 float64 [rows, d_vocab])."""
+        if self.max_memory is None:
+            return self.chunk_size
+        return max(1, min(self.chunk_size, parse_memory(self.max_memory) // (6 * 8 * max(1, d_vocab))))
 
 
 # ====================================================================== weight extraction
@@ -170,6 +209,10 @@ class ModelWeights:
     W_V: torch.Tensor  # [L, H, d_model, d_head]
     W_O: torch.Tensor  # [L, H, d_head, d_model]
     processing: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # gated MLPs (Llama): W_gate [L, d_model, d_mlp] is what hook_pre reads; W_in is then the up projection
+    W_gate: torch.Tensor | None = None
+    # None when the model has MLP input biases; else why ``input_bias`` is NaN (e.g. Llama has no MLP biases)
+    no_input_bias: str | None = None
 
     @property
     def n_layers(self) -> int:
@@ -193,6 +236,9 @@ class ModelWeights:
             for f in dataclasses.fields(self)
         }
         return ModelWeights(**kw)
+
+
+NO_INPUT_BIAS_REASON = "the MLP has no input bias (Llama-style gated MLPs have no biases): input_bias is NaN, not 0"
 
 
 def _ln_params(module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -225,9 +271,14 @@ def extract_weights(model, processed: bool | None = None, dtype: torch.dtype = t
         processed = bool(getattr(model, "neuron_lib_processed", False))
     with torch.no_grad():
         get = lambda name: getattr(model, name).detach().to("cpu", dtype).clone()  # noqa: E731
+        try:
+            b_in, no_bias = get("b_in"), None
+        except Exception:  # bias-free MLPs (Llama): TransformerLens exposes no b_in
+            W = get("W_in")
+            b_in, no_bias = torch.zeros(W.shape[0], W.shape[2], dtype=dtype), NO_INPUT_BIAS_REASON
         w = ModelWeights(
             W_in=get("W_in"),
-            b_in=get("b_in"),
+            b_in=b_in,
             W_out=get("W_out"),
             W_E=get("W_E"),
             W_U=get("W_U"),
@@ -240,11 +291,26 @@ def extract_weights(model, processed: bool | None = None, dtype: torch.dtype = t
             W_pos = get("W_pos")
         except Exception:  # rotary models have none
             W_pos = None
+        if getattr(model.cfg, "gated_mlp", False):
+            w.W_gate = get("W_gate")
+        w.no_input_bias = no_bias
+        if w.W_K.shape[1] != w.W_Q.shape[1]:  # grouped-query attention: each query head reads its K/V group
+            rep = w.W_Q.shape[1] // w.W_K.shape[1]
+            w.W_K, w.W_V = w.W_K.repeat_interleave(rep, 1), w.W_V.repeat_interleave(rep, 1)
+        rms = str(getattr(model.cfg, "normalization_type", "") or "").upper().startswith("RMS")
         L, D, N = w.W_in.shape
-        if w.W_out.shape != (L, N, D) or w.b_in.shape != (L, N) or w.W_U.shape[0] != D or w.W_E.shape[1] != D:
+        if (
+            w.W_out.shape != (L, N, D)
+            or w.b_in.shape != (L, N)
+            or w.W_U.shape[0] != D
+            or w.W_E.shape[1] != D
+            or (w.W_gate is not None and w.W_gate.shape != (L, D, N))
+        ):
             raise NeuronLibError(
                 f"unexpected weight shapes W_in {tuple(w.W_in.shape)}, W_out {tuple(w.W_out.shape)}, "
-                f"b_in {tuple(w.b_in.shape)}: unsupported architecture (gated MLPs are not supported)"
+                f"b_in {tuple(w.b_in.shape)}"
+                + (f", W_gate {tuple(w.W_gate.shape)}" if w.W_gate is not None else "")
+                + ": unsupported architecture"
             )
         report: dict[str, Any] = {
             "requested": "processed" if processed else "raw",
@@ -261,11 +327,15 @@ def extract_weights(model, processed: bool | None = None, dtype: torch.dtype = t
             if unfolded:
                 # TL did not fold ln2 into W_in: do it (W_in ← diag(γ) W_in, b_in ← b_in + β W_in).
                 for l in unfolded:
-                    g, b = (t.to("cpu", dtype) for t in ln2[l])
+                    g, b = (t.to("cpu", dtype) if t is not None else None for t in ln2[l])
                     if b is not None:
                         w.b_in[l] += b @ w.W_in[l]
                     w.W_in[l] = g[:, None] * w.W_in[l]
-                report["applied_by_neuron_lib"].append(f"fold ln2 into W_in/b_in for layers {unfolded}")
+                    if w.W_gate is not None:
+                        w.W_gate[l] = g[:, None] * w.W_gate[l]
+                report["applied_by_neuron_lib"].append(
+                    f"fold ln2 into W_in/b_in{'/W_gate' if w.W_gate is not None else ''} for layers {unfolded}"
+                )
             ln1 = [_ln_params(getattr(model.blocks[l], "ln1", None)) for l in range(L)]
             unfolded1 = [
                 l
@@ -295,6 +365,13 @@ def extract_weights(model, processed: bool | None = None, dtype: torch.dtype = t
                 ("W_U", -1, "W_U across vocab"),
             ]
             residuals = {}
+            if w.W_gate is not None:
+                checks.insert(1, ("W_gate", 1, "W_gate along d_model"))
+            if rms:
+                # RMSNorm does not subtract the mean: centring along d_model would change the function; only the
+                # unembedding's centring across the vocabulary (softmax-invariant) applies
+                checks = [c for c in checks if c[2] == "W_U across vocab"]
+                report["rmsnorm"] = "no centring along d_model (RMSNorm reads the mean direction)"
             for attr, dim, desc in checks:
                 t = getattr(w, attr)
                 r = _centre_residual(t, dim)
@@ -398,27 +475,48 @@ def neuron_stats(weights: ModelWeights) -> pandas.DataFrame:  # noqa: F821
     import pandas as pd
 
     L, N = weights.n_layers, weights.d_mlp
-    w_in = weights.W_in.transpose(1, 2).reshape(L * N, -1)  # rows = neurons
-    w_out = weights.W_out.reshape(L * N, -1)
+    vecs = neuron_vectors(weights)
+    w_in, w_out = vecs["in"], vecs["out"]  # rows = neurons; gated: "in" is the gate
     in_norm, out_norm = w_in.norm(dim=1), w_out.norm(dim=1)
     sim = (unit_rows(w_in) * unit_rows(w_out)).sum(1)
+    bias = weights.b_in.reshape(-1).numpy()
+    if weights.no_input_bias:
+        bias = np.full(L * N, np.nan)
+    penalty = in_norm.square() + out_norm.square()
+    gated = {}
+    if weights.W_gate is not None:
+        up = vecs["up"]
+        up_norm = up.norm(dim=1)
+        penalty = penalty + up_norm.square()
+        gated = {
+            "w_gate_norm": in_norm.numpy(),
+            "w_up_norm": up_norm.numpy(),
+            "in_out_sim_gate": sim.numpy(),
+            "in_out_sim_up": (unit_rows(up) * unit_rows(w_out)).sum(1).numpy(),
+        }
     return pd.DataFrame(
         {
             "layer": torch.arange(L).repeat_interleave(N).numpy(),
             "neuron": torch.arange(N).repeat(L).numpy(),
             "w_in_norm": in_norm.numpy(),
-            "input_bias": weights.b_in.reshape(-1).numpy(),
+            "input_bias": bias,
             "w_out_norm": out_norm.numpy(),
             "in_out_sim": sim.numpy(),
-            "l2_penalty": (in_norm.square() + out_norm.square()).numpy(),
+            "l2_penalty": penalty.numpy(),
+            **gated,
         }
     )
 
 
 def neuron_vectors(weights: ModelWeights) -> dict[str, torch.Tensor]:
-    """w_in and w_out of every neuron as rows in flat order: {'in': [L·N, D], 'out': [L·N, D]}."""
+    """w_in and w_out of every neuron as rows in flat order: {'in': [L·N, D], 'out': [L·N, D]}.
+
+    Gated MLPs: 'in' is the gate's w_gate (what hook_pre reads) and 'up' the up projection's w_up is added."""
     L, N = weights.n_layers, weights.d_mlp
-    return {"in": weights.W_in.transpose(1, 2).reshape(L * N, -1), "out": weights.W_out.reshape(L * N, -1)}
+    rows = lambda W: W.transpose(1, 2).reshape(L * N, -1)  # noqa: E731
+    if weights.W_gate is not None:
+        return {"in": rows(weights.W_gate), "up": rows(weights.W_in), "out": weights.W_out.reshape(L * N, -1)}
+    return {"in": rows(weights.W_in), "out": weights.W_out.reshape(L * N, -1)}
 
 
 def vocab_composition(
@@ -602,19 +700,29 @@ def run_weights(cfg: WeightsConfig, model=None) -> stage.StageResult:
         f"{', '.join(_expected_files(cfg))}; float64 in chunks of {cfg.chunk_size} neurons",
     )
 
+    rows = cfg.block_rows(weights.d_vocab)
+    if cfg.vocab:
+        stage.log(
+            STAGE,
+            f"  vocabulary composition ({', '.join(cfg.vocab_type_list())}) in blocks of {rows} neurons x "
+            f"{weights.d_vocab} tokens: ≈ {human_bytes(6 * 8 * rows * weights.d_vocab)} at once (never the dense "
+            f"{L * N} x {weights.d_vocab} matrix: {human_bytes(8 * L * N * weights.d_vocab)} in float64)"
+            + (f"; budget --max-memory {cfg.max_memory}" if cfg.max_memory else ""),
+        )
     stats = neuron_stats(weights)
     tensors_meta = {"self_pair": SELF_PAIR_POLICY, "model": info["model"]}
     if cfg.vocab:
-        vocab = vocab_composition(weights, cfg.vocab_top_k, cfg.chunk_size, cfg.progress, device)
-        for col, key in zip(VOCAB_MOMENT_COLUMNS, ("mean", "var", "skew", "kurt")):
-            stats[col] = vocab["U_out"][key].reshape(-1).numpy()
+        vocab = vocab_composition(weights, cfg.vocab_top_k, rows, cfg.progress, device, types_=cfg.vocab_type_list())
+        if "U_out" in vocab:
+            for col, key in zip(VOCAB_MOMENT_COLUMNS, ("mean", "var", "skew", "kurt")):
+                stats[col] = vocab["U_out"][key].reshape(-1).numpy()
         save_tensors_atomic(
             out_dir / artifacts.WEIGHT_VOCAB_FILE, {**_flatten(vocab), "hist_edges": cosine_edges()}, tensors_meta
         )
         del vocab
     null_meta = None
     if cfg.vocab and cfg.vocab_null_samples:
-        null = vocab_kurtosis_null(weights, cfg.vocab_null_samples, cfg.null_seed, cfg.chunk_size, device)
+        null = vocab_kurtosis_null(weights, cfg.vocab_null_samples, cfg.null_seed, rows, device)
         save_dataframe_atomic(null, (out_dir / artifacts.WEIGHT_VOCAB_NULL_FILE).with_suffix(""), formats=("csv",))
         null_meta = {
             "n_samples": cfg.vocab_null_samples,
@@ -658,6 +766,8 @@ def run_weights(cfg: WeightsConfig, model=None) -> stage.StageResult:
         },
         self_pair=SELF_PAIR_POLICY,
         **({"vocab_null": null_meta} if null_meta else {}),
+        **({"input_bias_missing": weights.no_input_bias} if weights.no_input_bias else {}),
+        **({"gated_mlp": GATED_DEFINITIONS} if weights.W_gate is not None else {}),
         hist_edges="linspace(-1, 1, 100), 101 bins, bin i: edges[i-1] < v <= edges[i]",
         moments="population mean/var, skew=mean(z^3), kurt=mean(z^4) (non-excess)",
         head_composition_names=ORIGINAL_HEAD_NAMES,
