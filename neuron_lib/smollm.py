@@ -382,7 +382,7 @@ def build_dataset(cfg: SmollmConfig, folder: Path) -> tuple[Path, str, dict]:
             return path, "skipped", m
     tokenizer = load_tokenizer(str(folder))
     bos = tokenizer.convert_tokens_to_ids(BOS_TOKEN)
-    if bos is None or bos == tokenizer.unk_token_id:
+    if bos is None or tokenizer.convert_ids_to_tokens(int(bos)) != BOS_TOKEN:
         raise NeuronLibError(f"the tokenizer of {folder} has no {BOS_TOKEN} token")
     docs = read_split_documents("analysis")
     ds = tokenize_documents(docs, tokenizer, cfg.ctx_len, bos_id=bos, eos_id=bos)

@@ -30,6 +30,9 @@ class TokenFilter:
             for tid in (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id):
                 if tid is not None:
                     ids.add(int(tid))
+            # every special token (SmolLM2: <|endoftext|>, the document separator and our BOS, is neither its
+            # bos nor its eos); GPT-2 and the zoo have only <|endoftext|>, so their filter is unchanged
+            ids.update(int(t) for t in getattr(tokenizer, "all_special_ids", []) or [])
         if self.drop_newline:
             newline = tokenizer.encode("\n", add_special_tokens=False)
             if len(newline) == 1:

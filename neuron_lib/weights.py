@@ -767,7 +767,7 @@ def run_weights(cfg: WeightsConfig, model=None) -> stage.StageResult:
         self_pair=SELF_PAIR_POLICY,
         **({"vocab_null": null_meta} if null_meta else {}),
         **({"input_bias_missing": weights.no_input_bias} if weights.no_input_bias else {}),
-        **({"gated_mlp": GATED_DEFINITIONS} if weights.W_gate is not None else {}),
+        **({"gated_definitions": GATED_DEFINITIONS} if weights.W_gate is not None else {}),
         hist_edges="linspace(-1, 1, 100), 101 bins, bin i: edges[i-1] < v <= edges[i]",
         moments="population mean/var, skew=mean(z^3), kurt=mean(z^4) (non-excess)",
         head_composition_names=ORIGINAL_HEAD_NAMES,

@@ -29,6 +29,8 @@ def test_table_is_a_dag_in_order():
         "attention_deactivation",
         "figures",
         "browser",
+        "smollm",
+        "smollm_analysis",
     ]
 
 
