@@ -1,8 +1,10 @@
 """Stream MLP activations of a model over a token dataset, batch by batch.
 
 Yields pre/post activations of all layers as ``[layers, d_mlp, tokens]`` after the paper's token
-filter (drop BOS/pad and newline tokens; configurable). Logits are never computed: the forward
-pass stops after the last block.
+filter (drop BOS/pad and newline tokens; configurable). Logits are never computed: hooks copy each layer's
+activations into one preallocated [layers, batch, pos, d_mlp] buffer per hook kind (no activation cache, no
+stacking), and the forward pass is stopped (TransformerLens' ``StopAtLayerException``) right after the last
+block's ``mlp.hook_post``, before the final norm and the unembedding.
 """
 
 from __future__ import annotations
@@ -82,29 +84,53 @@ def n_rows_for_tokens(dataset, max_tokens: int | None) -> int:
 
 @torch.no_grad()
 def mlp_activations(
-    model, tokens: Int[torch.Tensor, "batch pos"], want_pre: bool, want_post: bool, want_pre_linear: bool = False
+    model,
+    tokens: Int[torch.Tensor, "batch pos"],
+    want_pre: bool,
+    want_post: bool,
+    want_pre_linear: bool = False,
+    reuse: dict[str, torch.Tensor] | None = None,
 ):
     """Run ``tokens`` through all blocks (no unembedding) and return stacked [layers, batch, pos, d_mlp] tensors.
 
     Gated MLPs (``models.is_gated``): ``pre`` is the gate's pre-activation (``hook_pre``), ``post`` the product
     act(gate) · up (``hook_post``); ``want_pre_linear`` adds the up projection (``hook_pre_linear``) as a third
-    value (only then is a triple returned)."""
+    value (only then is a triple returned). ``reuse``: a dict the caller keeps between calls; the buffers in it
+    are written again when their shape fits (so the returned tensors are overwritten by the next call: callers
+    that pass it copy what they keep)."""
+    from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
     n_layers = model.cfg.n_layers
-    names = []
-    if want_pre:
-        names += [f"blocks.{l}.mlp.hook_pre" for l in range(n_layers)]
-    if want_post:
-        names += [f"blocks.{l}.mlp.hook_post" for l in range(n_layers)]
-    if want_pre_linear:
-        if not getattr(model.cfg, "gated_mlp", False):
-            raise NeuronLibError("hook_pre_linear exists only in gated MLPs (Llama-style); this model has a plain MLP")
-        names += [f"blocks.{l}.mlp.hook_pre_linear" for l in range(n_layers)]
+    kinds = [k for k, want in (("pre", want_pre), ("post", want_post), ("pre_linear", want_pre_linear)) if want]
+    if want_pre_linear and not getattr(model.cfg, "gated_mlp", False):
+        raise NeuronLibError("hook_pre_linear exists only in gated MLPs (Llama-style); this model has a plain MLP")
     tokens = tokens.to(model.cfg.device)
-    _, cache = model.run_with_cache(tokens, names_filter=names, stop_at_layer=n_layers)
-    pre = torch.stack([cache[f"blocks.{l}.mlp.hook_pre"] for l in range(n_layers)]) if want_pre else None
-    post = torch.stack([cache[f"blocks.{l}.mlp.hook_post"] for l in range(n_layers)]) if want_post else None
+    kept = reuse if reuse is not None else {}
+    buffers: dict[str, torch.Tensor] = {}
+
+    def capture(kind: str, layer: int):
+        def hook(tensor: torch.Tensor, hook) -> torch.Tensor:  # [batch, pos, d_mlp] -> buffers[kind][layer]
+            if kind not in buffers:
+                old = kept.get(kind)
+                fits = old is not None and old.shape[1:] == tensor.shape and old.dtype == tensor.dtype
+                buffers[kind] = kept[kind] = old if fits else tensor.new_empty((n_layers, *tensor.shape))
+            buffers[kind][layer].copy_(tensor)
+            return tensor
+
+        return hook
+
+    def stop(tensor: torch.Tensor, hook):  # after the last block's MLP: no final norm, no unembedding
+        raise StopAtLayerException(tensor)
+
+    hooks = [(f"blocks.{l}.mlp.hook_{k}", capture(k, l)) for l in range(n_layers) for k in kinds]
+    hooks.append((f"blocks.{n_layers - 1}.mlp.hook_post", stop))  # fires after hook_pre / hook_pre_linear too
+    model.run_with_hooks(tokens, fwd_hooks=hooks)
+    missing = [k for k in kinds if k not in buffers]
+    if missing:
+        raise NeuronLibError(f"the model fired no mlp.hook_{missing[0]}: unsupported architecture for streaming")
+    pre, post = buffers.get("pre"), buffers.get("post")
     if want_pre_linear:
-        return pre, post, torch.stack([cache[f"blocks.{l}.mlp.hook_pre_linear"] for l in range(n_layers)])
+        return pre, post, buffers["pre_linear"]
     return pre, post
 
 
@@ -129,11 +155,12 @@ def iter_mlp_activations(
     """
     end_row = len(dataset) if end_row is None else end_row
     drop = torch.tensor(sorted(drop_ids or []), dtype=torch.long)
+    reuse: dict[str, torch.Tensor] = {}  # activation buffers kept between batches (what is yielded is copied out)
     for start in range(start_row, end_row, batch_size):
         end = min(start + batch_size, end_row)
         tokens = tokens_tensor(dataset, start, end)
         keep = ~torch.isin(tokens, drop) if len(drop) else torch.ones_like(tokens, dtype=torch.bool)
-        acts = mlp_activations(model, tokens, want_pre, want_post, want_pre_linear)
+        acts = mlp_activations(model, tokens, want_pre, want_post, want_pre_linear, reuse=reuse)
         pre, post = acts[0], acts[1]
         pre_linear = acts[2] if want_pre_linear else None
         keep_dev = keep.to(pre.device if pre is not None else post.device)

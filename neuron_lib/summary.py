@@ -71,7 +71,7 @@ from typing import Any
 
 import torch
 
-from neuron_lib import artifacts, stage
+from neuron_lib import artifacts, fused, stage
 from neuron_lib.common import (
     REQUIRED,
     NeuronLibError,
@@ -277,7 +277,7 @@ def _make_pilot(pre: torch.Tensor, post: torch.Tensor, probs: tuple[float, ...])
     pre_shift = pre.to(torch.float64).mean(-1)
     post_shift = post.to(torch.float64).mean(-1)
     if probs:
-        sorted_post = post.sort(dim=-1).values
+        sorted_post = post.contiguous().sort(dim=-1).values  # contiguous first: a strided sort costs ~1.6×
         # lower-interpolation quantile: the ceil(p·T)-th smallest value
         idx = torch.tensor([min(T - 1, max(0, math.ceil(p * T) - 1)) for p in probs], device=post.device)
         bounds = sorted_post.index_select(-1, idx)
@@ -382,6 +382,7 @@ class SubsetStats:
         self.mean_map[self.mean_ids] = torch.arange(len(self.mean_ids), **dev)
         self.vsum = torch.zeros(L, len(self.mean_ids), N, dtype=torch.float64, **dev)
         self._arN = torch.arange(N, **dev)
+        self._fused = False  # set per batch by update (with _mpos_all, _tok_row, _tok_pos, _umap)
 
     # ------------------------------------------------------------ per batch
     @torch.no_grad()
@@ -409,9 +410,15 @@ class SubsetStats:
         order = torch.argsort((prio << 32) | flat)  # tokens by (priority, flat)
         prio_sorted = prio[order]
         uniq, inv = torch.unique(token_ids, return_inverse=True)
-        mpos = self.mean_map[token_ids]
-        msel = torch.nonzero(mpos >= 0).flatten()
-        mpos = mpos[msel]
+        mpos_all = self.mean_map[token_ids]
+        msel = torch.nonzero(mpos_all >= 0).flatten()
+        mpos = mpos_all[msel]
+        self._fused = fused.usable(pre, post)  # one fused pass per group (neuron_lib.fused) on the CPU
+        if self._fused:
+            self._mpos_all = mpos_all
+            self._tok_row, self._tok_pos = keep.nonzero(as_tuple=True)  # kept tokens, row-major like x
+            self._umap = torch.full((self.V,), -1, dtype=torch.long, device=dev)  # token id → its row in uniq
+            self._umap[uniq] = torch.arange(len(uniq), device=dev)
         for l in range(self.L):
             self._moments_hist("pre", l, pre[l], self.pilot.pre_shift[l], self.pre_edges)
             x = post[l]  # [T, N]
@@ -422,6 +429,9 @@ class SubsetStats:
             self._update_vocab(l, x, uniq, inv, mpos, msel)
 
     def _moments_hist(self, which: str, l: int, x: torch.Tensor, shift: torch.Tensor, edges: torch.Tensor) -> None:
+        if self._fused:
+            fused.moments_hist_(x, shift, edges, self.hist[which][l], self.sums[which][:, l], self.n_pos[which][l])
+            return
         self.hist[which][l] += histogram_counts(x, edges, dim=0)
         d = x.to(torch.float64) - shift.unsqueeze(0)
         d2 = d * d
@@ -451,6 +461,9 @@ class SubsetStats:
         return vals, torch.where(ok, ids[e_idx[sc]], torch.full_like(sc, -1))
 
     def _update_top(self, l: int, x: torch.Tensor, flat: torch.Tensor) -> None:
+        if self._fused:
+            fused.top_merge_(x, flat, self.top_val[l], self.top_ix[l])
+            return
         # later tokens have larger flat indices, so a tie with the k-th value never enters: strict >
         cand = self._candidates(x, x > self.top_val[l, :, -1].unsqueeze(0), flat)
         if cand is None:
@@ -460,6 +473,11 @@ class SubsetStats:
         self.top_val[l], self.top_ix[l], _ = topk_lowest_id(vals, ids, self.cfg.top_k)
 
     def _update_text(self, l: int, x: torch.Tensor, keep: torch.Tensor, batch_rows: torch.Tensor) -> None:
+        if self._fused:
+            fused.text_merge_(
+                x, self._tok_row, self._tok_pos, batch_rows, self.text_val[l], self.text_row[l], self.text_pos[l]
+            )
+            return
         B, P = keep.shape
         dense = torch.full((B, P, self.N), NEG_INF, device=x.device)
         dense[keep] = x
@@ -490,16 +508,23 @@ class SubsetStats:
         bnd = self.pilot.quantile_boundaries[l]  # [N, Q]
         Q = bnd.shape[1]
         T, N = x.shape
-        above = [(x > bnd[:, j].unsqueeze(0)).sum(0) for j in range(Q)]  # tokens above each boundary
-        edges_count = torch.stack(
-            [torch.full_like(above[0], T) if Q else torch.full((N,), T, device=x.device)]
-            + above
-            + [torch.zeros(N, dtype=torch.long, device=x.device)],
-            1,
-        )
-        self.q_counts[l] += edges_count[:, :-1] - edges_count[:, 1:]
+        if self._fused:
+            fused.quantile_counts_(x, bnd, self.q_counts[l])
+        else:
+            above = [(x > bnd[:, j].unsqueeze(0)).sum(0) for j in range(Q)]  # tokens above each boundary
+            edges_count = torch.stack(
+                [torch.full_like(above[0], T) if Q else torch.full((N,), T, device=x.device)]
+                + above
+                + [torch.zeros(N, dtype=torch.long, device=x.device)],
+                1,
+            )
+            self.q_counts[l] += edges_count[:, :-1] - edges_count[:, 1:]
         m = self.cfg.n_per_quantile
         if m == 0:
+            return
+        if self._fused:
+            q = (self.q_flat[l], self.q_prio[l], self.q_val[l])
+            fused.quantile_samples_(x, order, prio_sorted, flat, bnd, *q, _M31)
             return
         # only tokens ranked before a bin's current m-th sample (or any, while a slot is empty) can enter it
         stored_prio = torch.where(
@@ -539,10 +564,15 @@ class SubsetStats:
             self.q_val[l, :, j] = all_val.gather(1, sel)
 
     def _update_vocab(self, l, x, uniq, inv, mpos, msel) -> None:
+        U = uniq.shape[0]
+        bmax = torch.full((U, self.N), NEG_INF, device=x.device)  # [U, N] per-token max of this batch
+        if self._fused:
+            fused.vocab_(x, self._mpos_all, inv, self.vsum[l], bmax)
+            fused.vocab_merge_(bmax, uniq, self._umap, self.vmax_val[l], self.vmax_tok[l])
+            return
         if len(msel):
             self.vsum[l].index_add_(0, mpos, x.index_select(0, msel).to(torch.float64))
-        U = uniq.shape[0]
-        bmax = index_reduce(torch.full((U, self.N), NEG_INF, device=x.device), 0, inv, x, "amax")  # [U, N]
+        bmax = index_reduce(bmax, 0, inv, x, "amax")
         s_tok, s_val = self.vmax_tok[l], self.vmax_val[l]
         where = torch.searchsorted(uniq, s_tok.clamp(min=0)).clamp(max=U - 1)  # [N, kv]
         present = (uniq[where] == s_tok) & (s_tok >= 0)
