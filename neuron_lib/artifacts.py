@@ -353,6 +353,12 @@ def paper_figures_dir(model: str, notebook: str, base: str | Path | None = None)
     return Path(base or figures_root()) / "paper" / model / notebook
 
 
+def model_figures_root(model: str, base: str | Path | None = None) -> Path:
+    """The figures root of a model other than the zoo's reference (the pretrained subject): its notebooks' folders
+    below it (``{root}/{notebook}/``), so they never replace the reference's; the main index links them."""
+    return Path(base or figures_root()) / "models" / model
+
+
 def figures_index(base: str | Path | None = None) -> Path:
     return Path(base or figures_root()) / FIGURES_INDEX
 
@@ -498,6 +504,8 @@ def intervention_tables(model: str) -> list[Path]:
     """Every intervention run's ``summary.csv`` of ``model`` (``intervention_results(model, *, *)``), for the browser."""
     base = root("INTERVENTION_DIR") / model_name(model)
     return sorted(base.glob(f"*/*/{INTERVENTION_SUMMARY_FILE}")) if base.is_dir() else []
+
+
 # ---------------------------------------------------------------- pretrained models built at set-up (smollm.py)
 def pretrained_root() -> Path:
     return root("MODELS_DIR") / "pretrained"

@@ -249,4 +249,3 @@ def vocab_kind(vocab_kurt, vocab_skew, kurt_threshold=PREDICTION_KURTOSIS) -> np
     with np.errstate(invalid="ignore"):
         high = kurt > _array(kurt_threshold)
         return np.where(high & (skew > 0), "prediction", np.where(high & (skew < 0), "suppression", "other"))
-

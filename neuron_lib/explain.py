@@ -1,8 +1,8 @@
 """Explanations by reduction in variance (paper eq. 4, spec §7): ``python -m neuron_lib.explain``.
 
-For a model, a token dataset and a neuron selection (all / one layer / the universal set / a list), the variance
-reduction of each neuron's activation by every boolean feature and by the previous-token version of every
-feature, a best-feature table, explanation scores on held-out rows and per-neuron activation records.
+For a model, a token dataset and a neuron selection (all / some layers, e.g. the last K / the universal set / a
+list), the variance reduction of each neuron's activation by every boolean feature and by the previous-token version
+of every feature, a best-feature table, explanation scores on held-out rows and per-neuron activation records.
 
 Activations: the model's own MLP post-activation (``blocks.{l}.mlp.hook_post``, i.e. gelu_new for GPT-2 — the
 original applied exact-erf GELU to cached pre-activations, spec §18.15), streamed batch by batch through
@@ -20,8 +20,10 @@ Previous-token features: feature of the token one position earlier **in the same
 row has no previous token, so every previous-token feature is False there (the original rolled the flattened
 array and wrapped across rows, §18.15).
 
-Numerics: per-class counts, sums and sums of squares — token features through per-token-id sums ([V, N]
-``index_add_``, then one [V, F] × [V, N] product), sequence features through [T, F]ᵀ × [T, N] products per batch —
+Numerics: per-class counts, sums and sums of squares — token features through per-token-id sums ([V', N]
+``index_add_`` over the V' token ids that occur in the analysed rows, not the whole vocabulary: an absent id is in
+no class, so the sums are the same, and a 49,152-token vocabulary does not cost [49,152, N] float64 accumulators;
+then one [F, V'] × [V', N] product), sequence features through [T, F]ᵀ × [T, N] products per batch —
 in float64 about a per-neuron shift; ``stats.variance_reduction`` (population variances; see there why).
 
 Held-out split: a seeded ``heldout_fraction`` of the rows (``heldout_rows`` in the manifest). The VR tables, the
@@ -84,7 +86,9 @@ class ExplainConfig:
     model: str = config_field(REQUIRED, "model name: zoo name, paper alias, local model folder or hub id")
     token_dataset: str = config_field(REQUIRED, "token dataset folder (neuron_lib.corpus layout)")
     neurons: str = config_field(
-        "all", "all | layer:L | universal (rows of the neuron table flagged by --selection-column) | L.N,L.N,..."
+        "all",
+        "all | layer:L | layers:A,B or layers:A-B (inclusive) | last:K (the last K layers) | universal (rows of the "
+        "neuron table flagged by --selection-column) | L.N,L.N,...",
     )
     selection_column: str = config_field(
         "is_universal", "boolean neuron_df column that --neurons universal selects (and the report splits by)"
@@ -170,14 +174,9 @@ def parse_neurons(spec: str, n_layers: int, d_mlp: int, neuron_table: pd.DataFra
     total = n_layers * d_mlp
     if spec == "all":
         return np.arange(total)
-    if spec.startswith("layer:"):
-        try:
-            layer = int(spec.split(":", 1)[1])
-        except ValueError:
-            raise NeuronLibError(f"--neurons {spec!r}: the layer must be an integer") from None
-        if not 0 <= layer < n_layers:
-            raise NeuronLibError(f"--neurons {spec!r}: layer {layer} is out of range (the model has {n_layers} layers)")
-        return np.arange(layer * d_mlp, (layer + 1) * d_mlp)
+    if spec.startswith(("layer:", "layers:", "last:")):
+        layers = _parse_layers(spec, n_layers)
+        return np.concatenate([np.arange(layer * d_mlp, (layer + 1) * d_mlp) for layer in layers])
     if spec == "universal":
         if neuron_table is None:
             raise NeuronLibError(
@@ -208,6 +207,32 @@ def parse_neurons(spec: str, n_layers: int, d_mlp: int, neuron_table: pd.DataFra
     return np.unique(np.array(ids, dtype=np.int64))
 
 
+def _parse_layers(spec: str, n_layers: int) -> list[int]:
+    """``layer:L`` / ``layers:A,B`` / ``layers:A-B`` (inclusive) / ``last:K`` (the last K layers) → sorted layers."""
+    kind, _, body = spec.partition(":")
+    try:
+        if kind == "last":
+            k = int(body)
+            if not 1 <= k <= n_layers:
+                raise NeuronLibError(f"--neurons {spec!r}: K must lie in 1..{n_layers} (the model's layers)")
+            return list(range(n_layers - k, n_layers))
+        layers: set[int] = set()
+        for part in body.split(","):
+            lo, dash, hi = part.strip().partition("-")
+            a, b = int(lo), int(hi) if dash else int(lo)
+            if a > b:
+                raise NeuronLibError(f"--neurons {spec!r}: the range {part.strip()!r} is empty")
+            layers.update(range(a, b + 1))
+    except ValueError:
+        raise NeuronLibError(
+            f"--neurons {spec!r}: layers must be integers (layer:L, layers:A,B, layers:A-B or last:K)"
+        ) from None
+    bad = sorted(layer for layer in layers if not 0 <= layer < n_layers)
+    if bad:
+        raise NeuronLibError(f"--neurons {spec!r}: layer {bad[0]} is out of range (the model has {n_layers} layers)")
+    return sorted(layers)
+
+
 def neuron_names(ids: np.ndarray, d_mlp: int) -> list[str]:
     return [f"{i // d_mlp}.{i % d_mlp}" for i in ids]
 
@@ -228,6 +253,18 @@ def select_rows(n_total: int, n_rows: int, how: str = "spread") -> np.ndarray:
     if n_rows >= n_total or how == "first":
         return np.arange(min(n_rows, n_total))
     return np.unique(np.linspace(0, n_total - 1, n_rows).round().astype(np.int64))
+
+
+def compact_token_ids(tokens: np.ndarray, token_matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The token ids that occur in ``tokens`` [rows, ctx], numbered 0..V'-1 in id order: ``(compact [rows, ctx],
+    previous [rows, ctx] (the compact id of the token one position earlier in the row; V' at a row's first
+    position, "no previous token"), token_matrix[present] [V', F])``. Class sums over these V' ids equal those over
+    the whole vocabulary (an absent id adds nothing to any class) at V'/V of the memory."""
+    present = np.unique(tokens)
+    index = np.full(int(present[-1]) + 1 if len(present) else 1, -1, dtype=np.int64)
+    index[present] = np.arange(len(present))
+    compact = index[tokens]
+    return compact, previous_in_row(compact, len(present)), token_matrix[present]
 
 
 def heldout_rows(n_rows: int, fraction: float, seed: int) -> np.ndarray:
@@ -529,7 +566,9 @@ def run_explain(cfg: ExplainConfig) -> stage.StageResult:
         seq_family += ["subset"] * len(names)
     seq_grid = np.concatenate(seq_parts, axis=2) if seq_parts else np.zeros((n_rows, ctx, 0), dtype=bool)
     prev_grid = previous_in_row(seq_grid, False)
-    prev_tok = previous_in_row(tokens_np, V)  # V: "no previous token", in no token feature's class
+    # class sums over the token ids present in the rows (compact ids 0..V'-1; V' = "no previous token", in no class)
+    tok_c, prev_c, token_matrix_c = compact_token_ids(tokens_np, token_matrix)
+    Vc = len(token_matrix_c)
 
     N = len(ids)
     Ft, Fs = token_matrix.shape[1], seq_grid.shape[2]
@@ -537,7 +576,8 @@ def run_explain(cfg: ExplainConfig) -> stage.StageResult:
         STAGE,
         f"plan: {len(ids):,} neurons of {cfg.model}, {n_rows:,} rows x {ctx} = {n_rows * ctx:,} tokens "
         f"({int(held.sum())} rows held out), {Ft} token + {Fs} sequence features (x2 with previous token); "
-        f"accumulators ~{human_bytes(_plan_memory(V, Fs, N, cfg.batch_size * ctx))}; two passes over the model",
+        f"{Vc:,} distinct token ids; accumulators ~{human_bytes(_plan_memory(Vc, Fs, N, cfg.batch_size * ctx))}; "
+        "two passes over the model",
     )
 
     ids_t = torch.as_tensor(ids, dtype=torch.long)
@@ -549,7 +589,7 @@ def run_explain(cfg: ExplainConfig) -> stage.StageResult:
         else np.zeros(0, np.int64)
     )
     rc = RecordCollector(N, cfg.record_top_k if cfg.records else 0, cfg.record_before, cfg.record_after, pool)
-    sums = ClassSums(V, Fs, N)
+    sums = ClassSums(Vc, Fs, N)
     shift = None
 
     def batches(desc):
@@ -581,15 +621,15 @@ def run_explain(cfg: ExplainConfig) -> stage.StageResult:
             sums.add(
                 split,
                 a,
-                torch.as_tensor(tokens_np[r, p], dtype=torch.long),
-                torch.as_tensor(prev_tok[r, p], dtype=torch.long),
+                torch.as_tensor(tok_c[r, p], dtype=torch.long),
+                torch.as_tensor(prev_c[r, p], dtype=torch.long),
                 torch.as_tensor(seq_grid[r, p], dtype=torch.float64),
                 torch.as_tensor(prev_grid[r, p], dtype=torch.float64),
             )
     pass1_s = time.time() - t1
 
     # ------------------------------------------------ VR tables (selection rows)
-    tm = torch.as_tensor(token_matrix.T, dtype=torch.float64)  # [Ft, V]
+    tm = torch.as_tensor(token_matrix_c.T, dtype=torch.float64)  # [Ft, V']
     tm_prev = torch.cat([tm, torch.zeros(Ft, 1, dtype=torch.float64)], 1)  # "no previous token" is in no class
     tot = sums.total[0]
 
@@ -723,7 +763,7 @@ def run_explain(cfg: ExplainConfig) -> stage.StageResult:
     cand_col = torch.as_tensor([[kind_offset[all_ref[i][0]] + all_ref[i][1] for i in row] for row in cand.tolist()])
     weights = (2 ** torch.arange(k)).long()
     t2 = time.time()
-    tmb = torch.as_tensor(token_matrix)
+    tmb = torch.as_tensor(token_matrix_c)
     tmb_prev = torch.cat([tmb, torch.zeros(1, Ft, dtype=torch.bool)], 0)
     for start, end, toks, dense in batches("explain pass 2"):
         keep = torch.as_tensor(keep_np[start:end])
@@ -732,9 +772,9 @@ def run_explain(cfg: ExplainConfig) -> stage.StageResult:
         pos_of = torch.arange(toks.shape[1])[None, :].expand_as(keep)[keep].numpy()
         feats = torch.cat(
             [
-                tmb[torch.as_tensor(tokens_np[row_of, pos_of], dtype=torch.long)],
+                tmb[torch.as_tensor(tok_c[row_of, pos_of], dtype=torch.long)],
                 torch.as_tensor(seq_grid[row_of, pos_of]),
-                tmb_prev[torch.as_tensor(prev_tok[row_of, pos_of], dtype=torch.long)],
+                tmb_prev[torch.as_tensor(prev_c[row_of, pos_of], dtype=torch.long)],
                 torch.as_tensor(prev_grid[row_of, pos_of]),
             ],
             1,
@@ -828,6 +868,7 @@ def run_explain(cfg: ExplainConfig) -> stage.StageResult:
         row_sampling=cfg.rows,
         row_ids=row_ids.tolist(),  # the dataset rows analysed; heldout_rows and records index into this list
         n_tokens=int(keep_np.sum()),
+        n_token_ids=Vc,  # distinct token ids in the rows: the token class sums are [n_token_ids, neurons]
         n_tokens_selection=int(tot["n"][0]) if N else 0,
         n_tokens_heldout=int(held_t["n"][0]) if N else 0,
         heldout_rows=np.flatnonzero(held).tolist(),

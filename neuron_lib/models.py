@@ -47,6 +47,11 @@ HUB_ALIASES: dict[str, str] = {
 
 #: pretrained models converted at set-up into ``$MODELS_DIR/pretrained/{name}`` (name -> the command that builds it)
 PRETRAINED_MODELS: dict[str, str] = {"smollm2-135m": "python -m neuron_lib.smollm   (make smollm)"}
+#: what every result shown on a pretrained model says about it (notebooks print it, figures/index.html shows it)
+PRETRAINED_NOTES: dict[str, str] = {
+    "smollm2-135m": "SmolLM2-135M-Instruct: dequantised 4-bit (Q4_1) weights of an instruction-tuned Llama model - a "
+    "real trained LM, not GPT-2"
+}
 
 #: model dtypes a stage's ``--dtype`` accepts (statistics always use float32 activations and float64 sums)
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -96,6 +96,20 @@ def figures_out(figures_dir: str | Path | None, notebook: str) -> Path:
     return Path(figures_dir) if figures_dir else artifacts.figures_dir(notebook)
 
 
+def subject_note(model: str) -> str | None:
+    """What every result on ``model`` has to say about it (``models.PRETRAINED_NOTES``: SmolLM2-135M is
+    dequantised 4-bit weights of an instruction-tuned model, not GPT-2); None for the zoo and the paper's models."""
+    from neuron_lib.models import PRETRAINED_NOTES
+
+    return PRETRAINED_NOTES.get(str(model)) or PRETRAINED_NOTES.get(Path(str(model)).name)
+
+
+def with_subject_note(source: Mapping[str, Any], model: str) -> dict:
+    """A figure source (``figures.json``, shown in figures/index.html) with the model's subject note in ``note``."""
+    notes = [n for n in (subject_note(model), source.get("note")) if n]
+    return {**source, "note": " ".join(notes) if notes else None}
+
+
 def d_mlp_for(model: str) -> int | None:
     for prefix, d in KNOWN_D_MLP.items():
         if str(model).startswith(prefix):
@@ -735,6 +749,12 @@ def _execute_all(
         done.append(path)
         log(f"[{label}] {path.parent} ({time.time() - t0:.0f}s)")
     index = write_index(root)
+    main = artifacts.figures_root().resolve()
+    if (
+        main != root.resolve() and main in root.resolve().parents
+    ):  # e.g. figures/models/{model}: link it from the main one
+        write_index(main)
+        log(f"index: {artifacts.figures_index(main)}")
     log(f"index: {index}")
     return done, failed
 
@@ -932,6 +952,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--force", action="store_true", help="run every notebook, also those whose inputs did not change"
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="same as --force (what `make all OVERWRITE=<stage>` passes)"
+    )
     args = parser.parse_args(argv)
     extra = dict(_parse_param(p) for p in args.param)
     if args.d_mlp:
@@ -966,7 +989,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             extra=extra,
             kernel_name=args.kernel,
             timeout=args.timeout,
-            force=args.force,
+            force=args.force or args.overwrite,
         )
     if failed:
         raise NeuronLibError(f"{len(failed)} notebook(s) failed (see above)")

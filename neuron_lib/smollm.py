@@ -60,6 +60,7 @@ from neuron_lib.common import (
     run_cli,
     write_manifest,
 )
+from neuron_lib.models import PRETRAINED_NOTES
 
 STAGE = "smollm"
 MODEL_NAME = "smollm2-135m"
@@ -77,10 +78,7 @@ CONVERSION_STEPS = [
     "config.quantization_config removed; model rebuilt with from_config; state dict loaded (strict)",
     "save_pretrained (safetensors) + tokenizer.save_pretrained",
 ]
-NOTE = (
-    "SmolLM2-135M-Instruct: dequantised 4-bit (Q4_1) weights of an instruction-tuned Llama model - a real trained "
-    "LM, not GPT-2"
-)
+NOTE = PRETRAINED_NOTES[MODEL_NAME]
 
 
 # ====================================================================== config

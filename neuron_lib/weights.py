@@ -182,8 +182,7 @@ class WeightsConfig:
         ident = config_identity(
             self,
             exclude=("device", "overwrite", "progress", "chunk_size", "max_memory")
-            + (("vocab_types",) if self.vocab_type_list() == list(VOCAB_TYPES) else ())
-            + (("vocab_null_samples", "null_seed") if not self.vocab_null_samples else ()),
+            + (("vocab_types",) if self.vocab_type_list() == list(VOCAB_TYPES) else ()),
         )
         return ident
 

@@ -28,10 +28,11 @@ def test_table_is_a_dag_in_order():
         "entropy_intervention",
         "attention_deactivation",
         "figures",
-        "browser",
         "smollm",
         "smollm_analysis",
+        "browser",
     ]
+    assert "smollm_analysis" in P.stage("browser").after  # the browser indexes the pretrained subject too
 
 
 def test_slurm_stages_are_the_table_rows_with_scripts():
@@ -114,3 +115,93 @@ def test_overwrite_is_passed_to_the_named_stages_only(capsys):
     assert any(ln.startswith("==> [weights]") for ln in lines)
     with pytest.raises(SystemExit):
         P.main(["all", "--dry-run", "--overwrite", "weigths"])
+
+
+def test_smollm_analysis_commands():
+    """The pretrained subject's stage: weights, summary, neuron_df, report, then the entropy experiment, explain on
+    the last layers and the two notebooks (calibrated null), all from the named constants, in that order."""
+    from neuron_lib import artifacts, criteria
+
+    cmds = P.stage_commands("smollm_analysis")
+    modules = [c[0] for c in cmds]
+    assert modules == [
+        "neuron_lib.weights",
+        "neuron_lib.summary",
+        "neuron_lib.neuron_df",
+        "neuron_lib.smollm",
+        "neuron_lib.entropy_intervention",
+        "neuron_lib.explain",
+        "neuron_lib.notebooks",
+    ]
+    dataset = str(artifacts.pretrained_dataset(P.SMOLLM_MODEL, "analysis", P.SMOLLM_CTX))
+
+    def opt(cmd, name):
+        for i, a in enumerate(cmd):
+            if a == name:
+                return cmd[i + 1]
+            if a.startswith(name + "="):
+                return a.split("=", 1)[1]
+        raise AssertionError(f"{name} not in {cmd}")
+
+    ent, exp, nbk = cmds[4], cmds[5], cmds[6]
+    for cmd in (ent, exp):
+        assert opt(cmd, "--model") == P.SMOLLM_MODEL and opt(cmd, "--token-dataset") == dataset
+    assert int(opt(ent, "--max-tokens")) == P.SMOLLM_ENTROPY_TOKENS
+    assert int(opt(ent, "--last-layers")) == P.SMOLLM_ENTROPY_LAYERS
+    assert int(opt(ent, "--n-candidates")) == P.SMOLLM_ENTROPY_CANDIDATES >= 1
+    assert int(opt(ent, "--n-baselines")) == P.SMOLLM_ENTROPY_BASELINES >= 1
+    assert opt(ent, "--values") == P.SMOLLM_ENTROPY_VALUES
+    # explain: the last layers only, capped
+    assert opt(exp, "--neurons") == f"last:{P.SMOLLM_EXPLAIN_LAYERS}"
+    assert int(opt(exp, "--max-tokens")) == P.SMOLLM_EXPLAIN_TOKENS
+    # the notebooks: both, under the model's own figures root, the prediction one against the calibrated null
+    assert opt(nbk, "--model") == P.SMOLLM_MODEL
+    assert nbk[nbk.index("--only") + 1 : nbk.index("--only") + 3] == ["prediction_neurons", "entropy_neurons"]
+    assert opt(nbk, "--out") == str(artifacts.model_figures_root(P.SMOLLM_MODEL))
+    params = [nbk[i + 1] for i, a in enumerate(nbk) if a == "-p"]
+    assert f"kurt_threshold={criteria.CALIBRATED}" in params
+
+
+def test_smollm_analysis_commands_parse():
+    """Every added command parses with its module's own CLI (a negative --values is one token), and --overwrite
+    (``make all OVERWRITE=smollm_analysis``) is accepted by each of them."""
+    from neuron_lib import entropy_intervention, explain
+    from neuron_lib.common import config_from_args, config_parser
+
+    cmds = {c[0]: c[1:] for c in P.stage_commands("smollm_analysis")}
+    for module, cls in (
+        (entropy_intervention, entropy_intervention.EntropyInterventionConfig),
+        (explain, explain.ExplainConfig),
+    ):
+        parser = config_parser(cls, "x", "y")
+        cfg = config_from_args(cls, parser.parse_args([*cmds[module.__name__], "--overwrite"]))
+        assert cfg.overwrite
+        cfg.validate()
+    ent = config_from_args(
+        entropy_intervention.EntropyInterventionConfig,
+        config_parser(entropy_intervention.EntropyInterventionConfig, "x", "y").parse_args(
+            cmds["neuron_lib.entropy_intervention"]
+        ),
+    )
+    assert entropy_intervention.parse_values(ent.values) == [float(v) for v in P.SMOLLM_ENTROPY_VALUES.split(",")]
+
+
+def test_smollm_notebooks_command_runs_both_with_the_calibrated_null(monkeypatch):
+    """The notebooks command parses into the two notebooks, the model's figures root and the calibrated null;
+    ``--overwrite`` (what ``make all OVERWRITE=smollm_analysis`` appends) re-runs them."""
+    from neuron_lib import artifacts, criteria, notebooks
+
+    cmd = {c[0]: c[1:] for c in P.stage_commands("smollm_analysis")}["neuron_lib.notebooks"]
+    got = {}
+
+    def fake(model, *args, **kw):
+        got.update(kw, model=model)
+        return [], []
+
+    monkeypatch.setattr(notebooks, "run_notebooks", fake)
+    notebooks.main(cmd)
+    assert got["model"] == P.SMOLLM_MODEL and list(got["only"]) == list(P.SMOLLM_NOTEBOOKS)
+    assert got["out"] == str(artifacts.model_figures_root(P.SMOLLM_MODEL)) and not got["force"]
+    assert got["extra"] == {"kurt_threshold": criteria.CALIBRATED, "next_token_rows": P.SMOLLM_NEXT_TOKEN_ROWS}
+    notebooks.main([*cmd, "--overwrite"])
+    assert got["force"]

@@ -15,7 +15,6 @@ from neuron_lib.common import NeuronLibError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from neuron_lib import criteria  # noqa: E402
 from neuron_lib import smollm as SM  # noqa: E402
 from neuron_lib import weights as W  # noqa: E402
 from neuron_lib.models import is_gated, load_model  # noqa: E402
@@ -184,7 +183,7 @@ def test_gated_weights_stage_writes_null_and_reasons(llama_dir, tmp_path, monkey
     np.testing.assert_allclose(null2.null_q99, null.null_q99, rtol=1e-12)
     # the default identity is unchanged by the new options (earlier finished runs keep their fingerprints)
     assert "vocab_types" not in W.WeightsConfig(model="m").identity()
-    assert "vocab_null_samples" not in W.WeightsConfig(model="m").identity()
+    assert W.WeightsConfig(model="m").identity()["vocab_null_samples"] == 1000  # main's calibrated null, on
 
 
 def test_block_rows_follow_the_memory_budget():
@@ -194,59 +193,7 @@ def test_block_rows_follow_the_memory_budget():
     assert W.WeightsConfig(model="m").block_rows(49152) == 256
 
 
-# ---------------------------------------------------------------- the calibrated null
-def test_null_matches_a_direct_reference_and_flags_planted_neurons():
-    """A planted prediction neuron (w_out ≈ one token's unembedding) exceeds the null; random ones mostly do not."""
-    torch.manual_seed(0)
-    L, N, D, V = 2, 64, 64, 500
-    W_U = torch.randn(D, V, dtype=torch.float64)
-    W_out = torch.randn(L, N, D, dtype=torch.float64)
-    planted = [(1, 3), (1, 10), (0, 5)]
-    for l, n in planted:
-        W_out[l, n] = W_U[:, n] * 3 + 0.05 * torch.randn(D, dtype=torch.float64)
-    w = W.ModelWeights(
-        W_in=torch.randn(L, D, N, dtype=torch.float64),
-        b_in=torch.zeros(L, N, dtype=torch.float64),
-        W_out=W_out,
-        W_E=W_U.T.clone(),
-        W_U=W_U,
-        W_Q=torch.zeros(L, 1, D, 2),
-        W_K=torch.zeros(L, 1, D, 2),
-        W_V=torch.zeros(L, 1, D, 2),
-        W_O=torch.zeros(L, 1, 2, D),
-    )
-    null = W.vocab_kurtosis_null(w, n_samples=200, seed=3, chunk_size=33)
-    # reference for layer 0 with the same draw
-    gen = torch.Generator().manual_seed(3)
-    torch.randn(200, D, generator=gen, dtype=torch.float64)  # the isotropic draw comes first
-    g = torch.randn(200, N, generator=gen, dtype=torch.float64)
-    vec = (g @ (W_out[0] - W_out[0].mean(0))).numpy()
-    c = (vec / np.linalg.norm(vec, axis=1, keepdims=True)) @ (W_U / W_U.norm(dim=0)).numpy()
-    z = (c - c.mean(1, keepdims=True)) / c.std(1, keepdims=True)
-    np.testing.assert_allclose(null.null_q99[0], np.quantile((z**4).mean(1), 0.99), rtol=1e-10)
-    vocab = W.vocab_composition(w, k=3, types_=["U_out"])["U_out"]
-    thr = null.null_q99.to_numpy()[:, None].repeat(N, 1)
-    kind = criteria.vocab_kind_calibrated(vocab["kurt"].numpy(), vocab["skew"].numpy(), thr)
-    found = {(int(l), int(n)) for l, n in zip(*np.nonzero(kind == "prediction"))}
-    assert set(planted) <= found  # recall
-    assert len(found - set(planted)) <= 0.05 * L * N  # false positives near the 1 % the quantile allows
-
-
-def test_calibrated_rule_on_planted_values():
-    kurt = np.array([50.0, 50.0, 5.0, 12.0, np.nan])
-    skew = np.array([1.0, -1.0, 1.0, 1.0, 1.0])
-    thr = np.array([20.0, 20.0, 4.0, 20.0, 3.0])
-    assert list(criteria.vocab_kind_calibrated(kurt, skew, thr)) == [
-        "prediction",
-        "suppression",
-        "prediction",
-        "other",
-        "other",
-    ]
-    # the paper's rule stays: 12 > 10 is prediction there, 5 is not
-    assert list(criteria.vocab_kind(kurt, skew))[2:4] == ["other", "prediction"]
-
-
+# ---------------------------------------------------------------- the calibrated null on a gated model
 def test_neuron_df_gets_the_calibrated_columns(llama_dir, tmp_path, monkeypatch):
     from neuron_lib import neuron_df as ND
 
@@ -358,3 +305,267 @@ def test_unbuilt_and_truncated_model_folders(tmp_path, monkeypatch, llama_dir):
     (folder / "model.safetensors").write_bytes(data[: size // 2])
     with pytest.raises(NeuronLibError, match="corrupt or truncated.*neuron_lib.smollm"):
         load_model("smollm2-135m")
+
+
+# ---------------------------------------------------------------- the smollm_analysis stages on a gated MLP
+def _llama_dataset(llama_dir: Path, folder: Path, n_rows: int = 6) -> Path:
+    from neuron_lib.corpus import tokenizer_fingerprint
+    from neuron_lib.models import load_tokenizer
+
+    rows = make_rows(10, seed=3)[:n_rows]
+    return save_dataset(folder, rows, ["a", "b"] * (n_rows // 2), tokenizer_fingerprint(load_tokenizer(str(llama_dir))))
+
+
+def test_entropy_intervention_on_a_gated_mlp(llama_dir, tmp_path, monkeypatch):
+    """Fixing hook_post (= silu(gate)·up) of a Llama neuron is fixing down_proj's input; the recorded scale is the
+    final RMSNorm's divisor sqrt(mean(x²) + eps) (no centring), both against plain HF in float64."""
+    import pandas as pd
+    from transformers import LlamaForCausalLM
+
+    from neuron_lib import artifacts
+    from neuron_lib import entropy_intervention as E
+    from neuron_lib.common import load_tensors
+
+    monkeypatch.setenv("INTERVENTION_DIR", str(tmp_path / "interv"))
+    ds = _llama_dataset(llama_dir, tmp_path / "data" / "llama.16")
+    w = W.extract_weights(load_model(str(llama_dir), process_weights=True))
+    df = W.neuron_stats(w)
+    df["vocab_var"] = (w.W_out.reshape(-1, w.W_out.shape[-1]) @ w.W_U).var(1).numpy()
+    df.to_csv(tmp_path / "ndf.csv", index=False)
+    cfg = E.EntropyInterventionConfig(
+        model=str(llama_dir),
+        token_dataset=str(ds),
+        values="-1,0,4",
+        n_candidates=2,
+        n_baselines=2,
+        neuron_df=str(tmp_path / "ndf.csv"),
+        max_tokens=None,
+        batch_size=4,
+        device="cpu",
+        dtype="float64",
+        n_bootstrap=10,
+    )
+    res = E.run_entropy_intervention(cfg)
+    folder = Path(res.outputs["folder"])
+    cands = res.details["candidates"]
+    assert len(cands) == 2 and all(l == 1 for l, _ in cands)  # the last layer only (--last-layers 1)
+    table = pd.read_csv(folder / artifacts.ENTROPY_CANDIDATES_FILE)
+    assert set(table.layer) == {1} and len(table) == 48
+    np.testing.assert_allclose(table.w_out_norm, table.null_norm / table.null_share, rtol=1e-9)
+    m = load_tensors(folder / artifacts.INTERVENTION_METRICS_FILE)
+    hf = LlamaForCausalLM.from_pretrained(llama_dir).double().eval()
+    rows = torch.tensor(make_rows(10, seed=3)[:6])
+    for (layer, n), v in ((cands[0], 4.0), (res.details["baselines"][0], -1.0)):
+        got = {}
+        h1 = hf.model.layers[layer].mlp.down_proj.register_forward_pre_hook(
+            lambda mod, i, n=n, v=v: (i[0].index_fill(-1, torch.tensor([n]), v),)
+        )
+        h2 = hf.model.norm.register_forward_hook(lambda mod, i, o, got=got: got.__setitem__("x", i[0]))
+        with torch.no_grad():
+            logits = hf(rows).logits
+        h1.remove()
+        h2.remove()
+        label = E.value_label(layer, n, v)
+        scale = (got["x"].pow(2).mean(-1) + hf.config.rms_norm_eps).sqrt()
+        np.testing.assert_allclose(m[f"{label}.scale"].double(), scale, rtol=1e-6)
+        p = torch.softmax(logits, -1)
+        np.testing.assert_allclose(m[f"{label}.entropy"].double(), -(p * p.log()).sum(-1), atol=1e-5)  # float32
+    summary = pd.read_csv(folder / artifacts.INTERVENTION_SUMMARY_FILE)
+    assert set(summary.role) == {"nominal", "candidate", "baseline"}
+
+
+def test_explain_last_layers_of_a_gated_mlp(llama_dir, tmp_path, monkeypatch):
+    """``--neurons last:1`` explains the last layer's silu(gate)·up activations; the class sums run over the token
+    ids present in the rows (not the whole vocabulary) and match a direct float64 reference."""
+    import pandas as pd
+    from transformers import LlamaForCausalLM
+
+    from neuron_lib import explain as X
+
+    monkeypatch.setenv("DATAFRAMES_DIR", str(tmp_path / "d"))
+    ds = _llama_dataset(llama_dir, tmp_path / "data" / "llama.16")
+    cfg = X.ExplainConfig(
+        model=str(llama_dir),
+        token_dataset=str(ds),
+        neurons="last:1",
+        features="token,position",
+        max_tokens=None,
+        min_class_count=3,
+        heldout_fraction=0.3,
+        record_top_k=2,
+        record_pool=10,
+        device="cpu",
+    )
+    assert X.run_explain(cfg).status == "done"
+    out = X.load_explanations(str(llama_dir), str(ds))
+    man, vr = out["manifest"], out["vr"]
+    assert list(vr.layer.unique()) == [1] and len(vr) == 48
+    rows = make_rows(10, seed=3)[:6]
+    assert man["n_token_ids"] == len(np.unique(rows)) < len(load_tokenizer_for(llama_dir))
+    hf = LlamaForCausalLM.from_pretrained(llama_dir).double().eval()
+    got = {}
+    h = hf.model.layers[1].mlp.down_proj.register_forward_pre_hook(lambda mod, i: got.__setitem__("post", i[0]))
+    with torch.no_grad():
+        hf(torch.tensor(rows))
+    h.remove()
+    held = np.zeros(len(rows), dtype=bool)
+    held[man["heldout_rows"]] = True
+    sel = ~np.isin(rows, man["token_filter_ids"]) & ~held[:, None]
+    a = got["post"].numpy()[sel]
+    vocab = pd.read_parquet(tmp_path / "d" / "vocab_dfs" / f"{Path(man['vocab_table']).stem}.parquet")
+    cols = [c for c in vr.columns if c in vocab.columns][:4]
+    assert cols
+    for col in cols:
+        y = vocab[col].to_numpy(bool)[rows[sel]]
+        for n in (0, 17, 47):
+            beta = y.mean()
+            ref = 1 - ((1 - beta) * a[~y, n].var() + beta * a[y, n].var()) / a[:, n].var()
+            assert vr[col].iloc[n] == pytest.approx(ref, abs=1e-5), (col, n)
+    # the layer syntax: lists, ranges, the last K; out of range is named
+    assert X.parse_neurons("layers:0-1", 2, 4, None, "x").tolist() == list(range(8))
+    assert X.parse_neurons("layers:1,0", 2, 4, None, "x").tolist() == list(range(8))
+    assert X.parse_neurons("last:1", 2, 4, None, "x").tolist() == [4, 5, 6, 7]
+    with pytest.raises(NeuronLibError, match="1..2"):
+        X.parse_neurons("last:3", 2, 4, None, "x")
+    with pytest.raises(NeuronLibError, match="layer 2 is out of range"):
+        X.parse_neurons("layers:1-2", 2, 4, None, "x")
+
+
+def load_tokenizer_for(folder: Path):
+    from neuron_lib.models import load_tokenizer
+
+    return load_tokenizer(str(folder))
+
+
+def test_late_layer_ablations_start_from_the_clean_residual(llama_dir):
+    """run_ablations starts an ablation of block l from the clean blocks.{l}.hook_resid_pre: the same metrics as a
+    full forward pass (rotary positions and all), on a gated MLP."""
+    from neuron_lib import intervention as I
+
+    model = load_model(str(llama_dir), dtype=torch.float64)
+    ds = _Rows(torch.tensor(make_rows(10, seed=3)[:5]))
+    abls = [
+        I.Ablation(f"a{i}", I.neuron_hooks(model, [(l, n)], loc, "fixed", [3.0]), {})
+        for i, (l, n, loc) in enumerate([(1, 4, "post"), (1, 9, "pre"), (0, 2, "post")])
+    ]
+    assert [I.first_layer(a.hooks) for a in abls] == [1, 1, 0]
+    assert I.first_layer([("hook_embed", None), ("blocks.1.mlp.hook_post", None)]) == 0
+    kw = dict(record_scale="ln_final.hook_scale")
+    fast = I.run_ablations(model, ds, 5, 2, abls, [0], **kw)
+    full = I.run_ablations(model, ds, 5, 2, abls, [0], skip_clean_layers=False, **kw)
+    for a, b in zip(fast, full):
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-9, atol=1e-9)
+    assert not torch.allclose(fast[1]["a0.loss"], fast[0]["loss"])  # the ablation changed something
+
+
+# ---------------------------------------------------------------- the GGUF conversion path, end to end
+def _llama_to_gguf(model_dir: Path, path: Path, quantised=("ffn_gate", "ffn_up")) -> dict:
+    """Write the micro Llama as a llama.cpp-style GGUF (Q/K permuted as convert_hf_to_gguf does; the tensors named
+    in ``quantised`` as Q4_1, the format of the SmolLM2 file, the rest F32); returns the Q4_1 tensors' dequantised
+    values (what the conversion must produce) by HF name."""
+    import json
+
+    import gguf
+    from gguf.quants import dequantize, quantize
+    from transformers import LlamaForCausalLM
+
+    hf = LlamaForCausalLM.from_pretrained(model_dir)
+    cfg = hf.config
+    tok = json.loads((model_dir / "tokenizer.json").read_text())
+    vocab = sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])
+    added = {a["id"]: a["content"] for a in tok.get("added_tokens", [])}
+    tokens = [added.get(i, t) for t, i in vocab]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+
+    def permute(w, n_head):  # llama.cpp's permutation of q / k rows (transformers reverses it on load)
+        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("micro-llama")
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(float(getattr(cfg, "rope_theta", None) or cfg.rope_parameters["rope_theta"]))
+    writer.add_vocab_size(cfg.vocab_size)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_1)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(
+        [gguf.TokenType.CONTROL if i in added else gguf.TokenType.NORMAL for i in range(len(tokens))]
+    )
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(0)
+    sd = {k: v.detach().float().numpy() for k, v in hf.state_dict().items()}
+    names = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight"}
+    parts = {
+        "attn_norm": "input_layernorm",
+        "attn_q": "self_attn.q_proj",
+        "attn_k": "self_attn.k_proj",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj",
+        "ffn_norm": "post_attention_layernorm",
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+    }
+    for layer in range(cfg.num_hidden_layers):
+        for g, h in parts.items():
+            names[f"blk.{layer}.{g}.weight"] = f"model.layers.{layer}.{h}.weight"
+    expected = {}
+    for g, h in names.items():
+        w = sd[h]
+        if ".attn_q." in g:
+            w = permute(w, cfg.num_attention_heads)
+        if ".attn_k." in g:
+            w = permute(w, cfg.num_key_value_heads)
+        if any(f".{q}." in g for q in quantised):
+            q = quantize(w, gguf.GGMLQuantizationType.Q4_1)
+            writer.add_tensor(g, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q4_1)
+            expected[h] = torch.from_numpy(dequantize(q, gguf.GGMLQuantizationType.Q4_1).copy())
+        else:
+            writer.add_tensor(g, np.ascontiguousarray(w))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return expected
+
+
+def test_gguf_conversion_rebuilds_the_model_in_hub_format(llama_dir, tmp_path, monkeypatch):
+    """A Llama GGUF written here (Q4_1 MLP weights, as SmolLM2's) goes through the set-up's conversion: the hub
+    folder reloads, its Q4_1 tensors equal the gguf package's dequantisation, the F32 ones (Q/K un-permuted) the
+    original's, the logits the original's with the dequantised MLP, and the manifest records the steps."""
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    monkeypatch.setenv("MODELS_DIR", str(tmp_path / "models"))
+    expected = _llama_to_gguf(llama_dir, tmp_path / "micro.Q4_1.gguf")
+    folder, status = SM.build_model(SM.SmollmConfig(gguf_file=str(tmp_path / "micro.Q4_1.gguf"), name="micro-gguf"))
+    assert status == "done" and (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
+    manifest = SM.check_model_folder(folder)
+    assert manifest["gguf_architecture"] == "llama" and manifest["conversion_steps"] == SM.CONVERSION_STEPS
+    assert manifest["tie_word_embeddings"] is True and manifest["dtype"] == "float32"
+    assert not hasattr(AutoModelForCausalLM.from_pretrained(folder).config, "quantization_config")
+    converted = AutoModelForCausalLM.from_pretrained(folder).eval()
+    original = LlamaForCausalLM.from_pretrained(llama_dir).eval()
+    got, want = converted.state_dict(), original.state_dict()
+    for name, value in got.items():
+        ref = expected.get(name, want[name])
+        torch.testing.assert_close(value, ref, rtol=0, atol=1e-6, msg=name)
+    assert any(not torch.equal(expected[n], want[n]) for n in expected)  # the Q4_1 tensors really are quantised
+    with torch.no_grad():
+        for name, value in expected.items():
+            dict(original.named_parameters())[name].copy_(value)
+        ids = torch.tensor([[0, 5, 9, 17, 3, 11, 2, 8]])
+        torch.testing.assert_close(converted(ids).logits, original(ids).logits, rtol=1e-4, atol=1e-4)
+    again = SM.build_model(SM.SmollmConfig(gguf_file=str(tmp_path / "micro.Q4_1.gguf"), name="micro-gguf"))
+    assert again[1] == "skipped"  # same configuration: not converted twice
