@@ -171,7 +171,7 @@ SMOLLM_NULL_SAMPLES = 256
 #: SMOLLM_ENTROPY_LAYERS layer(s) by the null-space rule and SMOLLM_ENTROPY_BASELINES seeded baselines (§8.3's rule;
 #: the paper: 20), each fixed to SMOLLM_ENTROPY_VALUES, over SMOLLM_ENTROPY_TOKENS tokens (whole rows of 256).
 #: Tokens for time: each (neuron, value) is one forward pass from its layer on (the blocks before it are skipped),
-#: ~(1 + 6 x 5 / 4) passes' cost over the tokens; 2,048 tokens take ~TBD s on 2 cores (4x the tokens: 4x the time),
+#: ~(1 + 6 x 5 / 4) passes' cost over the tokens; 2,048 tokens took 5 s here (not counting a skipped re-run: measure it with a fresh run; 4x the tokens: 4x the time),
 #: enough for per-token means with bootstrap intervals over 8 rows, not for the paper's 20 baselines.
 SMOLLM_ENTROPY_TOKENS = 2048
 SMOLLM_ENTROPY_LAYERS = 1
@@ -180,9 +180,10 @@ SMOLLM_ENTROPY_BASELINES = 4
 SMOLLM_ENTROPY_VALUES = "-6,-3,0,3,6"
 #: ``explain`` on the last SMOLLM_EXPLAIN_LAYERS layers (``--neurons last:K``: 2 x 1,536 neurons) over
 #: SMOLLM_EXPLAIN_TOKENS tokens (rows spread over the split), all spaCy-parsed (~2-4k tokens/s per process) and two
-#: forward passes: ~TBD s on 2 cores (time ~ tokens; explain's 98,304-token default would take ~TBD).
+#: forward passes: 16,384 tokens took 408 s on 2 shared cores (a test suite ran beside it), so 8,192 (time ~ tokens;
+#: explain's 98,304-token default would take ~40 min).
 SMOLLM_EXPLAIN_LAYERS = 2
-SMOLLM_EXPLAIN_TOKENS = 16384
+SMOLLM_EXPLAIN_TOKENS = 8192
 #: The notebooks run on the pretrained model (their figures under figures/models/smollm2-135m/, linked from
 #: figures/index.html); the prediction notebook against the calibrated null, Fig 24 on SMOLLM_NEXT_TOKEN_ROWS rows.
 SMOLLM_NOTEBOOKS = ("prediction_neurons", "entropy_neurons")
