@@ -186,6 +186,22 @@ def bare_forward_seconds(cfg) -> float:
     return total
 
 
+def run_in_subprocess(script: str, case: str) -> dict:
+    """``python SCRIPT --case CASE`` in its own process (so peak RSS is the case's), offline; the dict the case
+    printed on its ``RESULT {json}`` line. A failed case stops the benchmark with its output's tail."""
+    proc = subprocess.run(
+        [sys.executable, script, "--case", case],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode or not line:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise SystemExit(f"case {case} failed")
+    return json.loads(line[-1][7:])
+
+
 def full_scale_plan() -> dict:
     """What a 100M-token GPT-2-small run would hold, with the default budget (no model needed)."""
     from neuron_lib import summary as S
@@ -233,17 +249,7 @@ def main() -> None:
         notes.append("smollm2-135m is not built here (`make smollm`): its cases were skipped.")
     for case in cases:
         t0 = time.time()
-        proc = subprocess.run(
-            [sys.executable, __file__, "--case", case],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        )
-        line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-        if proc.returncode or not line:
-            sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-            raise SystemExit(f"case {case} failed")
-        res = json.loads(line[-1][7:])
+        res = run_in_subprocess(__file__, case)
         res["wall_s_including_setup"] = round(time.time() - t0, 1)
         results.append(res)
         print(f"{case}: {res['tokens_per_s']} tokens/s, peak RSS {gib(res['peak_rss_bytes'])}")

@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -89,18 +88,10 @@ def main() -> None:
     if not artifacts.manifest_path(artifacts.pretrained_model(MODEL)).exists():
         raise SystemExit(f"{MODEL} is not built: run `make smollm` first")
     results = []
+    from bench_summary import run_in_subprocess  # benchmarks/ is the script's folder, first on sys.path
+
     for case in CASES:
-        proc = subprocess.run(
-            [sys.executable, __file__, "--case", case],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        )
-        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode or not line:
-            sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-            raise SystemExit(f"case {case} failed")
-        results.append(json.loads(line[-1][7:]))
+        results.append(run_in_subprocess(__file__, case))
         print(results[-1])
     import torch
 

@@ -151,10 +151,11 @@ if numba is not None:
 
     @njit(cache=True, inline="always")
     def _insert_desc(vals, ids, n, v, i):
-        """Insert (v, i) into row n of a list sorted by ``_before`` (k = its width) when it ranks before the last."""
+        """Insert (v, i) into row n of a list sorted by ``_before`` (k = its width) when it ranks before the last;
+        returns the slot it took (entries from there on moved down one), or −1 when it did not enter."""
         k = vals.shape[1]
         if not _before(v, i, vals[n, k - 1], ids[n, k - 1]):
-            return False
+            return -1
         j = k - 1
         while j > 0 and _before(v, i, vals[n, j - 1], ids[n, j - 1]):
             vals[n, j] = vals[n, j - 1]
@@ -162,7 +163,7 @@ if numba is not None:
             j -= 1
         vals[n, j] = v
         ids[n, j] = i
-        return True
+        return j
 
     @njit(parallel=True, cache=True)
     def _top_merge(x, flat, vals, ids):
@@ -189,17 +190,12 @@ if numba is not None:
                         best = x[t, n]
                         best_pos = tok_pos[t]
                     t += 1
-                row = batch_rows[r]
-                if best > -np.inf and _before(best, row, vals[n, k - 1], rows[n, k - 1]):
-                    j = k - 1
-                    while j > 0 and _before(best, row, vals[n, j - 1], rows[n, j - 1]):
-                        vals[n, j] = vals[n, j - 1]
-                        rows[n, j] = rows[n, j - 1]
-                        poss[n, j] = poss[n, j - 1]
-                        j -= 1
-                    vals[n, j] = best
-                    rows[n, j] = row
-                    poss[n, j] = best_pos
+                if best > -np.inf:
+                    j = _insert_desc(vals, rows, n, best, batch_rows[r])
+                    if j >= 0:  # the positions follow their rows down the list
+                        for h in range(k - 1, j, -1):
+                            poss[n, h] = poss[n, h - 1]
+                        poss[n, j] = best_pos
 
     @njit(parallel=True, cache=True)
     def _vocab_merge(bmax, uniq, umap, vals, ids):

@@ -410,11 +410,13 @@ class SubsetStats:
         order = torch.argsort((prio << 32) | flat)  # tokens by (priority, flat)
         prio_sorted = prio[order]
         uniq, inv = torch.unique(token_ids, return_inverse=True)
-        mpos_all = self.mean_map[token_ids]
-        msel = torch.nonzero(mpos_all >= 0).flatten()
-        mpos = mpos_all[msel]
+        mpos_all = self.mean_map[token_ids]  # each token's row of the mean sums (−1: not ranked by mean)
         self._fused = fused.usable(pre, post)  # one fused pass per group (neuron_lib.fused) on the CPU
-        if self._fused:
+        msel = mpos = None  # the torch path's kept tokens and their rows
+        if not self._fused:
+            msel = torch.nonzero(mpos_all >= 0).flatten()
+            mpos = mpos_all[msel]
+        else:
             self._mpos_all = mpos_all
             self._tok_row, self._tok_pos = keep.nonzero(as_tuple=True)  # kept tokens, row-major like x
             self._umap = torch.full((self.V,), -1, dtype=torch.long, device=dev)  # token id → its row in uniq
