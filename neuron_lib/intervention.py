@@ -192,8 +192,27 @@ def valid_mask(tokens: torch.Tensor, drop_ids: Sequence[int]) -> torch.Tensor:
     return valid
 
 
-def _forward(model, tokens: torch.Tensor, hooks, record: Sequence[str]) -> tuple[torch.Tensor, dict]:
-    """Logits (float32) and the recorded hook values of one forward pass with ``hooks`` attached."""
+def first_layer(hooks: Sequence[tuple[str, Callable]]) -> int:
+    """The lowest block an ablation's hooks touch (``blocks.{l}.…``); 0 when a hook lies outside the blocks."""
+    layers = []
+    for name, _ in hooks:
+        head, _, rest = str(name).partition(".")
+        number = rest.split(".", 1)[0]
+        if head != "blocks" or not number.isdigit():
+            return 0
+        layers.append(int(number))
+    return min(layers, default=0)
+
+
+def resid_pre_hook(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_pre"
+
+
+def _forward(
+    model, tokens: torch.Tensor, hooks, record: Sequence[str], start_at_layer: int | None = None
+) -> tuple[torch.Tensor, dict]:
+    """Logits (float32) and the recorded hook values of one forward pass with ``hooks`` attached; with
+    ``start_at_layer`` = l, ``tokens`` is the residual stream entering block l and the blocks before it are skipped."""
     seen: dict[str, torch.Tensor] = {}
 
     def recorder(name):
@@ -204,7 +223,7 @@ def _forward(model, tokens: torch.Tensor, hooks, record: Sequence[str]) -> tuple
 
     all_hooks = list(hooks) + [(name, recorder(name)) for name in record]
     with torch.no_grad(), model.hooks(fwd_hooks=all_hooks):
-        logits = model(tokens)
+        logits = model(tokens) if start_at_layer is None else model(tokens, start_at_layer=start_at_layer)
     return logits.float(), seen
 
 
@@ -220,8 +239,14 @@ def run_ablations(
     checkpoint_every: int = 1,
     record_scale: str | None = None,
     log_stage: str = STAGE,
+    skip_clean_layers: bool = True,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Per-token metrics of the clean run and of every ablation over rows [0, n_rows).
+
+    An ablation whose hooks all lie in blocks ≥ l (``first_layer``) cannot change the blocks before l: with
+    ``skip_clean_layers`` it starts from the clean run's ``blocks.{l}.hook_resid_pre`` (recorded in the clean pass)
+    instead of the tokens, which gives the same logits (the same operations on the same inputs) at a fraction of
+    the cost for late-layer neurons (the entropy experiment's last layers: ~4x fewer FLOPs on SmolLM2-135M).
 
     Returns ``(nominal, metrics)``: ``nominal`` {loss, entropy, rank, valid[, scale]} and ``metrics``
     {``{label}.{loss,entropy,rank,kl[,scale]}``}, each [n_rows, ctx] on the CPU. ``record_scale`` names a hook
@@ -256,20 +281,26 @@ def run_ablations(
                 metrics[k] = saved[k]
             stage.log(log_stage, f"resuming at row {done} of {n_rows} from {partial}")
     record = [record_scale] if record_scale else []
+    starts = {a.label: first_layer(a.hooks) if skip_clean_layers else 0 for a in ablations}
+    starts = {k: l if resid_pre_hook(l) in model.hook_dict else 0 for k, l in starts.items()}
+    resid_record = sorted({resid_pre_hook(l) for l in starts.values() if l > 0})
     bar = tqdm(total=n_rows * ctx, initial=done * ctx, unit="tok", desc=log_stage, leave=False)
     batches = 0
     for start in range(done, n_rows, batch_size):
         end = min(start + batch_size, n_rows)
         tokens = tokens_tensor(dataset, start, end)
         dev_tokens = tokens.to(device)
-        base, seen = _forward(model, dev_tokens, [], record)
+        base, seen = _forward(model, dev_tokens, [], record + resid_record)
+        resid = {name: seen.pop(name) for name in resid_record}
         for k, v in stats.token_metrics(base, dev_tokens).items():
             nominal[k][start:end] = v.cpu().to(nominal[k].dtype)
         nominal["valid"][start:end] = valid_mask(tokens, drop_ids)
         if record_scale:
             nominal["scale"][start:end] = _scale(seen[record_scale])
         for a in ablations:
-            logits, seen = _forward(model, dev_tokens, a.hooks, record)
+            start_layer = starts[a.label]
+            inp = resid[resid_pre_hook(start_layer)] if start_layer else dev_tokens
+            logits, seen = _forward(model, inp, a.hooks, record, start_layer or None)
             for k, v in stats.token_metrics(logits, dev_tokens).items():
                 metrics[f"{a.label}.{k}"][start:end] = v.cpu().to(metrics[f"{a.label}.{k}"].dtype)
             metrics[f"{a.label}.kl"][start:end] = stats.token_kl(base, logits).cpu().float()

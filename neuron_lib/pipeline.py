@@ -169,17 +169,14 @@ SMOLLM_TOKENS = 8192
 SMOLLM_NULL_SAMPLES = 256
 #: Entropy neurons (``entropy_intervention``): SMOLLM_ENTROPY_CANDIDATES candidates of the last
 #: SMOLLM_ENTROPY_LAYERS layer(s) by the null-space rule and SMOLLM_ENTROPY_BASELINES seeded baselines (§8.3's rule;
-#: the paper: 20), each fixed to SMOLLM_ENTROPY_VALUES (hook_post = silu(gate)·up of the last layer spans about
-#: -6..+20 on this model; GELU's -0.17..6 would not reach the candidates' typical values), over SMOLLM_ENTROPY_TOKENS
-#: tokens (whole rows of 256). Tokens for time: every (neuron, value) is a full forward pass (TransformerBridge's
-#: start_at_layer still runs the earlier blocks), dominated by the 49,152-token unembedding: 1 + 4 x 5 = 21 passes
-#: of ~2.6 s per 1,024 tokens on 2 cores; 1,024 tokens (4 rows) keep it near MEASURED_ENTROPY; each doubling of the
-#: tokens or of the neurons doubles it. Enough for means with bootstrap intervals over 4 rows, not for the paper's
-#: 20 baselines.
-SMOLLM_ENTROPY_TOKENS = 1024
+#: the paper: 20), each fixed to SMOLLM_ENTROPY_VALUES, over SMOLLM_ENTROPY_TOKENS tokens (whole rows of 256).
+#: Tokens for time: each (neuron, value) is one forward pass from its layer on (the blocks before it are skipped),
+#: ~(1 + 6 x 5 / 4) passes' cost over the tokens; 2,048 tokens took 5 s here (not counting a skipped re-run: measure it with a fresh run; 4x the tokens: 4x the time),
+#: enough for per-token means with bootstrap intervals over 8 rows, not for the paper's 20 baselines.
+SMOLLM_ENTROPY_TOKENS = 2048
 SMOLLM_ENTROPY_LAYERS = 1
 SMOLLM_ENTROPY_CANDIDATES = 2
-SMOLLM_ENTROPY_BASELINES = 2
+SMOLLM_ENTROPY_BASELINES = 4
 SMOLLM_ENTROPY_VALUES = "-6,-3,0,3,6"
 #: ``explain`` on the last SMOLLM_EXPLAIN_LAYERS layers (``--neurons last:K``: 2 x 1,536 neurons) over
 #: SMOLLM_EXPLAIN_TOKENS tokens (rows spread over the split), all spaCy-parsed (~2-4k tokens/s per process) and two
