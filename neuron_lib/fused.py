@@ -123,6 +123,76 @@ if numba is not None:
                     counts[n, k] += 1
 
     @njit(parallel=True, cache=True)
+    def _row_moments_hist(x, edges, hist, sums):
+        R, C = x.shape
+        E = edges.shape[0]
+        e0 = edges[0]
+        inv_step = (E - 1) / (edges[E - 1] - edges[0]) if E > 1 and edges[E - 1] > edges[0] else 0.0
+        for r in prange(R):  # one row per work item: two passes over it, as stats.row_moments
+            row = x[r]
+            s = 0.0
+            for c in range(C):
+                s += row[c]
+            mean = s / C
+            s2 = 0.0
+            s3 = 0.0
+            s4 = 0.0
+            for c in range(C):
+                d = row[c] - mean
+                d2 = d * d
+                s2 += d2
+                s3 += d2 * d
+                s4 += d2 * d2
+            for c in range(C):
+                hist[r, _bin(row[c], edges, e0, inv_step)] += 1
+            sums[0, r] = mean
+            sums[1, r] = s2
+            sums[2, r] = s3
+            sums[3, r] = s4
+
+    @njit(cache=True, inline="always")
+    def _lse_row(row):
+        m = -np.inf
+        for v in range(row.shape[0]):
+            if row[v] > m:
+                m = row[v]
+        s = 0.0
+        for v in range(row.shape[0]):
+            s += np.exp(np.float64(row[v]) - m)
+        return m + np.log(s)
+
+    @njit(parallel=True, cache=True)
+    def _logsumexp(x, out):
+        for t in prange(x.shape[0]):
+            out[t] = _lse_row(x[t])
+
+    @njit(parallel=True, cache=True)
+    def _token_metrics(x, nxt, base, base_lse, with_kl, loss, entropy, rank, kl):
+        T, V = x.shape
+        for t in prange(T):
+            row = x[t]
+            lse = _lse_row(row)
+            h = 0.0
+            d = 0.0
+            for v in range(V):
+                lp = np.float64(row[v]) - lse
+                h -= np.exp(lp) * lp
+                if with_kl:
+                    lb = np.float64(base[t, v]) - base_lse[t]
+                    d += np.exp(lb) * (lb - lp)
+            entropy[t] = h
+            if with_kl:
+                kl[t] = d if d > 0.0 else 0.0
+            j = nxt[t]
+            if j >= 0:
+                true = row[j]
+                loss[t] = lse - np.float64(true)
+                r = 0
+                for v in range(V):
+                    r += row[v] > true
+                rank[t] = r
+
+    @njit(parallel=True, cache=True)
     def _vocab(x, mpos, inv, vsum, bmax):
         T, N = x.shape
         n_blocks = (N + _BLOCK - 1) // _BLOCK
@@ -281,6 +351,60 @@ def moments_hist_(
     ``sums`` float64 [4, N] += Σ_t (x − shift)^k for k = 1..4 (``shift`` float64 [N]); ``npos`` int64 [N] +=
     #(x > 0)."""
     _moments_hist(_np(x), _np(shift), _np(edges), _np(hist), _np(sums), _np(npos))
+
+
+def row_moments_hist(
+    x: torch.Tensor, edges: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of x float64 [R, C]: ``stats.row_moments`` (two-pass population mean, variance, skew, NON-excess
+    kurtosis; ``exclude`` is not supported) and ``stats.histogram_counts`` on float64 ``edges`` [E] (int64
+    [R, E+1]), in one parallel sweep over the rows (``weights.cosine_summary``'s vocabulary blocks).
+    Returns ``(mean, var, skew, kurt, hist)``."""
+    x = x.contiguous()
+    R, C = x.shape
+    hist = torch.zeros(R, edges.numel() + 1, dtype=torch.int64)
+    sums = torch.empty(4, R, dtype=torch.float64)
+    _row_moments_hist(_np(x), _np(edges.to(torch.float64).contiguous()), _np(hist), _np(sums))
+    mean, s2, s3, s4 = sums
+    var = s2 / C  # the divisions of stats.row_moments, in torch (0/0 gives NaN there as here)
+    return mean, var, s3 / C / var.pow(1.5), s4 / C / var.pow(2), hist
+
+
+def logsumexp(x: torch.Tensor) -> torch.Tensor:
+    """float64 [T]: log Σ_v exp(x[t, v]) of float32 logits x [T, V] (accumulated in float64)."""
+    out = torch.empty(x.shape[0], dtype=torch.float64)
+    _logsumexp(_np(x.contiguous()), _np(out))
+    return out
+
+
+def token_metrics(
+    logits: torch.Tensor, tokens: torch.Tensor, base: torch.Tensor | None = None, base_lse: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """``stats.token_metrics`` (loss, entropy, rank [B, P]) and, with ``base`` logits, ``stats.token_kl``
+    (KL(p_base ‖ p), clamped at 0) of float32 logits [B, P, V] in one sweep per position, accumulated in float64,
+    without the [B, P, V] temporaries of the torch path (the interventions' 49k-token vocabularies).
+    ``base_lse``: ``logsumexp(base)`` when the same base serves several calls."""
+    B, P, V = logits.shape
+    x = logits.reshape(B * P, V).contiguous()
+    nxt = torch.full((B, P), -1, dtype=torch.int64)
+    if P > 1:
+        nxt[:, :-1] = tokens[:, 1:]
+    with_kl = base is not None
+    b = base.reshape(B * P, V).contiguous() if with_kl else x[:1]
+    if with_kl and base_lse is None:
+        base_lse = logsumexp(b)
+    lse_b = base_lse if with_kl else torch.zeros(1, dtype=torch.float64)
+    loss = torch.zeros(B * P, dtype=torch.float64)
+    entropy = torch.empty(B * P, dtype=torch.float64)
+    rank = torch.zeros(B * P, dtype=torch.int32)
+    kl = torch.zeros(B * P, dtype=torch.float64)
+    _token_metrics(
+        _np(x), _np(nxt.reshape(-1)), _np(b), _np(lse_b), with_kl, _np(loss), _np(entropy), _np(rank), _np(kl)
+    )
+    out = {"loss": loss.float().view(B, P), "entropy": entropy.float().view(B, P), "rank": rank.view(B, P)}
+    if with_kl:
+        out["kl"] = kl.float().view(B, P)
+    return out
 
 
 def quantile_counts_(x: torch.Tensor, bounds: torch.Tensor, counts: torch.Tensor) -> None:

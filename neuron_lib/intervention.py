@@ -37,6 +37,7 @@ uninterrupted run); the file is removed when the run finishes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
@@ -46,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from neuron_lib import artifacts, criteria, stage, stats
+from neuron_lib import artifacts, criteria, fused, stage, stats
 from neuron_lib.common import (
     REQUIRED,
     NeuronLibError,
@@ -222,9 +223,34 @@ def _forward(
         return fn
 
     all_hooks = list(hooks) + [(name, recorder(name)) for name in record]
-    with torch.no_grad(), model.hooks(fwd_hooks=all_hooks):
+    with torch.no_grad(), model.hooks(fwd_hooks=all_hooks), _blocks_skipped(model, start_at_layer or 0):
         logits = model(tokens) if start_at_layer is None else model(tokens, start_at_layer=start_at_layer)
     return logits.float(), seen
+
+
+def _identity_block(*args, **kwargs):
+    return args[0] if args else kwargs["hidden_states"]
+
+
+@contextlib.contextmanager
+def _blocks_skipped(model, n: int):
+    """Blocks [0, n) as identities for one pass. A TransformerBridge's ``start_at_layer`` = n still runs the HF
+    forward through every block (block n swaps the injected residual in and discards what the blocks before it
+    produced), so without this the skip saves nothing; with the earlier blocks' HF layers returning their input
+    unchanged the logits are the same (block n's input is replaced either way) and the blocks' cost is gone
+    (their hook points then fire on that pass-through: record nothing from blocks < n). Models without HF layers
+    under ``blocks`` (HookedTransformer skips the blocks itself) are left as they are."""
+    layers = [getattr(b, "original_component", None) for b in list(getattr(model, "blocks", []))[:n]]
+    if not n or any(layer is None for layer in layers):
+        yield
+        return
+    for layer in layers:
+        layer.forward = _identity_block  # an instance attribute shadows the class's forward
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
 
 
 def run_ablations(
@@ -292,7 +318,9 @@ def run_ablations(
         dev_tokens = tokens.to(device)
         base, seen = _forward(model, dev_tokens, [], record + resid_record)
         resid = {name: seen.pop(name) for name in resid_record}
-        for k, v in stats.token_metrics(base, dev_tokens).items():
+        use_fused = fused.usable(base)  # one numba sweep per position instead of [B, P, V] temporaries
+        base_lse = fused.logsumexp(base.reshape(-1, base.shape[-1])) if use_fused else None
+        for k, v in _metrics(base, dev_tokens, None, None, use_fused).items():
             nominal[k][start:end] = v.cpu().to(nominal[k].dtype)
         nominal["valid"][start:end] = valid_mask(tokens, drop_ids)
         if record_scale:
@@ -301,9 +329,8 @@ def run_ablations(
             start_layer = starts[a.label]
             inp = resid[resid_pre_hook(start_layer)] if start_layer else dev_tokens
             logits, seen = _forward(model, inp, a.hooks, record, start_layer or None)
-            for k, v in stats.token_metrics(logits, dev_tokens).items():
+            for k, v in _metrics(logits, dev_tokens, base, base_lse, use_fused).items():
                 metrics[f"{a.label}.{k}"][start:end] = v.cpu().to(metrics[f"{a.label}.{k}"].dtype)
-            metrics[f"{a.label}.kl"][start:end] = stats.token_kl(base, logits).cpu().float()
             if record_scale:
                 metrics[f"{a.label}.scale"][start:end] = _scale(seen[record_scale])
         batches += 1
@@ -312,6 +339,17 @@ def run_ablations(
             _save_partial(partial, fingerprint, end, nominal, metrics)
     bar.close()
     return nominal, metrics
+
+
+def _metrics(logits, tokens, base, base_lse, use_fused: bool) -> dict[str, torch.Tensor]:
+    """``stats.token_metrics`` (+ ``kl`` = ``stats.token_kl(base, logits)`` when ``base`` is given), by the fused
+    CPU kernel (``fused.token_metrics``, held to the torch path by tests/test_fused.py) or by torch."""
+    if use_fused:
+        return fused.token_metrics(logits, tokens.cpu(), base, base_lse)
+    out = stats.token_metrics(logits, tokens)
+    if base is not None:
+        out["kl"] = stats.token_kl(base, logits)
+    return out
 
 
 def _scale(t: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ import dataclasses
 import html
 import json
 import os
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -542,22 +543,41 @@ class NotebookFailed(NeuronLibError):
     """A notebook raised; the message carries its error and the executed notebook's path."""
 
 
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+_env_lock = threading.Lock()
+_env_depth = 0
+
+
 @contextlib.contextmanager
-def _kernel_env():
-    """The kernel inherits this process's environment; make sure it can import neuron_lib from this checkout."""
-    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "TQDM_DISABLE")}
-    os.environ["PYTHONPATH"] = str(artifacts.repo_root()) + (
-        os.pathsep + saved["PYTHONPATH"] if saved["PYTHONPATH"] else ""
-    )
-    os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in the executed notebooks
+def _kernel_env(threads: int | None = None):
+    """The kernel inherits this process's environment; make sure it can import neuron_lib from this checkout.
+    ``threads``: cap each kernel's torch / numba threads (notebooks run side by side share the cores). Set once
+    by the outermost entry; nested entries (``execute_notebook`` inside ``_execute_all``'s threads) change
+    nothing, so concurrent runs never race on os.environ."""
+    global _env_depth
+    with _env_lock:
+        _env_depth += 1
+        outer = _env_depth == 1
+        if outer:
+            saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "TQDM_DISABLE", *_THREAD_VARS)}
+            os.environ["PYTHONPATH"] = str(artifacts.repo_root()) + (
+                os.pathsep + saved["PYTHONPATH"] if saved["PYTHONPATH"] else ""
+            )
+            os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in the executed notebooks
+            if threads:
+                for k in _THREAD_VARS:
+                    os.environ[k] = str(threads)
     try:
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        with _env_lock:
+            _env_depth -= 1
+            if outer:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
 
 
 def execute_notebook(
@@ -619,9 +639,11 @@ def run_notebooks(
     timeout: int | None = 600,
     log=print,
     force: bool = False,
+    parallel: int | None = None,
 ) -> tuple[list[Path], list[str]]:
-    """Validate inputs, execute the notebooks (those whose inputs key changed, or all with ``force``), write the
-    index. Returns (executed or up-to-date notebooks, failures)."""
+    """Validate inputs, execute the notebooks (those whose inputs key changed, or all with ``force``; ``parallel``
+    at a time, default ``notebook_jobs()``), write the index. Returns (executed or up-to-date notebooks,
+    failures)."""
     names = list(only or NOTEBOOKS)
     unknown = [n for n in names if n not in NOTEBOOKS]
     if unknown:
@@ -676,7 +698,7 @@ def run_notebooks(
     }
     _check_extra(names, extra)
     jobs = [(name, name, artifacts.figures_dir(name, root), {**common, **(extra or {})}) for name in names]
-    return _execute_all(jobs, root, kernel_name, timeout, log, reuse=not force)
+    return _execute_all(jobs, root, kernel_name, timeout, log, reuse=not force, parallel=parallel)
 
 
 INPUTS_STAMP = "inputs.json"  # beside an executed notebook: the key of what it read (see inputs_key)
@@ -722,32 +744,56 @@ def inputs_key(name: str, params: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
+def notebook_jobs() -> int:
+    """Notebooks run side by side: ``$NL_NOTEBOOK_JOBS``, else 2 where there are ≥ 2 cores (a notebook's kernel
+    is mostly one busy core: start-up, pandas, matplotlib), each kernel then capped at cores / jobs threads."""
+    env = os.environ.get("NL_NOTEBOOK_JOBS")
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise NeuronLibError(f"NL_NOTEBOOK_JOBS={env!r} must be a positive integer")
+        return int(env)
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
+
+
 def _execute_all(
-    jobs, root: Path, kernel_name: str, timeout: int | None, log, reuse: bool = True
+    jobs, root: Path, kernel_name: str, timeout: int | None, log, reuse: bool = True, parallel: int | None = None
 ) -> tuple[list[Path], list[str]]:
-    """Execute (label, notebook, out_dir, params) jobs, keep going past failures, then rebuild the index. With
-    ``reuse``, a notebook whose inputs key (``inputs_key``) matches its last successful run is not run again."""
+    """Execute (label, notebook, out_dir, params) jobs, ``parallel`` at a time (default ``notebook_jobs()``), keep
+    going past failures, then rebuild the index. With ``reuse``, a notebook whose inputs key (``inputs_key``)
+    matches its last successful run is not run again. Results are reported in the jobs' order."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from neuron_lib.common import atomic_write_json
 
-    done, failed = [], []
-    for label, name, out_dir, params in jobs:
+    def one(job) -> tuple[Path | None, str | None]:
+        label, name, out_dir, params = job
         params = {k: v for k, v in params.items() if k in notebook_parameters(name)}
         t0 = time.time()
         key = inputs_key(name, params)
         stamp, out = Path(out_dir) / INPUTS_STAMP, Path(out_dir).resolve() / f"{name}.ipynb"
         if reuse and out.exists() and stamp.exists() and read_json(stamp).get("key") == key:
-            done.append(out)
             log(f"[{label}] {out.parent} is up to date (same notebook, parameters, code and inputs: skipped)")
-            continue
+            return out, None
         try:
             path = execute_notebook(name, out_dir, params, kernel_name=kernel_name, timeout=timeout)
         except NotebookFailed as exc:
-            failed.append(str(exc))
             log(f"[{label}] FAILED ({time.time() - t0:.0f}s)\n{exc}")
-            continue
+            return None, str(exc)
         atomic_write_json(stamp, {"notebook": name, "key": key, "parameters": params})
-        done.append(path)
         log(f"[{label}] {path.parent} ({time.time() - t0:.0f}s)")
+        return path, None
+
+    parallel = max(1, min(parallel or notebook_jobs(), len(jobs) or 1))
+    threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else None
+    with _kernel_env(threads):
+        if parallel == 1:
+            results = [one(job) for job in jobs]
+        else:
+            log(f"{len(jobs)} notebook(s), {parallel} at a time ({threads} thread(s) per kernel)")
+            with ThreadPoolExecutor(max_workers=parallel) as pool:
+                results = list(pool.map(one, jobs))
+    done = [path for path, _ in results if path is not None]
+    failed = [err for _, err in results if err is not None]
     index = write_index(root)
     main = artifacts.figures_root().resolve()
     if (
@@ -948,6 +994,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3 = this Python)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="notebooks run side by side, each kernel with cores/jobs threads (default $NL_NOTEBOOK_JOBS or 2 on "
+        "≥ 2 cores; 1 = one after the other, each with every core)",
+    )
     parser.add_argument("--index-only", action="store_true", help="only rebuild index.html")
     parser.add_argument(
         "--force", action="store_true", help="run every notebook, also those whose inputs did not change"
@@ -956,6 +1009,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--overwrite", action="store_true", help="same as --force (what `make all OVERWRITE=<stage>` passes)"
     )
     args = parser.parse_args(argv)
+    if args.jobs is not None and args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     extra = dict(_parse_param(p) for p in args.param)
     if args.d_mlp:
         extra["d_mlp"] = args.d_mlp
@@ -990,6 +1045,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             kernel_name=args.kernel,
             timeout=args.timeout,
             force=args.force or args.overwrite,
+            parallel=args.jobs,
         )
     if failed:
         raise NeuronLibError(f"{len(failed)} notebook(s) failed (see above)")

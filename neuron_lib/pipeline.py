@@ -170,9 +170,11 @@ SMOLLM_NULL_SAMPLES = 256
 #: Entropy neurons (``entropy_intervention``): SMOLLM_ENTROPY_CANDIDATES candidates of the last
 #: SMOLLM_ENTROPY_LAYERS layer(s) by the null-space rule and SMOLLM_ENTROPY_BASELINES seeded baselines (§8.3's rule;
 #: the paper: 20), each fixed to SMOLLM_ENTROPY_VALUES, over SMOLLM_ENTROPY_TOKENS tokens (whole rows of 256).
-#: Tokens for time: each (neuron, value) is one forward pass from its layer on (the blocks before it are skipped),
-#: ~(1 + 6 x 5 / 4) passes' cost over the tokens; 2,048 tokens took 5 s here (not counting a skipped re-run: measure it with a fresh run; 4x the tokens: 4x the time),
-#: enough for per-token means with bootstrap intervals over 8 rows, not for the paper's 20 baselines.
+#: Tokens for time: each (neuron, value) is one pass from its layer on (``intervention._blocks_skipped``: the
+#: earlier blocks are skipped) whose cost is the unembedding (1,024 tokens x 576 x 49,152 per batch, ~1 s here)
+#: and the per-token metrics (``fused.token_metrics``): 31 passes per batch of 4 rows. Measured on 2 cores
+#: (2026-12-03): 2,048 tokens in 95 s of passes + 26 s of loading (238 s before the skip and the fused metrics);
+#: time ~ tokens. Enough for per-token means with bootstrap intervals over 8 rows, not for the paper's 20 baselines.
 SMOLLM_ENTROPY_TOKENS = 2048
 SMOLLM_ENTROPY_LAYERS = 1
 SMOLLM_ENTROPY_CANDIDATES = 2
@@ -231,6 +233,8 @@ PRETRAINED_ANALYSES: dict[str, list[str]] = {
         "{figures}",
         "--only",
         *SMOLLM_NOTEBOOKS,
+        "--jobs",  # one at a time, each with every core: the prediction notebook runs the model, the other is short
+        "1",
         "-p",
         f"kurt_threshold={criteria.CALIBRATED}",
         "-p",

@@ -78,3 +78,74 @@ def test_fused_lists_are_full_and_ranked(monkeypatch):
         pairs = sorted(zip((-x[:, n]).tolist(), flat.tolist()))[:4]
         assert out["top_values"][0, n].tolist() == [-v for v, _ in pairs]
         assert out["top_index"][0, n].tolist() == [i for _, i in pairs]
+
+
+def test_row_moments_hist_against_float64_numpy():
+    """weights.cosine_summary's fused sweep: moments against an independent numpy float64 two-pass reference, the
+    histogram exactly against numpy.searchsorted (the paper's rule), values on the edges and a constant row too."""
+    import numpy as np
+
+    from neuron_lib import stats
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(7, 301, generator=g, dtype=torch.float64) * 2 - 1
+    edges = stats.cosine_edges()
+    x[0, :5] = edges[[0, 1, 50, 98, 99]]  # exactly on edges: bin i holds edges[i-1] < v <= edges[i]
+    x[1] = 0.25  # constant row: zero variance -> NaN skew and kurtosis, as stats.row_moments
+    x[2, :3] = torch.tensor([-1.5, 1.5, 1.0], dtype=torch.float64)  # outside the range: the end bins
+    mean, var, skew, kurt, hist = fused.row_moments_hist(x, edges)
+    xn, en = x.numpy(), edges.numpy()
+    d = xn - xn.mean(1, keepdims=True)
+    v = (d**2).mean(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        want = {"mean": xn.mean(1), "var": v, "skew": (d**3).mean(1) / v**1.5, "kurt": (d**4).mean(1) / v**2}
+    for name, have in (("mean", mean), ("var", var), ("skew", skew), ("kurt", kurt)):
+        np.testing.assert_allclose(have.numpy(), want[name], rtol=1e-10, atol=1e-14, err_msg=name)
+    want_hist = np.stack([np.bincount(np.searchsorted(en, r, side="left"), minlength=len(en) + 1) for r in xn])
+    np.testing.assert_array_equal(hist.numpy(), want_hist)
+    assert hist.sum(1).tolist() == [301] * 7
+
+
+def test_cosine_summary_fused_equals_torch_path(monkeypatch):
+    from neuron_lib.weights import cosine_summary
+
+    g = torch.Generator().manual_seed(4)
+    q, k = torch.randn(11, 9, generator=g), torch.randn(40, 9, generator=g)
+    monkeypatch.setenv("NEURON_LIB_FUSED", "0")
+    ref = cosine_summary(q, k, 5, chunk_size=4)
+    monkeypatch.setenv("NEURON_LIB_FUSED", "1")
+    got = cosine_summary(q, k, 5, chunk_size=4)
+    for key, want in ref.items():
+        if want.dtype == torch.float64:
+            torch.testing.assert_close(got[key], want, rtol=1e-12, atol=1e-14)
+        else:
+            assert torch.equal(got[key], want), key
+
+
+@pytest.mark.parametrize("with_base", [False, True])
+def test_token_metrics_against_float64_torch_path(with_base):
+    """The interventions' fused per-token metrics against stats.token_metrics / token_kl on the same logits in
+    float64: loss, entropy and KL to float32 rounding, ranks exactly (ties with the true logit not counted)."""
+    from neuron_lib import stats
+
+    g = torch.Generator().manual_seed(5)
+    B, P, V = 3, 7, 501
+    logits = (torch.randn(B, P, V, generator=g) * 3).float()
+    logits[0, 2, :10] = logits[0, 2, 10]  # ties around a true logit
+    tokens = torch.randint(0, V, (B, P), generator=g)
+    tokens[0, 3] = 10
+    base = (logits + torch.randn(B, P, V, generator=g)).float() if with_base else None
+    got = fused.token_metrics(logits, tokens, base)
+    want = stats.token_metrics(logits.double(), tokens)
+    for k in ("loss", "entropy"):
+        torch.testing.assert_close(got[k].double(), want[k], rtol=1e-6, atol=1e-6)
+    assert torch.equal(got["rank"], want["rank"])
+    assert got["loss"][:, -1].eq(0).all() and got["rank"][:, -1].eq(0).all()  # no next token at the last position
+    if with_base:
+        torch.testing.assert_close(
+            got["kl"].double(), stats.token_kl(base.double(), logits.double()), rtol=1e-5, atol=1e-6
+        )
+        same = fused.token_metrics(base, tokens, base)["kl"]
+        assert same.abs().max() < 1e-6  # KL of a distribution with itself
+    else:
+        assert "kl" not in got

@@ -253,21 +253,21 @@ def test_kill_and_resume_identical(env, monkeypatch, tmp_path):
     ref_table = pd.read_csv(f"{whole.outputs['folder']}/{artifacts.INTERVENTION_SUMMARY_FILE}")
     monkeypatch.setenv("INTERVENTION_DIR", str(tmp_path / "other"))
     calls = {"n": 0}
-    real = stats.token_kl
+    real = I._metrics  # once per pass: the clean one, then 4 ablations per batch
 
     def dying(*a, **k):
         calls["n"] += 1
-        if calls["n"] > 9:  # dies inside the third batch (4 ablations per batch)
+        if calls["n"] > 12:  # dies inside the third batch
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(stats, "token_kl", dying)
+    monkeypatch.setattr(I, "_metrics", dying)
     with pytest.raises(KeyboardInterrupt):
         I.run_intervention(cfg(env, controls_per_neuron=1))
     folder = artifacts.intervention_results(str(env["model_dir"]), "interv.16", "zero.post")
     assert (folder / artifacts.INTERVENTION_PARTIAL_FILE).exists()
     assert not artifacts.manifest_path(folder).exists()
-    monkeypatch.setattr(stats, "token_kl", real)
+    monkeypatch.setattr(I, "_metrics", real)
     seen = {"start": None}
     real_tokens = __import__("neuron_lib.streaming", fromlist=["tokens_tensor"]).tokens_tensor
 

@@ -427,6 +427,14 @@ def test_explanation_notebooks(inputs, tmp_path, monkeypatch):
     assert artifacts.explanations(MODEL, inputs["dataset"]).is_dir()
 
 
+def _fake_executed(name, out_dir) -> Path:
+    """What a stand-in for execute_notebook leaves: the executed notebook's file."""
+    out = Path(out_dir).resolve() / f"{name}.ipynb"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("{}")
+    return out
+
+
 def test_unchanged_notebooks_are_not_run_again(tmp_path, monkeypatch):
     """The figures stage skips a notebook whose source, parameters, code and input manifests are unchanged; a
     changed manifest or parameter, or force, runs it again; a manifest's timing fields alone do not."""
@@ -440,10 +448,7 @@ def test_unchanged_notebooks_are_not_run_again(tmp_path, monkeypatch):
 
     def fake_execute(name, out_dir, params, **kw):
         calls.append(dict(params))
-        out = Path(out_dir).resolve() / f"{name}.ipynb"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("{}")
-        return out
+        return _fake_executed(name, out_dir)
 
     monkeypatch.setattr(nb, "execute_notebook", fake_execute)
     root = tmp_path / "figures"
@@ -466,3 +471,42 @@ def test_unchanged_notebooks_are_not_run_again(tmp_path, monkeypatch):
     assert len(calls) == 3  # a parameter changed
     run({"model": MODEL, "dataset": "other"}, reuse=False)
     assert len(calls) == 4  # forced
+
+
+def test_notebooks_run_side_by_side_with_capped_threads(tmp_path, monkeypatch):
+    """_execute_all with parallel=2: two notebooks at once (seen overlapping), each kernel's environment capped at
+    cores / 2 threads, results and failures reported in the jobs' order, the environment restored after."""
+    import os
+    import threading
+    import time as _time
+
+    for kind in nb._INPUT_ROOTS:
+        monkeypatch.setenv(kind, str(tmp_path / kind.lower()))
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    lock, state = threading.Lock(), {"now": 0, "max": 0, "omp": []}
+
+    def fake_execute(name, out_dir, params, **kw):
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+            state["omp"].append(os.environ.get("OMP_NUM_THREADS"))
+        _time.sleep(0.3)
+        with lock:
+            state["now"] -= 1
+        if name == "family_count":
+            raise nb.NotebookFailed("family_count broke")
+        return _fake_executed(name, out_dir)
+
+    monkeypatch.setattr(nb, "execute_notebook", fake_execute)
+    root = tmp_path / "figures"
+    names = ["dataset_summary", "family_count", "mysteries", "prediction_neurons"]
+    jobs = [(n, n, root / n, {"model": MODEL}) for n in names]
+    done, failed = nb._execute_all(jobs, root, "python3", 60, lambda *_: None, reuse=False, parallel=2)
+    assert state["max"] == 2
+    assert state["omp"] == [str(max(1, (os.cpu_count() or 1) // 2))] * 4
+    assert [p.stem for p in done] == ["dataset_summary", "mysteries", "prediction_neurons"]
+    assert failed == ["family_count broke"]
+    assert os.environ["OMP_NUM_THREADS"] == "7" and nb._env_depth == 0
+    monkeypatch.setenv("NL_NOTEBOOK_JOBS", "0")
+    with pytest.raises(nb.NeuronLibError, match="NL_NOTEBOOK_JOBS"):
+        nb.notebook_jobs()

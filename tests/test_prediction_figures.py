@@ -59,6 +59,9 @@ def test_best_vocab_features_finds_the_planted_class():
     assert len(PF.pick_prediction_pairs(best, kinds, 5)) == 2  # one per feature: the two year neurons collapse
     assert len(PF.pick_prediction_pairs(best, kinds, 5, distinct_features=False)) == 3
     assert PF.duplicate_groups(best[:2]) == {"is_year": [(1, 5), (1, 9)]}
+    many = pd.DataFrame({"feature": ["f"] * 9 + ["g"] * 2, "layer": [2] * 11, "neuron": range(11),
+                         "vr": [0.1, 0.9, 0.3, 0.8, 0.2, 0.7, 0.4, 0.6, 0.5, 0.1, 0.2]})  # fmt: skip
+    assert PF.duplicate_groups(many, max_neurons=3) == {"f": [(2, 1), (2, 3), (2, 5)], "g": [(2, 10), (2, 9)]}
 
     res = PF.vocab_effect_histograms(dict(zip(neurons, effects)), df, best[:2], bins=30)
     for _, g in res.data.groupby(["layer", "neuron"]):

@@ -451,8 +451,25 @@ def test_late_layer_ablations_start_from_the_clean_residual(llama_dir):
     assert [I.first_layer(a.hooks) for a in abls] == [1, 1, 0]
     assert I.first_layer([("hook_embed", None), ("blocks.1.mlp.hook_post", None)]) == 0
     kw = dict(record_scale="ln_final.hook_scale")
-    fast = I.run_ablations(model, ds, 5, 2, abls, [0], **kw)
-    full = I.run_ablations(model, ds, 5, 2, abls, [0], skip_clean_layers=False, **kw)
+    block0 = model.blocks[0].original_component  # counts the real passes through block 0's HF layer
+    calls = []
+    real_forward = type(block0).forward
+
+    def counted(self, *a, **k):
+        if self is block0:
+            calls.append("real")
+        return real_forward(self, *a, **k)
+
+    type(block0).forward = counted
+    try:
+        fast = I.run_ablations(model, ds, 5, 2, abls, [0], **kw)
+        fast_real = calls.count("real")
+        full = I.run_ablations(model, ds, 5, 2, abls, [0], skip_clean_layers=False, **kw)
+    finally:
+        type(block0).forward = real_forward
+    assert fast_real == 3 * 2  # 3 batches x (clean pass + the layer-0 ablation): the layer-1 ablations skip block 0
+    assert calls.count("real") - fast_real == 3 * 4  # without the skip: every pass runs it
+    assert "forward" not in vars(block0)  # restored
     for a, b in zip(fast, full):
         assert a.keys() == b.keys()
         for k in a:
