@@ -24,6 +24,8 @@ import os
 import numpy as np
 import torch
 
+from neuron_lib.stats import central_moments
+
 try:  # numba is a dependency; the torch path remains for GPUs and as the reference
     import numba
     from numba import njit, prange
@@ -365,9 +367,7 @@ def row_moments_hist(
     hist = torch.zeros(R, edges.numel() + 1, dtype=torch.int64)
     sums = torch.empty(4, R, dtype=torch.float64)
     _row_moments_hist(_np(x), _np(edges.to(torch.float64).contiguous()), _np(hist), _np(sums))
-    mean, s2, s3, s4 = sums
-    var = s2 / C  # the divisions of stats.row_moments, in torch (0/0 gives NaN there as here)
-    return mean, var, s3 / C / var.pow(1.5), s4 / C / var.pow(2), hist
+    return (*central_moments(C, *sums), hist)
 
 
 def logsumexp(x: torch.Tensor) -> torch.Tensor:

@@ -207,10 +207,15 @@ def row_moments(values: Float[torch.Tensor, "rows cols"], exclude: torch.Tensor 
         mean = torch.where(keep, values, 0).sum(1) / n
         d = torch.where(keep, values - mean[:, None], 0)
     d2 = d * d
-    var = d2.sum(1) / n
-    skew = (d2 * d).sum(1) / n / var.pow(1.5)
-    kurt = (d2 * d2).sum(1) / n / var.pow(2)
-    return mean, var, skew, kurt
+    return central_moments(n, mean, d2.sum(1), (d2 * d).sum(1), (d2 * d2).sum(1))
+
+
+def central_moments(n, mean: torch.Tensor, s2: torch.Tensor, s3: torch.Tensor, s4: torch.Tensor):
+    """``(mean, var, skew, kurt)`` from the central power sums s_k = Σ (x − mean)^k of n values: population
+    variance, skew = mean(z³), NON-excess kurtosis = mean(z⁴) (0/0 → NaN). ``row_moments`` and the fused row
+    sweep (``fused.row_moments_hist``) both end here."""
+    var = s2 / n
+    return mean, var, s3 / n / var.pow(1.5), s4 / n / var.pow(2)
 
 
 # ---------------------------------------------------------------- percentiles (Fig. 3)
