@@ -70,7 +70,7 @@ class ZooConfig:
     )
     # optimisation
     batch_size: int = config_field(32, "sequences per step")
-    max_steps: int = config_field(1200, "optimizer steps")
+    max_steps: int = config_field(600, "optimizer steps")
     lr: float = config_field(2e-3, "peak AdamW learning rate")
     min_lr_frac: float = config_field(0.1, "cosine decay ends at lr x this")
     warmup_steps: int = config_field(50, "linear warm-up steps")
@@ -130,7 +130,7 @@ class ZooConfig:
 
 PRESETS: dict[str, dict] = {
     # snapshots and untrained models are the universality criteria's training-length and untrained controls
-    "default": dict(snapshot_steps=(300, 600), untrained_controls=4),
+    "default": dict(snapshot_steps=(150, 300), untrained_controls=4),
     # ~GPT-2-small-like width for a GPU; one flag away from the CPU default
     "gpu": dict(
         n_layer=6,
