@@ -20,16 +20,18 @@ $(STAMP): pyproject.toml
 # -> perturb; then figures (every paper notebook, the co-activation one included) (neuron_lib/pipeline.py STAGES).
 # Every stage skips itself when its manifest says it is already done with the same configuration.
 # `make all OVERWRITE=weights,neuron_df` replaces those stages' outputs of another configuration (after an upgrade).
+# `make all ZOO_PRESET=long` trains and analyses the 1200-step zoo instead (neuron_lib/zoo.py PRESETS, docs/zoo.md).
+ZOO_PRESET ?= default
 all: env
-	$(PY) -m neuron_lib.pipeline all $(if $(OVERWRITE),--overwrite $(OVERWRITE))
+	$(PY) -m neuron_lib.pipeline all --zoo-preset $(ZOO_PRESET) $(if $(OVERWRITE),--overwrite $(OVERWRITE))
 
 corpus zoo correlations universality weights summary neuron_df figures prompts coactivation perturb explain: env
-	$(PY) -m neuron_lib.pipeline $@
+	$(PY) -m neuron_lib.pipeline $@ --zoo-preset $(ZOO_PRESET)
 
 # Interventions (neuron_lib/pipeline.py STAGES): ablations, the entropy-neuron experiment, attention (de)activation.
 .PHONY: intervention entropy_intervention attention_deactivation
 intervention entropy_intervention attention_deactivation: env
-	$(PY) -m neuron_lib.pipeline $@
+	$(PY) -m neuron_lib.pipeline $@ --zoo-preset $(ZOO_PRESET)
 
 # The neuron browser: `make browser` builds its index, static export and dashboard (part of `make all`);
 # `make serve` serves the API and pages on http://127.0.0.1:8000 (HOST=0.0.0.0 to expose it, with a warning).

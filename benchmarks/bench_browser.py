@@ -266,7 +266,7 @@ def main() -> None:
             check=True,
         )
         build = json.loads(child.stdout.strip().splitlines()[-1])
-        synth_index = Path(build["index"])
+        synth_index = Path(build.pop("index"))  # a temporary folder, deleted after the run: not recorded
         print("gpt2-small: serving latency and memory ...", flush=True)
         lat = subprocess.run(
             [
@@ -283,7 +283,8 @@ def main() -> None:
     target = zoo_index if zoo_index.exists() else synth_index
     if target is not None:
         print(f"load: {args.clients} clients, {args.requests} requests on {target} ...", flush=True)
-        out["results"]["load"] = load_test(target, args.requests, args.clients) | {"index": str(target)}
+        where = f"`{zoo_index}` (zoo)" if target == zoo_index else "the synthetic GPT-2-small index"
+        out["results"]["load"] = load_test(target, args.requests, args.clients) | {"index": where}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "browser.json").write_text(json.dumps(out, indent=2) + "\n")
     (RESULTS / "browser.md").write_text(render(out))
@@ -330,7 +331,7 @@ def render(out: dict) -> str:
         lines += [
             "## Loopback load test (uvicorn, one process)",
             "",
-            f"Index: `{Path(ld['index']).name}` ({'zoo' if 'zoo' in r else 'synthetic'}). {ld['clients']} concurrent "
+            f"Index: {ld['index']}. {ld['clients']} concurrent "
             f"keep-alive clients, {ld['requests']:,} requests of random neuron documents.",
             "",
             "| errors | p50 (ms) | p95 (ms) | p99 (ms) | wall (s) | requests/s | server peak RSS (MiB) |",

@@ -32,14 +32,25 @@ class ManifestMismatch(NeuronLibError):
 
 
 # ---------------------------------------------------------------- atomic writes
-def _atomic_replace(path: Path, write_fn) -> Path:
+def _same_bytes(a: str | Path, b: Path) -> bool:
+    import filecmp
+
+    return b.is_file() and os.path.getsize(a) == b.stat().st_size and filecmp.cmp(a, b, shallow=False)
+
+
+def _atomic_replace(path: Path, write_fn, keep_identical: bool = False) -> Path:
+    """Write through a temporary file in the same folder, then rename. ``keep_identical``: when the new bytes
+    equal the file already there, keep that file (and its mtime, which later stages' input digests read)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write_fn(tmp_name)
-        os.replace(tmp_name, path)
+        if keep_identical and _same_bytes(tmp_name, path):
+            os.unlink(tmp_name)
+        else:
+            os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
@@ -104,15 +115,16 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def save_dataframe_atomic(df, stem: str | Path, formats: Iterable[str] = ("csv", "parquet")) -> list[Path]:
-    """Write a pandas DataFrame as ``stem.csv`` and/or ``stem.parquet`` atomically."""
+    """Write a pandas DataFrame as ``stem.csv`` and/or ``stem.parquet`` atomically; a file whose bytes would not
+    change is left as it is (a re-run that rebuilds the same table does not look like new input downstream)."""
     stem = Path(stem)
     written = []
     for fmt in formats:
         target = stem.with_suffix(f".{fmt}")
         if fmt == "csv":
-            written.append(_atomic_replace(target, lambda tmp: df.to_csv(tmp, index=False)))
+            written.append(_atomic_replace(target, lambda tmp: df.to_csv(tmp, index=False), keep_identical=True))
         elif fmt == "parquet":
-            written.append(_atomic_replace(target, lambda tmp: df.to_parquet(tmp, index=False)))
+            written.append(_atomic_replace(target, lambda tmp: df.to_parquet(tmp, index=False), keep_identical=True))
         else:
             raise ValueError(f"unknown dataframe format {fmt!r}")
     return written

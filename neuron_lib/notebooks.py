@@ -719,7 +719,9 @@ def _stable(obj):
 def inputs_key(name: str, params: Mapping[str, Any]) -> str:
     """What a notebook run depends on, hashed: the notebook's source, its parameters, the neuron_lib sources and
     every stage manifest under the output roots (timings left out; the browser's own folder, built from the
-    figures, excluded). The same key means the same figures: the run is skipped."""
+    figures, and the outputs of pretrained models other than the notebook's own excluded: `make all` builds
+    SmolLM2 after the zoo's figures, which must not make them stale). The same key means the same figures: the run
+    is skipped."""
     import hashlib
 
     h = hashlib.sha256()
@@ -728,12 +730,20 @@ def inputs_key(name: str, params: Mapping[str, Any]) -> str:
     for src in sorted(Path(__file__).resolve().parent.rglob("*.py")):
         h.update(src.read_bytes())
     browser = artifacts.browser_index_dir().resolve()
+    own = artifacts.model_name(str(params["model"])) if params.get("model") else None
+    pretrained = artifacts.pretrained_root()
+    others = {p.name for p in pretrained.iterdir() if p.is_dir() and p.name[0] != "."} if pretrained.is_dir() else set()
+    others.discard(own)
+
+    def other_model(rel: Path) -> bool:
+        return any(part == o or part.startswith(f"{o}.") for part in rel.parts for o in others)
+
     for kind in _INPUT_ROOTS:
         base = artifacts.root(kind)
         if not base.is_dir():
             continue
         for m in sorted([*base.rglob(artifacts.MANIFEST_NAME), *base.rglob(f"*.{artifacts.MANIFEST_NAME}")]):
-            if browser in m.resolve().parents:
+            if browser in m.resolve().parents or other_model(m.relative_to(base)):
                 continue
             try:
                 content = _stable(read_json(m))

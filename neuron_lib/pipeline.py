@@ -356,30 +356,52 @@ def smollm_commands(model: str = SMOLLM_MODEL) -> list[list[str]]:
     return commands
 
 
-def run_stage(name: str, dry_run: bool = False, overwrite: bool = False, **kwargs) -> None:
-    """Run a stage's commands; ``overwrite`` passes ``--overwrite`` to each (replace another configuration's
-    outputs, e.g. after an upgrade changed a stage's defaults)."""
-    t0 = time.time()
-    for cmd in stage_commands(name, **kwargs):
-        cmd = [*cmd, "--overwrite"] if overwrite else cmd
-        argv = [sys.executable, "-m", *cmd]
-        print(f"\n==> [{name}] {' '.join(shlex.quote(a) for a in argv[1:])}", flush=True)
-        if dry_run:
-            continue
+def _run_batch(commands_json: str) -> None:
+    """Run a stage's commands one after another in this process, each as ``python -m`` would (``runpy``, as
+    ``__main__``, with its own ``sys.argv``): one interpreter start and one import of torch / transformers per stage
+    instead of one per command (a re-run of `make all`, where every command only finds its outputs finished, is
+    mostly that). A failing command stops the batch with its exit code."""
+    import json
+    import runpy
+
+    name, commands = json.loads(commands_json)
+    for cmd in commands:
+        print(f"\n==> [{name}] {' '.join(shlex.quote(a) for a in ['-m', *cmd])}", flush=True)
         t1 = time.time()
-        result = subprocess.run(argv, env=os.environ.copy())
-        if result.returncode != 0:
-            raise NeuronLibError(
-                f"stage {name!r} failed (exit {result.returncode}) running: {' '.join(cmd)}"
-                + (
-                    ""
-                    if overwrite
-                    else f" (if it refused another configuration's outputs: `make all OVERWRITE={name}`)"
-                )
-            )
+        sys.argv = [cmd[0], *cmd[1:]]
+        try:
+            runpy.run_module(cmd[0], run_name="__main__", alter_sys=True)
+        except SystemExit as exc:
+            if exc.code not in (None, 0):
+                print(f"<== [{name}] FAILED (exit {exc.code}): {' '.join(cmd)}", flush=True)
+                raise
         print(f"<== [{name}] done in {time.time() - t1:.0f} s", flush=True)
-    if not dry_run:
-        print(f"=== stage {name}: {time.time() - t0:.0f} s", flush=True)
+
+
+def run_stage(name: str, dry_run: bool = False, overwrite: bool = False, **kwargs) -> None:
+    """Run a stage's commands (in one child process, ``_run_batch``); ``overwrite`` passes ``--overwrite`` to each
+    (replace another configuration's outputs, e.g. after an upgrade changed a stage's defaults)."""
+    import json
+
+    t0 = time.time()
+    commands = [[*cmd, "--overwrite"] if overwrite else cmd for cmd in stage_commands(name, **kwargs)]
+    if dry_run:
+        for cmd in commands:
+            print(f"\n==> [{name}] {' '.join(shlex.quote(a) for a in ['-m', *cmd])}", flush=True)
+        return
+    argv = [
+        sys.executable,
+        "-c",
+        "import sys; from neuron_lib.pipeline import _run_batch; _run_batch(sys.argv[1])",
+        json.dumps([name, commands]),
+    ]
+    result = subprocess.run(argv, env=os.environ.copy())
+    if result.returncode != 0:
+        raise NeuronLibError(
+            f"stage {name!r} failed (exit {result.returncode}); the failing command is the last `==> [{name}]` above"
+            + ("" if overwrite else f" (if it refused another configuration's outputs: `make all OVERWRITE={name}`)")
+        )
+    print(f"=== stage {name}: {time.time() - t0:.0f} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -131,6 +131,9 @@ class ZooConfig:
 PRESETS: dict[str, dict] = {
     # snapshots and untrained models are the universality criteria's training-length and untrained controls
     "default": dict(snapshot_steps=(150, 300), untrained_controls=4),
+    # the default before the 45-minute bound: twice the tokens (4.88M a model), ~29 min of training on 2 cores;
+    # the universality findings of docs/zoo.md's "long" rows (`make all ZOO_PRESET=long`)
+    "long": dict(max_steps=1200, snapshot_steps=(300, 600), untrained_controls=4),
     # ~GPT-2-small-like width for a GPU; one flag away from the CPU default
     "gpu": dict(
         n_layer=6,

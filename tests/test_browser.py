@@ -377,6 +377,29 @@ def test_static_export_links_resolve(data_root):
     assert "&lt;script&gt;" in (site / "bt-a" / "0" / "0.html").read_text()
 
 
+def test_export_in_parallel_equals_serial_and_is_not_rewritten(data_root, tmp_path):
+    """The neuron pages rendered by two worker processes are the pages one process writes; a second build with
+    the same index and page code leaves the export as it is (a re-run of `make all` stays short)."""
+    from neuron_lib.browser.export import export_site
+
+    serial, parallel = export_site(tmp_path / "serial", jobs=1), export_site(tmp_path / "parallel", jobs=2)
+    files = sorted(p.relative_to(serial) for p in serial.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(parallel) for p in parallel.rglob("*") if p.is_file())
+    assert len(files) > 2 * 2 * 64
+    for rel in files:
+        assert (serial / rel).read_bytes() == (parallel / rel).read_bytes(), rel
+    site = artifacts.browser_site()
+    stamp = site / I.EXPORT_STAMP
+    assert stamp.exists()
+    page = site / "bt-a" / "0" / "0.html"
+    before = page.stat().st_mtime_ns
+    again = I.run_browser(I.BrowserConfig(dashboard=False))
+    assert again.status == "skipped" and page.stat().st_mtime_ns == before
+    stamp.write_text(json.dumps({"key": "another index"}))  # another index or page code: written again
+    I.run_browser(I.BrowserConfig(dashboard=False))
+    assert page.stat().st_mtime_ns != before and json.loads(stamp.read_text())["key"] != "another index"
+
+
 def test_dashboard_is_self_contained(data_root):
     text = artifacts.browser_dashboard().read_text()
     assert len(re.findall(r"data-panel='([a-z_]+)'", text)) == 4

@@ -205,3 +205,17 @@ def test_smollm_notebooks_command_runs_both_with_the_calibrated_null(monkeypatch
     assert got["extra"] == {"kurt_threshold": criteria.CALIBRATED, "next_token_rows": P.SMOLLM_NEXT_TOKEN_ROWS}
     notebooks.main([*cmd, "--overwrite"])
     assert got["force"]
+
+
+def test_a_stage_runs_its_commands_in_one_child_and_a_failure_names_the_command(monkeypatch, capfd):
+    """run_stage starts one interpreter per stage (``_run_batch``: each command as ``python -m`` would run it);
+    the commands before a failing one finish, and the failure says which command and with what exit code."""
+    from neuron_lib.common import NeuronLibError
+
+    cmds = [["json.tool", "--help"], ["json.tool", "/nonexistent/x.json"], ["json.tool", "--help"]]
+    monkeypatch.setattr(P, "stage_commands", lambda name, **kw: cmds)
+    with pytest.raises(NeuronLibError, match=r"stage 'corpus' failed \(exit 2\)"):
+        P.run_stage("corpus")
+    out = capfd.readouterr().out
+    assert out.count("==> [corpus] -m json.tool") == 2  # the third never started
+    assert "<== [corpus] done in" in out and "FAILED (exit 2): json.tool /nonexistent/x.json" in out

@@ -308,12 +308,37 @@ def test_unbuilt_and_truncated_model_folders(tmp_path, monkeypatch, llama_dir):
 
 
 # ---------------------------------------------------------------- the smollm_analysis stages on a gated MLP
-def _llama_dataset(llama_dir: Path, folder: Path, n_rows: int = 6) -> Path:
+def _tiny_dataset(model_dir: Path, folder: Path, n_rows: int = 6) -> Path:
     from neuron_lib.corpus import tokenizer_fingerprint
     from neuron_lib.models import load_tokenizer
 
     rows = make_rows(10, seed=3)[:n_rows]
-    return save_dataset(folder, rows, ["a", "b"] * (n_rows // 2), tokenizer_fingerprint(load_tokenizer(str(llama_dir))))
+    return save_dataset(folder, rows, ["a", "b"] * (n_rows // 2), tokenizer_fingerprint(load_tokenizer(str(model_dir))))
+
+
+def _entropy_run(model_dir: Path, ds: Path, tmp_path: Path, values: str, n: int):
+    """entropy_intervention in float64 on ``n`` candidates and ``n`` baselines, from a neuron table of the model's
+    weight statistics (+ vocab_var, which the baseline rule reads)."""
+    from neuron_lib import entropy_intervention as E
+
+    w = W.extract_weights(load_model(str(model_dir), process_weights=True))
+    df = W.neuron_stats(w)
+    df["vocab_var"] = (w.W_out.reshape(-1, w.W_out.shape[-1]) @ w.W_U).var(1).numpy()
+    df.to_csv(tmp_path / "ndf.csv", index=False)
+    cfg = E.EntropyInterventionConfig(
+        model=str(model_dir),
+        token_dataset=str(ds),
+        values=values,
+        n_candidates=n,
+        n_baselines=n,
+        neuron_df=str(tmp_path / "ndf.csv"),
+        max_tokens=None,
+        batch_size=4,
+        device="cpu",
+        dtype="float64",
+        n_bootstrap=10,
+    )
+    return E.run_entropy_intervention(cfg)
 
 
 def test_entropy_intervention_on_a_gated_mlp(llama_dir, tmp_path, monkeypatch):
@@ -327,25 +352,8 @@ def test_entropy_intervention_on_a_gated_mlp(llama_dir, tmp_path, monkeypatch):
     from neuron_lib.common import load_tensors
 
     monkeypatch.setenv("INTERVENTION_DIR", str(tmp_path / "interv"))
-    ds = _llama_dataset(llama_dir, tmp_path / "data" / "llama.16")
-    w = W.extract_weights(load_model(str(llama_dir), process_weights=True))
-    df = W.neuron_stats(w)
-    df["vocab_var"] = (w.W_out.reshape(-1, w.W_out.shape[-1]) @ w.W_U).var(1).numpy()
-    df.to_csv(tmp_path / "ndf.csv", index=False)
-    cfg = E.EntropyInterventionConfig(
-        model=str(llama_dir),
-        token_dataset=str(ds),
-        values="-1,0,4",
-        n_candidates=2,
-        n_baselines=2,
-        neuron_df=str(tmp_path / "ndf.csv"),
-        max_tokens=None,
-        batch_size=4,
-        device="cpu",
-        dtype="float64",
-        n_bootstrap=10,
-    )
-    res = E.run_entropy_intervention(cfg)
+    ds = _tiny_dataset(llama_dir, tmp_path / "data" / "llama.16")
+    res = _entropy_run(llama_dir, ds, tmp_path, "-1,0,4", 2)
     folder = Path(res.outputs["folder"])
     cands = res.details["candidates"]
     assert len(cands) == 2 and all(l == 1 for l, _ in cands)  # the last layer only (--last-layers 1)
@@ -374,18 +382,14 @@ def test_entropy_intervention_on_a_gated_mlp(llama_dir, tmp_path, monkeypatch):
     assert set(summary.role) == {"nominal", "candidate", "baseline"}
 
 
-def test_explain_last_layers_of_a_gated_mlp(llama_dir, tmp_path, monkeypatch):
-    """``--neurons last:1`` explains the last layer's silu(gate)·up activations; the class sums run over the token
-    ids present in the rows (not the whole vocabulary) and match a direct float64 reference."""
-    import pandas as pd
-    from transformers import LlamaForCausalLM
-
+def _explain_last_layer(model_dir: Path, tmp_path: Path, monkeypatch):
+    """``explain --neurons last:1`` (token and position features) on a tiny dataset: (manifest, VR table)."""
     from neuron_lib import explain as X
 
     monkeypatch.setenv("DATAFRAMES_DIR", str(tmp_path / "d"))
-    ds = _llama_dataset(llama_dir, tmp_path / "data" / "llama.16")
+    ds = _tiny_dataset(model_dir, tmp_path / "data" / f"{model_dir.name}.16")
     cfg = X.ExplainConfig(
-        model=str(llama_dir),
+        model=str(model_dir),
         token_dataset=str(ds),
         neurons="last:1",
         features="token,position",
@@ -397,8 +401,38 @@ def test_explain_last_layers_of_a_gated_mlp(llama_dir, tmp_path, monkeypatch):
         device="cpu",
     )
     assert X.run_explain(cfg).status == "done"
-    out = X.load_explanations(str(llama_dir), str(ds))
-    man, vr = out["manifest"], out["vr"]
+    out = X.load_explanations(str(model_dir), str(ds))
+    return out["manifest"], out["vr"]
+
+
+def _assert_vr_reference(vr, man, rows, post, tmp_path: Path, neurons) -> None:
+    """Each binary feature's variance reduction of the last layer's activations ``post`` [rows, pos, d_mlp]
+    (float64, from plain HF) over the analysed, non-held-out, unfiltered positions."""
+    import pandas as pd
+
+    held = np.zeros(len(rows), dtype=bool)
+    held[man["heldout_rows"]] = True
+    sel = ~np.isin(rows, man["token_filter_ids"]) & ~held[:, None]
+    a = post[sel]
+    vocab = pd.read_parquet(tmp_path / "d" / "vocab_dfs" / f"{Path(man['vocab_table']).stem}.parquet")
+    cols = [c for c in vr.columns if c in vocab.columns][:4]
+    assert cols
+    for col in cols:
+        y = vocab[col].to_numpy(bool)[rows[sel]]
+        for n in neurons:
+            beta = y.mean()
+            ref = 1 - ((1 - beta) * a[~y, n].var() + beta * a[y, n].var()) / a[:, n].var()
+            assert vr[col].iloc[n] == pytest.approx(ref, abs=1e-5), (col, n)
+
+
+def test_explain_last_layers_of_a_gated_mlp(llama_dir, tmp_path, monkeypatch):
+    """``--neurons last:1`` explains the last layer's silu(gate)·up activations; the class sums run over the token
+    ids present in the rows (not the whole vocabulary) and match a direct float64 reference."""
+    from transformers import LlamaForCausalLM
+
+    from neuron_lib import explain as X
+
+    man, vr = _explain_last_layer(llama_dir, tmp_path, monkeypatch)
     assert list(vr.layer.unique()) == [1] and len(vr) == 48
     rows = make_rows(10, seed=3)[:6]
     assert man["n_token_ids"] == len(np.unique(rows)) < len(load_tokenizer_for(llama_dir))
@@ -408,19 +442,7 @@ def test_explain_last_layers_of_a_gated_mlp(llama_dir, tmp_path, monkeypatch):
     with torch.no_grad():
         hf(torch.tensor(rows))
     h.remove()
-    held = np.zeros(len(rows), dtype=bool)
-    held[man["heldout_rows"]] = True
-    sel = ~np.isin(rows, man["token_filter_ids"]) & ~held[:, None]
-    a = got["post"].numpy()[sel]
-    vocab = pd.read_parquet(tmp_path / "d" / "vocab_dfs" / f"{Path(man['vocab_table']).stem}.parquet")
-    cols = [c for c in vr.columns if c in vocab.columns][:4]
-    assert cols
-    for col in cols:
-        y = vocab[col].to_numpy(bool)[rows[sel]]
-        for n in (0, 17, 47):
-            beta = y.mean()
-            ref = 1 - ((1 - beta) * a[~y, n].var() + beta * a[y, n].var()) / a[:, n].var()
-            assert vr[col].iloc[n] == pytest.approx(ref, abs=1e-5), (col, n)
+    _assert_vr_reference(vr, man, rows, got["post"].numpy(), tmp_path, (0, 17, 47))
     # the layer syntax: lists, ranges, the last K; out of range is named
     assert X.parse_neurons("layers:0-1", 2, 4, None, "x").tolist() == list(range(8))
     assert X.parse_neurons("layers:1,0", 2, 4, None, "x").tolist() == list(range(8))
@@ -586,3 +608,91 @@ def test_gguf_conversion_rebuilds_the_model_in_hub_format(llama_dir, tmp_path, m
         torch.testing.assert_close(converted(ids).logits, original(ids).logits, rtol=1e-4, atol=1e-4)
     again = SM.build_model(SM.SmollmConfig(gguf_file=str(tmp_path / "micro.Q4_1.gguf"), name="micro-gguf"))
     assert again[1] == "skipped"  # same configuration: not converted twice
+
+
+# ---------------------------------------------------------------- GPT-NeoX / Pythia through explain and interventions
+def _pythia_hf_run(pythia_dir: Path, rows, layer: int | None = None, n: int | None = None, value=None):
+    """Plain HF GPT-NeoX in float64: logits, the final LayerNorm's input and layer ``layer``'s MLP activations
+    (dense_4h_to_h's input, = hook_post), with neuron ``n`` of that layer set to ``value`` when given."""
+    from transformers import GPTNeoXForCausalLM
+
+    hf = GPTNeoXForCausalLM.from_pretrained(pythia_dir).double().eval()
+    got, handles = {}, []
+    if layer is not None:
+
+        def pre(mod, inp):
+            x = inp[0]
+            got["post"] = x.clone()
+            if value is not None:
+                x = x.index_fill(-1, torch.tensor([n]), value)
+            return (x,)
+
+        handles.append(hf.gpt_neox.layers[layer].mlp.dense_4h_to_h.register_forward_pre_hook(pre))
+    handles.append(hf.gpt_neox.final_layer_norm.register_forward_hook(lambda m, i, o: got.__setitem__("x", i[0])))
+    with torch.no_grad():
+        logits = hf(torch.tensor(rows)).logits
+    for h in handles:
+        h.remove()
+    return logits, got, hf.config.layer_norm_eps
+
+
+def test_pythia_interventions_against_float64_hf(pythia_dir, tmp_path, monkeypatch):
+    """Parallel attention and untied embeddings: a zero ablation (intervention) and a fixed value with the final
+    LayerNorm's scale (entropy_intervention) of a micro Pythia match plain HF GPT-NeoX in float64."""
+    import pandas as pd
+
+    from neuron_lib import artifacts
+    from neuron_lib import entropy_intervention as E
+    from neuron_lib import intervention as I
+    from neuron_lib.common import load_tensors
+
+    monkeypatch.setenv("INTERVENTION_DIR", str(tmp_path / "interv"))
+    ds = _tiny_dataset(pythia_dir, tmp_path / "data" / "pythia.16")
+    rows = make_rows(10, seed=3)[:6]
+    base, _, eps = _pythia_hf_run(pythia_dir, rows)
+
+    res = I.run_intervention(
+        I.InterventionConfig(
+            model=str(pythia_dir),
+            token_dataset=str(ds),
+            neurons="1.3,0.7",
+            intervention="zero",
+            controls_per_neuron=0,
+            max_tokens=None,
+            batch_size=4,
+            device="cpu",
+            dtype="float64",
+            n_bootstrap=10,
+        )
+    )
+    m = load_tensors(Path(res.outputs["folder"]) / artifacts.INTERVENTION_METRICS_FILE)
+    for layer, n in ((1, 3), (0, 7)):
+        logits, _, _ = _pythia_hf_run(pythia_dir, rows, layer, n, 0.0)
+        assert (logits - base).abs().max() > 1e-6  # the ablation really moves the logits
+        lp, lb = torch.log_softmax(logits, -1), torch.log_softmax(base, -1)
+        kl = (lb.exp() * (lb - lp)).sum(-1)
+        entropy = -(lp.exp() * lp).sum(-1)
+        np.testing.assert_allclose(m[f"L{layer}.N{n}.kl"].double(), kl, atol=1e-6)
+        np.testing.assert_allclose(m[f"L{layer}.N{n}.entropy"].double(), entropy, atol=1e-5)  # stored float32
+
+    eres = _entropy_run(pythia_dir, ds, tmp_path, "-1,3", 1)
+    folder = Path(eres.outputs["folder"])
+    assert len(pd.read_csv(folder / artifacts.ENTROPY_CANDIDATES_FILE)) == 64  # the last layer's neurons
+    em = load_tensors(folder / artifacts.INTERVENTION_METRICS_FILE)
+    for (layer, n), v in ((eres.details["candidates"][0], 3.0), (eres.details["baselines"][0], -1.0)):
+        logits, got, _ = _pythia_hf_run(pythia_dir, rows, layer, n, v)
+        label = E.value_label(layer, n, v)
+        scale = (got["x"].var(-1, unbiased=False) + eps).sqrt()  # LayerNorm: centred, unlike RMSNorm
+        np.testing.assert_allclose(em[f"{label}.scale"].double(), scale, rtol=1e-6)
+        lp = torch.log_softmax(logits, -1)
+        np.testing.assert_allclose(em[f"{label}.entropy"].double(), -(lp.exp() * lp).sum(-1), atol=1e-5)
+
+
+def test_pythia_explain_against_float64_hf(pythia_dir, tmp_path, monkeypatch):
+    """``explain`` of a micro Pythia's last layer: variance reductions of dense_4h_to_h's input (GELU MLP, no
+    gate) against a direct float64 reference."""
+    man, vr = _explain_last_layer(pythia_dir, tmp_path, monkeypatch)
+    assert list(vr.layer.unique()) == [1] and len(vr) == 64
+    rows = make_rows(10, seed=3)[:6]
+    _, got, _ = _pythia_hf_run(pythia_dir, rows, layer=1)
+    _assert_vr_reference(vr, man, rows, got["post"].numpy(), tmp_path, (0, 31, 63))

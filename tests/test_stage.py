@@ -64,3 +64,25 @@ def test_stage_result():
 def test_write_folder_takes_file_names_not_paths(tmp_path):
     with pytest.raises(ValueError, match="file names"):
         stage.write_folder(tmp_path / "out", {"sub/a.safetensors": {"x": torch.arange(3)}}, {})
+
+
+def test_rewriting_an_identical_dataframe_keeps_the_file(tmp_path):
+    """A stage that rebuilds the same table (neuron_df on every `make all`) leaves the file and its mtime alone,
+    so that the browser's input digest (size + mtime) does not see new input; changed rows replace it."""
+    import os
+
+    import pandas as pd
+
+    from neuron_lib.common import save_dataframe_atomic
+
+    df = pd.DataFrame({"layer": [0, 1], "neuron": [3, 4], "x": [0.1, float("nan")]})
+    stem = tmp_path / "t"
+    written = save_dataframe_atomic(df, stem)
+    for p in written:
+        os.utime(p, ns=(1_000_000_000, 1_000_000_000))
+    save_dataframe_atomic(df.copy(), stem)
+    assert [p.stat().st_mtime_ns for p in written] == [1_000_000_000] * 2
+    save_dataframe_atomic(df.assign(x=[0.2, 0.3]), stem)
+    assert all(p.stat().st_mtime_ns != 1_000_000_000 for p in written)
+    assert pd.read_csv(stem.with_suffix(".csv")).x.tolist() == [0.2, 0.3]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left behind

@@ -55,10 +55,19 @@ from typing import Any
 import numpy as np
 
 from neuron_lib import artifacts, stage
-from neuron_lib.common import NeuronLibError, config_field, config_fingerprint, make_manifest, read_json, write_manifest
+from neuron_lib.common import (
+    NeuronLibError,
+    atomic_write_json,
+    config_field,
+    config_fingerprint,
+    make_manifest,
+    read_json,
+    write_manifest,
+)
 
 STAGE = "browser"
 INDEX_FORMAT = 1
+EXPORT_STAMP = "export.json"  # in the static export: the index fingerprint and page code it was written from
 #: measures the model page ranks neurons by (column, descending?) — absent columns are skipped
 MEASURES: dict[str, tuple[str, bool]] = {
     "universality": ("excess_corr", True),
@@ -135,7 +144,8 @@ def _round(x: Any, nd: int = 4) -> Any:
 
 
 def pack(doc: Any) -> bytes:
-    return zlib.compress(json.dumps(doc, separators=(",", ":"), allow_nan=False).encode(), 6)
+    # level 1: 2.2x faster than 6 on SmolLM2's documents (46,080 of ~20 KB JSON each) for a 15 % larger index
+    return zlib.compress(json.dumps(doc, separators=(",", ":"), allow_nan=False).encode(), 1)
 
 
 def unpack(blob: bytes) -> Any:
@@ -929,9 +939,18 @@ def run_browser(cfg: BrowserConfig) -> stage.StageResult:
         from neuron_lib.browser.export import export_site
 
         t1 = time.time()
-        site = export_site(artifacts.browser_site())
+        site = artifacts.browser_site()
+        # the export is a pure function of the index and of the page code: the same pair is not written again
+        code = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py"))))
+        key = config_fingerprint({"index": fingerprint, "code": code.hexdigest()})
+        stamp = site / EXPORT_STAMP
+        if stamp.exists() and read_json(stamp).get("key") == key:
+            log(f"static export {site} is up to date (same index and page code)")
+        else:
+            export_site(site)
+            atomic_write_json(stamp, {"key": key, "index_fingerprint": fingerprint})
+            log(f"static export {site} in {time.time() - t1:.1f} s")
         outputs["site"] = str(site)
-        log(f"static export {site} in {time.time() - t1:.1f} s")
     if cfg.dashboard:
         from neuron_lib.browser.dashboard import write_dashboard
         from neuron_lib.notebooks import write_index
