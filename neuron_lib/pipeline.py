@@ -356,6 +356,11 @@ def smollm_commands(model: str = SMOLLM_MODEL) -> list[list[str]]:
     return commands
 
 
+def _announce(name: str, cmd: list[str]) -> None:
+    """The line each command of a stage starts with (a dry run prints only these)."""
+    print(f"\n==> [{name}] {' '.join(shlex.quote(a) for a in ['-m', *cmd])}", flush=True)
+
+
 def _run_batch(commands_json: str) -> None:
     """Run a stage's commands one after another in this process, each as ``python -m`` would (``runpy``, as
     ``__main__``, with its own ``sys.argv``): one interpreter start and one import of torch / transformers per stage
@@ -366,7 +371,7 @@ def _run_batch(commands_json: str) -> None:
 
     name, commands = json.loads(commands_json)
     for cmd in commands:
-        print(f"\n==> [{name}] {' '.join(shlex.quote(a) for a in ['-m', *cmd])}", flush=True)
+        _announce(name, cmd)
         t1 = time.time()
         sys.argv = [cmd[0], *cmd[1:]]
         try:
@@ -387,7 +392,7 @@ def run_stage(name: str, dry_run: bool = False, overwrite: bool = False, **kwarg
     commands = [[*cmd, "--overwrite"] if overwrite else cmd for cmd in stage_commands(name, **kwargs)]
     if dry_run:
         for cmd in commands:
-            print(f"\n==> [{name}] {' '.join(shlex.quote(a) for a in ['-m', *cmd])}", flush=True)
+            _announce(name, cmd)
         return
     argv = [
         sys.executable,

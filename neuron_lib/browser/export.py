@@ -26,6 +26,7 @@ def _write(path: Path, text: str) -> None:
 def _neuron_pages(job: tuple[str, str, str, int, list[str]]) -> int:
     """Write one layer's neuron pages (a worker's share of the export); returns how many were written."""
     index, tmp, m, layer, indexed = job
+    indexed = set(indexed)
     store = BrowserStore(index)
     meta = store.model(m)
     links2 = pages.Links(True, 2)
@@ -35,7 +36,7 @@ def _neuron_pages(job: tuple[str, str, str, int, list[str]]) -> int:
         if doc is None:
             continue
         doc = {"model": m, "layer": layer, "neuron": n, "available": [k for k in doc], **doc}
-        _write(Path(tmp) / m / str(layer) / f"{n}.html", pages.neuron_page(doc, meta, links2, set(indexed)))
+        _write(Path(tmp) / m / str(layer) / f"{n}.html", pages.neuron_page(doc, meta, links2, indexed))
         written += 1
     return written
 
