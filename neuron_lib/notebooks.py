@@ -734,6 +734,11 @@ def inputs_key(name: str, params: Mapping[str, Any]) -> str:
     pretrained = artifacts.pretrained_root()
     others = {p.name for p in pretrained.iterdir() if p.is_dir() and p.name[0] != "."} if pretrained.is_dir() else set()
     others.discard(own)
+    # a pretrained model's vocabulary table is named by its tokenizer family (vocab_dfs/smollm2.*), not its name
+    from neuron_lib.vocab_features import tokenizer_name
+
+    others |= {tokenizer_name(o) for o in others}
+    others.discard(tokenizer_name(own) if own else None)
 
     def other_model(rel: Path) -> bool:
         return any(part == o or part.startswith(f"{o}.") for part in rel.parts for o in others)

@@ -182,8 +182,8 @@ SMOLLM_ENTROPY_BASELINES = 4
 SMOLLM_ENTROPY_VALUES = "-6,-3,0,3,6"
 #: ``explain`` on the last SMOLLM_EXPLAIN_LAYERS layers (``--neurons last:K``: 2 x 1,536 neurons) over
 #: SMOLLM_EXPLAIN_TOKENS tokens (rows spread over the split), all spaCy-parsed (~2-4k tokens/s per process) and two
-#: forward passes: 16,384 tokens took 408 s on 2 shared cores (a test suite ran beside it), so 8,192 (time ~ tokens;
-#: explain's 98,304-token default would take ~40 min).
+#: passes (one forward: pass 2 replays pass 1's activations): 16,384 tokens took 408 s with two forward passes on 2
+#: shared cores (a test suite ran beside it), so 8,192 (time ~ tokens; the 98,304-token default would take ~40 min).
 SMOLLM_EXPLAIN_LAYERS = 2
 SMOLLM_EXPLAIN_TOKENS = 8192
 #: The notebooks run on the pretrained model (their figures under figures/models/smollm2-135m/, linked from

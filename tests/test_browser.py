@@ -77,6 +77,31 @@ def test_index_documents_match_the_summaries(data_root):
         assert len(e["tokens"]) == len(e["token_ids"]) == len(e["values"])
 
 
+def test_index_built_by_forked_workers_equals_serial(data_root, tmp_path):
+    """Layers' documents built in two forked processes give the index one process writes, row for row (documents,
+    token effects in insertion order, token strings, neuron table, model metadata)."""
+    sources = [I.find_sources(m) for m in browser_data.MODELS]
+    paths = {}
+    for jobs in (1, 2):
+        paths[jobs] = tmp_path / f"jobs{jobs}.sqlite"
+        I.build_index(I.BrowserConfig(jobs=jobs), sources, paths[jobs], log=lambda *_: None)
+    tables = {
+        "docs": "SELECT * FROM docs ORDER BY model, layer, neuron",
+        "token_effects": "SELECT rowid, * FROM token_effects",
+        "tokens": "SELECT * FROM tokens ORDER BY model, token_id",
+        "neurons": "SELECT * FROM neurons ORDER BY model, layer, neuron",
+        "models": "SELECT * FROM models ORDER BY model",
+    }
+    serial, forked = sqlite3.connect(paths[1]), sqlite3.connect(paths[2])
+    for name, sql in tables.items():
+        a, b = serial.execute(sql).fetchall(), forked.execute(sql).fetchall()
+        assert a and a == b, name
+    n_docs = serial.execute("SELECT count(*) FROM docs").fetchone()[0]
+    assert n_docs == sum(len(I._read_table(s.df_path)) for s in sources)
+    with pytest.raises(Exception, match="--jobs"):
+        I.BrowserConfig(jobs=-1).validate()
+
+
 def test_importance_formula(data_root):
     import pandas as pd
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -287,6 +290,15 @@ def test_explain_stage_against_reference(micro_env):
     assert not set(feats[(feats.kind == "token") & feats.skipped].feature) & set(vr.columns)
     # a second run reuses the folder
     assert explain.run_explain(cfg).status == "skipped"
+    # pass 2 replayed pass 1's activations (they fit --replay-mib); a second forward pass gives the same tables
+    assert man["pass2_replayed"] is True
+    shutil.rmtree(out["folder"])
+    two = dataclasses.replace(cfg, replay_mib=0)
+    assert explain.run_explain(two).status == "done"
+    again = explain.load_explanations(name, str(micro_env.analysis_dataset))
+    assert again["manifest"]["pass2_replayed"] is False
+    for key in ("vr", "prev_vr", "best", "scores"):
+        pd.testing.assert_frame_equal(again[key], out[key], check_exact=True, obj=key)
 
 
 def test_select_rows():

@@ -472,18 +472,22 @@ def test_unchanged_notebooks_are_not_run_again(tmp_path, monkeypatch):
     run({"model": MODEL, "dataset": "other"}, reuse=False)
     assert len(calls) == 4  # forced
     # outputs of a pretrained model other than the notebook's own (make all builds SmolLM2 after the zoo's
-    # figures) do not make the figures stale; the notebook's own model's outputs do
-    (tmp_path / "models_dir" / "pretrained" / "pt-1").mkdir(parents=True)
-    for rel in ("summary_dir/pt-1/weights/manifest.json", "dataframes_dir/neuron_dfs/pt-1.manifest.json"):
+    # figures), its vocabulary table included, do not make the figures stale; the notebook's own model's outputs do
+    (tmp_path / "models_dir" / "pretrained" / "smollm2-tiny").mkdir(parents=True)
+    for rel in (
+        "summary_dir/smollm2-tiny/weights/manifest.json",
+        "dataframes_dir/neuron_dfs/smollm2-tiny.manifest.json",
+        "dataframes_dir/vocab_dfs/smollm2.manifest.json",  # named by its tokenizer family
+    ):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(json.dumps({"stage": "x", "n": 1}))
     run({"model": MODEL, "dataset": "other"})
     assert len(calls) == 4
-    run({"model": "pt-1"})
-    run({"model": "pt-1"})
+    run({"model": "smollm2-tiny"})
+    run({"model": "smollm2-tiny"})
     assert len(calls) == 5
-    (tmp_path / "summary_dir/pt-1/weights/manifest.json").write_text(json.dumps({"stage": "x", "n": 2}))
-    run({"model": "pt-1"})
+    (tmp_path / "summary_dir/smollm2-tiny/weights/manifest.json").write_text(json.dumps({"stage": "x", "n": 2}))
+    run({"model": "smollm2-tiny"})
     assert len(calls) == 6
 
 

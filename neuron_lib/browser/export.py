@@ -45,9 +45,10 @@ def export_site(out: str | Path, index: str | Path | None = None, jobs: int | No
     """Write the site into ``out`` (replaced: written beside it, then renamed). Returns ``out``. The neuron pages
     (one per neuron: 46,080 for SmolLM2) are rendered by ``jobs`` processes, one layer at a time (default: one
     per core, at most 4)."""
-    import os
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
+
+    from neuron_lib.browser.index import browser_jobs
 
     out = Path(out)
     index = Path(index or artifacts.browser_index())
@@ -73,7 +74,7 @@ def export_site(out: str | Path, index: str | Path | None = None, jobs: int | No
             for r in neurons:
                 rows.append([m, layer, r["neuron"], *[r.get(c) for c in cols]])
             layer_jobs.append((str(index), str(tmp), m, layer, sorted(indexed)))
-    jobs = jobs or min(4, os.cpu_count() or 1)
+    jobs = browser_jobs(jobs or 0)
     if jobs > 1 and len(layer_jobs) > 1:
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
             list(pool.map(_neuron_pages, layer_jobs))

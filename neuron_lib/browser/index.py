@@ -45,10 +45,13 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import sqlite3
 import time
 import zlib
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any
 
@@ -109,18 +112,21 @@ class BrowserConfig:
     batch_size: int = config_field(16, "rows per forward pass for context activations")
     device: str = config_field("cpu", "device for context activations")
     overwrite: bool = config_field(False, "replace an index of another configuration")
+    jobs: int = config_field(0, "processes building the index's documents and the export's pages (0: min(4, cores))")
 
     def validate(self) -> BrowserConfig:
         for f in ("n_examples", "n_text_examples", "n_samples", "before", "after", "n_vocab", "n_neighbours"):
             if getattr(self, f) < 0:
                 raise NeuronLibError(f"--{f.replace('_', '-')} must be ≥ 0")
+        if self.jobs < 0:
+            raise NeuronLibError("--jobs must be ≥ 0 (0: min(4, cores))")
         if self.batch_size <= 0:
             raise NeuronLibError("--batch-size must be positive")
         return self
 
     def identity(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for k in ("batch_size", "device", "overwrite", "export", "dashboard"):
+        for k in ("batch_size", "device", "overwrite", "export", "dashboard", "jobs"):
             d.pop(k)
         return d
 
@@ -318,6 +324,9 @@ class _ModelBuilder:
         self.d_mlp = int(self.df["neuron"].max()) + 1
         self.toks = _Tokens(src.summary_folders, src.name)
         self.vocab = _Vocab(self.toks.tokenizer)
+        self._windows: dict[
+            tuple[int, int], tuple[int, list[int], list[str]]
+        ] = {}  # (row, pos) -> (start, ids, tokens)
         self.summaries = {f.name: {p: _open_parts(f, p) for p in artifacts.SUMMARY_PARTS} for f in src.summary_folders}
         self.vocab_comp = None
         if src.weights and (src.weights / artifacts.WEIGHT_VOCAB_FILE).exists():
@@ -342,18 +351,24 @@ class _ModelBuilder:
     def _example(self, value: float, row: int, pos: int, subset: str | None) -> dict | None:
         if self.toks.tokens is None or row < 0 or row >= len(self.toks.tokens) or not math.isfinite(value):
             return None
-        start, end = self._window(row, pos)
-        ids = [int(t) for t in self.toks.tokens[row, start:end]]
+        row, pos = int(row), int(pos)
+        window = self._windows.get((row, pos))
+        if window is None:  # decoded once per position: the random samples share theirs across every neuron
+            start, end = self._window(row, pos)
+            ids = self.toks.tokens[row, start:end].tolist()
+            window = self._windows[(row, pos)] = (start, ids, [self.vocab(t) for t in ids])
+        start, ids, tokens = window  # shared, read-only lists (a document is packed, never edited in place)
+        value = _round(value)
         vals = [None] * len(ids)
-        vals[pos - start] = _round(value)
+        vals[pos - start] = value
         ex = {
-            "value": _round(value),
-            "row": int(row),
-            "pos": int(pos),
-            "target": int(pos - start),
-            "start": int(start),
+            "value": value,
+            "row": row,
+            "pos": pos,
+            "target": pos - start,
+            "start": start,
             "token_ids": ids,
-            "tokens": [self.vocab(t) for t in ids],
+            "tokens": tokens,
             "values": vals,
         }
         if subset is not None:
@@ -438,18 +453,17 @@ class _ModelBuilder:
                     out[n]["random"] = exs
         if quant and cfg.n_samples and "quantile" in kinds:
             qi, qv, qc, qb, subset = quant[0]
+            n_bins, k = qi.shape[1], min(cfg.n_samples, qi.shape[2])
+            qi, qv = qi[:, :, :k].tolist(), qv[:, :, :k].astype(np.float64).tolist()  # Python scalars: one conversion
+            qc, qb = qc.tolist(), [[_round(x) for x in r] for r in qb.astype(np.float64).tolist()]
             for n in range(N):
                 bins = []
-                for b in range(qi.shape[1]):
-                    exs = [
-                        self._example(float(qv[n, b, j]), *divmod(int(qi[n, b, j]), ctx), subset)
-                        for j in range(min(cfg.n_samples, qi.shape[2]))
-                        if qi[n, b, j] >= 0
-                    ]
-                    lo = _round(qb[n, b - 1]) if b > 0 else None
-                    hi = _round(qb[n, b]) if b < qb.shape[1] else None
+                for b in range(n_bins):
+                    exs = [self._example(v, *divmod(i, ctx), subset) for i, v in zip(qi[n][b], qv[n][b]) if i >= 0]
+                    lo = qb[n][b - 1] if b > 0 else None
+                    hi = qb[n][b] if b < len(qb[n]) else None
                     bins.append(
-                        {"bin": b, "low": lo, "high": hi, "count": int(qc[n, b]), "examples": [e for e in exs if e]}
+                        {"bin": b, "low": lo, "high": hi, "count": int(qc[n][b]), "examples": [e for e in exs if e]}
                     )
                 out[n]["quantile"] = bins
         return out
@@ -472,11 +486,9 @@ class _ModelBuilder:
         from neuron_lib.streaming import mlp_activations
 
         refs: dict[int, list[tuple[int, int, int, int]]] = defaultdict(list)
-        for layer in range(self.n_layers):
-            for n, services in self.layer_examples(layer, CONTEXT_KINDS).items():
-                for kind in CONTEXT_KINDS:
-                    for ex in services.get(kind, []):
-                        refs[ex["row"]].append((layer, n, ex["start"], len(ex["token_ids"])))
+        for layer_refs in _map_layers(self, _context_refs):
+            for row, *ref in layer_refs:
+                refs[row].append(tuple(ref))
         rows = sorted(refs)
         t0 = time.time()
         table: dict[tuple[int, int, int, int, int], np.ndarray] = {}
@@ -539,93 +551,150 @@ class _ModelBuilder:
         return out
 
     # ------------------------------------------------------------ everything
-    def documents(self, other_meta: dict[str, dict], coact: dict, extra_tables: dict) -> Any:
-        """Yield (layer, neuron, doc, token effects) for every neuron."""
-        df = self.df
-        cols = list(df.columns)
-        partner_models = sorted({c[len("max_corr_layer_") :] for c in cols if c.startswith("max_corr_layer_")}, key=str)
-        records = df.to_dict("records")
-        context = self.context_table()
-        for layer in range(self.n_layers):
-            t0 = time.time()
-            examples = self.layer_examples(layer)
-            had_context = self.fill_context(layer, examples, context)
-            hists = self.layer_histograms(layer)
-            vocab = self.layer_vocab(layer)
-            ncomp = None
-            if self.neuron_comp is not None and self.neuron_comp.has("out_in.top_index"):
-                ncomp = (
-                    self.neuron_comp.layer("out_in.top_index", layer)[:, : self.cfg.n_neighbours],
-                    self.neuron_comp.layer("out_in.top_value", layer)[:, : self.cfg.n_neighbours],
-                )
-            for n in range(self.d_mlp):
-                flat = layer * self.d_mlp + n
-                row = records[flat] if flat < len(records) else {"layer": layer, "neuron": n}
-                props = {k: _finite(v) for k, v in row.items() if not isinstance(v, (list, dict))}
-                doc: dict[str, Any] = {"properties": props}
-                if hists:
-                    doc["histogram"] = {k: v[n].tolist() for k, v in hists.items()}
-                ex = examples.get(n, {})
-                if ex.get("top") or ex.get("text"):
-                    doc["examples"] = {k: ex[k] for k in ("top", "text") if ex.get(k)} | {
-                        "context_activations": had_context
-                    }
-                if ex.get("random") or ex.get("quantile"):
-                    doc["samples"] = {k: ex[k] for k in ("random", "quantile") if ex.get(k)}
-                effects = []
-                if vocab:
-                    doc["vocab"] = {}
-                    for kind, (ids, vals) in vocab.items():
-                        lst = [
-                            {"token_id": int(t), "token": self.vocab(int(t)), "value": _round(v)}
-                            for t, v in zip(ids[n], vals[n])
-                            if t >= 0 and np.isfinite(v)
-                        ]
-                        doc["vocab"][kind] = lst
-                        if kind != "input":
-                            effects += [(e["token_id"], kind, e["value"]) for e in lst]
-                partners = []
-                for m in partner_models:
-                    pl, pn = row.get(f"max_corr_layer_{m}"), row.get(f"max_corr_neuron_{m}")
-                    if _finite(pl) is None or _finite(pn) is None:
-                        continue
-                    corr, base = _finite(row.get(f"max_corr_{m}")), _finite(row.get(f"baseline_{m}"))
-                    p = {
-                        "model": m,
-                        "layer": int(pl),
-                        "neuron": int(pn),
-                        "corr": _round(corr),
-                        "baseline": _round(base),
-                        "excess": _round(corr - base) if corr is not None and base is not None else None,
-                        "rotation_z": _round(row.get(f"rotation_z_{m}")),
-                        "indexed": m in other_meta,
-                        "link": f"/api/{m}/{int(pl)}/{int(pn)}",
-                    }
-                    partners.append(p)
-                if partners:
-                    doc["partners"] = {
-                        "best_match": partners,
-                        "verdict": {c: _round(row.get(c)) for c in VERDICT_COLUMNS if c in row},
-                    }
-                if ncomp is not None:
-                    doc["weight_neighbours"] = [
-                        {
-                            "layer": int(i) // self.d_mlp,
-                            "neuron": int(i) % self.d_mlp,
-                            "cos_out_in": _round(v),
-                            "link": f"/api/{self.src.name}/{int(i) // self.d_mlp}/{int(i) % self.d_mlp}",
-                        }
-                        for i, v in zip(ncomp[0][n], ncomp[1][n])
-                        if i >= 0 and np.isfinite(v)
+    def prepare(self) -> None:
+        """What every layer's documents read: the table's records, its partner models and the per-token activations
+        of the example windows (one forward pass). Call once, after the last change to ``df``."""
+        cols = list(self.df.columns)
+        self.partner_models = sorted(
+            {c[len("max_corr_layer_") :] for c in cols if c.startswith("max_corr_layer_")}, key=str
+        )
+        self.records = self.df.to_dict("records")
+        self.context = self.context_table()
+
+    def layer_documents(self, layer: int, other_meta: dict[str, dict], coact: dict, extra_tables: dict) -> Any:
+        """Yield (neuron, doc, token effects) for every neuron of ``layer`` (after ``prepare``)."""
+        records, partner_models = self.records, self.partner_models
+        examples = self.layer_examples(layer)
+        had_context = self.fill_context(layer, examples, self.context)
+        hists = self.layer_histograms(layer)
+        vocab = {k: (i.tolist(), v.astype(np.float64).tolist()) for k, (i, v) in self.layer_vocab(layer).items()}
+        ncomp = None
+        if self.neuron_comp is not None and self.neuron_comp.has("out_in.top_index"):
+            ncomp = (
+                self.neuron_comp.layer("out_in.top_index", layer)[:, : self.cfg.n_neighbours],
+                self.neuron_comp.layer("out_in.top_value", layer)[:, : self.cfg.n_neighbours],
+            )
+        for n in range(self.d_mlp):
+            flat = layer * self.d_mlp + n
+            row = records[flat] if flat < len(records) else {"layer": layer, "neuron": n}
+            props = {k: _finite(v) for k, v in row.items() if not isinstance(v, (list, dict))}
+            doc: dict[str, Any] = {"properties": props}
+            if hists:
+                doc["histogram"] = {k: v[n].tolist() for k, v in hists.items()}
+            ex = examples.get(n, {})
+            if ex.get("top") or ex.get("text"):
+                doc["examples"] = {k: ex[k] for k in ("top", "text") if ex.get(k)} | {
+                    "context_activations": had_context
+                }
+            if ex.get("random") or ex.get("quantile"):
+                doc["samples"] = {k: ex[k] for k in ("random", "quantile") if ex.get(k)}
+            effects = []
+            if vocab:
+                doc["vocab"] = {}
+                for kind, (ids, vals) in vocab.items():
+                    lst = [
+                        {"token_id": t, "token": self.vocab(t), "value": round(v, 4)}
+                        for t, v in zip(ids[n], vals[n])
+                        if t >= 0 and math.isfinite(v)
                     ]
-                if flat in coact:
-                    doc["coactivation"] = coact[flat]
-                for service, by_neuron in extra_tables.items():
-                    rows = by_neuron.get((layer, n))
-                    if rows:
-                        doc[service] = rows
-                yield layer, n, doc, effects
-            self.log(f"{self.src.name}: layer {layer} indexed in {time.time() - t0:.1f} s")
+                    doc["vocab"][kind] = lst
+                    if kind != "input":
+                        effects += [(e["token_id"], kind, e["value"]) for e in lst]
+            partners = []
+            for m in partner_models:
+                pl, pn = row.get(f"max_corr_layer_{m}"), row.get(f"max_corr_neuron_{m}")
+                if _finite(pl) is None or _finite(pn) is None:
+                    continue
+                corr, base = _finite(row.get(f"max_corr_{m}")), _finite(row.get(f"baseline_{m}"))
+                p = {
+                    "model": m,
+                    "layer": int(pl),
+                    "neuron": int(pn),
+                    "corr": _round(corr),
+                    "baseline": _round(base),
+                    "excess": _round(corr - base) if corr is not None and base is not None else None,
+                    "rotation_z": _round(row.get(f"rotation_z_{m}")),
+                    "indexed": m in other_meta,
+                    "link": f"/api/{m}/{int(pl)}/{int(pn)}",
+                }
+                partners.append(p)
+            if partners:
+                doc["partners"] = {
+                    "best_match": partners,
+                    "verdict": {c: _round(row.get(c)) for c in VERDICT_COLUMNS if c in row},
+                }
+            if ncomp is not None:
+                doc["weight_neighbours"] = [
+                    {
+                        "layer": int(i) // self.d_mlp,
+                        "neuron": int(i) % self.d_mlp,
+                        "cos_out_in": _round(v),
+                        "link": f"/api/{self.src.name}/{int(i) // self.d_mlp}/{int(i) % self.d_mlp}",
+                    }
+                    for i, v in zip(ncomp[0][n], ncomp[1][n])
+                    if i >= 0 and np.isfinite(v)
+                ]
+            if flat in coact:
+                doc["coactivation"] = coact[flat]
+            for service, by_neuron in extra_tables.items():
+                rows = by_neuron.get((layer, n))
+                if rows:
+                    doc[service] = rows
+            yield n, doc, effects
+
+
+def _layer_rows(b: _ModelBuilder, layer: int, *args) -> tuple[list, list, set[str], list[tuple[int, str]]]:
+    """One layer's ``docs`` rows (packed), ``token_effects`` rows, the services its documents carry and the token
+    strings decoded for them (new to ``b.vocab``)."""
+    t0, name, known = time.time(), b.src.name, len(b.vocab.cache)
+    docs, effects, services = [], [], set()
+    for n, doc, eff in b.layer_documents(layer, *args):
+        services |= set(doc)
+        docs.append((name, layer, n, pack(doc)))
+        effects += [(name, t, kind, layer, n, v) for t, kind, v in eff]
+    b.log(f"{name}: layer {layer} indexed in {time.time() - t0:.1f} s")
+    return docs, effects, services, list(b.vocab.cache.items())[known:]
+
+
+def _context_refs(b: _ModelBuilder, layer: int) -> list[tuple[int, int, int, int, int]]:
+    """(row, layer, neuron, start, length) of every window the context activations fill in ``layer``."""
+    return [
+        (ex["row"], layer, n, ex["start"], len(ex["token_ids"]))
+        for n, services in b.layer_examples(layer, CONTEXT_KINDS).items()
+        for kind in CONTEXT_KINDS
+        for ex in services.get(kind, [])
+    ]
+
+
+#: the builder, function and arguments of a layer map, set before its workers fork (they inherit them: nothing is
+#: sent to them but a layer number)
+_FORKED: dict[str, Any] = {}
+
+
+def _forked_layer(layer: int):
+    return _FORKED["fn"](_FORKED["builder"], layer, *_FORKED["args"])
+
+
+def _map_layers(b: _ModelBuilder, fn, *args) -> Any:
+    """Yield ``fn(b, layer, *args)`` for every layer in order: in ``browser_jobs(b.cfg.jobs)`` forked processes
+    where there are ≥ 2 layers (building documents is pure Python: one core each; the parent takes the results as
+    they come), else here."""
+    jobs = min(browser_jobs(b.cfg.jobs), b.n_layers)
+    if jobs < 2 or "fork" not in get_all_start_methods():
+        for layer in range(b.n_layers):
+            yield fn(b, layer, *args)
+        return
+    _FORKED.update(builder=b, fn=fn, args=args)
+    try:
+        with ProcessPoolExecutor(jobs, mp_context=get_context("fork")) as pool:
+            yield from pool.map(_forked_layer, range(b.n_layers))
+    finally:
+        _FORKED.clear()
+
+
+def browser_jobs(jobs: int = 0) -> int:
+    """Processes for the index's documents and the static export's pages: ``jobs``, else min(4, cores)."""
+    return jobs or min(4, os.cpu_count() or 1)
 
 
 def _coactivation(model: str, runs: list[str], d_mlp: int, k: int) -> dict[int, dict]:
@@ -802,17 +871,13 @@ def build_index(cfg: BrowserConfig, sources: list[ModelSources], path: Path, log
             ]
             con.executemany("INSERT INTO features VALUES (?,?,?,?,?)", rows)
         services: set[str] = set()
-        batch, effects = [], []
-        for layer, n, doc, eff in b.documents(meta_all, coact, {"explanation": expl, "interventions": interv}):
-            services |= set(doc)
-            batch.append((name, layer, n, pack(doc)))
-            effects += [(name, t, kind, layer, n, v) for t, kind, v in eff]
-            if len(batch) >= 2000:
-                con.executemany("INSERT INTO docs VALUES (?,?,?,?)", batch)
-                con.executemany("INSERT INTO token_effects VALUES (?,?,?,?,?,?)", effects)
-                batch, effects = [], []
-        con.executemany("INSERT INTO docs VALUES (?,?,?,?)", batch)
-        con.executemany("INSERT INTO token_effects VALUES (?,?,?,?,?,?)", effects)
+        b.prepare()
+        args = (meta_all, coact, {"explanation": expl, "interventions": interv})
+        for docs, effects, layer_services, tokens in _map_layers(b, _layer_rows, *args):
+            services |= layer_services
+            b.vocab.cache.update(tokens)
+            con.executemany("INSERT INTO docs VALUES (?,?,?,?)", docs)
+            con.executemany("INSERT INTO token_effects VALUES (?,?,?,?,?,?)", effects)
         con.executemany("INSERT INTO tokens VALUES (?,?,?)", [(name, t, s) for t, s in sorted(b.vocab.cache.items())])
         ncols = [c for c in all_cols if c in b.df.columns]
         sub = b.df[["layer", "neuron"] + ncols]
@@ -947,7 +1012,7 @@ def run_browser(cfg: BrowserConfig) -> stage.StageResult:
         if stamp.exists() and read_json(stamp).get("key") == key:
             log(f"static export {site} is up to date (same index and page code)")
         else:
-            export_site(site)
+            export_site(site, jobs=browser_jobs(cfg.jobs))
             atomic_write_json(stamp, {"key": key, "index_fingerprint": fingerprint})
             log(f"static export {site} in {time.time() - t1:.1f} s")
         outputs["site"] = str(site)
