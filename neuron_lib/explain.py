@@ -71,11 +71,11 @@ from neuron_lib.common import (
     pick_device,
     save_dataframe_atomic,
 )
+from neuron_lib.streaming import check_row_sampling, select_rows
 
 STAGE = "explain"
 FEATURE_GROUPS = ("token", "sequence", "position", "subset")
 KINDS = ("token", "sequence", "prev_token", "prev_sequence")
-ROW_SAMPLING = ("spread", "first")
 DEFAULT_MAX_TOKENS = 98_304  # 768 rows of 128 tokens: the spaCy parse (2 processes) + two model passes fit 4 minutes
 
 
@@ -158,8 +158,7 @@ class ExplainConfig:
                 raise NeuronLibError(f"--{name.replace('_', '-')} must be ≥ 0")
         if self.max_tokens is not None and int(self.max_tokens) < 1:
             raise NeuronLibError("--max-tokens must be positive (or omitted for the whole dataset)")
-        if self.rows not in ROW_SAMPLING:
-            raise NeuronLibError(f"--rows takes {' or '.join(ROW_SAMPLING)}, not {self.rows!r}")
+        check_row_sampling(self.rows)
         return self
 
     @property
@@ -260,15 +259,6 @@ def previous_in_row(grid: np.ndarray, fill) -> np.ndarray:
     out[:, 0] = fill
     out[:, 1:] = grid[:, :-1]
     return out
-
-
-def select_rows(n_total: int, n_rows: int, how: str = "spread") -> np.ndarray:
-    """Dataset row ids a token cap analyses: ``first`` = 0..n_rows−1; ``spread`` = n_rows ids evenly spaced over
-    all ``n_total`` rows (first and last included), so that a dataset sorted by subset keeps every subset. Sorted,
-    unique; all rows when ``n_rows ≥ n_total``."""
-    if n_rows >= n_total or how == "first":
-        return np.arange(min(n_rows, n_total))
-    return np.unique(np.linspace(0, n_total - 1, n_rows).round().astype(np.int64))
 
 
 def compact_token_ids(tokens: np.ndarray, token_matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -161,8 +161,9 @@ STAGES: tuple[Stage, ...] = (
 )
 
 #: The pretrained subject of `make all` (``neuron_lib.smollm``) and its settings, sized so set-up + analysis stay
-#: within ~8 minutes on 2 CPU cores: the summary reads SMOLLM_TOKENS tokens of its analysis split; the weights
-#: stage computes only U_out (the vocab_* columns) and the null, not the 46,080 x 46,080 neuron cosines.
+#: within ~8 minutes on 2 CPU cores: the summary reads SMOLLM_TOKENS tokens of its analysis split (rows spread over
+#: it, so both subsets); the weights stage computes only U_out (the vocab_* columns) and the null, not the
+#: 46,080 x 46,080 neuron cosines.
 SMOLLM_MODEL = "smollm2-135m"
 SMOLLM_CTX = 256
 SMOLLM_TOKENS = 8192
@@ -345,6 +346,8 @@ def smollm_commands(model: str = SMOLLM_MODEL) -> list[list[str]]:
             dataset,
             "--max-tokens",
             str(SMOLLM_TOKENS),
+            "--rows",  # rows spread over the split: both subsets (the first 32 rows are all wiki)
+            "spread",
             "--batch-size",
             "8",
         ],

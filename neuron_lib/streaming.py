@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 
@@ -66,6 +67,26 @@ class ActivationBatch:
 def tokens_tensor(dataset, start: int, end: int) -> Int[torch.Tensor, "batch pos"]:
     rows = dataset[start:end]["tokens"]
     return rows if isinstance(rows, torch.Tensor) else torch.tensor(rows, dtype=torch.long)
+
+
+#: Which rows a token cap takes (``select_rows``; the ``--rows`` option of summary and explain).
+ROW_SAMPLING = ("spread", "first")
+
+
+def check_row_sampling(how: str) -> str:
+    if how not in ROW_SAMPLING:
+        raise NeuronLibError(f"--rows takes {' or '.join(ROW_SAMPLING)}, not {how!r}")
+    return how
+
+
+def select_rows(n_total: int, n_rows: int, how: str = "spread") -> Int[np.ndarray, " rows"]:
+    """Dataset row ids a token cap analyses: ``first`` = 0..n_rows−1; ``spread`` = n_rows ids evenly spaced over
+    all ``n_total`` rows (first and last included), so that a dataset sorted by subset keeps every subset. Sorted,
+    unique; all rows when ``n_rows ≥ n_total``."""
+    check_row_sampling(how)
+    if n_rows >= n_total or how == "first":
+        return np.arange(min(n_rows, n_total))
+    return np.unique(np.linspace(0, n_total - 1, n_rows).round().astype(np.int64))
 
 
 def n_rows_for_tokens(dataset, max_tokens: int | None) -> int:

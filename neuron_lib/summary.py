@@ -88,6 +88,7 @@ from neuron_lib.common import (
 )
 from neuron_lib.models import DTYPES, model_output_name
 from neuron_lib.stats import histogram_counts, moments_from_power_sums, post_bin_edges, pre_bin_edges
+from neuron_lib.streaming import check_row_sampling, select_rows
 
 STAGE = "summary"
 SUMMARY_FORMAT = 2  # 2: adds pre_bin_counts_all_positions (part of the identity: older folders are refused)
@@ -181,7 +182,12 @@ class SummaryConfig:
     token_dataset: str = config_field(REQUIRED, "token dataset folder (neuron_lib.corpus layout)")
     batch_size: int = config_field(32, "dataset rows per forward pass")
     max_tokens: int | None = config_field(
-        None, "raw tokens (before the filter) from the start of the dataset; none = all"
+        None, "raw tokens (before the filter): ceil(max_tokens / ctx) rows, taken as --rows says; none = all"
+    )
+    rows: str = config_field(
+        "first",
+        "which rows a token cap takes: first (the first rows) or spread (evenly spaced over the dataset, so every "
+        "subset of a dataset sorted by subset is summarised)",
     )
     top_k: int = config_field(50, "token-level and text-level max-activating examples per neuron")
     vocab_top_k: int = config_field(100, "tokens kept per neuron by max and by mean activation")
@@ -213,6 +219,7 @@ class SummaryConfig:
                 raise NeuronLibError(f"--{name.replace('_', '-')} must be ≥ 0")
         if self.max_tokens is not None and int(self.max_tokens) < 1:
             raise NeuronLibError("--max-tokens must be positive (or omitted for the whole dataset)")
+        check_row_sampling(self.rows)
         probs = [float(p) for p in self.quantile_probs]
         if any(not 0 < p < 1 for p in probs) or any(b <= a for a, b in zip(probs, probs[1:])):
             raise NeuronLibError(f"--quantile-probs must be increasing values in (0, 1), got {probs}")
@@ -225,6 +232,8 @@ class SummaryConfig:
     def identity(self) -> dict[str, Any]:
         """The fields that determine the results (not batch size, device, subset selection or --overwrite)."""
         identity = config_identity(self, exclude=("batch_size", "device", "overwrite", "subsets"))
+        if self.rows == "first" or self.max_tokens is None:  # the rows every summary before --rows took: the
+            identity.pop("rows")  # fingerprints of those summaries stay valid (and without a cap, all rows)
         return {**identity, "format": SUMMARY_FORMAT}
 
 
@@ -654,14 +663,15 @@ class SubsetStats:
 
 
 # =============================================================== the run
-def _subset_rows(ds, n_rows: int, fallback: str) -> dict[str, list[int]]:
+def _subset_rows(ds, row_ids: list[int], fallback: str) -> dict[str, list[int]]:
+    """The dataset rows ``row_ids`` grouped by their subset: {subset: [row id, ...]} (ascending)."""
     if "subset" in ds.column_names:
-        names = ds.select_columns(["subset"]).with_format(None)[:n_rows]["subset"]
+        names = ds.select_columns(["subset"]).with_format(None)[row_ids]["subset"]
     else:
-        names = [fallback] * n_rows
+        names = [fallback] * len(row_ids)
     groups: dict[str, list[int]] = {}
-    for i, s in enumerate(names):
-        groups.setdefault(str(s), []).append(i)
+    for i, s in zip(row_ids, names):
+        groups.setdefault(str(s), []).append(int(i))
     return groups
 
 
@@ -695,15 +705,17 @@ def _estimate_seconds(model, ctx: int, n_rows: int) -> float:
 
 
 def _select_subsets(cfg: SummaryConfig, inputs: stage.StageInputs) -> dict[str, list[int]]:
-    """Dataset rows of each subset to summarise (``--subsets`` or all), checked."""
-    groups = _subset_rows(inputs.dataset, inputs.n_rows, inputs.dataset_name)
+    """Dataset rows of each subset to summarise (``--subsets`` or all, among the rows ``--rows`` takes), checked."""
+    row_ids = select_rows(len(inputs.dataset), inputs.n_rows, cfg.rows).tolist()
+    groups = _subset_rows(inputs.dataset, row_ids, inputs.dataset_name)
     if cfg.subsets:
         wanted = [s.strip() for s in cfg.subsets.split(",") if s.strip()]
         missing = [s for s in wanted if s not in groups]
         if missing:
             raise NeuronLibError(
-                f"subsets {missing} are not in the first {inputs.n_rows} rows of {cfg.token_dataset}; "
+                f"subsets {missing} are not in the {len(row_ids)} rows ({cfg.rows}) of {cfg.token_dataset}; "
                 f"present: {sorted(groups)}"
+                + ("; --rows spread takes rows from every subset" if cfg.rows == "first" else "")
             )
         groups = {s: groups[s] for s in wanted}
     return groups
@@ -860,6 +872,8 @@ def run_summary(cfg: SummaryConfig) -> stage.StageResult:
                 subset=s,
                 ctx_len=inputs.ctx,
                 n_rows=len(groups[s]),
+                row_sampling=cfg.rows if cfg.max_tokens is not None else "all",
+                row_ids=groups[s],
                 n_tokens=int(stats.count),
                 n_tokens_raw=len(groups[s]) * inputs.ctx,
                 token_filter={"keep_bos": cfg.keep_bos, "drop_newline": cfg.drop_newline, "dropped_ids": drop_list},

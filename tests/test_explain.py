@@ -13,6 +13,7 @@ import torch
 from neuron_lib import artifacts, explain, stats
 from neuron_lib import sequence_features as sf
 from neuron_lib.common import NeuronLibError, atomic_write_json, read_json
+from neuron_lib.streaming import select_rows
 
 
 # ---------------------------------------------------------------- numerics
@@ -224,7 +225,7 @@ def test_explain_stage_against_reference(micro_env):
     from neuron_lib.corpus import load_token_dataset
 
     assert man["row_sampling"] == "spread" and len(man["row_ids"]) == man["n_rows"] == 40
-    assert man["row_ids"] == explain.select_rows(len(load_token_dataset(micro_env.analysis_dataset)[0]), 40).tolist()
+    assert man["row_ids"] == select_rows(len(load_token_dataset(micro_env.analysis_dataset)[0]), 40).tolist()
     assert man["row_ids"][0] == 0 and man["row_ids"][-1] > 40
     tokens, acts, subsets = _reference_acts(name, micro_env.analysis_dataset, man["row_ids"])
     held = np.zeros(len(tokens), dtype=bool)
@@ -299,13 +300,6 @@ def test_explain_stage_against_reference(micro_env):
     assert again["manifest"]["pass2_replayed"] is False
     for key in ("vr", "prev_vr", "best", "scores"):
         pd.testing.assert_frame_equal(again[key], out[key], check_exact=True, obj=key)
-
-
-def test_select_rows():
-    assert explain.select_rows(10, 20).tolist() == list(range(10))
-    assert explain.select_rows(100, 5, "first").tolist() == [0, 1, 2, 3, 4]
-    spread = explain.select_rows(100, 5)
-    assert spread.tolist() == [0, 25, 50, 74, 99] and len(np.unique(explain.select_rows(7, 6))) == 6
 
 
 def test_explain_sequence_features_cached(micro_env):

@@ -10,7 +10,7 @@ import torch
 
 from neuron_lib.common import NeuronLibError
 from neuron_lib.models import HUB_ALIASES, load_model, load_tokenizer, resolve_model
-from neuron_lib.streaming import TokenFilter, iter_mlp_activations
+from neuron_lib.streaming import TokenFilter, iter_mlp_activations, select_rows
 
 
 def test_unknown_name_lists_known_names():
@@ -109,3 +109,12 @@ def test_streaming_matches_hf_reference_and_filters_tokens(micro_env):
     flat = torch.cat([b.flat_index for b in batches])
     assert torch.equal(flat, (torch.arange(5)[:, None] * tokens.shape[1] + torch.arange(tokens.shape[1]))[keep])
     assert torch.equal(torch.cat([b.token_ids for b in batches]), tokens[keep])
+
+
+def test_select_rows():
+    assert select_rows(10, 20).tolist() == list(range(10))
+    assert select_rows(100, 5, "first").tolist() == [0, 1, 2, 3, 4]
+    spread = select_rows(100, 5)
+    assert spread.tolist() == [0, 25, 50, 74, 99] and len(np.unique(select_rows(7, 6))) == 6
+    with pytest.raises(NeuronLibError, match="--rows takes"):
+        select_rows(10, 5, "last")

@@ -61,9 +61,10 @@ def config(env, **kw) -> S.SummaryConfig:
     return S.SummaryConfig(**base)
 
 
-def subset_ref(env, subset: str, keep_bos: bool = False):
-    """Reference activations of one subset: values [L, N, T] float32, flat index, token ids, rows, positions."""
-    idx = [i for i, s in enumerate(env["subsets"]) if s == subset]
+def subset_ref(env, subset: str, keep_bos: bool = False, among=None):
+    """Reference activations of one subset (of the rows ``among``, default all): values [L, N, T] float32, flat
+    index, token ids, rows, positions."""
+    idx = [i for i, s in enumerate(env["subsets"]) if s == subset and (among is None or i in among)]
     toks = env["rows"][idx]
     keep = np.ones_like(toks, dtype=bool) if keep_bos else toks != BOS
     r, p = np.nonzero(keep)
@@ -130,8 +131,10 @@ def test_topk_helper_ties_and_padding():
     assert v.tolist() == [[-1.0, -3.0, -5.0, float("-inf")]] and i.tolist() == [[1, 3, 0, -1]]
 
 
-def check_subset(env, folder: Path, subset: str, cfg: S.SummaryConfig, keep_bos: bool = False):
-    ref = subset_ref(env, subset, keep_bos)
+def check_subset(
+    env, folder: Path, subset: str, cfg: S.SummaryConfig, keep_bos: bool = False, among=None, expect_ties=True
+):
+    ref = subset_ref(env, subset, keep_bos, among)
     files = {f: load_tensors(folder / f"{f}.safetensors") for f in ("histogram", "moments", "top_examples", "vocab")}
     man = read_json(folder / "manifest.json")
     assert (
@@ -140,9 +143,9 @@ def check_subset(env, folder: Path, subset: str, cfg: S.SummaryConfig, keep_bos:
         and man["tokenizer_fingerprint"] == env["fp"]
     )
     assert man["vocab_mean_min_count"] == int(files["vocab"]["vocab_mean_min_count"])
-    check_stats(ref, files, cfg, VOCAB)
+    check_stats(ref, files, cfg, VOCAB, expect_ties=expect_ties)
     # the paper's convention: the all-positions histogram counts every position, BOS/EOS included
-    every = subset_ref(env, subset, keep_bos=True)["pre"]
+    every = subset_ref(env, subset, keep_bos=True, among=among)["pre"]
     idx = np.searchsorted(St.pre_bin_edges().numpy(), every, side="left")
     expect = np.apply_along_axis(lambda b: np.bincount(b, minlength=257), -1, idx)
     got = files["histogram"]["pre_bin_counts_all_positions"]
@@ -152,7 +155,7 @@ def check_subset(env, folder: Path, subset: str, cfg: S.SummaryConfig, keep_bos:
     return man
 
 
-def check_stats(ref, files, cfg, V, inner_bins: bool = True):
+def check_stats(ref, files, cfg, V, inner_bins: bool = True, expect_ties: bool = True):
     """Every statistic in ``files`` against numpy float64 computations on the reference activations."""
     L, N, T = ref["post"].shape
     hist, mom, top, voc = (files[f] for f in ("histogram", "moments", "top_examples", "vocab"))
@@ -223,7 +226,7 @@ def check_stats(ref, files, cfg, V, inner_bins: bool = True):
             np.testing.assert_array_equal(top["text_top_rows"][l, n].numpy(), tr)
             pos_of = dict(zip(ref["row_ids"].tolist(), rpos))
             np.testing.assert_array_equal(top["text_top_pos"][l, n].numpy(), [pos_of.get(r, -1) for r in tr.tolist()])
-    assert n_ties > 0, "the data should produce tied top values"
+    assert n_ties > 0 or not expect_ties, "the data should produce tied top values"
 
     # random samples: distinct kept positions, values of those positions, the R smallest seeded priorities
     R = min(cfg.n_random, T)
@@ -360,6 +363,25 @@ def test_summary_matches_reference(env, summary_root):
     ds, _ = load_token_dataset(env["ds"])
     toks, at = S.context_tokens(ds, flat, before=3, after=2)
     assert toks[at] == env["rows"][flat // CTX, flat % CTX]
+
+
+def test_token_cap_takes_spread_rows(env, summary_root):
+    """--rows spread: a token cap takes rows evenly spaced over the dataset (0, 4, 9 of 10: subsets a, b, a),
+    not the first ones (0, 1, 2); every statistic is computed on exactly those rows."""
+    cfg = config(env, max_tokens=3 * CTX, rows="spread")
+    out = S.run_summary(cfg)
+    assert out.status == "done" and sorted(out.outputs) == ["a", "b"]
+    root = summary_root / "tinygpt" / "activations"
+    for subset, rows in (("a", [0, 9]), ("b", [4])):
+        man = check_subset(env, root / subset, subset, cfg, among=rows, expect_ties=False)  # 1-2 rows: few ties
+        assert man["row_ids"] == rows and man["row_sampling"] == "spread" and man["n_rows"] == len(rows)
+    # the first rows are another configuration; without a cap both take every row (one identity)
+    with pytest.raises(ManifestMismatch):
+        S.run_summary(config(env, max_tokens=3 * CTX, rows="first"))
+    assert config(env).identity() == config(env, rows="spread").identity()
+    assert "rows" not in config(env, max_tokens=CTX).identity()  # summaries from before --rows keep their key
+    with pytest.raises(NeuronLibError, match="--rows takes"):
+        config(env, rows="middle").validate()
 
 
 def test_rows_fewer_than_k_keep_bos_and_batch_size_invariance(env, summary_root):
