@@ -905,7 +905,13 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="fetch, split, train the tokenizer, write the embedded token datasets")
     add_config_arguments(build, CorpusConfig, overrides_only=True)
-    build.add_argument("--force", action="store_true", help="rebuild even if the outputs' manifests match")
+    build.add_argument(
+        "--force",
+        "--overwrite",  # what `make all OVERWRITE=corpus` passes
+        dest="force",
+        action="store_true",
+        help="rebuild even if the outputs' manifests match",
+    )
     tok = sub.add_parser("tokenize", help="tokenize a hub dataset or local files with a model's tokenizer")
     tok.add_argument("--model", required=True, help="model name (alias, hub id or local folder) whose tokenizer to use")
     source = tok.add_mutually_exclusive_group(required=True)

@@ -331,6 +331,11 @@ class NeuronDfConfig:
         "excess_corr threshold, used only when the correlation table has no is_universal column",
     )
     formats: str = config_field("csv,parquet", "comma list of csv, parquet")
+    overwrite: bool = config_field(
+        False,
+        "what `make all OVERWRITE=neuron_df` passes; changes nothing: the table is always rebuilt from its inputs "
+        "(files whose bytes would not change are kept)",
+    )
 
     def validate(self) -> NeuronDfConfig:
         if not self.model:

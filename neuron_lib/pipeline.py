@@ -318,7 +318,7 @@ def stage_commands(name: str, zoo_preset: str = "default", zoo_jobs: int = 1) ->
         return [["neuron_lib.perturb", "--model", reference, "--run", run, "--token-dataset", str(analysis)]]
     raise NeuronLibError(
         f"stage {name!r} is not part of the embedded pipeline: run `python -m neuron_lib.{name} "
-        "--help` for its options (or `python -m neuron_lib.slurm submit --stages {name}`)"
+        f"--help` for its options (or `python -m neuron_lib.slurm submit --stages {name}`)"
     )
 
 

@@ -567,6 +567,12 @@ def main(argv: list[str] | None = None) -> None:
         help="start from this preset (default: default); the options below override its fields",
     )
     parser.add_argument("--models", default="", help="comma-separated subset of model names or letters")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="what `make all OVERWRITE=zoo` passes; changes nothing: a model of another configuration is always "
+        "retrained (only a finished model of this configuration is skipped)",
+    )
     add_config_arguments(parser, ZooConfig, overrides_only=True)
     args = parser.parse_args(argv)
     overrides = config_overrides(ZooConfig, args)

@@ -6,6 +6,7 @@ import pytest
 
 from neuron_lib import pipeline as P
 from neuron_lib import slurm as S
+from neuron_lib.common import NeuronLibError
 
 
 def test_table_is_a_dag_in_order():
@@ -115,6 +116,39 @@ def test_overwrite_is_passed_to_the_named_stages_only(capsys):
     assert any(ln.startswith("==> [weights]") for ln in lines)
     with pytest.raises(SystemExit):
         P.main(["all", "--dry-run", "--overwrite", "weigths"])
+
+
+def test_every_stage_command_accepts_overwrite(monkeypatch):
+    """``make all OVERWRITE=<stage>`` appends ``--overwrite`` to each of the stage's commands: every command of every
+    stage must parse with it, by its module's own CLI (run as ``python -m`` runs it, stopped right after parsing)."""
+    import argparse
+    import runpy
+    import sys
+
+    class Parsed(BaseException):  # not an Exception: nothing on the way may swallow it
+        pass
+
+    def parse_only(self, args=None, namespace=None):
+        _, unknown = self.parse_known_args(args, namespace)
+        raise Parsed(unknown)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_only)
+    checked, by_hand = set(), []
+    for name in P.STAGE_NAMES:
+        try:
+            commands = P.stage_commands(name)
+        except NeuronLibError as exc:  # a stage that needs the user's choices (it says so, naming itself)
+            assert f"--stages {name}" in str(exc)
+            by_hand.append(name)
+            continue
+        for cmd in commands:
+            monkeypatch.setattr(sys, "argv", [cmd[0], *cmd[1:], "--overwrite"])
+            with pytest.raises(Parsed) as parsed:
+                runpy.run_module(cmd[0], run_name="__main__", alter_sys=True)
+            assert parsed.value.args[0] == [], f"stage {name}: {' '.join(cmd)} does not take {parsed.value.args[0]}"
+            checked.add(cmd[0])
+    assert by_hand == ["activations"]
+    assert {"neuron_lib.neuron_df", "neuron_lib.smollm", "neuron_lib.browser", "neuron_lib.notebooks"} <= checked
 
 
 def test_smollm_analysis_commands():
