@@ -146,6 +146,10 @@ def test_every_notebook_has_a_parameters_cell():
         assert {"model", "figures_dir"} <= set(params), name
         book = nbformat.read(nb.notebook_dir() / f"{name}.ipynb", as_version=4)
         assert all(not c.get("outputs") for c in book.cells if c.cell_type == "code"), f"{name} is saved with outputs"
+        # nbformat 4.5: every cell has a unique id (papermill / nbformat warn on every run otherwise)
+        ids = [c.get("id") for c in json.loads((nb.notebook_dir() / f"{name}.ipynb").read_text())["cells"]]
+        assert all(ids) and len(set(ids)) == len(ids), f"{name}: cells without a unique id"
+        nbformat.validate(book)
 
 
 def test_notebooks_on_synthetic_inputs(inputs, tmp_path):
