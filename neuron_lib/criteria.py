@@ -156,6 +156,21 @@ def as_universality(threshold: float | Universality | None) -> Universality:
     return Universality("paper", None if threshold is None else float(threshold))
 
 
+def has_universality(df, threshold: float | Universality | None = None) -> bool:
+    """Whether a neuron table holds a universality measurement for the criterion of ``threshold`` (a number: the
+    paper's): its score (excess correlation; alignment_mean) is known for at least one neuron, or, without the
+    score's columns, the table carries the criterion's flag (a published table). A single model's table (no other
+    seeds: every score NaN) has none."""
+    criterion = as_universality(threshold).criterion
+    flag, score, _ = criterion_columns(criterion)
+    if criterion == "aligned":
+        return bool(df[score].notna().any()) if score in df else flag in df
+    try:
+        return bool(excess_correlation(df).notna().any())
+    except KeyError:
+        return "is_universal" in df
+
+
 def universal_mask(df, threshold: float | Universality | None = None, min_models: int = 1, criterion: str = "paper"):
     """Universal neurons of a neuron table by a named criterion at ``threshold`` (default: the criterion's), a bool
     Series aligned with ``df``.

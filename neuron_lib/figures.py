@@ -817,6 +817,9 @@ def prediction_suppression_by_layer(
     uni = criteria.universal_mask(df, threshold).to_numpy()
     layers = _layers(df, n_layers)
     groups = {"universal neurons": uni} if only else {"all neurons": np.ones(len(df), bool), "universal neurons": uni}
+    measured = criteria.has_universality(df, threshold)
+    if not measured:  # a single model (no other seeds): no universal group to count
+        groups.pop("universal neurons")
     parts = []
     for gname, mask in groups.items():
         sub_cls, sub_layer = cls[mask], df.loc[mask, "layer"]
@@ -860,6 +863,9 @@ def prediction_suppression_by_layer(
     note = None
     if only:
         note = "Only universal neurons in the table: counts among universal neurons only."
+    elif not measured:
+        note = "No universality measurement in this table (a single model, no other seeds): all neurons only."
+    if note:
         _add_note(fig, note)
     return FigureResult(fig, data, note)
 

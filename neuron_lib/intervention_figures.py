@@ -69,7 +69,7 @@ def entropy_curves(summary: pd.DataFrame, panels=ENTROPY_PANELS) -> FigureResult
             if role == "baseline":
                 ax.plot(g["value"], g[col], color="0.6", lw=0.8, alpha=0.7)
             else:
-                ax.plot(g["value"], g[col], marker="o", lw=2, label=f"L{l}.N{n} ({role})")
+                ax.plot(g["value"], g[col], marker="o", lw=2, label=f"L{int(l)}.N{int(n)} ({role})")
         if col in nominal and pd.notna(nominal[col]):
             ax.axhline(nominal[col], color="k", ls="--", lw=1, label="nominal")
         ax.set_xlabel("fixed activation")

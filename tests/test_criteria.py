@@ -112,3 +112,18 @@ def test_aligned_criterion_mutual_star_low_count_and_universality_spec():
     assert C.mutual_star([4, 3, 4], 4).tolist() == [True, False, True]
     assert C.mutual_star([4, 3, 4], 4, min_models=3, dead=[False, False, True]).tolist() == [True, True, False]
     assert C.low_count([99, 100, np.nan]).tolist() == [True, False, True]
+
+
+def test_has_universality():
+    """A table measures universality when its criterion's score is known for a neuron (or, without the score's
+    columns, it carries the flag); a single model's all-NaN scores do not."""
+    nan = [np.nan, np.nan]
+    assert not C.has_universality(pd.DataFrame({"excess_corr": nan, "is_universal": [False, False]}))
+    assert C.has_universality(pd.DataFrame({"excess_corr": [0.1, np.nan]}))
+    assert C.has_universality(pd.DataFrame({"mean_corr": [0.5, 0.4], "mean_baseline": [0.1, 0.1]}), 0.3)
+    assert C.has_universality(pd.DataFrame({"is_universal": [True, False]}))  # a published table
+    assert not C.has_universality(pd.DataFrame({"vocab_kurt": [3.0, 4.0]}))
+    aligned = C.Universality("aligned")
+    assert not C.has_universality(pd.DataFrame({"alignment_mean": nan}), aligned)
+    assert C.has_universality(pd.DataFrame({"alignment_mean": [0.8, np.nan]}), aligned)
+    assert C.has_universality(pd.DataFrame({"is_universal_aligned": [True, False]}), aligned)

@@ -184,6 +184,29 @@ def test_prediction_suppression_counts():
     assert uni["n_prediction"].tolist() == [1, 0] and uni["n_suppression"].tolist() == [0, 1]
 
 
+def test_counts_of_a_single_model_have_no_universal_group():
+    """A single model's table (no other seeds: every excess correlation NaN) is counted among all neurons only, and
+    says why; the same table with one measured score gets its universal group back."""
+    single = pd.DataFrame(
+        {
+            "layer": [0, 0, 1, 1],
+            "neuron": [0, 1, 0, 1],
+            "vocab_kurt": [12.0, 3.0, 20.0, 15.0],
+            "vocab_skew": [1.0, 1.0, -1.0, 1.0],
+            "excess_corr": [np.nan] * 4,
+            "is_universal": [False] * 4,
+        }
+    )
+    res = F.prediction_suppression_by_layer(single)
+    assert res.data["group"].unique().tolist() == ["all neurons"] and "single model" in res.note
+    assert res.data["n_prediction"].tolist() == [1, 1] and res.data["n_suppression"].tolist() == [0, 1]
+    measured = single.assign(excess_corr=[0.6, np.nan, np.nan, np.nan])
+    res = F.prediction_suppression_by_layer(measured)
+    assert res.data["group"].unique().tolist() == ["all neurons", "universal neurons"] and res.note is None
+    uni = res.data[res.data["group"] == "universal neurons"]
+    assert uni["n_prediction"].tolist() == [1, 0]
+
+
 def test_calibrated_threshold_counts_and_null_comparison():
     """A per-layer null threshold: each neuron is judged against its own layer's q99, and the comparison table
     counts both rules per layer."""

@@ -565,3 +565,34 @@ def test_notebooks_on_tiny_results(env, tmp_path):
     ):
         saved = {f["name"] for f in json.loads((tmp_path / "figs" / name / "figures.json").read_text())["figures"]}
         assert want <= saved, (name, saved)
+
+
+def test_entropy_curves_draw_each_neuron_with_its_own_legend_label():
+    """The summary as read back from CSV (layer / neuron float: the nominal row has none): one line per candidate,
+    labelled L{layer}.N{neuron}, the baselines unlabelled grey, the nominal dashed; the data is what was drawn."""
+    from neuron_lib import intervention_figures as IF
+
+    rows = [
+        dict(
+            role="nominal", layer=np.nan, neuron=np.nan, value=np.nan, scale=1.0, recip_rank=0.5, entropy=3.0, loss=3.1
+        )
+    ]
+    for role, l, n, slope in (("candidate", 1, 5, -0.1), ("baseline", 0, 7, 0.0)):
+        for v in (0.0, 1.0, 2.0):
+            rows.append(
+                dict(
+                    role=role,
+                    layer=float(l),
+                    neuron=float(n),
+                    value=v,
+                    scale=1.0,
+                    recip_rank=0.5,
+                    entropy=3.0 + slope * v,
+                    loss=3.1,
+                )
+            )
+    res = IF.entropy_curves(pd.DataFrame(rows))
+    labels = [t.get_text() for t in res.fig.axes[0].get_legend().get_texts()]
+    assert labels == ["L1.N5 (candidate)", "nominal"]
+    ent = res.data[res.data["role"] == "candidate"].sort_values("value")["entropy"].tolist()
+    assert ent == pytest.approx([3.0, 2.9, 2.8]) and len(res.data) == 6
