@@ -340,7 +340,7 @@ main = stage.cli(
     EntropyInterventionConfig,
     run_entropy_intervention,
     "python -m neuron_lib.entropy_intervention",
-    "Fix rule-chosen entropy-neuron candidates and seeded baselines to a range of values; final LN scale, "
+    "Fix rule-chosen entropy-neuron candidates and seeded baselines to a range of values; final norm scale, "
     "entropy, loss, rank and reciprocal rank per token.",
 )
 

@@ -15,7 +15,7 @@ from neuron_lib.common import NeuronLibError, load_tensors, read_json
 from neuron_lib.figures import FigureResult, new_figure
 
 ENTROPY_PANELS = (
-    ("scale", "final LN scale"),
+    ("scale", "final norm scale"),  # LayerNorm (GPT-2, Pythia) or RMSNorm (Llama) divisor: ln_final.hook_scale
     ("recip_rank", "mean reciprocal rank"),
     ("entropy", "entropy (nats)"),
     ("loss", "loss (nats)"),

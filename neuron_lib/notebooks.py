@@ -41,7 +41,7 @@ NOTEBOOKS: dict[str, str] = {
     "prediction_neurons": "Prediction and suppression neurons (paper §5.1, Fig 6)",
     "dataset_summary": "Dataset summary: pre-activation histograms and top-activating examples",
     "coactivation_graph": "Neuron co-activation graph of a prompt run: thresholds, perturbations, heatmaps, tokens",
-    "entropy_neurons": "Entropy neurons: fixed activations vs final LN scale, entropy, loss (paper §5.2, Fig 7, 25, 1f)",
+    "entropy_neurons": "Entropy neurons: fixed activations vs final norm scale, entropy, loss (paper §5.2, Fig 7, 25, 1f)",
     "bos_signal_neurons": "BOS-signal neurons: heuristic h_n and path ablation (paper §5.3, Fig 8)",
     "unigram_neurons": "Unigram neurons: families of neurons explained by one token (paper §4.3, Fig 15, 16, 4a)",
     "alphabet_neurons": "Alphabet neurons: single-letter unigram features (paper Fig 17, 1a)",
