@@ -47,7 +47,9 @@ Output: ``$SUMMARY_DIR/{model}/activations/{subset}/`` with one folder per value
     GPT-2 small) with max initialised at 0 (spec §18.14/§18.28).
 ``manifest.json``
     model, dataset, tokenizer fingerprint, n_tokens, subset, token filter (ids), config and its
-    fingerprint, effective vocab threshold, versions. Written last: a folder without it is unfinished.
+    fingerprint, effective vocab threshold, versions; ``row_ids`` (the subset's dataset rows summarised) and
+    ``row_sampling`` (``all``; or, under a ``--max-tokens`` cap, ``first`` / ``spread``: ``--rows``,
+    ``streaming.select_rows``). Written last: a folder without it is unfinished.
 
 Re-runs: a subset folder whose manifest has the same config fingerprint (batch size, device and the
 ``--subsets`` selection excluded) is skipped, so an interrupted run resumes at subset granularity; a folder of
