@@ -234,9 +234,13 @@ class SummaryConfig:
     def identity(self) -> dict[str, Any]:
         """The fields that determine the results (not batch size, device, subset selection or --overwrite)."""
         identity = config_identity(self, exclude=("batch_size", "device", "overwrite", "subsets"))
-        if self.rows == "first" or self.max_tokens is None:  # the rows every summary before --rows took: the
-            identity.pop("rows")  # fingerprints of those summaries stay valid (and without a cap, all rows)
+        if self.row_sampling() != "spread":  # all rows, or the first ones (what every summary before --rows
+            identity.pop("rows")  # took): the fingerprints of those summaries stay valid
         return {**identity, "format": SUMMARY_FORMAT}
+
+    def row_sampling(self) -> str:
+        """The rows a run takes: ``all`` without a --max-tokens cap (--rows then changes nothing), else --rows."""
+        return "all" if self.max_tokens is None else self.rows
 
 
 # =============================================================== reading summaries
@@ -874,7 +878,7 @@ def run_summary(cfg: SummaryConfig) -> stage.StageResult:
                 subset=s,
                 ctx_len=inputs.ctx,
                 n_rows=len(groups[s]),
-                row_sampling=cfg.rows if cfg.max_tokens is not None else "all",
+                row_sampling=cfg.row_sampling(),
                 row_ids=groups[s],
                 n_tokens=int(stats.count),
                 n_tokens_raw=len(groups[s]) * inputs.ctx,
